@@ -1,0 +1,202 @@
+"""Face alignment: five landmarks -> least-squares similarity (Umeyama) -> a size×size uint8 RGB crop.
+
+Landmarks are (x, y) in pixel-centre coordinates (pixel i covers [i-0.5, i+0.5]), ordered left eye,
+right eye, nose, mouth left, mouth right ("left" = image-left, as MTCNN returns them).
+Detectors: `mtcnn` (facenet-pytorch, weights ship in its wheel), `file` (a landmarks CSV, as the embedded
+corpus writes), `none` (pre-aligned folders: resize only). Faces are stored as uint8 and normalised to
+[-1, 1] by `normalize` when loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# ArcFace's five-point template for a 112×112 crop; scaled to any crop size.
+TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+LANDMARK_COLUMNS = (
+    "left_eye_x",
+    "left_eye_y",
+    "right_eye_x",
+    "right_eye_y",
+    "nose_x",
+    "nose_y",
+    "mouth_left_x",
+    "mouth_left_y",
+    "mouth_right_x",
+    "mouth_right_y",
+)
+DETECTORS = ("mtcnn", "file", "none")
+MIN_IMAGE_SIDE = 32  # smaller images hold no usable face at any crop size we train on
+
+
+class FaceError(ValueError):
+    """An image that yields no face; message `"<path>: <reason>"`."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def template(size: int = 64) -> np.ndarray:
+    """The canonical five points [5, 2] in pixel-centre coordinates of a size×size crop."""
+    return (TEMPLATE_112 + 0.5) * (size / 112.0) - 0.5  # scale pixel edges, not centres
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) with dst ≈ M @ [src, 1]; M [2, 3]."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need matching [N>=2, 2] point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s < 1e-12:
+        raise ValueError("source points coincide")
+    U, S, Vt = np.linalg.svd(d.T @ s / len(src))
+    D = np.diag([1.0, np.sign(np.linalg.det(U) * np.linalg.det(Vt)) or 1.0])  # no reflections
+    R = U @ D @ Vt
+    scale = (S * np.diag(D)).sum() / var_s
+    return np.concatenate([scale * R, (mu_d - scale * R @ mu_s)[:, None]], axis=1)
+
+
+def warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
+    """The size×size crop whose pixel (x, y) shows image at M⁻¹(x, y); bilinear, edges replicated.
+
+    image uint8 [H, W, 3] -> uint8 [3, size, size]."""
+    H, W, _ = image.shape
+    A = np.vstack([M, [0.0, 0.0, 1.0]])
+    inv = np.linalg.inv(A)[:2]
+    ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
+    src = inv @ np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])  # [2, size²] input pixel centres
+    scale = 1.0 / max(abs(np.linalg.det(M[:, :2])) ** 0.5, 1e-8)  # input pixels per output pixel
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    if scale > 1.5:  # shrinking: pre-blur so the bilinear taps do not alias
+        k = int(scale) | 1
+        img = torch.nn.functional.avg_pool2d(
+            torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1
+        )
+    grid = torch.from_numpy(np.stack([src[0] / (W - 1), src[1] / (H - 1)], -1) * 2 - 1).float()
+    out = torch.nn.functional.grid_sample(
+        img, grid.view(1, size, size, 2), mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out[0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def load_image(path) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; grayscale, palette, RGBA, CMYK converted; corrupt or tiny raise FaceError."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise FaceError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FaceError(path, f"unreadable or corrupt image ({e})") from None
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        raise FaceError(path, f"image is {rgb.size[0]}×{rgb.size[1]}, smaller than {MIN_IMAGE_SIDE} px")
+    return np.array(rgb, dtype=np.uint8)  # a writable copy
+
+
+def read_landmarks(csv_path) -> dict[str, np.ndarray]:
+    """landmarks.csv -> {relative image path: [5, 2]}; a bad column or number names the file and line."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FaceError(
+            csv_path, "landmarks file not found (detector=file needs one; use mtcnn or none otherwise)"
+        )
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("path",) + LANDMARK_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise FaceError(csv_path, f"missing columns {missing}")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                out[row["path"]] = np.array([float(row[c]) for c in LANDMARK_COLUMNS]).reshape(5, 2)
+            except (TypeError, ValueError):
+                raise FaceError(csv_path, f"line {line}: landmarks are not numbers") from None
+    return out
+
+
+class FaceAligner:
+    """aligner(path, key=None) -> uint8 [3, size, size]; raises FaceError when no face can be had.
+
+    `key` is the image's path relative to the face root, the lookup key of `detector="file"`."""
+
+    def __init__(
+        self, detector: str = "mtcnn", size: int = 64, landmarks_csv=None, min_face_prob: float = 0.9
+    ):
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+        self.detector, self.size, self.min_face_prob = detector, size, min_face_prob
+        self.template = template(size)
+        self.landmarks = read_landmarks(landmarks_csv) if detector == "file" else None
+        self._mtcnn = None
+
+    def _mtcnn_points(self, image: np.ndarray, path) -> np.ndarray:
+        if self._mtcnn is None:
+            try:
+                from facenet_pytorch import MTCNN
+            except ImportError as e:
+                raise ImportError(
+                    "detector=mtcnn needs facenet-pytorch: `pip install --no-deps facenet-pytorch` "
+                    "(or use detector=file / none)"
+                ) from e
+            self._mtcnn = MTCNN(keep_all=False, select_largest=True, device="cpu")
+        boxes, probs, points = self._mtcnn.detect(Image.fromarray(image), landmarks=True)
+        if boxes is None or probs[0] is None or probs[0] < self.min_face_prob:
+            raise FaceError(path, "no face detected")
+        return np.asarray(points[0], np.float64) - 0.5  # MTCNN works in pixel-edge coordinates
+
+    def points(self, image: np.ndarray, path, key=None) -> np.ndarray:
+        """The five landmarks [5, 2] of an image, pixel-centre coordinates."""
+        if self.detector == "file":
+            k = str(key if key is not None else path).replace("\\", "/")
+            if k not in self.landmarks:
+                raise FaceError(path, f"no landmarks for {k!r} in the landmarks file")
+            return self.landmarks[k]
+        return self._mtcnn_points(image, path)
+
+    def __call__(self, path, key=None) -> np.ndarray:
+        image = load_image(path)
+        if self.detector == "none":  # pre-aligned: only resize
+            H, W, _ = image.shape
+            M = np.array(
+                [[self.size / W, 0, 0.5 * self.size / W - 0.5], [0, self.size / H, 0.5 * self.size / H - 0.5]]
+            )
+            return warp(image, M, self.size)
+        return warp(image, umeyama(self.points(image, path, key), self.template), self.size)
+
+
+def normalize(faces: torch.Tensor) -> torch.Tensor:
+    """uint8 faces -> float in [-1, 1]: (x − 127.5) / 127.5."""
+    return (faces.float() - 127.5) / 127.5
+
+
+class SkipReport:
+    """Skipped inputs with their reasons, for the preprocessing manifest."""
+
+    def __init__(self, items: list[tuple[str, str]] | None = None):
+        self.items = [tuple(i) for i in items or []]
+
+    def add(self, path, reason: str) -> None:
+        self.items.append((str(path), reason))
+
+    def extend(self, other: SkipReport) -> None:
+        self.items.extend(other.items)
+
+    def counts(self) -> dict[str, int]:
+        """Skips per kind of reason: the reason before any parenthesis, numbers replaced by '#'."""
+        return dict(Counter(re.sub(r"\d+(\.\d+)?", "#", r.split("(")[0]).strip() for _, r in self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -1,0 +1,264 @@
+"""VoxCeleb1 ∩ VGGFace: metadata, the identity split, and the LightningDataModule over prepared shards.
+
+The split follows Wen et al. (2019): identities present in both sets (exact VGGFace1 names), first letter
+F–Z train, A–B validation, C–E test; labels index the sorted names of a split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.audio import AudioFeatures, random_crop_batch, tile_to_min
+from datamodules.faces import normalize
+
+META_COLUMNS = ("VoxCeleb1 ID", "VGGFace1 ID")
+SPLIT_LETTERS = {"train": "FGHIJKLMNOPQRSTUVWXYZ", "val": "AB", "test": "CDE"}
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file or folder and the fix."""
+
+
+def read_meta(meta_csv) -> list[dict]:
+    """Rows of vox1_meta.csv (tab- or comma-separated) with at least `VoxCeleb1 ID` and `VGGFace1 ID`."""
+    meta_csv = Path(meta_csv)
+    if not meta_csv.is_file():
+        raise DataError(f"{meta_csv}: meta file not found; copy VoxCeleb1's vox1_meta.csv there")
+    with open(meta_csv, newline="", encoding="utf-8") as f:
+        head = f.readline()
+        f.seek(0)
+        rows = list(csv.DictReader(f, delimiter="\t" if "\t" in head else ","))
+    rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in rows]
+    missing = [c for c in META_COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{meta_csv}: missing columns {missing} (found {head.strip()!r}); expected VoxCeleb1's "
+            "tab-separated vox1_meta.csv"
+        )
+    return rows
+
+
+def identity_split(meta_csv, face_names) -> dict[str, list[str]]:
+    """Names in the meta file that have faces, split by first letter; each list sorted."""
+    names = {r["VGGFace1 ID"] for r in read_meta(meta_csv)} & set(face_names)
+    split = {k: sorted(n for n in names if n[:1].upper() in letters) for k, letters in SPLIT_LETTERS.items()}
+    return split
+
+
+class _Voices(Dataset):
+    """Items over every clip of the identities of one split, reading mmap'd shards lazily."""
+
+    def __init__(self, shard_dir: Path, names: list[str], train: bool, max_frames: int, eval_min_frames: int):
+        self.shard_dir, self.names, self.train = shard_dir, names, train
+        self.max_frames, self.eval_min_frames = max_frames, eval_min_frames
+        self.items = []  # (label, clip index)
+        for label, n in enumerate(names):
+            self.items += [(label, i) for i in range(len(self._shard(n)["clips"]))]
+        self._cache = {}
+
+    def _shard(self, name):
+        return torch.load(self.shard_dir / f"{name}.pt", mmap=True, weights_only=True)
+
+    def shard(self, name):
+        if name not in self._cache:  # per worker process: mmap handles are cheap
+            self._cache[name] = self._shard(name)
+        return self._cache[name]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        label, i = self.items[index]
+        s = self.shard(self.names[label])
+        a, b = int(s["offsets"][i]), int(s["offsets"][i + 1])
+        K = len(s["faces"])
+        if self.train:  # a random window (the collate crops it again to the batch length), a random face
+            start = int(torch.randint(0, max(b - a - self.max_frames, 0) + 1, ()))
+            feats = s["feats"][:, a + start : a + start + min(self.max_frames, b - a)]
+            face = s["faces"][int(torch.randint(0, K, ()))]
+        else:  # the whole utterance, a fixed face
+            feats = tile_to_min(s["feats"][:, a:b], self.eval_min_frames)
+            face = s["faces"][i % K]
+        return feats.float(), face.clone(), label
+
+
+def collate_train(items, min_frames: int = 300, max_frames: int = 800):
+    """One crop length for the batch, a random window per clip."""
+    feats, faces, labels = zip(*items)
+    audio, lengths = random_crop_batch(list(feats), min_frames, max_frames)
+    return {
+        "audio": audio,
+        "audio_lengths": lengths,
+        "face": normalize(torch.stack(faces)),
+        "label": torch.tensor(labels),
+    }
+
+
+def collate_eval(items):
+    """Whole utterances, zero-padded to the longest, with their lengths."""
+    feats, faces, labels = zip(*items)
+    lengths = torch.tensor([f.shape[1] for f in feats])
+    audio = torch.zeros(len(feats), feats[0].shape[0], int(lengths.max()))
+    for j, f in enumerate(feats):
+        audio[j, :, : f.shape[1]] = f
+    return {
+        "audio": audio,
+        "audio_lengths": lengths,
+        "face": normalize(torch.stack(faces)),
+        "label": torch.tensor(labels),
+    }
+
+
+class _TrainCollate:
+    def __init__(self, min_frames, max_frames):
+        self.min_frames, self.max_frames = min_frames, max_frames
+
+    def __call__(self, items):
+        return collate_train(items, self.min_frames, self.max_frames)
+
+
+class VoxVGGDataModule(L.LightningDataModule):
+    """Voices and faces of VoxCeleb1 ∩ VGGFace (or the embedded corpus in the same layout).
+
+    `root` is the raw folder (vox1_meta.csv, voxceleb1/wav, vggface); with `corpus` set instead, the
+    embedded corpus is generated under `corpus_dir` and used as root. `prepare_data()` builds the shards
+    under `cache_dir/<config hash>` once; `setup()` reads them.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,  # raw data folder; None with `corpus`
+        cache_dir: str = "cache/voxvgg",  # prepared shards go under here, keyed by the config hash
+        corpus: dict | None = None,  # embedded corpus {identities, seed}: generated instead of reading `root`
+        corpus_dir: str | None = None,  # where the embedded corpus is cached (default: cache_dir)
+        detector: str = "mtcnn",  # mtcnn | file | none (see datamodules.faces)
+        face_size: int = 64,
+        features: dict | None = None,  # AudioFeatures kwargs, e.g. {kind: logmel}
+        vad: dict | None = None,  # AudioFrontEnd VAD kwargs
+        crop_frames: tuple[int, int] = (300, 800),  # train crop length range, frames
+        eval_min_frames: int = 1000,  # shorter eval utterances are tiled up to this
+        batch_size: int = 64,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        prepare_workers: int = 2,
+    ):
+        super().__init__()
+        if (root is None) == (corpus is None):
+            raise DataError("give exactly one of `root` (your data folder) or `corpus` (the embedded corpus)")
+        self.root, self.corpus = root, dict(corpus) if corpus else None
+        self.cache_dir, self.corpus_dir = Path(cache_dir), Path(corpus_dir or cache_dir)
+        self.detector, self.face_size = detector, face_size
+        self.features, self.vad = dict(features or {"kind": "logmel"}), dict(vad or {})
+        self.crop_frames, self.eval_min_frames = tuple(crop_frames), eval_min_frames
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.prepare_workers = num_workers, prepare_workers
+        self.feature_dim = AudioFeatures(**self.features).n_features
+        self._split, self._sets, self.attributes, self.attribute_kinds = None, {}, None, {}
+
+    def _root(self) -> Path:
+        if self.corpus is None:
+            root = Path(self.root)
+            if not root.is_dir():
+                raise DataError(
+                    f"{root}: data folder not found; set data.root to the folder holding "
+                    "vox1_meta.csv, voxceleb1/wav and vggface"
+                )
+            return root
+        from datamodules.synthetic import ensure_corpus
+
+        return ensure_corpus(self.corpus_dir, **self.corpus)
+
+    def _out(self) -> Path:
+        from datamodules import prepare as P  # prepare imports this module
+
+        config = {
+            "version": P.PREPARE_VERSION,
+            "detector": self.detector,
+            "face_size": self.face_size,
+            "features": self.features,
+            "vad": self.vad,
+            "root": str(self._root().resolve()),
+        }
+        return self.cache_dir / P.config_hash(config)
+
+    def prepare_data(self) -> None:
+        from datamodules.prepare import prepare
+
+        out = self._out()
+        if not (out / "manifest.json").is_file():
+            prepare(
+                self._root(),
+                out,
+                self.detector,
+                self.face_size,
+                self.features,
+                self.vad,
+                workers=self.prepare_workers,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._split is not None:
+            return
+        root, out = self._root(), self._out()
+        manifest_file = out / "manifest.json"
+        if not manifest_file.is_file():
+            raise DataError(
+                f"{manifest_file}: not prepared; call prepare_data() or run python -m datamodules.prepare"
+            )
+        self.manifest = json.loads(manifest_file.read_text())
+        self._split = identity_split(root / "vox1_meta.csv", self.manifest["usable"])
+        lo, hi = self.crop_frames
+        for split, names in self._split.items():
+            self._sets[split] = _Voices(out / "shards", names, split == "train", hi, self.eval_min_frames)
+        if (root / "attributes.csv").is_file():
+            from datamodules.synthetic import ATTRIBUTE_KINDS, read_attributes
+
+            self.attributes, self.attribute_kinds = (
+                read_attributes(root / "attributes.csv"),
+                dict(ATTRIBUTE_KINDS),
+            )
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return len(self._split["train"])
+
+    def identities(self, split: str) -> list[str]:
+        self.setup()
+        return list(self._split[split])
+
+    def faces(self, split: str) -> dict[str, torch.Tensor]:
+        """{name: uint8 [K, 3, S, S]} for the identities of a split."""
+        self.setup()
+        ds = self._sets[split]
+        return {n: ds.shard(n)["faces"].clone() for n in ds.names}
+
+    def _loader(self, split, shuffle):
+        train = split == "train"
+        return DataLoader(
+            self._sets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=train and len(self._sets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_TrainCollate(*self.crop_frames) if train else collate_eval,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        self.setup()
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        self.setup()
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        self.setup()
+        return self._loader("test", False)

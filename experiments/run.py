@@ -1,0 +1,112 @@
+"""Train a voice2face model: `python -m experiments.run [+exp=NAME] [overrides]`.
+
+Thin entry point over `train(cfg)`, which tests call directly with a composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
+    """`last` = the newest `last.ckpt` under the run folders; a path must exist."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}; "
+                                    f"pass ckpt_path=<path to a .ckpt> instead")
+        return str(found[-1])
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return ckpt_path
+
+
+def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
+    callbacks = [
+        hydra.utils.instantiate(c)
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c and "_target_" in c and (with_logger or name != "lr_monitor")  # the monitor needs a logger
+    ]
+    metrics_cfg = cfg.get("metrics")
+    if metrics_cfg and cfg.model._target_.endswith("Voice2FaceGAN"):
+        from lightning_modules.metrics.callback import MetricsCallback
+
+        callbacks.append(MetricsCallback.from_config(metrics_cfg))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = hydra.utils.instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        feature_dim=datamodule.feature_dim,
+        img_resolution=datamodule.face_size,
+        _recursive_=False,
+    )
+    loggers = build_loggers(cfg)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False
+    )
+    trainer.fit(model, datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.get("evaluate") and hasattr(model, "generate") and trainer.is_global_zero:
+        from lightning_modules.metrics import evaluate, summary_markdown
+
+        model.eval()
+        result = evaluate(model, datamodule, cfg.metrics, split=cfg.eval_split)
+        (out / f"metrics_{cfg.eval_split}.json").write_text(json.dumps(result, indent=2, default=str))
+        (out / f"metrics_{cfg.eval_split}.md").write_text(summary_markdown(result, f"{cfg.task_name} ({cfg.eval_split})"))
+        metrics.update({f"{cfg.eval_split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        metrics["_skipped"] = result.get("_skipped", {})
+    report_locations(out, metrics)
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def report_locations(out: Path, metrics: dict[str, Any]) -> None:
+    lines = [
+        f"run folder   {out}",
+        f"checkpoint   {out / 'checkpoints' / 'last.ckpt'}",
+        f"samples      {out / 'samples'}",
+        f"logs         {out / 'csv' / 'metrics.csv'} ; W&B offline: {out / 'wandb'} (upload: wandb sync)",
+    ]
+    scores = {k: v for k, v in metrics.items() if "/" in k and k.split("/")[0] in ("test", "val")}
+    if scores:
+        lines.append(f"metrics      {out}/metrics_*.json")
+        lines += [f"  {k:<28} {v:.4f}" for k, v in sorted(scores.items())]
+    for name, why in (metrics.get("_skipped") or {}).items():
+        lines.append(f"  {name:<28} not computed: {why}")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Ops with a PyTorch reference and a Triton fast path; `impl="auto"|"torch"|"triton"` picks one."""
+
+from .bias_act import bias_act
+from .modconv import conv2d_resample, modulated_conv2d
+from .upfirdn2d import downsample2d, setup_filter, upfirdn2d, upsample2d
+
+__all__ = [
+    "bias_act",
+    "conv2d_resample",
+    "downsample2d",
+    "modulated_conv2d",
+    "setup_filter",
+    "upfirdn2d",
+    "upsample2d",
+]

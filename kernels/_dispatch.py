@@ -1,0 +1,85 @@
+"""Choice between the PyTorch reference and the Triton path of each op in `kernels/`.
+
+`impl="auto"` takes Triton for CUDA tensors and the reference elsewhere; "torch" and "triton" force one.
+Triton kernels are compiled at first use (`jit` below), so the `TRITON_INTERPRET` switch is read at that
+moment: tests set it for themselves only and run the Triton path on CPU tensors through Triton's interpreter.
+When the Triton path cannot run (no Triton, a compile error, an unsupported configuration) the reference is
+used and one warning per op names the reason.
+"""
+
+import functools
+import os
+import types
+import warnings
+
+import torch
+
+try:  # the reference ops work without Triton; kernels are compiled only when a Triton path runs
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+    tl = types.SimpleNamespace(constexpr=None)  # lets the kernel signatures be defined; they never run
+
+IMPLS = ("auto", "torch", "triton")
+_warned = set()  # ops that have already warned about falling back
+
+
+def interpreting() -> bool:
+    """True when Triton's CPU interpreter is switched on (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _jit_cached(fn, interpret: bool):
+    del interpret  # part of the cache key only: triton.jit reads TRITON_INTERPRET itself
+    return triton.jit(fn)
+
+
+def jit(fn):
+    """`triton.jit(fn)`, made at first use and again whenever `TRITON_INTERPRET` changes."""
+    return _jit_cached(fn, interpreting())
+
+
+def use_triton(op: str, impl: str, *tensors) -> bool:
+    """Whether `op` should take its Triton path for these tensors (None entries are ignored)."""
+    if impl not in IMPLS:
+        raise ValueError(f"kernels.{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if impl == "auto":
+        return on_cuda and _triton_importable()
+    if not _triton_importable():
+        fallback(op, "Triton is not installed")
+        return False
+    if not on_cuda and not interpreting():
+        fallback(op, "Triton needs CUDA tensors (or TRITON_INTERPRET=1 for its CPU interpreter)")
+        return False
+    return True
+
+
+def _triton_importable() -> bool:
+    return triton is not None
+
+
+def fallback(op: str, reason: str) -> None:
+    """Warn once per op that the PyTorch reference replaces its Triton path, and why."""
+    if op not in _warned:
+        warnings.warn(
+            f"kernels.{op}: using the PyTorch reference instead of Triton: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned.add(op)  # after the warning, so that a warnings-as-errors filter sees every failure
+
+
+def run(op: str, triton_fn, ref_fn):
+    """Call `triton_fn()`; if it fails (compile or launch error), warn once and return `ref_fn()`."""
+    try:
+        return triton_fn()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # a Triton compile/launch failure of any kind
+        fallback(op, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        return ref_fn()

@@ -1,0 +1,482 @@
+"""StyleGAN2 modulated convolution (NVlabs `modulated_conv2d`, `fused_modconv=False`) and FIR-resampled conv.
+
+Per sample n: y = d[n,o] · conv(x[n] · s[n,i], W) with demodulation coefficients
+d[n,o] = rsqrt(Σ_{i,k} (W[o,i,k]·s[n,i])² + 1e-8); up=2 is a transposed conv followed by the [1,3,3,1] blur.
+`modulated_conv2d_ref` is the PyTorch reference; `modulated_conv2d` dispatches to Triton for CUDA tensors.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from . import _dispatch
+from ._dispatch import tl, triton
+from .bias_act import ACT_CODES, act_mask, bias_act_ref
+from .bias_act import resolve as resolve_act
+from .upfirdn2d import _filter_size, _parse_padding, _parse_scaling, setup_filter, upfirdn2d
+
+RESAMPLE_FILTER = [1, 3, 3, 1]
+
+
+def _conv(x, w, stride=1, padding=0, transpose=False, flip_weight=True):
+    """conv2d is a correlation: flip_weight=False flips w to make it a true convolution."""
+    if not flip_weight:
+        w = w.flip([2, 3])
+    if transpose:
+        return F.conv_transpose2d(x, w, stride=stride, padding=padding)
+    return F.conv2d(x, w, stride=stride, padding=padding)
+
+
+def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, flip_filter=False, impl="auto"):
+    """NVlabs `conv2d_resample` (groups=1): conv2d with FIR up/down-sampling by f; padding in input pixels."""
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(
+            "kernels/modconv.py: conv2d_resample needs x [N,I,H,W] and w [O,I,kh,kw], "
+            f"got {tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    _, _, kh, kw = w.shape
+    fw, fh = _filter_size(f)
+    up, _ = _parse_scaling(up, "up")
+    down, _ = _parse_scaling(down, "down")
+    px0, px1, py0, py1 = _parse_padding(padding)
+
+    # Move the padding to where the filter keeps the image centred.
+    if up > 1:
+        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
+        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
+    if down > 1:
+        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
+        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
+
+    if kw == 1 and kh == 1 and down > 1 and up == 1:  # 1x1 downsampling: downsample first, then convolve
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
+        return _conv(x, w, flip_weight=flip_weight)
+    if kw == 1 and kh == 1 and up > 1 and down == 1:  # 1x1 upsampling: convolve first, then upsample
+        x = _conv(x, w, flip_weight=flip_weight)
+        return upfirdn2d(
+            x, f, up=up, padding=[px0, px1, py0, py1], gain=up**2, flip_filter=flip_filter, impl=impl
+        )
+    if down > 1 and up == 1:  # downsampling only: filter, then strided conv
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
+        return _conv(x, w, stride=down, flip_weight=flip_weight)
+    if up > 1:  # upsampling: transposed strided conv, then filter
+        w = w.transpose(0, 1)
+        px0, px1, py0, py1 = px0 - (kw - 1), px1 - (kw - up), py0 - (kh - 1), py1 - (kh - up)
+        pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
+        x = _conv(x, w, stride=up, padding=[pyt, pxt], transpose=True, flip_weight=not flip_weight)
+        x = upfirdn2d(
+            x,
+            f,
+            padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt],
+            gain=up**2,
+            flip_filter=flip_filter,
+            impl=impl,
+        )
+        if down > 1:
+            x = upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
+        return x
+    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:  # plain conv
+        return _conv(x, w, padding=[py0, px0], flip_weight=flip_weight)
+    x = upfirdn2d(x, None, padding=[px0, px1, py0, py1], impl=impl)  # asymmetric or negative padding
+    x = _conv(x, w, flip_weight=flip_weight)
+    if down > 1:
+        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
+    return x
+
+
+def _check(x, weight, styles, up, padding, noise, bias):
+    if x.ndim != 4 or weight.ndim != 4 or styles.ndim != 2:
+        raise ValueError(
+            "kernels/modconv.py: need x [N,I,H,W], weight [O,I,k,k], styles [N,I]; "
+            f"got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(styles.shape)}"
+        )
+    n, i = x.shape[:2]
+    if weight.shape[1] != i or tuple(styles.shape) != (n, i):
+        raise ValueError(
+            f"kernels/modconv.py: channel/batch mismatch: x {tuple(x.shape)}, "
+            f"weight {tuple(weight.shape)}, styles {tuple(styles.shape)}"
+        )
+    if up not in (1, 2):
+        raise ValueError(f"kernels/modconv.py: up must be 1 or 2, got {up}")
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"kernels/modconv.py: padding must be an int >= 0, got {padding!r}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"kernels/modconv.py: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}"
+        )
+    if noise is not None and noise.ndim != 4:
+        raise ValueError(
+            f"kernels/modconv.py: noise must be 4-D and broadcast to the output, got {tuple(noise.shape)}"
+        )
+
+
+def demod_coefficients(weight, styles):
+    """d[n,o] = rsqrt(Σ_i s[n,i]² · Σ_k W[o,i,k]² + 1e-8), without forming the per-sample weights."""
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+
+
+def _prenormalise(weight, styles):
+    # NVlabs: in float16, rescale weight and styles before use so that the products cannot overflow;
+    # demodulation removes the scale again.
+    in_channels, kh, kw = weight.shape[1:]
+    weight = weight * (
+        1 / (in_channels * kh * kw) ** 0.5 / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+    )
+    styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    return weight, styles
+
+
+def modulated_conv2d_ref(
+    x,
+    weight,
+    styles,
+    demodulate=True,
+    up=1,
+    padding=0,
+    *,
+    noise=None,
+    bias=None,
+    act="linear",
+    alpha=None,
+    gain=None,
+    clamp=None,
+):
+    """Reference: scale the input by the styles, plain (or transposed + blur) conv, scale by d, then add noise
+    and apply `bias_act` (bias, activation·gain, clamp)."""
+    _check(x, weight, styles, up, padding, noise, bias)
+    if x.dtype == torch.float16 and demodulate:
+        weight, styles = _prenormalise(weight, styles)
+    x = x * styles.to(x.dtype)[:, :, None, None]
+    f = setup_filter(RESAMPLE_FILTER, device=x.device) if up > 1 else None
+    x = conv2d_resample(
+        x, weight.to(x.dtype), f=f, up=up, padding=padding, flip_weight=(up == 1), impl="torch"
+    )
+    if demodulate:
+        x = x * demod_coefficients(weight, styles).to(x.dtype)[:, :, None, None]
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    if bias is None and act == "linear" and gain in (None, 1) and clamp is None:
+        return x
+    return bias_act_ref(x, bias, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def modulated_conv2d(
+    x,
+    weight,
+    styles,
+    demodulate=True,
+    up=1,
+    padding=0,
+    impl="auto",
+    *,
+    noise=None,
+    bias=None,
+    act="linear",
+    alpha=None,
+    gain=None,
+    clamp=None,
+):
+    """Modulated convolution; the keyword epilogue equals `bias_act(y + noise, bias, act, alpha, gain, clamp)`
+    (gain None = the activation's default, √2 for lrelu). x [N,I,H,W], weight [O,I,k,k], styles [N,I]."""
+    _check(x, weight, styles, up, padding, noise, bias)
+    kwargs = dict(noise=noise, bias=bias, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    if _dispatch.use_triton("modulated_conv2d", impl, x, weight, styles, noise, bias):
+        reason = triton_unsupported(x, weight, up, padding)
+        if reason is None:
+            return _dispatch.run(
+                "modulated_conv2d",
+                lambda: modulated_conv2d_triton(x, weight, styles, demodulate, up, padding, **kwargs),
+                lambda: modulated_conv2d_ref(x, weight, styles, demodulate, up, padding, **kwargs),
+            )
+        _dispatch.fallback("modulated_conv2d", reason)
+    return modulated_conv2d_ref(x, weight, styles, demodulate, up, padding, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton path.
+#
+# Both resolutions are one kernel: a stride-1 correlation of the style-scaled input with C_OUT "stacked"
+# filters, whose results are written with a pixel shuffle of factor UP. For up=2 the transposed conv and the
+# 4x4 blur compose into one 6x6 filter of stride 2, i.e. four 3x3 phase filters at input resolution (one per
+# output pixel parity), stacked as 4·O output channels; `_phase_weights` builds them with differentiable
+# torch ops, so the weight gradient reaches W through them. The input gradient is the same kernel run on the
+# pixel-unshuffled output gradient with flipped, transposed filters and d applied on load.
+# ----------------------------------------------------------------------------------------------------------
+
+
+# fmt: off
+def _modconv_kernel(
+    x_ptr, s_ptr, w_ptr, d_ptr, noise_ptr, bias_ptr, y_ptr, c_ptr,
+    C_IN, H, W, C_OUT, HQ, WQ, PAD,  # conv input [C_IN, H, W] -> stride-1 result [C_OUT, HQ, WQ]
+    S_DIV,  # the style of input channel i is s[n, i // S_DIV]
+    sn_n, sn_o, sn_y, sn_x,  # noise strides over the output [N, O, HQ·UP, WQ·UP] (0 = broadcast)
+    params_ptr,  # [alpha, gain, clamp] in the accumulation dtype: scalar arguments would be float32
+    K: tl.constexpr, UP: tl.constexpr, ACT: tl.constexpr,
+    HAS_S: tl.constexpr, HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, STORE_C: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+# fmt: on
+    n = tl.program_id(2).to(tl.int64)  # 64-bit offsets: a batch of large images passes 2**31 elements
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # pixels of the stride-1 result
+    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)  # stacked output channels
+    p_ok = offs_p < HQ * WQ
+    o_ok = offs_o < C_OUT
+    qy = offs_p // WQ
+    qx = offs_p % WQ
+    x_base = x_ptr + n * C_IN * H * W
+    # tl.full, not tl.zeros: a builtin also runs in the interpreter when Triton was imported without it
+    acc = tl.full((BLOCK_P, BLOCK_O), 0, dtype=ACC_DTYPE)
+    for ky in tl.static_range(K):
+        iy = qy + ky - PAD
+        for kx in tl.static_range(K):
+            ix = qx + kx - PAD
+            pix_ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = iy * W + ix
+            for i0 in range(0, C_IN, BLOCK_I):
+                offs_i = i0 + tl.arange(0, BLOCK_I)
+                i_ok = offs_i < C_IN
+                xt = tl.load(
+                    x_base + offs_i[None, :] * H * W + pix[:, None],
+                    mask=pix_ok[:, None] & i_ok[None, :],
+                    other=0.0,
+                )
+                wt = tl.load(
+                    w_ptr + ((ky * K + kx) * C_IN + offs_i[:, None]) * C_OUT + offs_o[None, :],
+                    mask=i_ok[:, None] & o_ok[None, :],
+                    other=0.0,
+                )
+                if HAS_S:  # style scaling as the tile is loaded
+                    st = tl.load(s_ptr + n * (C_IN // S_DIV) + offs_i // S_DIV, mask=i_ok, other=0.0)
+                    xt = xt * st[None, :]
+                acc = tl.dot(xt.to(wt.dtype), wt, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+
+    # Epilogue: pixel shuffle, demodulation, noise, bias, activation·gain, clamp.
+    o = offs_o // (UP * UP)
+    phase = offs_o % (UP * UP)
+    oy = qy[:, None] * UP + (phase // UP)[None, :]
+    ox = qx[:, None] * UP + (phase % UP)[None, :]
+    out_off = ((n * (C_OUT // (UP * UP)) + o[None, :]) * (HQ * UP) + oy) * (WQ * UP) + ox
+    mask = p_ok[:, None] & o_ok[None, :]
+    if STORE_C:  # the conv result before demodulation, for the gradient of d
+        tl.store(c_ptr + out_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    v = acc
+    alpha = tl.load(params_ptr).to(ACC_DTYPE)
+    gain = tl.load(params_ptr + 1).to(ACC_DTYPE)
+    clamp = tl.load(params_ptr + 2).to(ACC_DTYPE)
+    if HAS_D:
+        v = v * tl.load(d_ptr + n * (C_OUT // (UP * UP)) + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    if HAS_NOISE:
+        v = v + tl.load(
+            noise_ptr + n * sn_n + o[None, :] * sn_o + oy * sn_y + ox * sn_x, mask=mask, other=0.0
+        ).to(ACC_DTYPE)
+    if HAS_BIAS:
+        v = v + tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    if ACT == 1:
+        v = tl.where(v > 0, v, 0.0)
+    if ACT == 2:
+        v = tl.where(v > 0, v, v * alpha)
+    v = v * gain
+    if HAS_CLAMP:
+        v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    tl.store(y_ptr + out_off, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _pow2(v, lo, hi):
+    return max(lo, min(hi, 1 << max(int(v) - 1, 0).bit_length()))
+
+
+def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, store_c):
+    """y (and the pre-demodulation result c, or None) of the fused kernel; w: stacked [C_OUT, C_IN, K, K]."""
+    n, c_in, h, w_in = x.shape
+    c_out, _, k, _ = w.shape
+    hq, wq = h + 2 * pad - k + 1, w_in + 2 * pad - k + 1
+    o = c_out // (up * up)
+    x = x.contiguous()
+    wt = w.to(x.dtype).permute(2, 3, 1, 0).contiguous()  # [K, K, C_IN, C_OUT]: coalesced along C_OUT
+    y = torch.empty(n, o, hq * up, wq * up, dtype=x.dtype, device=x.device)
+    c = torch.empty_like(y) if store_c else None
+    noise_strides = (0, 0, 0, 0)
+    if noise is not None:
+        noise = noise.to(x.dtype).expand(y.shape)
+        noise_strides = noise.stride()
+    if x.dtype == torch.float32:
+        precision = "tf32" if x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
+    else:
+        precision = "ieee"
+    block_p, block_o, block_i = _pow2(hq * wq, 16, 64), _pow2(c_out, 16, 64), _pow2(c_in, 16, 32)
+    grid = (triton.cdiv(hq * wq, block_p), triton.cdiv(c_out, block_o), n)
+    dummy = y  # pointer for absent optional tensors (never read: their flags are off)
+    _dispatch.jit(_modconv_kernel)[grid](
+        x,
+        dummy if s is None else s.contiguous(),
+        wt,
+        dummy if d is None else d.contiguous(),
+        dummy if noise is None else noise,
+        dummy if bias is None else bias.contiguous(),
+        y,
+        dummy if c is None else c,
+        c_in,
+        h,
+        w_in,
+        c_out,
+        hq,
+        wq,
+        pad,
+        s_div,
+        *noise_strides,
+        torch.tensor(
+            [alpha, gain, clamp],
+            dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+            device=x.device,
+        ),
+        K=k,
+        UP=up,
+        ACT=ACT_CODES[act],
+        HAS_S=s is not None,
+        HAS_D=d is not None,
+        HAS_NOISE=noise is not None,
+        HAS_BIAS=bias is not None,
+        HAS_CLAMP=clamp >= 0,
+        STORE_C=store_c,
+        ACC_DTYPE=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        PRECISION=precision,
+        BLOCK_P=block_p,
+        BLOCK_O=block_o,
+        BLOCK_I=block_i,
+        num_warps=4,
+    )
+    return y, c
+
+
+class _ModConv(torch.autograd.Function):
+    """y = act(d[n,o] · (conv(x · s, w) pixel-shuffled by `up`) + noise + bias)·gain, clamped.
+
+    The backward pass is written with differentiable ops (this Function for the input gradient, aten's conv
+    weight gradient, elementwise torch), so it can itself be differentiated (path-length regularisation)."""
+
+    @staticmethod
+    def forward(ctx, x, w, s, d, noise, bias, cfg):
+        s_div, up, pad, act, alpha, gain, clamp = cfg
+        store_c = d is not None and ctx.needs_input_grad[3]
+        y, c = _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, store_c)
+        ctx.cfg = cfg
+        ctx.noise_shape = None if noise is None else noise.shape
+        ctx.save_for_backward(x, w, s, d, y, c)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, s, d, y, c = ctx.saved_tensors
+        s_div, up, pad, act, alpha, gain, clamp = ctx.cfg
+        need_x, need_w, need_s, need_d, need_noise, need_bias, _ = ctx.needs_input_grad
+        n, c_in = x.shape[:2]
+        gz = (
+            gy
+            if (act == "linear" and gain == 1 and clamp < 0)
+            else gy * act_mask(y.detach(), act, alpha, gain, clamp)
+        )
+        grad_noise = gz.sum_to_size(ctx.noise_shape) if need_noise else None
+        grad_bias = gz.sum([0, 2, 3]) if need_bias else None
+        grad_d = None
+        if need_d:
+            if torch.is_grad_enabled():  # double backward: c must stay a function of x, w and s
+                c = _ModConv.apply(x, w, s, None, None, None, (s_div, up, pad, "linear", 0.0, 1.0, -1.0))
+            grad_d = (gz * c).sum([2, 3])
+        g = F.pixel_unshuffle(gz, up) if up > 1 else gz  # [N, C_OUT, HQ, WQ]
+        s_full = None if s is None else (s.repeat_interleave(s_div, 1) if s_div > 1 else s)[:, :, None, None]
+        grad_x = grad_w = grad_s = None
+        if need_x or need_s:
+            k = w.shape[2]
+            w_t = w.flip([2, 3]).transpose(0, 1)
+            gxs = _ModConv.apply(
+                g, w_t, d, None, None, None, (up * up, 1, k - 1 - pad, "linear", 0.0, 1.0, -1.0)
+            )
+            if need_x:
+                grad_x = gxs if s_full is None else gxs * s_full
+            if need_s:
+                grad_s = (gxs * x).sum([2, 3])
+                grad_s = grad_s.view(n, c_in // s_div, s_div).sum(2) if s_div > 1 else grad_s
+        if need_w:
+            xs = x if s_full is None else x * s_full
+            gd = g if d is None else g * d.repeat_interleave(up * up, 1)[:, :, None, None]
+            grad_w = torch.nn.grad.conv2d_weight(xs, w.shape, gd, padding=pad)
+        return grad_x, grad_w, grad_s, grad_d, grad_noise, grad_bias, None
+
+
+def _phase_taps(k, padding):
+    """For up=2 with kernel k: (stacked kernel size kc, its padding pc, tap index [2, kc] into the composed
+    6x6-like filter E of size k+3, where k+3 means a zero tap)."""
+    p0 = padding + 3 - k  # padding of the full transposed-conv result before the blur
+    taps = []
+    for a in (0, 1):
+        e_max = k + 2 if (a + 3 - p0) % 2 == (k + 2) % 2 else k + 1
+        taps.append(((e_max - a + p0 - 3) // 2, list(range(e_max, -1, -2))))
+    pc = max(pad_a for pad_a, _ in taps)
+    kc = max(len(t) + pc - pad_a for pad_a, t in taps)
+    index = torch.full((2, kc), k + 3, dtype=torch.long)
+    for a, (pad_a, t) in enumerate(taps):
+        for j, e in enumerate(t):
+            index[a, j + pc - pad_a] = e
+    return kc, pc, index
+
+
+def _phase_weights(weight, padding):
+    """[4·O, I, kc, kc] phase filters (channel o·4 + 2·ay + ax) equal to transposed conv + [1,3,3,1] blur."""
+    o, i, k, _ = weight.shape
+    f = setup_filter(RESAMPLE_FILTER, device=weight.device).to(weight.dtype) * 4  # gain up² as in NVlabs
+    e = F.conv2d(F.pad(weight.reshape(o * i, 1, k, k), [3] * 4), f.flip([0, 1])[None, None]).reshape(
+        o, i, k + 3, k + 3
+    )
+    e = F.pad(e, [0, 1, 0, 1])  # index k+3 reads zero
+    kc, pc, index = _phase_taps(k, padding)
+    index = index.reshape(-1).to(weight.device)
+    e = e[:, :, index][..., index].reshape(o, i, 2, kc, 2, kc)
+    return e.permute(0, 2, 4, 1, 3, 5).reshape(4 * o, i, kc, kc), pc
+
+
+def triton_unsupported(x, weight, up, padding):
+    """Why the Triton kernel cannot run this configuration, or None."""
+    k = weight.shape[2]
+    if weight.shape[3] != k:
+        return f"non-square kernels ({tuple(weight.shape[2:])}) are not supported"
+    h, w = x.shape[2:]
+    if up == 1:
+        return None if min(h, w) + 2 * padding - k + 1 >= 1 else "output would be empty"
+    if k % 2 == 0:
+        return "up=2 needs an odd kernel size"
+    kc, pc, _ = _phase_taps(k, padding)
+    if pc < 0 or (2 * h + 2 * padding + 1 - k) != 2 * (h + 2 * pc - kc + 1):
+        return f"up=2 with kernel {k} and padding {padding} is not supported (use padding={k // 2})"
+    return None
+
+
+def modulated_conv2d_triton(
+    x,
+    weight,
+    styles,
+    demodulate=True,
+    up=1,
+    padding=0,
+    *,
+    noise=None,
+    bias=None,
+    act="linear",
+    alpha=None,
+    gain=None,
+    clamp=None,
+):
+    """The Triton path of `modulated_conv2d` (same arguments and result as `modulated_conv2d_ref`)."""
+    _check(x, weight, styles, up, padding, noise, bias)
+    alpha, gain, clamp = resolve_act(act, alpha, gain, clamp)
+    if gain < 0:
+        raise ValueError(f"kernels/modconv.py: the Triton path needs gain >= 0, got {gain}")
+    if noise is not None:
+        torch.broadcast_shapes(
+            noise.shape, (x.shape[0], weight.shape[0], 1, 1)
+        )  # raises if it cannot broadcast
+    if x.dtype == torch.float16 and demodulate:
+        weight, styles = _prenormalise(weight, styles)
+    d = demod_coefficients(weight, styles).to(x.dtype) if demodulate else None
+    w, pad = (weight, padding) if up == 1 else _phase_weights(weight, padding)
+    cfg = (1, up, pad, act, alpha, gain, clamp)
+    return _ModConv.apply(x, w.to(x.dtype), styles.to(x.dtype), d, noise, bias, cfg)

@@ -1,0 +1,109 @@
+"""EncoderPretrain: the audio encoder trained alone on speaker classification (the paper's encoder recipe).
+
+SGD lr 1e-3, momentum 0.9, weight decay 1e-4, cosine cyclic learning rate (warm restarts every `cycle_steps`),
+batch 384, 10,000 iterations. At the end of training the encoder weights are written to
+`<run dir>/encoder.pt`, read by Voice2FaceGAN with `encoder_mode=frozen|finetune encoder_ckpt=<that file>`.
+"""
+
+import copy
+import logging
+import os
+
+import hydra
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+ENCODER_FILENAME = "encoder.pt"
+
+
+def load_encoder_weights(encoder, path):
+    """Load encoder weights from `encoder.pt` (written by EncoderPretrain) or from an EncoderPretrain .ckpt.
+
+    Entries the target lacks (the speaker-classification head) are ignored; missing or mis-shaped ones raise.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: encoder checkpoint not found; create it with "
+            "`python -m experiments.run +exp=encoder_pretrain`"
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "encoder" in ckpt:
+        state = ckpt["encoder"]
+    elif isinstance(ckpt, dict) and "state_dict" in ckpt:
+        state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    else:
+        raise ValueError(f"{path}: not an encoder checkpoint (expected an 'encoder' or 'state_dict' entry)")
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(
+            f"{path}: encoder weights do not fit the configured encoder: missing {missing[:5]}, "
+            f"shape mismatch {mismatched[:5]} (were they trained with the same encoder config?)"
+        )
+    encoder.load_state_dict({k: state[k] for k in own})
+
+
+class EncoderPretrain(LightningModule):
+    def __init__(
+        self,
+        encoder: dict,                  # AudioEncoder config; in_features, num_classes filled in.
+        num_classes: int,               # Training speakers.
+        feature_dim: int = 64,          # Audio feature bands F.
+        img_resolution: int | None = None,  # experiments.run passes it to every model; unused.
+        lr: float = 1e-3,               # SGD peak learning rate (paper).
+        momentum: float = 0.9,          # SGD momentum (paper).
+        weight_decay: float = 1e-4,     # SGD weight decay (paper).
+        cycle_steps: int = 2500,        # Cosine cycle length in iterations (warm restarts).
+        min_lr: float = 0.0,            # Learning rate at the end of each cosine cycle.
+    ):
+        super().__init__()
+        if isinstance(encoder, DictConfig):
+            encoder = OmegaConf.to_container(encoder, resolve=True)
+        encoder = copy.deepcopy(encoder)
+        if num_classes < 2:
+            raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got "
+                             f"{num_classes}")
+        self.save_hyperparameters()
+        self.encoder = hydra.utils.instantiate(
+            {**encoder, "in_features": feature_dim, "num_classes": num_classes}, _convert_="all"
+        )
+
+    def forward(self, audio, lengths=None):
+        """audio [B, F, T] -> speaker logits [B, num_classes]."""
+        return self.encoder.classify(self.encoder(audio, lengths))
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["audio"], batch.get("audio_lengths"))
+        loss = F.cross_entropy(logits, batch["label"])
+        acc = (logits.argmax(1) == batch["label"]).float().mean()
+        n = batch["label"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/acc", acc, prog_bar=True, batch_size=n)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=hp.cycle_steps,
+                                                                     eta_min=hp.min_lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def save_encoder(self, path):
+        """Write {'encoder': state_dict, 'encoder_config': dict, 'feature_dim': F} (weights_only-safe)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        torch.save({"encoder": state, "encoder_config": self.hparams.encoder,
+                    "feature_dim": self.hparams.feature_dim}, path)
+        return path
+
+    def on_train_end(self):
+        if self.trainer.is_global_zero:
+            path = self.save_encoder(os.path.join(self.trainer.default_root_dir, ENCODER_FILENAME))
+            log.info("encoder weights written to %s", path)

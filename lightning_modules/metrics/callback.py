@@ -1,0 +1,156 @@
+"""Lightning callback: FID and path length of the EMA generator every N kimg (paper figures 11-12), and a
+W&B table of held-out speakers (audio features, real face, generated face) when a WandbLogger is attached.
+
+Metrics that cannot run (no weights, a generator without mapping) are skipped with their reason logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from lightning import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_modules.metrics.evaluate import (
+    as_dict,
+    build_distance,
+    build_fid,
+    fid_metric,
+    generate_split,
+    ppl_metric,
+    real_faces,
+)
+from lightning_modules.metrics.fid import quantize
+from lightning_modules.metrics.weights import MetricUnavailable, say_once
+
+log = logging.getLogger(__name__)
+
+
+class MetricsCallback(Callback):
+    def __init__(
+        self,
+        every_kimg: float = 50.0,  # Interval in thousands of training images (cur_nimg); 0 = only at the end.
+        split: str = "val",  # Held-out split whose voices and faces are scored.
+        fid: dict | None = None,  # metrics.fid config (enabled, weights_path, batch_size, download).
+        ppl: dict | None = None,  # metrics.ppl config (enabled, num_samples, vgg_path, ...).
+        max_utterances: int | None = 2000,  # Generated faces per FID evaluation.
+        table_rows: int = 8,  # Speakers in the W&B table (0 = no table).
+        cache_dir: str | None = None,  # Real FID statistics cache (None: <run dir>/fid_cache).
+        download: bool = False,  # Allow fetching missing metric weights.
+    ):
+        self.every_nimg = every_kimg * 1000
+        self.split, self.max_utterances, self.table_rows = split, max_utterances, table_rows
+        self.fid_cfg = {"download": download, **as_dict(fid)}
+        self.ppl_cfg = {"download": download, **as_dict(ppl)}
+        self.cache_dir = cache_dir
+        self._next_nimg = 0.0
+        self._unavailable: set[str] = set()
+        self._fid = None  # built on first use, then kept
+        self._distance = None
+
+    @classmethod
+    def from_config(cls, metrics_cfg) -> MetricsCallback:
+        """Build from the `metrics` config group (its `callback` section plus the fid / ppl sections)."""
+        cfg = as_dict(metrics_cfg)
+        cb = dict(cfg.get("callback", {}))
+        ppl = {
+            **cfg.get("ppl", {}),
+            "num_samples": cb.pop("ppl_num_samples", cfg.get("ppl", {}).get("num_samples")),
+        }
+        return cls(
+            fid=cfg.get("fid"),
+            ppl=ppl,
+            cache_dir=cfg.get("cache_dir"),
+            download=cfg.get("download", False),
+            **cb,
+        )
+
+    def on_train_start(self, trainer, pl_module):
+        now = pl_module.cur_nimg
+        self._next_nimg = (
+            float("inf") if self.every_nimg <= 0 else (now // self.every_nimg + 1) * self.every_nimg
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.cur_nimg >= self._next_nimg:
+            while self._next_nimg <= pl_module.cur_nimg:
+                self._next_nimg += self.every_nimg
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.run(trainer, pl_module)
+
+    @torch.no_grad()
+    def run(self, trainer, pl_module) -> dict[str, float]:
+        """Compute what is available (global rank 0 only), log it against progress/kimg, return it."""
+        if not trainer.is_global_zero:
+            return {}
+        metrics: dict[str, float | None] = {}
+        if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
+            metrics["metrics/fid"] = self._try("fid", self._fid_value, trainer, pl_module)
+        if self.ppl_cfg.get("enabled", True) and "ppl" not in self._unavailable:
+            metrics["metrics/ppl"] = self._try("ppl", self._ppl_value, pl_module)
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        if metrics:
+            metrics["progress/kimg"] = pl_module.cur_nimg / 1000
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        if self.table_rows > 0:
+            self.log_table(trainer, pl_module, trainer.datamodule)
+        return metrics
+
+    def _fid_value(self, trainer, pl_module) -> float:
+        if self._fid is None:  # Inception and the real statistics are loaded once per run
+            cache = self.cache_dir or f"{trainer.default_root_dir}/fid_cache"
+            self._fid = build_fid(self.fid_cfg, pl_module.device, cache)
+        fakes, _ = generate_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
+        real_u8, _, _ = real_faces(trainer.datamodule, self.split)
+        return fid_metric(self._fid, quantize(fakes), real_u8, self.split, self.fid_cfg.get("batch_size", 64))
+
+    def _ppl_value(self, pl_module) -> float:
+        if self._distance is None and hasattr(pl_module.G_ema, "mapping"):
+            self._distance = build_distance(self.ppl_cfg)
+        return ppl_metric(pl_module, self.ppl_cfg, self._distance)
+
+    def _try(self, name, fn, *args):
+        try:
+            return fn(*args)
+        except MetricUnavailable as err:
+            self._unavailable.add(name)  # weights do not appear mid-run: stop asking
+            say_once(f"{name} skipped: {err}")
+            return None
+
+    def log_table(self, trainer, pl_module, dm) -> None:
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not wandb_loggers:
+            return
+        import wandb
+
+        loader = dm.val_dataloader() if self.split == "val" else dm.test_dataloader()
+        batch = next(iter(loader))
+        n = min(self.table_rows, len(batch["audio"]))
+        audio, lengths = (
+            batch["audio"][:n].to(pl_module.device),
+            batch["audio_lengths"][:n].to(pl_module.device),
+        )
+        fake = pl_module.generate(audio, lengths, noise_mode="const").float().cpu()
+        names = dm.identities(self.split)
+        rows = []
+        for i in range(n):
+            feats = batch["audio"][i, :, : int(batch["audio_lengths"][i])].float()
+            spec = (feats - feats.min()) / (feats.max() - feats.min() + 1e-8)  # [F, frames] as an image
+            rows.append(
+                [
+                    names[int(batch["label"][i])],
+                    wandb.Image(spec.flip(0).numpy(), caption="audio features"),
+                    wandb.Image(((batch["face"][i].float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()),
+                    wandb.Image(((fake[i] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()),
+                ]
+            )
+        for lg in wandb_loggers:
+            lg.log_table(
+                key=f"speakers/{pl_module.cur_nimg / 1000:.1f}kimg",
+                columns=["identity", "audio features", "real face", "generated face"],
+                data=rows,
+            )

@@ -1,0 +1,236 @@
+"""`evaluate(model, datamodule, cfg, split)`: every metric that can run here, and why the others cannot.
+
+cfg is the `metrics` config group (experiments/conf/metrics/default.yaml). One face is generated per
+held-out utterance (EMA generator, constant noise); the real faces are `datamodule.faces(split)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from lightning_modules.metrics.attributes import attribute_scores
+from lightning_modules.metrics.fid import FID, fingerprint, quantize
+from lightning_modules.metrics.identity import FaceNetEmbedder, centroids, identity_cosine, retrieval_recall
+from lightning_modules.metrics.ppl import LPIPSDistance, path_length
+from lightning_modules.metrics.probe import to_float, train_probe
+from lightning_modules.metrics.weights import MetricUnavailable, say_once
+
+log = logging.getLogger(__name__)
+
+LABELS = {  # display names in the summary; other keys are shown as they are
+    "fid": "FID",
+    "ppl_wend": "Path length (ppl2_wend)",
+    "id_cosine": "Identity cosine",
+}
+
+
+def as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+@torch.no_grad()
+def generate_split(model, datamodule, split: str = "test", max_utterances: int | None = None):
+    """One generated face per utterance of `split`: ([-1, 1] float [N,3,S,S] on CPU, identity labels [N])."""
+    if split not in ("val", "test"):
+        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
+    loader = getattr(datamodule, f"{split}_dataloader")
+    was_training = model.training
+    model.eval()
+    imgs, labels, n = [], [], 0
+    for batch in loader():
+        audio = batch["audio"].to(model.device)
+        lengths = batch["audio_lengths"].to(model.device)
+        imgs.append(model.generate(audio, lengths, noise_mode="const", ema=True).float().cpu())
+        labels.append(batch["label"].cpu())
+        n += len(audio)
+        if max_utterances is not None and n >= max_utterances:
+            break
+    model.train(was_training)
+    if not imgs:
+        raise ValueError(f"evaluate: the {split} loader yielded no batches")
+    imgs, labels = torch.cat(imgs), torch.cat(labels)
+    if max_utterances is not None:
+        imgs, labels = imgs[:max_utterances], labels[:max_utterances]
+    return imgs, labels
+
+
+def real_faces(datamodule, split: str) -> tuple[Tensor, Tensor, list[str]]:
+    """All real faces of `split` as uint8 [M,3,S,S], their identity labels (index in identities(split))."""
+    names = list(datamodule.identities(split))
+    faces = datamodule.faces(split)
+    missing = [n for n in names if n not in faces]
+    if missing:
+        raise ValueError(f"evaluate: no real faces for {split} identities {missing[:5]}")
+    stack = torch.cat([faces[n] for n in names])
+    labels = torch.cat([torch.full((len(faces[n]),), i) for i, n in enumerate(names)])
+    return stack, labels, names
+
+
+def batches(x: Tensor, size: int) -> Iterator[Tensor]:
+    yield from x.split(size)
+
+
+def _module(spec):
+    """A metric network given in the config: None, an nn.Module, or a `_target_` dict to instantiate."""
+    if spec is None or isinstance(spec, torch.nn.Module):
+        return spec
+    return hydra.utils.instantiate(spec)
+
+
+def build_fid(cfg: dict, device, cache_dir) -> FID:
+    """FID of the config (Inception unless `feature` names another net); may raise MetricUnavailable."""
+    feature = _module(cfg.get("feature"))
+    return FID(feature, cfg.get("weights_path"), cfg.get("download", False), cache_dir).to(device)
+
+
+def fid_metric(fid: FID, fake_u8: Tensor, real_u8: Tensor, split: str, batch_size: int = 64) -> float:
+    fid.set_real(lambda: batches(real_u8, batch_size), key=f"{split}-{fingerprint(real_u8)}")
+    return fid.compute(batches(fake_u8, batch_size))
+
+
+def build_distance(cfg: dict) -> torch.nn.Module:
+    """The path-length image distance: LPIPS-VGG16 unless `distance` names another network."""
+    return _module(cfg.get("distance")) or LPIPSDistance(cfg.get("vgg_path"), cfg.get("download", False))
+
+
+def ppl_metric(model, cfg: dict, distance: torch.nn.Module | None = None) -> float:
+    """ppl2_wend of the EMA generator; `distance` None builds the configured one."""
+    G = model.G_ema
+    if not hasattr(G, "mapping"):
+        raise MetricUnavailable("path length needs a StyleGAN generator (.mapping); this one has none")
+    distance = build_distance(cfg) if distance is None else distance
+    return path_length(
+        G,
+        distance.to(model.device),
+        cfg.get("num_samples", 50_000),
+        cfg.get("batch_size", 32),
+        cfg.get("epsilon", 1e-4),
+        seed=cfg.get("seed", 0),
+    )
+
+
+def evaluate(
+    model, datamodule, cfg: Mapping | DictConfig | None = None, split: str = "test"
+) -> dict[str, Any]:
+    """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats."""
+    cfg = as_dict(cfg)
+    download = cfg.get("download", False)
+    sub = {k: {"download": download, **as_dict(cfg.get(k))} for k in ("fid", "ppl", "identity", "probe")}
+    result: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
+
+    def skip(name: str, reason: str) -> None:
+        skipped[name] = reason
+        say_once(f"{name} skipped: {reason}")
+
+    gen, gen_labels = generate_split(model, datamodule, split, cfg.get("max_utterances"))
+    real_u8, real_labels, names = real_faces(datamodule, split)
+    result["num_generated"], result["num_real"] = len(gen), len(real_u8)
+
+    if sub["fid"].get("enabled", True):
+        try:
+            fid = build_fid(sub["fid"], model.device, cfg.get("cache_dir"))
+            result["fid"] = fid_metric(fid, quantize(gen), real_u8, split, sub["fid"].get("batch_size", 64))
+        except MetricUnavailable as err:
+            skip("fid", str(err))
+    if sub["ppl"].get("enabled", True):
+        try:
+            result["ppl_wend"] = ppl_metric(model, sub["ppl"])
+        except MetricUnavailable as err:
+            skip("ppl_wend", str(err))
+
+    attributes = getattr(datamodule, "attributes", None)
+    id_cfg, probe, codec = sub["identity"], None, None
+    embedder = id_cfg.get("embedder", "auto")
+    if embedder == "auto":
+        embedder = "probe" if attributes is not None else "facenet"
+    if embedder == "probe" or (attributes is not None and cfg.get("attributes", {}).get("enabled", True)):
+        p = sub["probe"]
+        probe, codec = train_probe(
+            datamodule.faces("train"),
+            attributes,
+            getattr(datamodule, "attribute_kinds", None),
+            p.get("steps", 300),
+            p.get("batch_size", 64),
+            p.get("lr", 2e-3),
+            p.get("width", 16),
+            p.get("seed", 0),
+        )
+
+    if id_cfg.get("enabled", True):
+        try:
+            if embedder == "facenet":
+                net = FaceNetEmbedder(id_cfg.get("weights_path"), download).to(model.device)
+                embed = lambda x: torch.cat([net(b.to(model.device)).cpu() for b in x.split(64)])  # noqa: E731
+            elif embedder == "probe":
+                embed = lambda x: probe.predict(x)[0]  # noqa: E731
+            else:
+                raise ValueError(
+                    f"metrics.identity.embedder must be auto, facenet or probe, got {embedder!r}"
+                )
+            result.update(
+                identity_metrics(
+                    embed(gen), gen_labels, embed(to_float(real_u8)), real_labels, len(names), id_cfg, notes
+                )
+            )
+            notes["identity_embedder"] = embedder
+        except MetricUnavailable as err:
+            skip("identity", str(err))
+
+    if attributes is None:
+        skipped["attributes"] = "the dataset has no attributes (only the embedded corpus has)"
+    elif cfg.get("attributes", {}).get("enabled", True):
+        result.update(
+            attribute_scores(
+                probe,
+                codec,
+                gen,
+                [names[i] for i in gen_labels],
+                to_float(real_u8),
+                [names[i] for i in real_labels],
+                attributes,
+                skipped,
+            )
+        )
+    result["_skipped"], result["_notes"] = skipped, notes
+    return result
+
+
+def identity_metrics(gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: dict, notes: dict) -> dict:
+    centers = centroids(real_emb, real_labels, num_ids)
+    out = {"id_cosine": identity_cosine(gen_emb, gen_labels, centers)}
+    ks = tuple(cfg.get("ks", (1, 5, 10)))
+    for size in cfg.get("galleries", (10, 100)):
+        recall, used = retrieval_recall(
+            gen_emb, gen_labels, centers, size, ks, cfg.get("repeats", 10), cfg.get("seed", 0)
+        )
+        if used < size:
+            notes[f"recall_g{size}"] = f"gallery of {size} clamped to the {used} identities available"
+        out.update({f"recall@{k}_g{size}": v for k, v in recall.items()})
+    return out
+
+
+def summary_markdown(result: dict, title: str) -> str:
+    lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+    for key, value in result.items():
+        if not key.startswith("_"):
+            lines.append(
+                f"| {LABELS.get(key, key)} | {value:.4g} |"
+                if isinstance(value, float)
+                else f"| {LABELS.get(key, key)} | {value} |"
+            )
+    if result.get("_skipped"):
+        lines += ["", "Not computed:", ""] + [f"- **{k}**: {v}" for k, v in result["_skipped"].items()]
+    if result.get("_notes"):
+        lines += ["", "Notes:", ""] + [f"- {k}: {v}" for k, v in result["_notes"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""Fréchet Inception Distance of generated versus real faces (NVlabs fid50k_full semantics).
+
+torchmetrics' FrechetInceptionDistance holds the running sums; this wrapper adds what the paper's protocol
+needs: NVlabs quantisation of generated images, TF1-style resizing (`antialias=False`, as torch-fidelity),
+a local Inception file, and real-set statistics computed once per split and feature network, then cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from lightning_modules.metrics.weights import MetricUnavailable, resolve_weights
+
+_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def quantize(img: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 [0, 255] exactly as NVlabs (x·127.5 + 128, clamp, truncate)."""
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def fingerprint(*tensors: Tensor, extra: str = "") -> str:
+    """Short content hash, used to key cached statistics to the exact images and networks."""
+    h = hashlib.sha1(extra.encode())
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+class FID:
+    """FID with cached real statistics.
+
+    feature:      None -> Inception-v3 pool3 (2048-d, needs weights); or any nn.Module taking uint8
+                  [N,3,H,W] and returning [N, num_features] (tests use a tiny stand-in).
+    weights_path: local Inception file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth).
+    download:     allow fetching the Inception file when it is not found locally.
+    cache_dir:    where real statistics are stored (None: kept in memory only).
+    """
+
+    def __init__(
+        self,
+        feature: nn.Module | None = None,
+        weights_path: str | None = None,
+        download: bool = False,
+        cache_dir: str | Path | None = None,
+    ):
+        if feature is None:
+            if "antialias" not in inspect.signature(FrechetInceptionDistance).parameters:
+                raise MetricUnavailable(
+                    "installed torchmetrics has no antialias= for FID; need torchmetrics>=1.4"
+                )
+            weights = resolve_weights("inception", weights_path, download)
+            self.metric = FrechetInceptionDistance(
+                feature=2048,
+                reset_real_features=False,
+                feature_extractor_weights_path=str(weights),
+                antialias=False,  # TF1 bilinear resize to 299 px, as torch-fidelity and NVlabs
+            )
+        else:
+            self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+        net = self.metric.inception
+        self.feature_tag = f"{type(net).__name__}-{fingerprint(*net.state_dict().values())}"
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.real_key: str | None = None
+
+    def to(self, device: torch.device | str) -> FID:
+        self.metric.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.metric.device
+
+    def cache_file(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"fid_real_{key}_{self.feature_tag}.pt"
+
+    def set_real(self, batches: Callable[[], Iterable[Tensor]], key: str) -> None:
+        """Real statistics for `key` (split + data fingerprint): from memory, the cache file, or computed.
+
+        batches: called only when the statistics must be computed; yields uint8 [N,3,H,W] real images.
+        """
+        if key == self.real_key:
+            return
+        file = self.cache_file(key)
+        if file is not None and file.is_file():
+            state = torch.load(file, map_location=self.device, weights_only=True)
+            for name in _REAL_STATES:
+                setattr(self.metric, name, state[name].to(self.device))
+        else:
+            for name in _REAL_STATES:
+                getattr(self.metric, name).zero_()
+            for imgs in batches():
+                self._check(imgs, "real")
+                self.metric.update(imgs.to(self.device), real=True)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({n: getattr(self.metric, n).cpu() for n in _REAL_STATES}, file)
+        self.real_key = key
+
+    @torch.no_grad()
+    def compute(self, fakes: Iterable[Tensor]) -> float:
+        """FID of the uint8 generated images in `fakes` against the current real statistics."""
+        if self.real_key is None:
+            raise RuntimeError("FID.compute before FID.set_real")
+        self.metric.reset()  # clears generated statistics only (reset_real_features=False)
+        for imgs in fakes:
+            self._check(imgs, "generated")
+            self.metric.update(imgs.to(self.device), real=False)
+        return float(self.metric.compute())
+
+    @staticmethod
+    def _check(imgs: Tensor, what: str) -> None:
+        if imgs.dtype != torch.uint8 or imgs.ndim != 4 or imgs.shape[1] != 3:
+            raise ValueError(
+                f"FID {what} images must be uint8 [N,3,H,W], got {imgs.dtype} {tuple(imgs.shape)}"
+            )

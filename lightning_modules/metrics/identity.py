@@ -1,0 +1,82 @@
+"""Identity metrics (SF2F protocol): cosine to the identity's mean real face embedding, and voice -> face
+retrieval Recall@k among galleries of identities, in a configurable face-embedding space."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules.metrics.weights import resolve_weights
+
+
+class FaceNetEmbedder(nn.Module):
+    """FaceNet InceptionResnetV1 (VGGFace2) from a local weights file; [-1, 1] faces -> unit 512-d."""
+
+    def __init__(self, weights_path: str | None = None, download: bool = False):
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        file = resolve_weights("facenet", weights_path, download)
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        state = torch.load(file, map_location="cpu")
+        self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
+        self.net.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FaceNetEmbedder:
+        return super().train(False)  # BatchNorm statistics are part of the pretrained model
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = F.interpolate(img.float(), size=(160, 160), mode="bilinear", align_corners=False)
+        return self.net(x * (127.5 / 128))  # facenet standardisation is (x·255 − 127.5) / 128
+
+
+def centroids(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Mean unit embedding per label -> [num_classes, D]; every label must occur."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(
+            f"no real faces for identity indices {torch.nonzero(counts == 0).flatten().tolist()}"
+        )
+    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype).index_add_(
+        0, labels, F.normalize(emb, dim=1)
+    )
+    return sums / counts[:, None]
+
+
+def identity_cosine(gen_emb: Tensor, gen_labels: Tensor, centers: Tensor) -> float:
+    """Mean cosine similarity of each generated face to its identity's mean real embedding."""
+    return float(F.cosine_similarity(gen_emb, centers[gen_labels], dim=1).mean())
+
+
+def retrieval_recall(
+    query_emb: Tensor,
+    query_labels: Tensor,
+    centers: Tensor,
+    gallery_size: int,
+    ks: tuple[int, ...] = (1, 5, 10),
+    repeats: int = 10,
+    seed: int = 0,
+) -> tuple[dict[int, float], int]:
+    """Recall@k of the true identity among `gallery_size` identities ranked by cosine similarity.
+
+    Each query (a face generated from a voice) gets `repeats` random galleries: its own identity plus
+    gallery_size − 1 others drawn without replacement. Ties count against the query. The gallery is clamped
+    to the number of identities; the size used is returned.
+    Returns ({k: recall}, gallery size used).
+    """
+    num_ids = centers.shape[0]
+    g = min(gallery_size, num_ids)
+    sim = F.normalize(query_emb.float(), dim=1) @ F.normalize(centers.float(), dim=1).T  # [N, C]
+    rows = torch.arange(len(query_labels))
+    rng = torch.Generator().manual_seed(seed)
+    hits = {k: 0.0 for k in ks}
+    for _ in range(repeats):
+        keys = torch.rand(sim.shape, generator=rng)
+        keys[rows, query_labels] = -1.0  # the true identity sorts first, so it is always in the gallery
+        gallery = keys.argsort(dim=1)[:, :g]  # [N, g]
+        scores = sim.gather(1, gallery)
+        rank = (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # others scoring at least the true identity
+        for k in ks:
+            hits[k] += (rank < k).float().mean().item()
+    return {k: hits[k] / repeats for k in ks}, g

@@ -1,0 +1,389 @@
+"""Voice2FaceGAN: an audio encoder conditions a StyleGAN2 generator; D shares its trunk with an identity
+classifier.
+
+Training follows NVlabs stylegan2-ada-pytorch (`training/loss.py`, `training/training_loop.py`) with manual
+optimisation. Each iteration runs the phases
+    Gmain  NS logistic loss through D + identity cross-entropy of D's classifier on the generated faces,
+    Greg   path-length penalty (every `G_reg_interval` iterations, loss x interval),
+    Dmain  NS logistic loss on real and generated faces + classifier cross-entropy on the real faces,
+    Dreg   R1 penalty on real faces (every `D_reg_interval` iterations, loss x interval),
+then updates the EMA of G. Budgets are in images (`cur_nimg`), not `trainer.global_step`, which counts every
+optimizer step under manual optimisation.
+"""
+
+import contextlib
+import copy
+import logging
+import os
+
+import hydra
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lightning_modules.encoder_pretrain import load_encoder_weights
+from lightning_modules.losses import (
+    ema_beta,
+    lazy_adam_kwargs,
+    ns_discriminator_loss,
+    ns_generator_loss,
+    path_lengths,
+    r1_penalty,
+)
+
+log = logging.getLogger(__name__)
+
+ENCODER_MODES = ("joint", "frozen", "finetune")
+
+
+def _plain(cfg):
+    """DictConfig/ListConfig -> plain dict/list: hyper-parameters (and checkpoints) hold plain types only."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return copy.deepcopy(cfg)
+
+
+def _build(cfg, **fill):
+    """Instantiate a sub-network from its `_target_` dict after filling in the values the data decides."""
+    if not isinstance(cfg, dict) or "_target_" not in cfg:
+        raise ValueError(f"voice2face: a network config must be a dict with `_target_`, got {cfg!r}")
+    return hydra.utils.instantiate({**cfg, **fill}, _convert_="all")
+
+
+class Voice2FaceGAN(LightningModule):
+    def __init__(
+        self,
+        encoder: dict,                      # AudioEncoder config (`_target_` + kwargs); in_features set here.
+        generator: dict,                    # Generator config; z_dim and img_resolution are filled in.
+        discriminator: dict,                # Discriminator config; img_resolution, num_classes filled in.
+        num_classes: int,                   # Training identities (the classifier's outputs).
+        feature_dim: int = 64,              # Audio feature bands F of the [B, F, T] input.
+        img_resolution: int = 64,           # Face size S.
+        noise_z_dim: int = 0,               # Extra Gaussian noise appended to the voice embedding (0 = none).
+        encoder_mode: str = "joint",        # joint | frozen | finetune (the last two load `encoder_ckpt`).
+        encoder_ckpt: str | None = None,    # File written by `+exp=encoder_pretrain` (encoder.pt or a .ckpt).
+        lr: float = 2e-4,                   # Adam learning rate of G and D (paper).
+        betas: tuple = (0.5, 0.999),        # Adam betas (paper).
+        encoder_lr: float | None = None,    # Adam lr of the encoder when it trains (None = lr).
+        id_weight: float = 1.0,             # Weight of the identity cross-entropy in Gmain.
+        cls_weight: float = 1.0,            # Weight of the classifier cross-entropy on real faces in Dmain.
+        r1_gamma: float = 10.0,             # R1 weight gamma (penalty gamma/2 * |grad|^2); 0 disables Dreg.
+        pl_weight: float = 2.0,             # Path-length weight; 0 disables Greg.
+        pl_decay: float = 0.01,             # Decay of the running mean path length.
+        pl_batch_shrink: int = 2,           # Greg runs on batch // pl_batch_shrink samples.
+        G_reg_interval: int = 4,            # Lazy path-length interval (iterations).
+        D_reg_interval: int = 16,           # Lazy R1 interval (iterations).
+        style_mixing_prob: float = 0.9,     # Probability of mixing two latents at a random layer cut-off.
+        ema_kimg: float = 10.0,             # Half-life of the G EMA in thousands of images.
+        ema_rampup: float | None = 0.05,    # Half-life capped at cur_nimg * ema_rampup (None = off).
+        total_kimg: float | None = None,    # Stop after this many thousand images (None = trainer limits).
+        sample_every_kimg: float = 5.0,     # Sample grid interval (0 = only at start and end).
+        sample_count: int = 8,              # Held-out voices in the sample grid (0 = no samples).
+        bf16: bool = False,                 # bf16 autocast of the forward passes on CUDA.
+    ):
+        super().__init__()
+        encoder, generator, discriminator = _plain(encoder), _plain(generator), _plain(discriminator)
+        betas = [float(b) for b in betas]
+        if encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"voice2face: encoder_mode must be one of {ENCODER_MODES}, got {encoder_mode!r}")
+        if encoder_mode != "joint" and not encoder_ckpt:
+            raise ValueError(
+                f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH "
+                "(the encoder.pt written by `python -m experiments.run +exp=encoder_pretrain`)"
+            )
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+
+        self.encoder = _build(encoder, in_features=feature_dim)
+        if encoder_ckpt:
+            load_encoder_weights(self.encoder, encoder_ckpt)
+        if encoder_mode == "frozen":
+            self.encoder.requires_grad_(False).eval()
+        self.embed_dim = int(encoder.get("embed_dim", 512))
+        self.G = _build(generator, z_dim=self.embed_dim + noise_z_dim, img_resolution=img_resolution)
+        self.D = _build(discriminator, img_resolution=img_resolution, num_classes=num_classes)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.register_buffer("pl_mean", torch.zeros([]))
+
+        # Path length needs the mapping/synthesis split; baselines without `.mapping` skip Greg and mixing.
+        self.has_mapping = hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")
+        self.pl_active = pl_weight > 0 and self.has_mapping and G_reg_interval > 0
+        self.r1_active = r1_gamma > 0 and D_reg_interval > 0
+        self.cur_nimg = 0
+        self.iteration = 0
+        self._sample_batch = None
+        self._next_sample_nimg = 0
+
+    # ------------------------------------------------------------------ inference
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.G_ema.eval()
+        if self.hparams.encoder_mode == "frozen":
+            self.encoder.eval()
+        return self
+
+    def embed(self, audio, lengths=None):
+        """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]."""
+        if audio.ndim != 3 or audio.shape[1] != self.hparams.feature_dim:
+            raise ValueError(
+                f"voice2face: audio must be [B, {self.hparams.feature_dim}, T], got {list(audio.shape)}"
+            )
+        trainable = self.hparams.encoder_mode != "frozen" and torch.is_grad_enabled()
+        with contextlib.nullcontext() if trainable else torch.no_grad():
+            return self.encoder(audio, lengths)
+
+    def latent(self, emb, noise=None):
+        """Generator input z = embedding ‖ noise (noise ~ N(0, I) unless given; only if noise_z_dim > 0)."""
+        n = self.hparams.noise_z_dim
+        if n == 0:
+            return emb
+        if noise is None:
+            noise = torch.randn(emb.shape[0], n, device=emb.device, dtype=emb.dtype)
+        return torch.cat([emb, noise], dim=1)
+
+    @torch.no_grad()
+    def generate(self, audio, lengths=None, noise_mode="const", truncation_psi=1.0, ema=True, noise=None):
+        """Faces [B, 3, S, S] in about [-1, 1] for the voices in `audio` (EMA generator by default)."""
+        G = self.G_ema if ema else self.G
+        z = self.latent(self.embed(audio, lengths), noise)
+        return G(z, truncation_psi=truncation_psi, noise_mode=noise_mode)
+
+    # ------------------------------------------------------------------ training phases
+    def _autocast(self):
+        if self.hparams.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run_G(self, z, update_emas=False):
+        """Generate with style mixing (NVlabs `run_G`). Returns (img, ws); ws is None without a mapping."""
+        if not self.has_mapping:
+            return self.G(z), None
+        ws = self.G.mapping(z, update_emas=update_emas)
+        if self.hparams.style_mixing_prob > 0 and ws.shape[1] > 1:
+            cutoff = int(torch.randint(1, ws.shape[1], []))
+            if float(torch.rand([])) >= self.hparams.style_mixing_prob:
+                cutoff = ws.shape[1]
+            # The second latent comes from another voice of the batch (with fresh noise).
+            emb, noise = z[:, : self.embed_dim], z[:, self.embed_dim :]
+            z2 = torch.cat([emb.roll(1, dims=0), torch.randn_like(noise)], dim=1)
+            ws[:, cutoff:] = self.G.mapping(z2, update_emas=False)[:, cutoff:]
+        return self.G.synthesis(ws), ws
+
+    def _step(self, opt, loss):
+        """zero_grad -> backward -> nan_to_num on every gradient -> step (the caller toggles `opt`)."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        opt.step()
+
+    def _phase_Gmain(self, opt, z, label):
+        self.toggle_optimizer(opt)
+        with self._autocast():
+            img, _ = self.run_G(z)
+            logits, class_logits = self.D(img)
+        loss_adv = ns_generator_loss(logits.float()).mean()
+        loss = loss_adv
+        stats = {"loss/G_adv": loss_adv.detach()}
+        if class_logits is not None and self.hparams.id_weight > 0:
+            loss_id = F.cross_entropy(class_logits.float(), label)
+            loss = loss + self.hparams.id_weight * loss_id
+            stats["loss/G_id"] = loss_id.detach()
+        self._step(opt, loss)
+        self.untoggle_optimizer(opt)
+        return stats
+
+    def _phase_Greg(self, opt, z):
+        self.toggle_optimizer(opt)
+        n = max(z.shape[0] // self.hparams.pl_batch_shrink, 1)
+        with self._autocast():
+            img, ws = self.run_G(z[:n].detach())
+        lengths = path_lengths(img.float(), ws)
+        batch_mean = lengths.mean().detach()
+        if self._distributed():
+            torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
+            batch_mean /= torch.distributed.get_world_size()
+        pl_mean = self.pl_mean.lerp(batch_mean, self.hparams.pl_decay)
+        self.pl_mean.copy_(pl_mean.detach())
+        penalty = (lengths - pl_mean).square()
+        # img[:, 0, 0, 0] * 0 ties every synthesis parameter into the graph (as NVlabs does for DDP).
+        loss = (img[:, 0, 0, 0].float() * 0 + penalty * self.hparams.pl_weight).mean()
+        loss = loss * self.hparams.G_reg_interval
+        self._step(opt, loss)
+        self.untoggle_optimizer(opt)
+        return {"reg/pl_penalty": penalty.mean().detach(), "reg/pl_mean": self.pl_mean.detach().clone()}
+
+    def _phase_Dmain(self, opt, z, real, label):
+        self.toggle_optimizer(opt)
+        with torch.no_grad(), self._autocast():
+            fake, _ = self.run_G(z.detach(), update_emas=True)
+        with self._autocast():
+            fake_logits, _ = self.D(fake)
+            real_logits, class_logits = self.D(real)
+        loss_real, loss_fake = ns_discriminator_loss(real_logits.float(), fake_logits.float())
+        loss = loss_real.mean() + loss_fake.mean()
+        stats = {"loss/D_real": loss_real.mean().detach(), "loss/D_fake": loss_fake.mean().detach()}
+        if class_logits is not None and self.hparams.cls_weight > 0:
+            loss_cls = F.cross_entropy(class_logits.float(), label)
+            loss = loss + self.hparams.cls_weight * loss_cls
+            stats["loss/D_cls"] = loss_cls.detach()
+            stats["acc/D_cls_real"] = (class_logits.argmax(1) == label).float().mean()
+        self._step(opt, loss)
+        self.untoggle_optimizer(opt)
+        return stats
+
+    def _phase_Dreg(self, opt, real):
+        self.toggle_optimizer(opt)
+        real = real.detach().requires_grad_(True)
+        with self._autocast():
+            logits, _ = self.D(real)
+        penalty = r1_penalty(real, logits.float())
+        loss = (logits.float() * 0 + penalty * (self.hparams.r1_gamma / 2)).mean()
+        loss = loss * self.hparams.D_reg_interval
+        self._step(opt, loss)
+        self.untoggle_optimizer(opt)
+        return {"reg/r1": penalty.mean().detach()}
+
+    @staticmethod
+    def _distributed():
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    @torch.no_grad()
+    def _average_buffers_across_ranks(self, module):
+        """Running statistics such as mapping.w_avg are updated from each rank's batch; their mean over ranks
+        is the statistic of the global batch (they are linear in it), keeping every rank's G identical."""
+        if not self._distributed():
+            return
+        for b in module.buffers():
+            if b.is_floating_point():
+                torch.distributed.all_reduce(b)
+                b /= torch.distributed.get_world_size()
+
+    @torch.no_grad()
+    def update_ema(self, batch_size):
+        self._average_buffers_across_ranks(self.G)
+        beta = ema_beta(batch_size, self.cur_nimg, self.hparams.ema_kimg, self.hparams.ema_rampup)
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+        return beta
+
+    def training_step(self, batch, batch_idx):
+        real, label = batch["face"], batch["label"]
+        if real.ndim != 4 or real.shape[-1] != self.hparams.img_resolution:
+            raise ValueError(f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
+                             f"{self.hparams.img_resolution}, got {list(real.shape)}")
+        if self._sample_batch is None:
+            self._sample_batch = {k: batch[k][: self.hparams.sample_count].detach().cpu()
+                                  for k in ("audio", "audio_lengths", "face")}
+        opt_G, opt_D = self.optimizers()
+        with self._autocast():
+            emb = self.embed(batch["audio"], batch.get("audio_lengths"))
+        z = self.latent(emb.float())
+
+        stats = self._phase_Gmain(opt_G, z, label)
+        if self.pl_active and self.iteration % self.hparams.G_reg_interval == 0:
+            stats.update(self._phase_Greg(opt_G, z))
+        stats.update(self._phase_Dmain(opt_D, z, real, label))
+        if self.r1_active and self.iteration % self.hparams.D_reg_interval == 0:
+            stats.update(self._phase_Dreg(opt_D, real))
+
+        global_batch = real.shape[0] * self.trainer.world_size
+        self.cur_nimg += global_batch
+        self.iteration += 1
+        stats["progress/ema_beta"] = self.update_ema(global_batch)
+        stats["progress/kimg"] = self.cur_nimg / 1000
+        self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False,
+                      batch_size=real.shape[0])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        g_kwargs = lazy_adam_kwargs(hp.lr, hp.betas, hp.G_reg_interval if self.pl_active else None)
+        d_kwargs = lazy_adam_kwargs(hp.lr, hp.betas, hp.D_reg_interval if self.r1_active else None)
+        g_groups = [{"params": list(self.G.parameters())}]
+        if hp.encoder_mode != "frozen":
+            # The encoder only gets Gmain gradients (Greg sees detached embeddings): no lazy re-scaling.
+            g_groups.append({"params": list(self.encoder.parameters()),
+                             "lr": hp.encoder_lr if hp.encoder_lr is not None else hp.lr,
+                             "betas": tuple(hp.betas)})
+        opt_G = torch.optim.Adam(g_groups, **g_kwargs)
+        opt_D = torch.optim.Adam(self.D.parameters(), **d_kwargs)
+        return [opt_G, opt_D]
+
+    # ------------------------------------------------------------------ progress, checkpoints, samples
+    def on_train_start(self):
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and is_overridden("val_dataloader", dm):
+            self._sample_batch = self._first_items(dm.val_dataloader(), self.hparams.sample_count)
+        every = self.hparams.sample_every_kimg * 1000
+        if every > 0:
+            self._next_sample_nimg = (self.cur_nimg // every + 1) * every
+        self.save_samples()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        every = self.hparams.sample_every_kimg * 1000
+        if every > 0 and self.cur_nimg >= self._next_sample_nimg:
+            self.save_samples()
+            self._next_sample_nimg = (self.cur_nimg // every + 1) * every
+        if self.hparams.total_kimg is not None and self.cur_nimg >= self.hparams.total_kimg * 1000:
+            self.trainer.should_stop = True
+
+    def on_train_end(self):
+        self.save_samples()
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration)}
+
+    def on_load_checkpoint(self, checkpoint):
+        progress = checkpoint.get("voice2face_progress")
+        if progress is not None:
+            self.cur_nimg, self.iteration = int(progress["cur_nimg"]), int(progress["iteration"])
+
+    @staticmethod
+    def _first_items(loader, count):
+        """The first `count` (audio, audio_lengths, face) items of a loader, padded to a common length."""
+        parts = []
+        for batch in loader:
+            parts.append(batch)
+            if sum(p["face"].shape[0] for p in parts) >= count:
+                break
+        if not parts:
+            return None
+        frames = max(p["audio"].shape[-1] for p in parts)
+        audio = torch.cat([F.pad(p["audio"], (0, frames - p["audio"].shape[-1])) for p in parts])[:count]
+        lengths = torch.cat([p.get("audio_lengths", torch.full((p["audio"].shape[0],), p["audio"].shape[-1]))
+                             for p in parts])[:count]
+        faces = torch.cat([p["face"] for p in parts])[:count]
+        return {"audio": audio, "audio_lengths": lengths, "face": faces}
+
+    @property
+    def run_dir(self):
+        return self.trainer.default_root_dir
+
+    def save_samples(self):
+        """Grid of (real face of the speaker | face generated by G_ema from that held-out voice) pairs."""
+        if self._sample_batch is None or self.hparams.sample_count <= 0 or not self.trainer.is_global_zero:
+            return None
+        import torchvision.utils as vutils
+
+        batch = {k: v.to(self.device) for k, v in self._sample_batch.items()}
+        was_training = self.encoder.training
+        self.encoder.eval()
+        fake = self.generate(batch["audio"], batch["audio_lengths"], noise_mode="const").float()
+        self.encoder.train(was_training and self.hparams.encoder_mode != "frozen")
+        pairs = torch.stack([batch["face"].float(), fake], dim=1).flatten(0, 1)  # real, fake, real, fake, ...
+        grid = vutils.make_grid(((pairs + 1) / 2).clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0)
+        kimg = self.cur_nimg / 1000
+        path = os.path.join(self.run_dir, "samples", f"samples_{kimg:08.3f}kimg.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        vutils.save_image(grid, path)
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="samples", images=[grid], caption=[f"real | generated, {kimg:.2f} kimg"])
+        return path

@@ -1,0 +1,243 @@
+"""evaluate() on stand-in model and data; the report table; the evaluate command on a smoke checkpoint."""
+
+import json
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_metrics import LinearG, PixelFeatures
+from torch import nn
+
+from lightning_modules.metrics import evaluate
+
+CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+PALETTE = {"red": (0.8, -0.8, -0.8), "blue": (-0.8, -0.8, 0.8), "green": (-0.8, 0.8, -0.8)}
+
+
+def colour_faces(colour, n, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor(PALETTE[colour])[:, None, None].expand(3, size, size)
+    return ((base + 0.1 * torch.randn(n, 3, size, size, generator=g)) * 127.5 + 127.5).clamp(0, 255).byte()
+
+
+class StandInData:
+    """Six identities (4 train, 2 test); a voice 'encodes' its speaker's colour in its first 3 bands."""
+
+    split_ids = {"train": ["t0", "t1", "t2", "t3"], "test": ["x0", "x1"]}
+    colours = {"t0": "red", "t1": "blue", "t2": "green", "t3": "red", "x0": "blue", "x1": "green"}
+    attribute_kinds = {"colour": "categorical", "level": "continuous"}
+
+    def __init__(self, bands=4, size=8):
+        self.bands, self.size = bands, size
+        self.attributes = {
+            n: {"colour": c, "level": float(i)} for i, (n, c) in enumerate(self.colours.items())
+        }
+
+    def identities(self, split):
+        return self.split_ids[split]
+
+    def faces(self, split):
+        ids = self.split_ids[split]
+        return {n: colour_faces(self.colours[n], 4, self.size, seed=i) for i, n in enumerate(ids)}
+
+    def test_dataloader(self):
+        names = self.split_ids["test"]
+        for start in (0, 3):
+            labels = torch.tensor([i % len(names) for i in range(start, start + 3)])
+            audio = torch.zeros(3, self.bands, 10)
+            audio[:, :3] = torch.stack([torch.tensor(PALETTE[self.colours[names[i]]]) for i in labels])[
+                ..., None
+            ]
+            yield {
+                "audio": audio,
+                "audio_lengths": torch.full((3,), 10),
+                "label": labels,
+                "face": torch.zeros(3, 3, 8, 8),
+            }
+
+
+class StandInModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.G_ema = LinearG()
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate(self, audio, lengths, noise_mode="const", truncation_psi=1.0, ema=True):
+        colour = audio[:, :3].mean(-1)  # [B, 3]
+        return colour[:, :, None, None].expand(-1, 3, 8, 8).clone()
+
+
+@pytest.fixture
+def empty_hub(tmp_path):
+    """A torch hub folder without any weights, so that pretrained metric networks are unavailable."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+def mse(a, b):
+    return (a - b).square().mean(dim=(1, 2, 3))
+
+
+def metrics_cfg(**fid):
+    return {
+        "fid": {"feature": PixelFeatures(), **fid},
+        "ppl": {"distance": mse, "num_samples": 20, "batch_size": 8},
+        "identity": {"galleries": [2, 100], "repeats": 3},
+        "probe": {"steps": 20, "batch_size": 16},
+    }
+
+
+class MSE(nn.Module):
+    def forward(self, a, b):
+        return mse(a, b)
+
+
+def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
+    cfg = metrics_cfg()
+    cfg["ppl"]["distance"] = MSE()
+    result = evaluate(StandInModel(), StandInData(), {**cfg, "cache_dir": str(tmp_path)}, split="test")
+    assert result["num_generated"] == 6 and result["num_real"] == 8
+    for key in (
+        "fid",
+        "ppl_wend",
+        "id_cosine",
+        "recall@1_g2",
+        "recall@10_g100",
+        "attr/colour",
+        "attr/colour/chance",
+        "attr/colour/oracle",
+        "attr/level",
+    ):
+        assert isinstance(result[key], float), key
+    assert result["recall@10_g2"] == 1.0  # a gallery of 2 always holds the true identity in its top 10
+    assert "clamped to the 2 identities" in result["_notes"]["recall_g100"]
+    assert result["_skipped"] == {}
+    assert list(tmp_path.glob("fid_real_test-*.pt"))
+
+    cfg = metrics_cfg(feature=None)  # Inception, but no weights anywhere
+    cfg["ppl"]["distance"] = None
+    cfg["identity"]["embedder"] = "facenet"
+    result = evaluate(StandInModel(), StandInData(), cfg, split="test")
+    assert "fid" not in result and "weights-inception" in result["_skipped"]["fid"]
+    assert "vgg16" in result["_skipped"]["ppl_wend"] and "vggface2" in result["_skipped"]["identity"]
+    assert "attr/colour" in result  # the probe does not need downloaded weights
+
+
+def test_evaluate_skips_path_length_without_mapping():
+    model = StandInModel()
+    model.G_ema = nn.Linear(2, 2)
+    cfg = metrics_cfg()
+    cfg["ppl"]["distance"] = MSE()
+    result = evaluate(model, StandInData(), cfg, split="test")
+    assert "mapping" in result["_skipped"]["ppl_wend"]
+
+
+def test_evaluate_rejects_train_split():
+    with pytest.raises(ValueError, match="split"):
+        evaluate(StandInModel(), StandInData(), metrics_cfg(), split="train")
+
+
+def test_report_table_layout(tmp_path):
+    from experiments.report import run
+
+    for name, fid, ppl in [("BaseModel", 30.5, 120.0), ("NoSE", 35.0, None)]:
+        (tmp_path / name / "ckpt").mkdir(parents=True)
+        result = {"fid": fid, "id_cosine": 0.5, "_skipped": {}}
+        if ppl is None:
+            result["_skipped"]["ppl_wend"] = "vgg16 weights not found"
+        else:
+            result["ppl_wend"] = ppl
+        (tmp_path / name / "ckpt" / "metrics_test.json").write_text(json.dumps(result))
+    cfg = OmegaConf.load("experiments/conf/report.yaml")
+    cfg.runs = [str(tmp_path / "BaseModel"), str(tmp_path / "NoSE")]
+    cfg.out = str(tmp_path / "table.md")
+    table = run(cfg)
+    assert "| BaseModel | 30.5 | 120.0 | 28.9 | 131.0 | 0.500 |" in table
+    assert "| NoSE | 35.0 | — | 34.0 | 154.0 | 0.500 |" in table
+    assert "NoSE, ppl_wend: vgg16 weights not found" in table
+    assert (tmp_path / "table.md").read_text() == table
+    cfg.runs = [str(tmp_path)]
+    cfg.labels = None
+    with pytest.raises(FileNotFoundError, match="no metrics_val.json"):
+        run(OmegaConf.merge(cfg, {"split": "val"}))
+
+
+SMOKE = {
+    "encoder": {
+        "_target_": "lightning_modules.audio_encoder.AudioEncoder",
+        "embed_dim": 16,
+        "widths": [4, 4, 4, 4],
+        "blocks": [1, 1, 1, 1],
+        "se_reduction": 2,
+    },
+    "generator": {
+        "_target_": "lightning_modules.stylegan2.Generator",
+        "w_dim": 16,
+        "channel_base": 64,
+        "channel_max": 8,
+        "mapping_layers": 2,
+        "impl": "torch",
+    },
+    "discriminator": {
+        "_target_": "lightning_modules.stylegan2.Discriminator",
+        "channel_base": 64,
+        "channel_max": 8,
+        "impl": "torch",
+    },
+    "num_classes": 4,
+    "feature_dim": 64,
+    "img_resolution": 16,
+}
+
+
+def smoke_checkpoint(path, datamodule_hparams=None):
+    """An untrained tiny Voice2FaceGAN saved as a Lightning checkpoint (what load_from_checkpoint reads)."""
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    torch.manual_seed(0)
+    model = Voice2FaceGAN(**SMOKE)
+    state = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": "2.6.0",
+    }
+    if datamodule_hparams is not None:
+        state["datamodule_hyper_parameters"] = datamodule_hparams
+    torch.save(state, path)
+    return path
+
+
+def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
+    """experiments.evaluate end to end on a real (tiny) Voice2FaceGAN checkpoint; data from a stand-in."""
+    import experiments.evaluate as command
+
+    (tmp_path / "run").mkdir()
+    ckpt = smoke_checkpoint(tmp_path / "run" / "last.ckpt")
+    monkeypatch.setattr(command, "build_datamodule", lambda ckpt, overrides, setup=True: StandInData(64, 16))
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose(
+            "evaluate",
+            overrides=[
+                f"ckpt={ckpt}",
+                "device=cpu",
+                "metrics.fid.feature={_target_:test_metrics.PixelFeatures}",
+                "metrics.ppl.distance={_target_:test_evaluate.MSE}",
+                "metrics.ppl.num_samples=16",
+                "metrics.probe.steps=20",
+                "metrics.identity.repeats=2",
+            ],
+        )
+    result = command.run(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
+    assert saved["fid"] == pytest.approx(result["fid"]) and saved["ppl_wend"] > 0
+    assert saved["_meta"]["generator"] == "lightning_modules.stylegan2.Generator"
+    summary = (tmp_path / "run" / "metrics_test.md").read_text()
+    assert "| FID |" in summary and "recall_g100: gallery of 100 clamped to the 2 identities" in summary
+    assert list((tmp_path / "run" / "fid_cache").glob("fid_real_test-*.pt"))

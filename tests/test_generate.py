@@ -1,0 +1,94 @@
+"""experiments.generate: faces from an embedded-corpus voice, clear errors on bad audio."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+audio = pytest.importorskip("datamodules.audio", reason="datamodules/audio.py (AudioFrontEnd) not there yet")
+voices = pytest.importorskip("datamodules.synthetic.voices")
+
+from test_evaluate import SMOKE, smoke_checkpoint  # noqa: E402
+
+from experiments.generate import generate_faces, list_audio, run  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    """A spoken sentence (eSpeak, as the embedded corpus), a file that is not audio, and pure silence."""
+    folder = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    traits = {"language": "en-us", "voice_variant": "m3", "pitch": 50, "pitch_range": 50, "rate_wpm": 160}
+    sf.write(folder / "a_voice.wav", voices.make_utterance(traits, rng), voices.SAMPLE_RATE)
+    (folder / "b_not_audio.wav").write_text("this is text, not a RIFF file")
+    sf.write(folder / "c_silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    return folder
+
+
+def front_end():
+    return audio.AudioFrontEnd(audio.AudioFeatures("logmel"), vad=True)
+
+
+def test_generate_faces_from_a_voice_and_reports_bad_files(audio_dir, tmp_path):
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    model = Voice2FaceGAN(**SMOKE).eval()
+    written, errors = generate_faces(model, front_end(), list_audio(audio_dir), tmp_path)
+    assert [p.name for p in written] == ["a_voice.png"]
+    assert np.asarray(Image.open(written[0])).shape == (16, 16, 3)
+    assert (tmp_path / "grid.png").is_file()
+    assert set(errors) == {str(audio_dir / "b_not_audio.wav"), str(audio_dir / "c_silence.wav")}
+    assert all(reason for reason in errors.values())
+
+
+def test_generate_command_exit_status(audio_dir, tmp_path, monkeypatch, capsys):
+    import hydra
+
+    import experiments.generate as command
+
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt")
+    monkeypatch.setattr(command, "front_end_of", lambda ckpt, overrides=None: front_end())
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        good = hydra.compose(
+            "generate",
+            [f"ckpt={ckpt}", f"audio={audio_dir / 'a_voice.wav'}", f"out={tmp_path / 'out'}", "device=cpu"],
+        )
+        bad = hydra.compose(
+            "generate",
+            [
+                f"ckpt={ckpt}",
+                f"audio={audio_dir / 'b_not_audio.wav'}",
+                f"out={tmp_path / 'bad'}",
+                "device=cpu",
+            ],
+        )
+    assert run(good) == 0 and (tmp_path / "out" / "a_voice.png").is_file()
+    assert run(bad) == 1
+    assert "b_not_audio.wav" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no such audio file"):
+        list_audio(tmp_path / "missing.wav")
+
+
+def test_front_end_of_a_checkpoint_is_the_training_audio_path(audio_dir, tmp_path):
+    from experiments.generate import front_end_of
+
+    hparams = {
+        "corpus": {"identities": 48, "seed": 0},
+        "features": {"kind": "logmel"},
+        "vad": {"vad_mode": 3},
+        "eval_min_frames": 1000,
+    }
+    front = front_end_of(smoke_checkpoint(tmp_path / "last.ckpt", datamodule_hparams=hparams))
+    assert front.front.vad_mode == 3 and front.front.features.kind == "logmel"
+    wav = audio_dir / "a_voice.wav"
+    plain = audio.AudioFrontEnd(audio.AudioFeatures("logmel"), vad_mode=3)(wav)
+    feats = front(wav)
+    assert plain.shape[1] < 1000 and feats.shape == (plain.shape[0], 1000)  # tiled like held-out clips
+    assert torch.equal(feats[:, : plain.shape[1]], plain.half().float())  # as stored in the shards
+    with pytest.raises(ValueError, match="no datamodule hyper-parameters"):
+        front_end_of(smoke_checkpoint(tmp_path / "bare.ckpt"))

@@ -1,0 +1,260 @@
+"""Metrics against hand-computed values, with small stand-in networks (no pretrained weights needed)."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from lightning_modules.metrics import (
+    FID,
+    MetricUnavailable,
+    centroids,
+    identity_cosine,
+    path_length,
+    quantize,
+    retrieval_recall,
+    trimmed_mean,
+)
+from lightning_modules.metrics.attributes import attribute_scores, r2_score
+from lightning_modules.metrics.probe import AttributeCodec, train_probe
+from lightning_modules.metrics.weights import resolve_weights
+
+
+class PixelFeatures(nn.Module):
+    """Stand-in FID feature net: 5 fixed pixels of channel 0, as float (uint8 input, like Inception)."""
+
+    num_features = 5
+
+    def forward(self, x):
+        return x[:, 0, 0, :5].float()
+
+
+def frechet_reference(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+def test_quantize_matches_nvlabs():
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.999, 1.0, 2.0])
+    assert quantize(x).tolist() == [0, 0, 64, 128, 255, 255, 255]
+    assert quantize(x).dtype == torch.uint8
+
+
+def test_fid_matches_scipy_on_known_features(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (60, 3, 8, 8), generator=g, dtype=torch.uint8)
+    fake = (torch.randint(0, 200, (40, 3, 8, 8), generator=g) + 30).to(torch.uint8)
+    expected = frechet_reference(real[:, 0, 0, :5].double().numpy(), fake[:, 0, 0, :5].double().numpy())
+    fid = FID(PixelFeatures(), cache_dir=tmp_path)
+    fid.set_real(lambda: real.split(16), key="test-a")
+    assert fid.compute(fake.split(7)) == pytest.approx(expected, rel=1e-5)
+    assert fid.compute([real]) == pytest.approx(0.0, abs=1e-6)  # generated statistics reset between calls
+
+    # A second FID reads the cached real statistics instead of the images.
+    def no_images():
+        raise AssertionError("real statistics should come from the cache")
+
+    cached = FID(PixelFeatures(), cache_dir=tmp_path)
+    cached.set_real(no_images, key="test-a")
+    assert cached.compute(fake.split(7)) == pytest.approx(expected, rel=1e-5)
+    assert len(list(tmp_path.glob("fid_real_test-a_*.pt"))) == 1
+
+
+def test_fid_rejects_float_images():
+    fid = FID(PixelFeatures())
+    with pytest.raises(ValueError, match="uint8"):
+        fid.set_real(lambda: [torch.zeros(2, 3, 8, 8)], key="x")
+
+
+def test_fid_without_weights_is_unavailable_with_reason(empty_hub, tmp_path):
+    with pytest.raises(MetricUnavailable, match="weights-inception-2015-12-05"):
+        FID(None, download=False)
+    with pytest.raises(MetricUnavailable, match="does not exist"):
+        FID(None, weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_resolve_weights_prefers_configured_then_hub_cache(empty_hub, tmp_path):
+    local = tmp_path / "vgg.pth"
+    local.write_bytes(b"x")
+    assert resolve_weights("vgg16", local) == local
+    cached = empty_hub / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert resolve_weights("vgg16") == cached
+
+
+class LinearG(nn.Module):
+    """Stand-in StyleGAN: mapping z -> ws = (zA) repeated; synthesis ws -> img = reshape(ws[:, 0] B)."""
+
+    def __init__(self, z_dim=6, w_dim=5, num_ws=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.z_dim, self.num_ws = z_dim, num_ws
+        self.A = nn.Parameter(torch.randn(z_dim, w_dim, generator=g, dtype=torch.float64))
+        self.B = nn.Parameter(torch.randn(w_dim, 3 * 2 * 2, generator=g, dtype=torch.float64))
+        self.register_buffer("noise_const", torch.zeros(3))
+
+    def mapping(self, z):
+        return (z.double() @ self.A)[:, None].repeat(1, self.num_ws, 1)
+
+    def synthesis(self, ws, noise_mode="const"):
+        assert noise_mode == "const"
+        return (ws[:, 0] @ self.B).reshape(-1, 3, 2, 2) + self.noise_const.sum()
+
+
+def test_trimmed_mean_drops_the_outer_percentiles():
+    d = np.concatenate([[1e6, -1e6], np.arange(1.0, 199.0)])  # 200 values, one outlier on each side
+    assert trimmed_mean(d) == pytest.approx(np.arange(1.0, 199.0).mean())
+
+
+def test_path_length_equals_hand_computed_value():
+    G = LinearG()
+    g = torch.Generator().manual_seed(3)
+    sizes = [64, 64, 64, 58]  # 250 samples in batches of 64
+    batches = [torch.randn(2 * n, G.z_dim, generator=g, dtype=torch.float64) for n in sizes]  # [z0s; z1s]
+    feed = iter(batches)
+    mse = lambda a, b: (a - b).square().mean(dim=(1, 2, 3))  # noqa: E731
+    got = path_length(G, mse, num_samples=250, batch_size=64, epsilon=1e-4, latents=lambda n, rng: next(feed))
+    # linear G: img(w0 + eps (w1 - w0)) - img(w0) = eps (z1 - z0) A B, so d = mean(((z1 - z0) A B)^2)
+    z0 = torch.cat([b[:n] for b, n in zip(batches, sizes)])
+    z1 = torch.cat([b[n:] for b, n in zip(batches, sizes)])
+    d = (((z1 - z0) @ G.A @ G.B) ** 2).mean(1).detach().numpy()
+    lo, hi = np.percentile(d, 1, method="lower"), np.percentile(d, 99, method="higher")
+    assert 0 < ((d < lo) | (d > hi)).sum() < 10  # the trimming is exercised
+    assert got == pytest.approx(d[(d >= lo) & (d <= hi)].mean(), rel=1e-3)  # float32 images: eps cancellation
+    assert G.noise_const.abs().sum() == 0  # the caller's noise buffers are untouched
+
+
+def test_identity_cosine_hand_value():
+    real = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    centers = centroids(real, labels, 2)  # id 0: mean of unit (1,0),(0,1) = (.5,.5); id 1: (1,0)
+    assert torch.allclose(centers, torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+    gen = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert identity_cosine(gen, torch.tensor([0, 1]), centers) == pytest.approx((2**-0.5 + 2**-0.5) / 2)
+    with pytest.raises(ValueError, match="no real faces"):
+        centroids(real, labels, 3)
+
+
+def test_retrieval_on_constructed_cases():
+    C = 20
+    centers = torch.eye(C)
+    labels = torch.arange(C).repeat(5)
+    perfect, used = retrieval_recall(centers[labels], labels, centers, gallery_size=10)
+    assert perfect == {1: 1.0, 5: 1.0, 10: 1.0} and used == 10
+    # Every other identity scores higher than the true one: the true one is last in any gallery.
+    worst = torch.ones(C, C) - 2 * torch.eye(C)
+    assert retrieval_recall(worst[labels], labels, centers, 10)[0] == {1: 0.0, 5: 0.0, 10: 1.0}
+    recall, used = retrieval_recall(worst[labels], labels, centers, 100)
+    assert used == C and recall == {1: 0.0, 5: 0.0, 10: 0.0}
+    # Exactly two identities beat the true one; gallery = all identities.
+    third = 0.5 * torch.eye(C) + torch.roll(torch.eye(C), 1, 1) + torch.roll(torch.eye(C), 2, 1)
+    assert retrieval_recall(third[labels], labels, centers, C, ks=(1, 2, 3))[0] == {1: 0.0, 2: 0.0, 3: 1.0}
+    # One rival beats the true identity: Recall@1 = P(rival not drawn) = 1 - (g - 1) / (C - 1).
+    second = 0.5 * torch.eye(C) + torch.roll(torch.eye(C), 1, 1)
+    r1 = retrieval_recall(second[labels], labels, centers, 10, ks=(1,), repeats=100, seed=1)[0][1]
+    assert r1 == pytest.approx(1 - 9 / 19, abs=0.03)
+
+
+def test_r2_hand_value():
+    assert r2_score(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(1 - 1 / 2)
+
+
+def coloured_faces(colours, n=4, seed=0):
+    """Faces of flat colour per identity (+ a little noise): the attribute 'tint' is visible."""
+    g = torch.Generator().manual_seed(seed)
+    palette = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    out = {}
+    for name, (tint, level) in colours.items():
+        base = torch.tensor(palette[tint], dtype=torch.float32)[:, None, None] * level
+        out[name] = (base + 10 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def test_attribute_probe_recovers_visible_traits():
+    train = {f"t{i}": ("red" if i % 3 else "blue", 0.4 + 0.1 * i) for i in range(6)}
+    test = {"a": ("red", 0.5), "b": ("blue", 0.9), "c": ("blue", 0.6)}
+    attrs = {n: {"tint": t, "level": lv} for n, (t, lv) in {**train, **test}.items()}
+    kinds = {"tint": "categorical", "level": "continuous"}
+    probe, codec = train_probe(coloured_faces(train), attrs, kinds, steps=150, seed=0)
+    assert codec.vocab["tint"] == ["blue", "red"] and codec.vocab["tint"][codec.majority["tint"]] == "red"
+    real = coloured_faces(test, seed=1)
+    names = [n for n in test for _ in range(4)]
+    faces = torch.cat([real[n] for n in test]).float() / 127.5 - 1
+    swapped = coloured_faces(
+        {n: ("red" if t == "blue" else "blue", lv) for n, (t, lv) in test.items()}, seed=2
+    )
+    wrong = torch.cat([swapped[n] for n in test]).float() / 127.5 - 1
+    same = attribute_scores(probe, codec, faces, names, faces, names, attrs)
+    assert same["attr/tint"] == same["attr/tint/oracle"] == 1.0
+    assert same["attr/tint/chance"] == pytest.approx(1 / 3)  # majority 'red' is right for 1 of 3 identities
+    assert same["attr/level/oracle"] > 0.5
+    y = np.array([0.5, 0.9, 0.6])  # always predicting the train mean 0.65 (0.4 .. 0.9):
+    assert same["attr/level/chance"] == pytest.approx(
+        1 - ((y - 0.65) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    )
+    assert attribute_scores(probe, codec, wrong, names, faces, names, attrs)["attr/tint"] == 0.0
+
+
+def test_codec_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="categorical or continuous"):
+        AttributeCodec.fit({"x": "ordinal"}, [{"x": 1}])
+
+
+def test_lpips_reads_a_local_vgg16_file(tmp_path, empty_hub):
+    import torchvision
+
+    from lightning_modules.metrics import LPIPSDistance
+
+    with pytest.raises(MetricUnavailable, match="vgg16-397923af.pth"):
+        LPIPSDistance()
+    features = torchvision.models.vgg16(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "vgg16.pth")
+    lpips = LPIPSDistance(str(tmp_path / "vgg16.pth"))
+    assert torch.equal(lpips.net.net.slice5[-2].weight, features["28.weight"])  # conv5_3 from the file
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    d = lpips(x, x.flip(-1))
+    assert d.shape == (2,) and (d > 0).all() and lpips(x, x).abs().max() < 1e-6
+
+
+def test_fid_reads_a_local_inception_file(tmp_path, monkeypatch):
+    """The 2048-d Inception path end to end with a local weights file (random weights stand in)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as patch:  # build the network once without any weights, to write a file
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        patch.setattr(torch, "load", lambda *a, **k: {})
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="-")
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    fid = FID(None, weights_path=str(tmp_path / "inception.pth"))
+    assert fid.metric.inception.use_antialias is False  # TF1-style resize, as torch-fidelity
+    assert torch.equal(fid.metric.inception.fc.weight, net.fc.weight)
+    g = torch.Generator().manual_seed(0)
+    imgs = quantize(torch.rand(6, 3, 64, 64, generator=g) * 2 - 1)
+    fid.set_real(lambda: [imgs[:3]], key="x")
+    assert fid.compute([imgs[3:]]) >= 0
+
+
+def test_constant_continuous_attribute_is_skipped_with_reason():
+    train = {f"t{i}": ("red" if i % 2 else "blue", 0.1 * i) for i in range(4)}
+    attrs = {n: {"tint": t, "level": lv} for n, (t, lv) in train.items()}
+    attrs["x"] = {"tint": "red", "level": 0.5}
+    probe, codec = train_probe(
+        coloured_faces(train), attrs, {"tint": "categorical", "level": "continuous"}, 5
+    )
+    faces = coloured_faces({"x": ("red", 0.5)})["x"].float() / 127.5 - 1
+    skipped = {}
+    scores = attribute_scores(probe, codec, faces, ["x"] * 4, faces, ["x"] * 4, attrs, skipped)
+    assert "attr/level" not in scores and "R² is undefined" in skipped["attr/level"]
+    assert "attr/tint" in scores

@@ -1,0 +1,90 @@
+"""MetricsCallback: FID / path length every N kimg on the EMA generator, logged with progress/kimg."""
+
+import logging
+from types import SimpleNamespace
+
+from test_evaluate import MSE, StandInData, StandInModel, empty_hub  # noqa: F401  (fixture)
+from test_metrics import PixelFeatures
+
+from lightning_modules.metrics.callback import MetricsCallback
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.records = []
+
+    def log_metrics(self, metrics, step):
+        self.records.append((step, dict(metrics)))
+
+
+def stand_in_trainer(tmp_path):
+    dm = StandInData()
+    dm.val_dataloader = dm.test_dataloader
+    dm.split_ids = {**dm.split_ids, "val": dm.split_ids["test"]}
+    return SimpleNamespace(
+        datamodule=dm,
+        loggers=[RecordingLogger()],
+        default_root_dir=str(tmp_path),
+        global_step=7,
+        is_global_zero=True,
+    )
+
+
+def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
+    trainer, model = stand_in_trainer(tmp_path), StandInModel()
+    cb = MetricsCallback(
+        every_kimg=0.01,
+        fid={"feature": PixelFeatures()},
+        ppl={"distance": MSE(), "num_samples": 8},
+        table_rows=0,
+    )
+    model.cur_nimg = 0
+    cb.on_train_start(trainer, model)
+    model.cur_nimg = 4
+    cb.on_train_batch_end(trainer, model, None, None, 0)
+    assert trainer.loggers[0].records == []  # 4 images < 10
+    model.cur_nimg = 12
+    cb.on_train_batch_end(trainer, model, None, None, 1)
+    ((step, logged),) = trainer.loggers[0].records
+    assert step == 7 and set(logged) == {"metrics/fid", "metrics/ppl", "progress/kimg"}
+    assert logged["progress/kimg"] == 0.012
+    assert list((tmp_path / "fid_cache").glob("fid_real_val-*.pt"))
+
+
+def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  # noqa: F811
+    trainer, model = stand_in_trainer(tmp_path), StandInModel()
+    model.cur_nimg = 1000
+    cb = MetricsCallback(every_kimg=1, ppl={"distance": MSE(), "num_samples": 8}, table_rows=0)
+    with caplog.at_level(logging.WARNING):
+        cb.run(trainer, model)
+        cb.run(trainer, model)
+    assert [set(r) for _, r in trainer.loggers[0].records] == [{"metrics/ppl", "progress/kimg"}] * 2
+    assert sum("fid skipped" in m for m in caplog.messages) == 1
+
+
+def test_callback_from_config_reads_the_metrics_group():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load("experiments/conf/metrics/default.yaml")
+    cb = MetricsCallback.from_config(cfg)
+    assert cb.every_nimg == cfg.callback.every_kimg * 1000 and cb.split == "val"
+    assert cb.ppl_cfg["num_samples"] == cfg.callback.ppl_num_samples and cb.ppl_cfg["epsilon"] == 1e-4
+
+
+def test_callback_wandb_table_of_speakers(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RecordingWandb(WandbLogger):
+        def __init__(self):  # no W&B run: only the table call is recorded
+            self.tables = []
+
+        def log_table(self, key, columns=None, data=None, **kwargs):
+            self.tables.append((key, columns, data))
+
+    trainer, model = stand_in_trainer(tmp_path), StandInModel()
+    trainer.loggers = [RecordingWandb()]
+    model.cur_nimg = 2000
+    MetricsCallback(fid={"enabled": False}, ppl={"enabled": False}, table_rows=2).run(trainer, model)
+    ((key, columns, rows),) = trainer.loggers[0].tables
+    assert key == "speakers/2.0kimg" and columns[-2:] == ["real face", "generated face"]
+    assert [r[0] for r in rows] == ["x0", "x1"] and len(rows[0]) == len(columns)
