@@ -149,6 +149,7 @@ class VoxVGGDataModule(L.LightningDataModule):
         prepare_workers: int = 2,
     ):
         super().__init__()
+        self.save_hyperparameters()  # stored in checkpoints: evaluate / generate rebuild the same data path
         if (root is None) == (corpus is None):
             raise DataError("give exactly one of `root` (your data folder) or `corpus` (the embedded corpus)")
         self.root, self.corpus = root, dict(corpus) if corpus else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import wave
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,13 @@ import torchaudio
 from PIL import Image
 from scipy.signal import find_peaks
 
-from datamodules.synthetic import (ATTRIBUTE_KINDS, contact_sheet, ensure_corpus, generate_corpus,
-                                   read_attributes)
+from datamodules.synthetic import (
+    ATTRIBUTE_KINDS,
+    contact_sheet,
+    ensure_corpus,
+    generate_corpus,
+    read_attributes,
+)
 from datamodules.synthetic import corpus as corpus_module
 from datamodules.synthetic.corpus import LANDMARK_COLUMNS, META_HEADER, read_vox_meta
 from datamodules.synthetic.traits import SPLIT_LETTERS
@@ -30,8 +36,11 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _load_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -41,14 +50,32 @@ def _load_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _voices(corpus: Path) -> dict[str, list[Path]]:
-    return {row["VGGFace1 ID"]: sorted((corpus / "voxceleb1" / "wav" / row["VoxCeleb1 ID"]).rglob("*.wav"))
-            for row in read_vox_meta(corpus / "vox1_meta.csv")}
+    return {
+        row["VGGFace1 ID"]: sorted((corpus / "voxceleb1" / "wav" / row["VoxCeleb1 ID"]).rglob("*.wav"))
+        for row in read_vox_meta(corpus / "vox1_meta.csv")
+    }
 
 
 def _landmarks(corpus: Path) -> dict[str, np.ndarray]:
     with open(corpus / "landmarks.csv", newline="") as f:
-        return {row["path"]: np.array([float(row[c]) for c in LANDMARK_COLUMNS[1:]]).reshape(5, 2)
-                for row in csv.DictReader(f)}
+        return {
+            row["path"]: np.array([float(row[c]) for c in LANDMARK_COLUMNS[1:]]).reshape(5, 2)
+            for row in csv.DictReader(f)
+        }
+
+
+def _pixel(image: np.ndarray, p: np.ndarray) -> np.ndarray:
+    x, y = np.clip(np.round(p).astype(int), 0, image.shape[0] - 1)
+    return image[y, x]
+
+
+def _face_pixel(
+    image: np.ndarray, lm: np.ndarray, x: float, y: float, dx: int = 0, dy: int = 0
+) -> np.ndarray:
+    """The pixel at (x, y) of the face frame: origin between the eyes, unit = eye distance, y to the chin."""
+    x_axis = lm[1] - lm[0]
+    y_axis = np.array([-x_axis[1], x_axis[0]])
+    return _pixel(image, (lm[0] + lm[1]) / 2 + x * x_axis + y * y_axis + (dx, dy))
 
 
 def _meta_reader():
@@ -80,7 +107,11 @@ def test_layout(corpus):
     for name, wavs in _voices(corpus).items():
         assert 4 <= len(wavs) <= 8, name
         for path in wavs:
-            assert path.parent.parent.name.startswith("id") and len(path.parent.name) == 11 and path.stem.isdigit()
+            assert (
+                path.parent.parent.name.startswith("id")
+                and len(path.parent.name) == 11
+                and path.stem.isdigit()
+            )
             audio, rate = _load_wav(path)
             assert rate == 16000 and 2.0 <= len(audio) / rate <= 8.0, path
     jpgs = sorted((corpus / "vggface").rglob("*.jpg"))
@@ -90,7 +121,9 @@ def test_layout(corpus):
     attributes = read_attributes(corpus / "attributes.csv")
     assert set(attributes) == voiced | faced
     for values in attributes.values():
-        assert all(isinstance(values[k], float) == (kind == "continuous") for k, kind in ATTRIBUTE_KINDS.items())
+        assert all(
+            isinstance(values[k], float) == (kind == "continuous") for k, kind in ATTRIBUTE_KINDS.items()
+        )
 
 
 def test_deterministic_across_workers_and_seed_sensitive(corpus, tmp_path):
@@ -126,7 +159,9 @@ def test_speaking_rate_is_heard(corpus):
             energy = np.sqrt((audio[: len(audio) // 320 * 320].reshape(-1, 320) ** 2).mean(1))
             envelope = np.convolve(energy, np.ones(3) / 3, "same")
             speech = np.nonzero(energy > 0.1 * energy.max())[0]
-            peaks, _ = find_peaks(envelope, height=0.15 * envelope.max(), prominence=0.1 * envelope.max(), distance=4)
+            peaks, _ = find_peaks(
+                envelope, height=0.15 * envelope.max(), prominence=0.1 * envelope.max(), distance=4
+            )
             per_utt.append(len(peaks) / ((speech[-1] - speech[0]) * 0.02))
         rates.append(attributes[name]["rate_wpm"])
         syllable_rates.append(np.mean(per_utt))
@@ -143,16 +178,12 @@ def test_face_traits_are_in_the_pixels(corpus):
         for jpg in sorted(folder.glob("*.jpg")):
             image = np.asarray(Image.open(jpg), dtype=np.float64)
             lm = landmarks[f"{folder.name}/{jpg.name}"]
-            origin, x_axis = (lm[0] + lm[1]) / 2, lm[1] - lm[0]  # face frame: unit = eye distance
-            y_axis = np.array([-x_axis[1], x_axis[0]])
-
-            def pixel(x, y, dx=0, dy=0):
-                px, py = np.clip(np.round(origin + x * x_axis + y * y_axis + (dx, dy)).astype(int), 0, 127)
-                return image[py, px]
-
-            cheek_i.append(np.mean([pixel(s * 0.45, 0.5, dx, dy) for s in (-1, 1) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]))
-            crown = np.mean([pixel(x, -1.2) for x in (-0.1, 0, 0.1)], axis=0)
-            beside_neck = [pixel(s * 1.2, y) for s in (-1, 1) for y in np.arange(1.0, 2.8, 0.1)]
+            cheeks = [(s * 0.45, 0.5, dx, dy) for s in (-1, 1) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+            cheek_i.append(np.mean([_face_pixel(image, lm, *args) for args in cheeks]))
+            crown = np.mean([_face_pixel(image, lm, x, -1.2) for x in (-0.1, 0, 0.1)], axis=0)
+            beside_neck = [
+                _face_pixel(image, lm, s * 1.2, y) for s in (-1, 1) for y in np.arange(1.0, 2.8, 0.1)
+            ]
             hair_i.append(np.mean([np.linalg.norm(p - crown) < 35 for p in beside_neck]))
         cheek.append(np.mean(cheek_i))
         hair.append(np.mean(hair_i))
@@ -165,23 +196,24 @@ def test_face_traits_are_in_the_pixels(corpus):
 def test_landmarks_hit_the_features(corpus):
     for path, lm in _landmarks(corpus).items():
         image = np.asarray(Image.open(corpus / "vggface" / path), dtype=np.float64)
-
-        def rgb(p):
-            return image[int(round(p[1])), int(round(p[0]))]
-
+        rgb = partial(_pixel, image)
         eye_mid, mouth_mid = (lm[0] + lm[1]) / 2, (lm[3] + lm[4]) / 2
         cheek = rgb(eye_mid + 0.45 * (mouth_mid - eye_mid) + 0.8 * (lm[1] - lm[0]) / 2)
         assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0], path  # image-left first
         for eye in lm[:2]:  # the pupil: darker than the cheek
             assert rgb(eye).mean() < cheek.mean() - 15, path
         down = np.array([lm[0, 1] - lm[1, 1], lm[1, 0] - lm[0, 0]])  # eye-distance long, toward the chin
-        below_corners = [rgb(mouth_mid + t * down) for t in np.linspace(0, 0.15, 6)]  # a smile lifts the corners
+        below_corners = [
+            rgb(mouth_mid + t * down) for t in np.linspace(0, 0.15, 6)
+        ]  # a smile lifts the corners
         assert max(np.linalg.norm(p - cheek) for p in below_corners) > 20, path  # lips, teeth or open mouth
 
 
 def test_ensure_corpus_caches(tmp_path, monkeypatch):
     first = ensure_corpus(tmp_path, identities=3, seed=5)
-    monkeypatch.setattr(corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus"))
+    monkeypatch.setattr(
+        corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus")
+    )
     assert corpus_module.ensure_corpus(tmp_path, identities=3, seed=5) == first
     assert read_vox_meta(first / "vox1_meta.csv")
 

@@ -8,7 +8,7 @@ Layout (the same readers serve the real data):
     voxceleb1/wav/idNNNNN/<11-char video id>/NNNNN.wav   16 kHz mono 16-bit PCM, 2-8 s, 4-8 per identity
     vggface/<First_Last>/NNNNN.jpg                       128×128 RGB, 8-12 per identity
     attributes.csv                ground truth per identity, keyed by `VGGFace1 ID` (see ATTRIBUTE_KINDS)
-    landmarks.csv                 path (relative to vggface/), then x,y in pixels (pixel-centre coordinates) of
+    landmarks.csv                 path (relative to vggface/), then x,y in pixels (pixel-centre coords.) of
                                   left_eye, right_eye, nose, mouth_left, mouth_right; "left" = image-left
     synthetic.json                generator version, identities, seed
 Names are `First_Last` with first letters placed so the letter split (train F-Z, val A-B, test C-E) gives
@@ -21,7 +21,7 @@ independent standard normals z_pitch, z_rate, z_range plus one private noise ε 
 
 Voice (heard):
     voice_variant  eSpeak m1-m6 / f1-f5 by sex (f0 at pitch 50: ~100 Hz male, ~195 Hz female)
-    pitch          50 − 8σ + 13 z_pitch, clipped to 15..85 (eSpeak 0-100 scale; f0 rises monotonically with it)
+    pitch          50 − 8σ + 13 z_pitch, clipped to 15..85 (eSpeak 0-100 scale; f0 rises with it)
     pitch_range    50 + 15 z_range, clipped to 10..90 (intonation)
     rate_wpm       170 + 25 z_rate, clipped to 120..230 words per minute
     language       eSpeak language of the nationality (the accent)
@@ -42,9 +42,17 @@ Deterministic: every identity's files are seeded from (seed, identity) alone, so
 bitwise-identical files for any number of workers.
 """
 
-from datamodules.synthetic.corpus import GENERATOR_VERSION, ensure_corpus, generate_corpus
+from datamodules.synthetic.corpus import GENERATOR_VERSION, ensure_corpus, generate_corpus, read_vox_meta
 from datamodules.synthetic.sheet import contact_sheet
 from datamodules.synthetic.traits import ATTRIBUTE_KINDS, ATTRIBUTE_SOURCES, read_attributes
 
-__all__ = ["ATTRIBUTE_KINDS", "ATTRIBUTE_SOURCES", "GENERATOR_VERSION", "contact_sheet", "ensure_corpus",
-           "generate_corpus", "read_attributes"]
+__all__ = [
+    "ATTRIBUTE_KINDS",
+    "ATTRIBUTE_SOURCES",
+    "GENERATOR_VERSION",
+    "contact_sheet",
+    "ensure_corpus",
+    "generate_corpus",
+    "read_attributes",
+    "read_vox_meta",
+]

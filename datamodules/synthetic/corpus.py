@@ -20,8 +20,19 @@ from datamodules.synthetic.voices import SAMPLE_RATE, make_utterance
 
 GENERATOR_VERSION = "1"  # bump whenever the output for a given (identities, seed) changes: it keys the cache
 META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
-LANDMARK_COLUMNS = ("path", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
-                    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y")
+LANDMARK_COLUMNS = (
+    "path",
+    "left_eye_x",
+    "left_eye_y",
+    "right_eye_x",
+    "right_eye_y",
+    "nose_x",
+    "nose_y",
+    "mouth_left_x",
+    "mouth_left_y",
+    "mouth_right_x",
+    "mouth_right_y",
+)
 _VIDEO_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
 
 
@@ -39,7 +50,9 @@ def _build_identity(job: tuple[Identity, str | None, str]) -> list[list[str]]:
     ident, vox_id, root = job
     voice_rng, face_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(ident.seed).spawn(2))
     if ident.has_voice:
-        videos = ["".join(voice_rng.choice(list(_VIDEO_ID_CHARS), 11)) for _ in range(voice_rng.integers(1, 4))]
+        videos = [
+            "".join(voice_rng.choice(list(_VIDEO_ID_CHARS), 11)) for _ in range(voice_rng.integers(1, 4))
+        ]
         counts = dict.fromkeys(videos, 0)
         for _ in range(voice_rng.integers(4, 9)):
             video = videos[voice_rng.integers(len(videos))]
@@ -74,7 +87,9 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
         raise ValueError(f"workers={workers}: need at least 1")
     people = sample_identities(identities, seed)
     voiced = sorted(p.name for p in people if p.has_voice)
-    vox_ids = {name: f"id{10001 + i}" for i, name in enumerate(voiced)}  # ids follow name order, as in VoxCeleb1
+    vox_ids = {
+        name: f"id{10001 + i}" for i, name in enumerate(voiced)
+    }  # ids follow name order, as in VoxCeleb1
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -94,16 +109,30 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
     return out_dir
 
 
-def _write_tables(root: Path, people: list[Identity], vox_ids: dict[str, str], landmark_rows: list[list[str]],
-                  identities: int, seed: int) -> None:
+def _write_tables(
+    root: Path,
+    people: list[Identity],
+    vox_ids: dict[str, str],
+    landmark_rows: list[list[str]],
+    identities: int,
+    seed: int,
+) -> None:
     by_name = {p.name: p for p in people}
     with open(root / "vox1_meta.csv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(META_HEADER)
         for name, vox_id in vox_ids.items():
             traits = by_name[name].traits
-            # The "Set" column mirrors VoxCeleb1's verification split (~1 in 8 test); the letter split ignores it.
-            w.writerow([vox_id, name, traits["sex"], traits["nationality"], "test" if by_name[name].seed % 8 == 0 else "dev"])
+            # "Set" mirrors VoxCeleb1's verification split (~1 in 8 test); the letter split ignores it.
+            w.writerow(
+                [
+                    vox_id,
+                    name,
+                    traits["sex"],
+                    traits["nationality"],
+                    "test" if by_name[name].seed % 8 == 0 else "dev",
+                ]
+            )
     write_attributes(root / "attributes.csv", people)
     with open(root / "landmarks.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -128,7 +157,7 @@ def read_vox_meta(path: str | Path) -> list[dict[str, str]]:
 
 
 def ensure_corpus(cache_root: str | Path, identities: int = 48, seed: int = 0) -> Path:
-    """The cached corpus for (identities, seed, GENERATOR_VERSION) under `cache_root`, generated on first use."""
+    """The cached corpus for (identities, seed, GENERATOR_VERSION) in `cache_root`, made on first use."""
     target = Path(cache_root) / f"synthetic-v{GENERATOR_VERSION}-n{identities}-s{seed}"
     if target.is_dir():
         return target

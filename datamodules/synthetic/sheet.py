@@ -28,11 +28,13 @@ def contact_sheet(corpus_dir: str | Path, out_png: str | Path) -> Path:
             with Image.open(jpg) as face:
                 sheet.paste(face.convert("RGB").resize((_TILE, _TILE), Image.LANCZOS), (x0 + k * _TILE, y0))
         a = attributes[name]
-        lines = (f"{name}  {a['sex']}  {a['nationality']} ({a['language']}+{a['voice_variant']})",
-                 f"pitch {a['pitch']:.0f}  rate {a['rate_wpm']:.0f} wpm  skin {a['skin_tone']:.2f}  "
-                 f"hair {a['hair_colour']} {a['hair_length']:.2f}",
-                 f"jaw {a['jaw_width']:.2f}  brow {a['brow_thickness']:.2f}  eye {a['eye_size']:.2f} "
-                 f"{a['eye_colour']}  mouth {a['mouth_width']:.2f}")
+        lines = (
+            f"{name}  {a['sex']}  {a['nationality']} ({a['language']}+{a['voice_variant']})",
+            f"pitch {a['pitch']:.0f}  rate {a['rate_wpm']:.0f} wpm  skin {a['skin_tone']:.2f}  "
+            f"hair {a['hair_colour']} {a['hair_length']:.2f}",
+            f"jaw {a['jaw_width']:.2f}  brow {a['brow_thickness']:.2f}  eye {a['eye_size']:.2f} "
+            f"{a['eye_colour']}  mouth {a['mouth_width']:.2f}",
+        )
         for j, line in enumerate(lines):
             draw.text((x0, y0 + _TILE + 2 + 12 * j), line, fill=(0, 0, 0), font=font)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,12 @@ import numpy as np
 # Accent table: nationality -> (eSpeak language, skin-tone mean, skin-tone sd, hair-colour probabilities).
 # Non-English eSpeak languages read the English sentences with their own letter-to-sound rules: an accent.
 ACCENTS: dict[str, tuple[str, float, float, dict[str, float]]] = {
-    "USA": ("en-us", 0.62, 0.16, {"black": 0.25, "dark_brown": 0.3, "brown": 0.25, "blonde": 0.15, "red": 0.05}),
+    "USA": (
+        "en-us",
+        0.62,
+        0.16,
+        {"black": 0.25, "dark_brown": 0.3, "brown": 0.25, "blonde": 0.15, "red": 0.05},
+    ),
     "UK": ("en-gb-x-rp", 0.78, 0.06, {"dark_brown": 0.25, "brown": 0.35, "blonde": 0.25, "red": 0.15}),
     "Jamaica": ("en-029", 0.18, 0.06, {"black": 0.9, "dark_brown": 0.1}),
     "Kenya": ("sw", 0.10, 0.05, {"black": 1.0}),
@@ -49,21 +54,37 @@ ATTRIBUTE_KINDS: dict[str, str] = {
 }
 # Which renderer reads each trait ("both": drawn in the face and heard in the voice).
 ATTRIBUTE_SOURCES: dict[str, str] = {
-    "sex": "both", "nationality": "both", "language": "voice", "voice_variant": "voice", "pitch": "voice",
-    "pitch_range": "voice", "rate_wpm": "voice", "skin_tone": "face", "hair_colour": "face",
-    "hair_length": "face", "jaw_width": "face", "brow_thickness": "face", "eye_size": "face",
-    "mouth_width": "face", "face_length": "face", "eye_colour": "face",
+    "sex": "both",
+    "nationality": "both",
+    "language": "voice",
+    "voice_variant": "voice",
+    "pitch": "voice",
+    "pitch_range": "voice",
+    "rate_wpm": "voice",
+    "skin_tone": "face",
+    "hair_colour": "face",
+    "hair_length": "face",
+    "jaw_width": "face",
+    "brow_thickness": "face",
+    "eye_size": "face",
+    "mouth_width": "face",
+    "face_length": "face",
+    "eye_colour": "face",
 }
 
 FIRST_NAMES = {
-    "f": "Alice Amelia Bella Beatrice Clara Chloe Daisy Diana Elena Emma Fiona Grace Hannah Ines Julia Kira Laura Maya "
-         "Nora Olivia Paula Quinn Rosa Sofia Tara Uma Vera Wendy Xenia Yara Zoe",
-    "m": "Aaron Adrian Boris Bruno Carlos Cyril Daniel Dmitri Edward Ethan Felix George Hugo Ivan James Kofi Liam Marco "
-         "Nils Oscar Pablo Quentin Rafael Samuel Tomas Umar Victor Walter Xavier Yusuf Zane",
+    "f": "Alice Amelia Bella Beatrice Clara Chloe Daisy Diana Elena Emma Fiona Grace Hannah Ines Julia Kira "
+    "Laura Maya "
+    "Nora Olivia Paula Quinn Rosa Sofia Tara Uma Vera Wendy Xenia Yara Zoe",
+    "m": "Aaron Adrian Boris Bruno Carlos Cyril Daniel Dmitri Edward Ethan Felix George Hugo Ivan James Kofi "
+    "Liam Marco "
+    "Nils Oscar Pablo Quentin Rafael Samuel Tomas Umar Victor Walter Xavier Yusuf Zane",
 }
-LAST_NAMES = ("Abara Brandt Castillo Dufresne Eriksen Fontaine Garcia Haugen Ishikawa Jensen Kamau Lindqvist Moreau "
-              "Nakamura Okafor Petrov Quiroga Rossi Schmidt Tanaka Umeh Varga Weber Xu Yilmaz Zeller Ambrose Bianchi "
-              "Clarke Delgado Evans Fischer Greene Hoffmann").split()
+LAST_NAMES = (
+    "Abara Brandt Castillo Dufresne Eriksen Fontaine Garcia Haugen Ishikawa Jensen Kamau Lindqvist Moreau "
+    "Nakamura Okafor Petrov Quiroga Rossi Schmidt Tanaka Umeh Varga Weber Xu Yilmaz Zeller Ambrose Bianchi "
+    "Clarke Delgado Evans Fischer Greene Hoffmann"
+).split()
 # The real split rule assigns identities by the first letter of their name.
 SPLIT_LETTERS = {"train": "FGHIJKLMNOPQRSTUVWXYZ", "val": "AB", "test": "CDE"}
 
@@ -156,7 +177,9 @@ def read_attributes(path: str | Path) -> dict[str, dict[str, float | str]]:
     """attributes.csv -> {VGGFace1 ID: {trait: float (continuous) | str (categorical)}}."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no attributes file (generate the corpus with python -m datamodules.synthetic)")
+        raise FileNotFoundError(
+            f"{path}: no attributes file (generate the corpus with python -m datamodules.synthetic)"
+        )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = {"VGGFace1 ID", *ATTRIBUTE_KINDS} - set(reader.fieldnames or [])

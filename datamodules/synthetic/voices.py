@@ -78,15 +78,25 @@ def _espeak():
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]  # seeds the breath noise of some variants
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     return lib, espeakng_loader.get_data_path().encode()
 
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
-def _synthesise_in_child(voice: str, text: str, rate: int, pitch: int, pitch_range: int, write_fd: int) -> None:
+def _synthesise_in_child(
+    voice: str, text: str, rate: int, pitch: int, pitch_range: int, write_fd: int
+) -> None:
     """Runs in the forked child: synthesise and write raw int16 samples to `write_fd`."""
     lib, data_path = _espeak()
     chunks: list[bytes] = []
@@ -138,7 +148,9 @@ def espeak_synth(voice: str, text: str, rate: int, pitch: int, pitch_range: int)
     return np.frombuffer(raw, dtype=np.int16)
 
 
-def make_utterance(traits: dict, rng: np.random.Generator, min_s: float = 2.0, max_s: float = 8.0) -> np.ndarray:
+def make_utterance(
+    traits: dict, rng: np.random.Generator, min_s: float = 2.0, max_s: float = 8.0
+) -> np.ndarray:
     """One utterance of an identity: float32 at 16 kHz in [-1, 1], `min_s`..`max_s` long.
 
     Per utterance: a sentence, jitter of pitch (±4), range (±8) and rate (±6 %), 0.25-1.0 s of silence
@@ -154,8 +166,9 @@ def make_utterance(traits: dict, rng: np.random.Generator, min_s: float = 2.0, m
         expected_s = len(text.split()) * 60 / rate  # cheap screen before synthesising
         if not min_s - 0.5 < expected_s + lead + trail < max_s - 0.5:
             continue
-        speech = resample_poly(espeak_synth(voice, text, rate, pitch, pitch_range) / 32768.0,
-                               SAMPLE_RATE, ESPEAK_RATE)
+        speech = resample_poly(
+            espeak_synth(voice, text, rate, pitch, pitch_range) / 32768.0, SAMPLE_RATE, ESPEAK_RATE
+        )
         total_s = lead + trail + len(speech) / SAMPLE_RATE
         if min_s <= total_s <= max_s:
             break
