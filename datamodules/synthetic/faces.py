@@ -220,7 +220,7 @@ def _mouth(head: _Head, canvas: _Canvas, skin) -> np.ndarray:
     top = parting - 0.075 * body * (1 - 0.3 * np.exp(-((u / 0.18) ** 2)))  # cupid's bow dip
     gap = head.mouth_open * (1 - u**2) ** 0.8
     bottom = parting + gap + 0.1 * body
-    lip = (skin * 0.5 + _LIP_RGB * 0.5) * 0.92
+    lip = (skin * 0.45 + _LIP_RGB * 0.55) * 0.85
     canvas.polygon(
         head.on_surface(np.concatenate([np.stack([x, top], 1), np.stack([x[::-1], bottom[::-1]], 1)])), lip
     )
