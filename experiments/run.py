@@ -80,7 +80,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model.eval()
         result = evaluate(model, datamodule, cfg.metrics, split=cfg.eval_split)
         (out / f"metrics_{cfg.eval_split}.json").write_text(json.dumps(result, indent=2, default=str))
-        (out / f"metrics_{cfg.eval_split}.md").write_text(summary_markdown(result, f"{cfg.task_name} ({cfg.eval_split})"))
+        title = f"{cfg.task_name} ({cfg.eval_split})"
+        (out / f"metrics_{cfg.eval_split}.md").write_text(summary_markdown(result, title))
         metrics.update({f"{cfg.eval_split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
         metrics["_skipped"] = result.get("_skipped", {})
     report_locations(out, metrics)

@@ -23,8 +23,9 @@ from datamodules.synthetic import (
     read_attributes,
 )
 from datamodules.synthetic import corpus as corpus_module
-from datamodules.synthetic.corpus import LANDMARK_COLUMNS, META_HEADER, read_vox_meta
+from datamodules.synthetic.corpus import LANDMARK_COLUMNS, META_HEADER
 from datamodules.synthetic.traits import SPLIT_LETTERS
+from datamodules.voxvgg import read_meta
 
 REAL_META = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vox1_meta.csv"
 IDENTITIES = 10
@@ -52,7 +53,7 @@ def _load_wav(path: Path) -> tuple[np.ndarray, int]:
 def _voices(corpus: Path) -> dict[str, list[Path]]:
     return {
         row["VGGFace1 ID"]: sorted((corpus / "voxceleb1" / "wav" / row["VoxCeleb1 ID"]).rglob("*.wav"))
-        for row in read_vox_meta(corpus / "vox1_meta.csv")
+        for row in read_meta(corpus / "vox1_meta.csv")
     }
 
 
@@ -78,24 +79,15 @@ def _face_pixel(
     return _pixel(image, (lm[0] + lm[1]) / 2 + x * x_axis + y * y_axis + (dx, dy))
 
 
-def _meta_reader():
-    """The data module's reader once it exists, so both datasets go through the same code."""
-    try:
-        from datamodules.voxvgg import read_meta
-    except ImportError:
-        return read_vox_meta
-    return read_meta
-
-
 def test_real_metadata_parses():
     if not REAL_META.is_file():
         pytest.skip(f"{REAL_META} is absent (shared data not mounted)")
-    rows = _meta_reader()(REAL_META)
+    rows = read_meta(REAL_META)
     assert len(rows) == 1251 and set(rows[0]) >= set(META_HEADER)
 
 
 def test_layout(corpus):
-    rows = _meta_reader()(corpus / "vox1_meta.csv")
+    rows = read_meta(corpus / "vox1_meta.csv")
     assert (corpus / "vox1_meta.csv").read_text().splitlines()[0] == "\t".join(META_HEADER)
     voiced = {r["VGGFace1 ID"] for r in rows}
     faced = {p.name for p in (corpus / "vggface").iterdir()}
@@ -217,7 +209,7 @@ def test_ensure_corpus_caches(tmp_path, monkeypatch):
         corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus")
     )
     assert corpus_module.ensure_corpus(tmp_path, identities=3, seed=5) == first
-    assert read_vox_meta(first / "vox1_meta.csv")
+    assert read_meta(first / "vox1_meta.csv")
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):

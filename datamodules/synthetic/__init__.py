@@ -42,7 +42,7 @@ Deterministic: every identity's files are seeded from (seed, identity) alone, so
 bitwise-identical files for any number of workers.
 """
 
-from datamodules.synthetic.corpus import GENERATOR_VERSION, ensure_corpus, generate_corpus, read_vox_meta
+from datamodules.synthetic.corpus import GENERATOR_VERSION, ensure_corpus, generate_corpus
 from datamodules.synthetic.sheet import contact_sheet
 from datamodules.synthetic.traits import ATTRIBUTE_KINDS, ATTRIBUTE_SOURCES, read_attributes
 
@@ -54,5 +54,4 @@ __all__ = [
     "ensure_corpus",
     "generate_corpus",
     "read_attributes",
-    "read_vox_meta",
 ]

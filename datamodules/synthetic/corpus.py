@@ -142,20 +142,6 @@ def _write_tables(
     (root / "synthetic.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-def read_vox_meta(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a VoxCeleb1 `vox1_meta.csv` (real or generated) as dicts keyed by META_HEADER."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        header = tuple(h.strip() for h in reader.fieldnames or ())
-        if header != META_HEADER:
-            raise ValueError(f"{path}: header {header} is not the tab-separated {META_HEADER}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    if not rows:
-        raise ValueError(f"{path}: no identities")
-    return rows
-
-
 def ensure_corpus(cache_root: str | Path, identities: int = 48, seed: int = 0) -> Path:
     """The cached corpus for (identities, seed, GENERATOR_VERSION) in `cache_root`, made on first use."""
     target = Path(cache_root) / f"synthetic-v{GENERATOR_VERSION}-n{identities}-s{seed}"
