@@ -94,9 +94,7 @@ def _espeak():
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
-def _synthesise_in_child(
-    voice: str, text: str, rate: int, pitch: int, pitch_range: int, write_fd: int
-) -> None:
+def _synthesise_in_child(voice: str, text: str, rate: int, pitch: int, pitch_range: int, write_fd: int) -> None:
     """Runs in the forked child: synthesise and write raw int16 samples to `write_fd`."""
     lib, data_path = _espeak()
     chunks: list[bytes] = []
@@ -148,9 +146,7 @@ def espeak_synth(voice: str, text: str, rate: int, pitch: int, pitch_range: int)
     return np.frombuffer(raw, dtype=np.int16)
 
 
-def make_utterance(
-    traits: dict, rng: np.random.Generator, min_s: float = 2.0, max_s: float = 8.0
-) -> np.ndarray:
+def make_utterance(traits: dict, rng: np.random.Generator, min_s: float = 2.0, max_s: float = 8.0) -> np.ndarray:
     """One utterance of an identity: float32 at 16 kHz in [-1, 1], `min_s`..`max_s` long.
 
     Per utterance: a sentence, jitter of pitch (±4), range (±8) and rate (±6 %), 0.25-1.0 s of silence
@@ -161,19 +157,23 @@ def make_utterance(
     pitch_range = int(round(np.clip(traits["pitch_range"] + rng.uniform(-8, 8), 0, 100)))
     rate = int(round(traits["rate_wpm"] * rng.uniform(0.94, 1.06)))
     lead, trail = rng.uniform(0.25, 1.0, size=2)
-    for index in rng.permutation(len(SENTENCES)):
+    order = rng.permutation(len(SENTENCES))
+    for index in order:
         text = SENTENCES[index]
         expected_s = len(text.split()) * 60 / rate  # cheap screen before synthesising
         if not min_s - 0.5 < expected_s + lead + trail < max_s - 0.5:
             continue
-        speech = resample_poly(
-            espeak_synth(voice, text, rate, pitch, pitch_range) / 32768.0, SAMPLE_RATE, ESPEAK_RATE
-        )
+        speech = resample_poly(espeak_synth(voice, text, rate, pitch, pitch_range) / 32768.0, SAMPLE_RATE, ESPEAK_RATE)
         total_s = lead + trail + len(speech) / SAMPLE_RATE
         if min_s <= total_s <= max_s:
             break
-    else:
-        raise RuntimeError(f"no sentence fits {min_s}-{max_s} s at {rate} wpm with voice {voice}")
+    else:  # no sentence fits this rate and voice: take the first and cut or pad its trailing silence to fit
+        speech = resample_poly(
+            espeak_synth(voice, SENTENCES[order[0]], rate, pitch, pitch_range) / 32768.0, SAMPLE_RATE, ESPEAK_RATE
+        )[: int((max_s - lead - 0.25) * SAMPLE_RATE)]
+        trail = float(
+            np.clip(trail, min_s - lead - len(speech) / SAMPLE_RATE, max_s - lead - len(speech) / SAMPLE_RATE)
+        )
     speech *= 10 ** (rng.uniform(-24, -16) / 20) / np.sqrt(np.mean(speech**2))  # speech RMS -24..-16 dBFS
     wav = np.concatenate([np.zeros(int(lead * SAMPLE_RATE)), speech, np.zeros(int(trail * SAMPLE_RATE))])
     noise_rms = np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(25, 40) / 20)
