@@ -29,3 +29,19 @@ def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
     assert "checkpoint" in printed and str(out) in printed
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["hyper_parameters"]["num_classes"] == objects["datamodule"].num_classes
+
+
+def test_cli_fast_dev_run(tmp_path):
+    """The user's command line, with Lightning's fast_dev_run, in a fresh root (corpus made on the fly)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "experiments.run", *SMALL, "+trainer.fast_dev_run=true", "evaluate=false"]
+    env = {**os.environ, "VOICE2FACE_ROOT": str(tmp_path)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")), out.stdout[-2000:]
+    assert "checkpoint" in out.stdout
