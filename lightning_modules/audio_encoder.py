@@ -70,6 +70,7 @@ class AudioEncoder(nn.Module):
         se_reduction=16,             # SE reduction ratio r.
         act="mish",                  # mish | relu.
         num_classes=0,               # Speakers of the classification head (0 = none).
+        stem_stride=1,               # 1 keeps the 10 ms frame rate; 2 quarters the cost (CPU-sized runs).
     ):
         super().__init__()
         if act not in ACTIVATIONS:
@@ -82,8 +83,9 @@ class AudioEncoder(nn.Module):
             )
         self.in_features, self.embed_dim, self.num_classes = in_features, embed_dim, num_classes
         # The input is one image channel of F × T; a 3×3 stride-1 stem keeps the 10 ms frame resolution.
+        self.stem_stride = stem_stride
         self.stem = nn.Sequential(
-            nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), ACTIVATIONS[act]()
+            nn.Conv2d(1, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]), ACTIVATIONS[act]()
         )
         layers, in_ch = [], widths[0]
         for stage, (width, count) in enumerate(zip(widths, blocks)):
@@ -111,7 +113,9 @@ class AudioEncoder(nn.Module):
                 f"got {lengths.tolist()}"
             )
         mask = (torch.arange(t, device=feats.device)[None] < lengths[:, None]).to(feats.dtype)[:, None, None]
-        x = self.stem(feats.unsqueeze(1) * mask) * mask
+        x = self.stem(feats.unsqueeze(1) * mask)
+        mask = mask[..., :: self.stem_stride]  # same centring rule as the strided blocks
+        x = x * mask
         for layer in self.layers:
             x, mask = layer(x, mask)
         return self.fc(masked_mean(x, mask))

@@ -50,9 +50,10 @@ def test_se_rescales_channels_by_a_sigmoid_gate():
     torch.testing.assert_close(se(x, mask), x * gate[:, :, None, None])
 
 
-def test_padding_is_ignored():
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_padding_is_ignored(stem_stride):
     torch.manual_seed(0)
-    enc = AudioEncoder(**SMALL).eval()
+    enc = AudioEncoder(**SMALL, stem_stride=stem_stride).eval()
     short, long = torch.randn(1, 16, 37), torch.randn(1, 16, 60)
     padded = torch.cat([torch.cat([short, 5 * torch.randn(1, 16, 23)], dim=2), long])
     emb = enc(padded, torch.tensor([37, 60]))
