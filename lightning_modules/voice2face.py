@@ -37,6 +37,7 @@ from lightning_modules.losses import (
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("joint", "frozen", "finetune")
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
 
 
 def _plain(cfg):
@@ -83,6 +84,7 @@ class Voice2FaceGAN(LightningModule):
         sample_every_kimg: float = 5.0,     # Sample grid interval (0 = only at start and end).
         sample_count: int = 8,              # Held-out voices in the sample grid (0 = no samples).
         bf16: bool = False,                 # bf16 autocast of the forward passes on CUDA.
+        max_bad_steps: int = 8,             # Stop after this many consecutive steps with non-finite loss/grads.
     ):
         super().__init__()
         encoder, generator, discriminator = _plain(encoder), _plain(generator), _plain(discriminator)
@@ -114,6 +116,8 @@ class Voice2FaceGAN(LightningModule):
         self.r1_active = r1_gamma > 0 and D_reg_interval > 0
         self.cur_nimg = 0
         self.iteration = 0
+        self.skipped_steps = 0              # optimizer steps skipped for non-finite losses or gradients
+        self.bad_streak = 0                 # ... of which consecutive, up to now
         self._sample_batch = None
         self._next_sample_nimg = 0
 
@@ -172,15 +176,43 @@ class Voice2FaceGAN(LightningModule):
             ws[:, cutoff:] = self.G.mapping(z2, update_emas=False)[:, cutoff:]
         return self.G.synthesis(ws), ws
 
-    def _step(self, opt, loss):
-        """zero_grad -> backward -> nan_to_num on every gradient -> step (the caller toggles `opt`)."""
+    def _step(self, opt, loss, phase):
+        """zero_grad -> backward -> step, unless the loss or a gradient is non-finite: then the step is skipped
+        (weights and Adam moments unchanged) and counted; `max_bad_steps` in a row stop the run."""
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        opt.step()
+        self.manual_backward(loss)  # always: under DDP every rank must join the gradient all-reduce
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms = torch.stack(torch._foreach_norm(grads)) if grads else loss.new_zeros(1)
+        bad = (~torch.isfinite(loss.detach()).all() | ~torch.isfinite(norms).all()).float()
+        if self._distributed():  # one rank's bad loss stops the step on all ranks
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        finite = not bool(bad)
+        if finite:
+            opt.step()
+            self.bad_streak = 0
+            return
+        opt.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.bad_streak += 1
+        log.warning("voice2face: skipped %s step at iteration %d: non-finite loss or gradients "
+                    "(%d skipped in all, %d in a row)", phase, self.iteration, self.skipped_steps, self.bad_streak)
+        if self.bad_streak >= self.hparams.max_bad_steps:
+            self._stop_on_bad_steps(phase)
+
+    def _stop_on_bad_steps(self, phase):
+        """Save the last good state (the skipped steps left it untouched) and stop with an error that says why."""
+        from lightning_modules.callbacks import KimgCheckpoint
+
+        saver = next((c for c in self.trainer.callbacks if isinstance(c, KimgCheckpoint)), None)
+        if saver is None:
+            saver = KimgCheckpoint(os.path.join(self.trainer.default_root_dir, "checkpoints"))
+        path = saver.save(self.trainer, "last-good.ckpt")
+        raise FloatingPointError(
+            f"voice2face: {self.bad_streak} optimizer steps in a row had non-finite losses or gradients (the last "
+            f"in phase {phase}, iteration {self.iteration}); stopped. The last good state is in {path}. Lower "
+            f"model.lr or raise model.r1_gamma, check the data for NaN, then resume with ckpt_path={path} "
+            f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)."
+        )
 
     def _phase_Gmain(self, opt, z, label):
         self.toggle_optimizer(opt)
@@ -194,7 +226,7 @@ class Voice2FaceGAN(LightningModule):
             loss_id = F.cross_entropy(class_logits.float(), label)
             loss = loss + self.hparams.id_weight * loss_id
             stats["loss/G_id"] = loss_id.detach()
-        self._step(opt, loss)
+        self._step(opt, loss, "Gmain")
         self.untoggle_optimizer(opt)
         return stats
 
@@ -209,12 +241,13 @@ class Voice2FaceGAN(LightningModule):
             torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
             batch_mean /= torch.distributed.get_world_size()
         pl_mean = self.pl_mean.lerp(batch_mean, self.hparams.pl_decay)
-        self.pl_mean.copy_(pl_mean.detach())
+        # A non-finite batch (its step is skipped) must not poison the running mean.
+        self.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean, self.pl_mean).detach())
         penalty = (lengths - pl_mean).square()
         # img[:, 0, 0, 0] * 0 ties every synthesis parameter into the graph (as NVlabs does for DDP).
         loss = (img[:, 0, 0, 0].float() * 0 + penalty * self.hparams.pl_weight).mean()
         loss = loss * self.hparams.G_reg_interval
-        self._step(opt, loss)
+        self._step(opt, loss, "Greg")
         self.untoggle_optimizer(opt)
         return {"reg/pl_penalty": penalty.mean().detach(), "reg/pl_mean": self.pl_mean.detach().clone()}
 
@@ -233,7 +266,7 @@ class Voice2FaceGAN(LightningModule):
             loss = loss + self.hparams.cls_weight * loss_cls
             stats["loss/D_cls"] = loss_cls.detach()
             stats["acc/D_cls_real"] = (class_logits.argmax(1) == label).float().mean()
-        self._step(opt, loss)
+        self._step(opt, loss, "Dmain")
         self.untoggle_optimizer(opt)
         return stats
 
@@ -245,7 +278,7 @@ class Voice2FaceGAN(LightningModule):
         penalty = r1_penalty(real, logits.float())
         loss = (logits.float() * 0 + penalty * (self.hparams.r1_gamma / 2)).mean()
         loss = loss * self.hparams.D_reg_interval
-        self._step(opt, loss)
+        self._step(opt, loss, "Dreg")
         self.untoggle_optimizer(opt)
         return {"reg/r1": penalty.mean().detach()}
 
@@ -299,6 +332,7 @@ class Voice2FaceGAN(LightningModule):
         self.iteration += 1
         stats["progress/ema_beta"] = self.update_ema(global_batch)
         stats["progress/kimg"] = self.cur_nimg / 1000
+        stats["progress/skipped_steps"] = self.skipped_steps
         self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=real.shape[0])
 
@@ -338,29 +372,38 @@ class Voice2FaceGAN(LightningModule):
         self.save_samples()
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration)}
+        checkpoint["voice2face_format"] = CHECKPOINT_FORMAT
+        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration),
+                                             "skipped_steps": int(self.skipped_steps)}
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")
         if progress is not None:
             self.cur_nimg, self.iteration = int(progress["cur_nimg"]), int(progress["iteration"])
+            self.skipped_steps = int(progress.get("skipped_steps", 0))
 
     @staticmethod
     def _first_items(loader, count):
-        """The first `count` (audio, audio_lengths, face) items of a loader, padded to a common length."""
-        parts = []
+        """One (audio, audio_lengths, face) item for each of the first `count` identities of a loader (a grid of
+        different speakers), padded to a common length."""
+        items, seen = [], set()
         for batch in loader:
-            parts.append(batch)
-            if sum(p["face"].shape[0] for p in parts) >= count:
+            for i, label in enumerate(batch["label"].tolist()):
+                if label not in seen:
+                    seen.add(label)
+                    n = int(batch["audio_lengths"][i])
+                    items.append((batch["audio"][i, :, :n], n, batch["face"][i]))
+            if len(items) >= count:
                 break
-        if not parts:
+        if not items:
             return None
-        frames = max(p["audio"].shape[-1] for p in parts)
-        audio = torch.cat([F.pad(p["audio"], (0, frames - p["audio"].shape[-1])) for p in parts])[:count]
-        lengths = torch.cat([p.get("audio_lengths", torch.full((p["audio"].shape[0],), p["audio"].shape[-1]))
-                             for p in parts])[:count]
-        faces = torch.cat([p["face"] for p in parts])[:count]
-        return {"audio": audio, "audio_lengths": lengths, "face": faces}
+        items = items[:count]
+        frames = max(n for _, n, _ in items)
+        return {
+            "audio": torch.stack([F.pad(a, (0, frames - n)) for a, n, _ in items]),
+            "audio_lengths": torch.tensor([n for _, n, _ in items]),
+            "face": torch.stack([f for _, _, f in items]),
+        }
 
     @property
     def run_dir(self):

@@ -331,8 +331,10 @@ class HeldOutVoices(LightningDataModule):
     def train_dataloader(self):
         return DataLoader(VoiceFaceSet(16), batch_size=4)
 
-    def val_dataloader(self):  # whole utterances of other speakers, padded per batch
-        return DataLoader(VoiceFaceSet(6), batch_size=3)
+    def val_dataloader(self):  # whole utterances of six other speakers, padded per batch
+        voices = VoiceFaceSet(6)
+        voices.label = torch.arange(6)
+        return DataLoader(voices, batch_size=3)
 
 
 def test_generate_and_sample_grid(tmp_path):
