@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,63 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+# Keys a wrong-typed override would otherwise break deep inside training: (type check, what it must be).
+TYPED_KEYS = {
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "data.batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "model.lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
+    "model.total_kimg": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                         "a positive number or null"),
+    "model.max_bad_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                            "a positive integer"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any work on a value of the wrong type, naming the key and the override that fixes it."""
+    for key, (ok, what) in TYPED_KEYS.items():
+        value = OmegaConf.select(cfg, key, default="__absent__")
+        if value != "__absent__" and not ok(value):
+            raise ValueError(f"config: {key} must be {what}, got {value!r} ({type(value).__name__}); "
+                             f"fix the override, e.g. {key}=<{what}>")
+
+
+def check_checkpoint(path: str, model: L.LightningModule) -> None:
+    """Open a resume checkpoint as data only (no code runs) and check that it fits `model`, so a bad file fails
+    before training with its name and a fix; Lightning's own errors name neither."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"ckpt_path={path}: cannot be read as a checkpoint ({type(err).__name__}: {str(err)[:200]}); it may be "
+            f"truncated by a crash or an interrupted copy. Resume from another file of {Path(path).parent} "
+            f"(snapshot-*.ckpt) or train afresh without ckpt_path") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"ckpt_path={path}: not a Lightning training checkpoint (no state_dict); pass the "
+                         f"last.ckpt or snapshot-*.ckpt of a run's checkpoints/ folder")
+    config = Path(path).resolve().parent.parent / "config.yaml"
+    same_config = f"use the overrides of the run that wrote it ({config})" if config.is_file() else \
+        "use the experiment and model overrides of the run that wrote it"
+    from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
+
+    if isinstance(model, Voice2FaceGAN) and ckpt.get("voice2face_format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"ckpt_path={path}: written by another version of voice2face (checkpoint format "
+            f"{ckpt.get('voice2face_format')}, this code reads {CHECKPOINT_FORMAT}); resume it with the voice2face "
+            f"version that wrote it, or train afresh without ckpt_path")
+    own = model.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    reshaped = [f"{k} {list(theirs[k].shape)} vs {list(own[k].shape)}" for k in sorted(set(own) & set(theirs))
+                if hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        raise ValueError(
+            f"ckpt_path={path}: written by a different model than {type(model).__name__} as configured: "
+            f"{len(missing)} missing weights {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+            f"{len(reshaped)} of other shapes {reshaped[:3]}; {same_config}")
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
@@ -52,10 +110,16 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
+    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+    except OSError as err:
+        raise OSError(f"run folder {out} is not writable ({err}); point paths.root_dir (or VOICE2FACE_ROOT, or "
+                      f"hydra.run.dir) to a writable place") from err
+    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only
     datamodule.prepare_data()
@@ -71,7 +135,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False
     )
-    trainer.fit(model, datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir))
+    if ckpt_path:
+        check_checkpoint(ckpt_path, model)
+    trainer.fit(model, datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("evaluate") and hasattr(model, "generate") and trainer.is_global_zero:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback
 
 
@@ -16,7 +17,15 @@ def images_seen(trainer, pl_module) -> int:
 
 class KimgCheckpoint(Callback):
     """`last.ckpt` every `last_every_kimg` and `snapshot-<kimg>.ckpt` every `every_kimg`, plus `last.ckpt` at the
-    end; each written to a temporary file and renamed, so a crash never leaves a half-written checkpoint."""
+    end; each written to a temporary file and renamed, so a crash never leaves a half-written checkpoint.
+
+    It also makes a resume exact on one process. Lightning restores weights, optimisers and loop counters but
+    neither the RNG nor the position inside an epoch (it restarts the epoch's data iterator). So the torch RNG is
+    split into two streams: the training steps run on their own stream (swapped in around each batch), and the
+    global generator is left to the data pipeline (shuffling, crops), which then depends only on its state when
+    the epoch's iterator was made. The checkpoint stores both streams, that epoch-start state and the batches done;
+    a resume rewinds the data stream to the epoch start, and drops the batches already trained on.
+    """
 
     def __init__(
         self,
@@ -28,16 +37,75 @@ class KimgCheckpoint(Callback):
         self.every = every_kimg * 1000
         self.last_every = last_every_kimg * 1000
         self._next = {}
+        self._train_rng = None          # torch CPU RNG state of the training stream
+        self._epoch_rng = None          # global RNG state before the current epoch's iterator was made
+        self._batches_done = 0          # batches of the current epoch already trained on
+        self._epoch_batches = 0         # batches in an epoch
+        self._skip = 0                  # batches to drop from the epoch's iterator after a resume
+        self._first_epoch_of_fit = True
+
+    # ------------------------------------------------------------------ exact resume
+    def state_dict(self):
+        state = {"train_rng": self._train_rng, "epoch_rng": self._epoch_rng, "data_rng": torch.get_rng_state(),
+                 "batches_done": self._batches_done, "epoch_batches": self._epoch_batches}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state):
+        """Runs while Lightning restores, before it makes the epoch's data iterator."""
+        self._train_rng = state["train_rng"]
+        self._epoch_rng = state["epoch_rng"]
+        self._batches_done = int(state["batches_done"])
+        self._epoch_batches = int(state["epoch_batches"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self._resume_data_rng = state["data_rng"]
+
+    def on_fit_start(self, trainer, pl_module):
+        resumed = getattr(self, "_resume_data_rng", None)
+        if resumed is not None:
+            epoch_done = self._batches_done >= self._epoch_batches
+            # A finished epoch: the next one starts from the data stream as it was; else replay this epoch.
+            torch.set_rng_state(resumed if epoch_done or self._epoch_rng is None else self._epoch_rng)
+            self._skip = 0 if epoch_done else self._batches_done
+            self._resume_data_rng = None
+        if self._train_rng is None:
+            self._train_rng = torch.Generator().manual_seed(torch.initial_seed() + 1).get_state()
+        self._epoch_rng = torch.get_rng_state()  # the first epoch's iterator is made right after fit starts
+        self._first_epoch_of_fit = True
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if not self._first_epoch_of_fit:  # later epochs make their iterator after this hook
+            self._epoch_rng = torch.get_rng_state()
+            self._batches_done = 0
+            return
+        self._first_epoch_of_fit = False
+        torch.set_rng_state(self._start_rng)  # what on_train_start hooks drew (e.g. a val iterator) is undone
+        if self._skip:  # drop the batches trained on before the interruption (made from the same data stream)
+            iterator = trainer.fit_loop._data_fetcher.iterator
+            for _ in range(self._skip):
+                next(iterator)
+            self._skip = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._data_rng = torch.get_rng_state()
+        torch.set_rng_state(self._train_rng)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_train_start(self, trainer, pl_module):
+        self._start_rng = torch.get_rng_state()
+        nimg = images_seen(trainer, pl_module)
+        self._next = {"snapshot": self._after(nimg, self.every), "last": self._after(nimg, self.last_every)}
 
     @staticmethod
     def _after(nimg: int, every: float) -> float:
         return (nimg // every + 1) * every if every > 0 else float("inf")
 
-    def on_train_start(self, trainer, pl_module):
-        nimg = images_seen(trainer, pl_module)
-        self._next = {"snapshot": self._after(nimg, self.every), "last": self._after(nimg, self.last_every)}
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._train_rng = torch.get_rng_state()
+        torch.set_rng_state(self._data_rng)
+        self._batches_done, self._epoch_batches = batch_idx + 1, int(trainer.num_training_batches)
         nimg = images_seen(trainer, pl_module)
         if nimg >= self._next["snapshot"]:
             self.save(trainer, f"snapshot-{nimg / 1000:09.3f}kimg.ckpt")

@@ -14,25 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datamodules.faces import LANDMARK_COLUMNS as FACE_POINTS
 from datamodules.synthetic.faces import render_face
 from datamodules.synthetic.traits import Identity, sample_identities, write_attributes
 from datamodules.synthetic.voices import SAMPLE_RATE, make_utterance
 
 GENERATOR_VERSION = "1"  # bump whenever the output for a given (identities, seed) changes: it keys the cache
 META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
-LANDMARK_COLUMNS = (
-    "path",
-    "left_eye_x",
-    "left_eye_y",
-    "right_eye_x",
-    "right_eye_y",
-    "nose_x",
-    "nose_y",
-    "mouth_left_x",
-    "mouth_left_y",
-    "mouth_right_x",
-    "mouth_right_y",
-)
+LANDMARK_COLUMNS = ("path", *FACE_POINTS)  # the columns datamodules.faces reads
 _VIDEO_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
 
 

@@ -1,0 +1,210 @@
+"""Faults during training: non-finite steps are skipped and counted and stop the run with a checkpoint; checkpoints
+open as data only; a resume (clean, or after kill -9) ends bit-identical to a run that never stopped; DDP on two CPU
+processes through the CLI keeps every rank's networks identical."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+import lightning_modules.voice2face as v2f
+from experiments.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 32  # 7 batches an epoch on the embedded corpus: the runs below cross epoch boundaries
+FAST = ["+exp=smoke", "evaluate=false", "callbacks.rich_progress_bar=null", "callbacks.lr_monitor=null",
+        "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", f"data.batch_size={BATCH}",
+        "model.sample_every_kimg=0", "trainer.deterministic=true"]
+
+
+def kimg(iterations: int) -> str:
+    return f"model.total_kimg={iterations * BATCH / 1000}"
+
+
+def run(compose_cfg, out: Path, iterations: int, *extra: str):
+    cfg = compose_cfg(*FAST, "logger=none", kimg(iterations), *extra)
+    cfg.paths.output_dir = str(out)
+    return train(cfg)[1]
+
+
+def params(state: dict, prefixes=("G.", "D.", "encoder.")) -> dict:
+    """The trained weights (not buffers such as BatchNorm statistics, which every forward pass updates)."""
+    return {k: v.clone() for k, v in state.items() if k.startswith(prefixes) and k in PARAMETER_NAMES}
+
+
+PARAMETER_NAMES: set[str] = set()
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+class NaNLosses:
+    """Makes the G and/or D losses NaN at chosen iterations (patched into voice2face's loss names)."""
+
+    def __init__(self, monkeypatch, bad_iterations, phases=("G", "D")):
+        self.bad, self.model, self.snapshots = set(bad_iterations), None, {}
+        g, d = v2f.ns_generator_loss, v2f.ns_discriminator_loss
+        step = v2f.Voice2FaceGAN.training_step
+
+        def training_step(model, batch, batch_idx):
+            self.model = model
+            PARAMETER_NAMES.update(name for name, _ in model.named_parameters())
+            self.snapshots[model.iteration] = params(model.state_dict())
+            return step(model, batch, batch_idx)
+
+        def poison(x):
+            return x * float("nan") if self.model.iteration in self.bad else x
+
+        monkeypatch.setattr(v2f.Voice2FaceGAN, "training_step", training_step)
+        if "G" in phases:
+            monkeypatch.setattr(v2f, "ns_generator_loss", lambda logits: poison(g(logits)))
+        if "D" in phases:
+            monkeypatch.setattr(v2f, "ns_discriminator_loss", lambda r, f: tuple(map(poison, d(r, f))))
+
+
+def test_non_finite_step_is_skipped_counted_and_logged(compose_cfg, tmp_path, monkeypatch):
+    nan = NaNLosses(monkeypatch, bad_iterations={1}, phases=("G",))
+    cfg = compose_cfg(*FAST, "logger=csv", kimg(3), "++model.max_bad_steps=2", "trainer.log_every_n_steps=1")
+    model = train(cfg)[1]["model"]
+    assert model.skipped_steps == 1 and model.iteration == 3
+    # Iteration 1's Gmain was skipped (and Greg only runs at 0): G and the encoder did not move, D did.
+    before, after = nan.snapshots[1], nan.snapshots[2]
+    assert_same(params(before, ("G.", "encoder.")), params(after, ("G.", "encoder.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("D."))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv")))
+    logged = [float(r["progress/skipped_steps"]) for r in rows if r.get("progress/skipped_steps")]
+    assert logged and max(logged) == 1
+
+
+def test_consecutive_bad_steps_stop_with_last_good_checkpoint(compose_cfg, tmp_path, monkeypatch):
+    nan = NaNLosses(monkeypatch, bad_iterations=range(2, 100))
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row.*last-good.ckpt.*ckpt_path="):
+        run(compose_cfg, tmp_path / "run", 10, "++model.max_bad_steps=3")
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last-good.ckpt", weights_only=True)
+    assert saved["voice2face_progress"]["skipped_steps"] == 3
+    assert_same(params(saved["state_dict"]), nan.snapshots[2])  # the weights before the first bad step
+
+
+def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path):
+    """N iterations, stop, resume to 2N == 2N straight (RNG streams, data position, optimisers, counters)."""
+    straight = run(compose_cfg, tmp_path / "straight", 8)["trainer"]
+    run(compose_cfg, tmp_path / "first", 4)
+    first_ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = run(compose_cfg, tmp_path / "resumed", 8, f"ckpt_path={first_ckpt}")["trainer"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert_same(a["state_dict"], b["state_dict"])  # G, D, G_ema, encoder, pl_mean, BN statistics
+    assert_same(flat(a["optimizer_states"]), flat(b["optimizer_states"]))
+    assert a["voice2face_progress"] == b["voice2face_progress"]
+    assert straight.lightning_module.cur_nimg == resumed.lightning_module.cur_nimg == 8 * BATCH
+
+
+def flat(tree, prefix="") -> dict:
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    out = {}
+    for k, v in items:
+        out.update(flat(v, f"{prefix}/{k}"))
+    return out
+
+
+def test_checkpoint_opens_as_data_and_holds_the_full_state(compose_cfg, tmp_path):
+    run(compose_cfg, tmp_path / "run", 2)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = ckpt["state_dict"].keys()
+    assert {"pl_mean"} <= keys and any(k.startswith("G_ema.") for k in keys)
+    assert len(ckpt["optimizer_states"]) == 2  # G (+ encoder) and D
+    assert ckpt["voice2face_progress"]["iteration"] == 2 and ckpt["voice2face_format"] == v2f.CHECKPOINT_FORMAT
+    resume = ckpt["callbacks"]["KimgCheckpoint"]
+    assert {"train_rng", "epoch_rng", "data_rng", "batches_done"} <= resume.keys()
+    assert isinstance(ckpt["hyper_parameters"]["generator"], dict)  # plain types, no DictConfig
+
+
+# ---------------------------------------------------------------------------------------------------- kill -9
+def cli(run_dir: Path, iterations: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(iterations),
+            f"hydra.run.dir={run_dir}", "callbacks.checkpoint.last_every_kimg=0.001", *extra]
+
+
+def ckpt_version(path: Path):
+    try:
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path):
+    iterations, rng = 20, random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cli(tmp_path / "straight", iterations), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    kills = 0
+    while True:
+        resume = [f"ckpt_path={last}"] if last.exists() else []
+        proc = subprocess.Popen(cli(tmp_path / "killed", iterations, *resume), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        writes, seen, target = 0, ckpt_version(last), rng.randint(1, 4)
+        while proc.poll() is None and (kills >= 5 or writes < target):
+            time.sleep(0.02)
+            if (now := ckpt_version(last)) != seen:
+                writes, seen = writes + 1, now
+        if proc.poll() is None:
+            time.sleep(rng.uniform(0, 0.3))  # somewhere inside the next iteration (or checkpoint write)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0
+        break
+    assert kills >= 5
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["voice2face_progress"] == b["voice2face_progress"]
+    assert_same(a["state_dict"], b["state_dict"])
+    assert_same(flat(a["optimizer_states"]), flat(b["optimizer_states"]))
+    print(f"kills={kills} iterations={iterations}")
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+class RankStateDump(Callback):
+    """Writes each rank's G and D weights at the end of training (used by the DDP test via a config override)."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+
+    def on_train_end(self, trainer, pl_module):
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(("G.", "D.", "G_ema."))}
+        torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path):
+    dump = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(3), "trainer=ddp_sim",
+           "data.batch_size=16", f"hydra.run.dir={tmp_path / 'run'}",
+           "+callbacks.rank_dump._target_=tests.test_reliability.RankStateDump", f"+callbacks.rank_dump.out={dump}"]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(r0) > 50
+    assert_same(r0, r1)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["voice2face_progress"]["cur_nimg"] == 3 * 16 * 2  # global batch = per-rank batch x 2 ranks
