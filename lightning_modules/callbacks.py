@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -42,11 +43,16 @@ class KimgCheckpoint(Callback):
         self._batches_done = 0          # batches of the current epoch already trained on
         self._epoch_batches = 0         # batches in an epoch
         self._skip = 0                  # batches to drop from the epoch's iterator after a resume
-        self._first_epoch_of_fit = True
+        self._batches_this_fit = 0
+        self._data_rng = None           # global RNG state (data stream) while a batch trains
+        self._in_batch = False
+        self._resume_data_rng = None
 
     # ------------------------------------------------------------------ exact resume
     def state_dict(self):
-        state = {"train_rng": self._train_rng, "epoch_rng": self._epoch_rng, "data_rng": torch.get_rng_state(),
+        now = torch.get_rng_state()  # inside a batch (a stop on bad steps saves there) it is the training stream
+        state = {"train_rng": now if self._in_batch else self._train_rng, "epoch_rng": self._epoch_rng,
+                 "data_rng": self._data_rng if self._in_batch else now,
                  "batches_done": self._batches_done, "epoch_batches": self._epoch_batches}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = torch.cuda.get_rng_state()
@@ -63,38 +69,39 @@ class KimgCheckpoint(Callback):
         self._resume_data_rng = state["data_rng"]
 
     def on_fit_start(self, trainer, pl_module):
-        resumed = getattr(self, "_resume_data_rng", None)
+        resumed = self._resume_data_rng
         if resumed is not None:
             epoch_done = self._batches_done >= self._epoch_batches
             # A finished epoch: the next one starts from the data stream as it was; else replay this epoch.
             torch.set_rng_state(resumed if epoch_done or self._epoch_rng is None else self._epoch_rng)
-            self._skip = 0 if epoch_done else self._batches_done
+            self._skip = self._batches_done = 0 if epoch_done else self._batches_done
             self._resume_data_rng = None
         if self._train_rng is None:
             self._train_rng = torch.Generator().manual_seed(torch.initial_seed() + 1).get_state()
         self._epoch_rng = torch.get_rng_state()  # the first epoch's iterator is made right after fit starts
-        self._first_epoch_of_fit = True
+        self._batches_this_fit = 0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if not self._first_epoch_of_fit:  # later epochs make their iterator after this hook
+        # The first epoch of a fit got its iterator when fit started (and a mid-epoch resume skips this hook);
+        # later epochs make theirs after this hook.
+        if self._batches_this_fit > 0:
             self._epoch_rng = torch.get_rng_state()
             self._batches_done = 0
-            return
-        self._first_epoch_of_fit = False
-        torch.set_rng_state(self._start_rng)  # what on_train_start hooks drew (e.g. a val iterator) is undone
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._data_rng = torch.get_rng_state()
+        torch.set_rng_state(self._train_rng)
+        self._in_batch = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_train_start(self, trainer, pl_module):
+        # Lightning restarts a mid-epoch resume without on_train_epoch_start, so the replay happens here. Later
+        # on_train_start hooks must not draw from the global RNG (Voice2FaceGAN forks it for its sample batch).
         if self._skip:  # drop the batches trained on before the interruption (made from the same data stream)
             iterator = trainer.fit_loop._data_fetcher.iterator
             for _ in range(self._skip):
                 next(iterator)
             self._skip = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._data_rng = torch.get_rng_state()
-        torch.set_rng_state(self._train_rng)
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_train_start(self, trainer, pl_module):
-        self._start_rng = torch.get_rng_state()
         nimg = images_seen(trainer, pl_module)
         self._next = {"snapshot": self._after(nimg, self.every), "last": self._after(nimg, self.last_every)}
 
@@ -105,7 +112,11 @@ class KimgCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._train_rng = torch.get_rng_state()
         torch.set_rng_state(self._data_rng)
-        self._batches_done, self._epoch_batches = batch_idx + 1, int(trainer.num_training_batches)
+        self._in_batch = False
+        self._batches_done += 1  # not batch_idx: Lightning numbers a resumed epoch from 0 after a stop at train end
+        self._batches_this_fit += 1
+        n = trainer.num_training_batches
+        self._epoch_batches = int(n) if math.isfinite(n) else 0  # unsized loaders: a resume starts a new epoch
         nimg = images_seen(trainer, pl_module)
         if nimg >= self._next["snapshot"]:
             self.save(trainer, f"snapshot-{nimg / 1000:09.3f}kimg.ckpt")

@@ -354,7 +354,8 @@ class Voice2FaceGAN(LightningModule):
     def on_train_start(self):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and is_overridden("val_dataloader", dm):
-            self._sample_batch = self._first_items(dm.val_dataloader(), self.hparams.sample_count)
+            with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the data stream intact
+                self._sample_batch = self._first_items(dm.val_dataloader(), self.hparams.sample_count)
         every = self.hparams.sample_every_kimg * 1000
         if every > 0:
             self._next_sample_nimg = (self.cur_nimg // every + 1) * every
@@ -418,7 +419,8 @@ class Voice2FaceGAN(LightningModule):
         batch = {k: v.to(self.device) for k, v in self._sample_batch.items()}
         was_training = self.encoder.training
         self.encoder.eval()
-        fake = self.generate(batch["audio"], batch["audio_lengths"], noise_mode="const").float()
+        with torch.random.fork_rng(devices=[]):  # sampling must not shift the RNG streams (exact resume)
+            fake = self.generate(batch["audio"], batch["audio_lengths"], noise_mode="const").float()
         self.encoder.train(was_training and self.hparams.encoder_mode != "frozen")
         pairs = torch.stack([batch["face"].float(), fake], dim=1).flatten(0, 1)  # real, fake, real, fake, ...
         grid = vutils.make_grid(((pairs + 1) / 2).clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0)

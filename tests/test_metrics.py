@@ -16,7 +16,7 @@ from lightning_modules.metrics import (
     retrieval_recall,
     trimmed_mean,
 )
-from lightning_modules.metrics.attributes import attribute_scores, r2_score
+from lightning_modules.metrics.attributes import attribute_scores, r2_score, shuffled_score
 from lightning_modules.metrics.probe import AttributeCodec, train_probe
 from lightning_modules.metrics.weights import resolve_weights
 
@@ -205,6 +205,16 @@ def test_attribute_probe_recovers_visible_traits():
         1 - ((y - 0.65) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     )
     assert attribute_scores(probe, codec, wrong, names, faces, names, attrs)["attr/tint"] == 0.0
+    # Identities permuted: own-label matches average 2/3 + 2/3 + 1/3 over the three (blue, blue, red) ids.
+    assert same["attr/tint/shuffled"] == pytest.approx(5 / 9, abs=0.05)
+
+
+def test_shuffled_score_sees_through_a_constant_generator():
+    names = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    target = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1])
+    constant = torch.ones(8, dtype=torch.long)  # every face looks the same: right for the majority by luck
+    assert shuffled_score("categorical", constant, target, names) == pytest.approx(3 / 4)
+    assert shuffled_score("categorical", target, target, names) < 1.0
 
 
 def test_codec_rejects_unknown_kind():

@@ -137,7 +137,7 @@ def test_checkpoint_opens_as_data_and_holds_the_full_state(compose_cfg, tmp_path
 # ---------------------------------------------------------------------------------------------------- kill -9
 def cli(run_dir: Path, iterations: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(iterations),
-            f"hydra.run.dir={run_dir}", "callbacks.checkpoint.last_every_kimg=0.001", *extra]
+            f"hydra.run.dir={run_dir}", "++callbacks.checkpoint.last_every_kimg=0.001", *extra]
 
 
 def ckpt_version(path: Path):
@@ -199,9 +199,9 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path):
     dump = tmp_path / "ranks"
     cmd = [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(3), "trainer=ddp_sim",
            "data.batch_size=16", f"hydra.run.dir={tmp_path / 'run'}",
-           "+callbacks.rank_dump._target_=tests.test_reliability.RankStateDump", f"+callbacks.rank_dump.out={dump}"]
-    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                         timeout=300)
+           "+callbacks.rank_dump._target_=test_reliability.RankStateDump", f"+callbacks.rank_dump.out={dump}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}  # finds RankStateDump
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert len(r0) > 50

@@ -1,8 +1,11 @@
 """Attribute recovery on the embedded corpus: can a probe trained on real faces read an identity's traits
 (attributes.csv) off the faces generated from that identity's held-out voices?
 
-Per attribute three numbers: the score on generated faces, chance (always predicting the train majority
-class / the train mean), and the oracle (the same probe on the real faces of the same identities).
+Per attribute four numbers: the score on generated faces; chance (always predicting the train majority
+class / the train mean); shuffled (the same generated predictions scored against the traits of randomly
+permuted identities: what a generator that ignores the voice would get, faces that all look alike included);
+and the oracle (the same probe on the real faces of the same identities). A model hears a trait when its score
+beats `shuffled`.
 Categorical -> accuracy; continuous -> R² (1 − SS_res / SS_tot around the evaluated targets' mean).
 """
 
@@ -26,6 +29,16 @@ def _score(kind: str, pred: Tensor, target: Tensor) -> float:
     return float((pred == target).double().mean()) if kind == "categorical" else r2_score(pred, target)
 
 
+def shuffled_score(kind: str, pred: Tensor, target: Tensor, names: list[str], repeats: int = 200) -> float:
+    """Mean score of `pred` against targets whose identities were randomly permuted (seeded, so repeatable)."""
+    ids = sorted(set(names))
+    index = torch.tensor([ids.index(n) for n in names])
+    per_id = torch.stack([target[index == i][0] for i in range(len(ids))])
+    g = torch.Generator().manual_seed(0)
+    scores = [_score(kind, pred, per_id[torch.randperm(len(ids), generator=g)][index]) for _ in range(repeats)]
+    return float(sum(scores) / len(scores))
+
+
 def attribute_scores(
     probe: FaceProbe,
     codec: AttributeCodec,
@@ -36,7 +49,7 @@ def attribute_scores(
     attributes: dict[str, dict],
     skipped: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Scores keyed `attr/<name>`, `attr/<name>/chance`, `attr/<name>/oracle`.
+    """Scores keyed `attr/<name>`, `attr/<name>/chance`, `attr/<name>/shuffled`, `attr/<name>/oracle`.
 
     generated / real: [-1, 1] faces [N,3,S,S] with the identity name of each row.
     skipped: receives `attr/<name>` -> reason for a continuous attribute that is constant over the
@@ -58,5 +71,6 @@ def attribute_scores(
             chance_pred = torch.zeros_like(gen_y)  # the train mean, in standardised units
         out[f"attr/{name}"] = _score(kind, gen_pred[name], gen_y)
         out[f"attr/{name}/chance"] = _score(kind, chance_pred, gen_y)
+        out[f"attr/{name}/shuffled"] = shuffled_score(kind, gen_pred[name], gen_y, generated_names)
         out[f"attr/{name}/oracle"] = _score(kind, real_pred[name], real_y)
     return out

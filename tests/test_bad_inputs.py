@@ -1,0 +1,234 @@
+"""The bad-input catalogue (docs/bad_inputs.md): one case per row. Each bad input must fail with an error that names
+the thing (file, folder or config key) and says what to do, and must leave what was already written untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, InstantiationException
+from PIL import Image
+
+from datamodules.audio import load_audio
+from datamodules.faces import load_image, read_landmarks
+from datamodules.voxvgg import VoxVGGDataModule, read_meta
+from experiments.run import check_checkpoint, resolve_ckpt, train
+from lightning_modules.callbacks import KimgCheckpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["+exp=smoke", "logger=none", "evaluate=false", "callbacks.rich_progress_bar=null",
+         "callbacks.lr_monitor=null", "++trainer.enable_progress_bar=false", "data.batch_size=32"]
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def wav(path: Path, samples, rate=16000, subtype="PCM_16") -> Path:
+    sf.write(path, np.asarray(samples, dtype=np.float32), rate, subtype=subtype)
+    return path
+
+
+def truncated_wav(path: Path) -> Path:
+    wav(path, np.zeros(16000))
+    path.write_bytes(path.read_bytes()[:2000])
+    return path
+
+
+def nan_wav(path: Path) -> Path:
+    return wav(path, np.full(1600, np.nan), subtype="FLOAT")
+
+
+def png(path: Path, side: int) -> Path:
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(path)
+    return path
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def meta_missing_columns(path: Path) -> Path:
+    return write(path, "VoxCeleb1 ID\tGender\nid10001\tm\n")
+
+
+AUDIO_IMAGE_META = {
+    # case: (make the bad input in tmp_path -> path, read it, words the error must hold besides the path)
+    "audio_missing": (lambda d: d / "none.wav", load_audio, ["no such file"]),
+    "audio_empty": (lambda d: write(d / "empty.wav", b""), load_audio, ["empty file"]),
+    "audio_not_audio": (lambda d: write(d / "text.wav", "hello"), load_audio, ["not a readable audio file"]),
+    "audio_truncated": (lambda d: truncated_wav(d / "cut.wav"), load_audio, ["truncated WAV"]),
+    "audio_nan_samples": (lambda d: nan_wav(d / "nan.wav"), load_audio, ["NaN or infinity"]),
+    "audio_low_rate": (lambda d: wav(d / "low.wav", np.zeros(4000), rate=4000), load_audio, ["below 8000 Hz"]),
+    "image_missing": (lambda d: d / "none.jpg", load_image, ["file not found"]),
+    "image_corrupt": (lambda d: write(d / "bad.jpg", b"\xff\xd8\xff garbage"), load_image, ["corrupt image"]),
+    "image_tiny": (lambda d: png(d / "tiny.png", 16), load_image, ["smaller than 32 px"]),
+    "landmarks_missing": (lambda d: d / "landmarks.csv", read_landmarks, ["not found", "detector"]),
+    "landmarks_no_columns": (lambda d: write(d / "landmarks.csv", "path,x\na.jpg,1\n"), read_landmarks,
+                             ["missing columns"]),
+    "landmarks_not_numbers": (
+        lambda d: write(d / "landmarks.csv", "path,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,"
+                        "mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y\na.jpg,x,1,2,3,4,5,6,7,8,9\n"),
+        read_landmarks, ["line 2", "not numbers"]),
+    "meta_missing": (lambda d: d / "vox1_meta.csv", read_meta, ["not found", "vox1_meta.csv"]),
+    "meta_missing_columns": (lambda d: meta_missing_columns(d / "vox1_meta.csv"), read_meta,
+                             ["missing columns", "VGGFace1 ID"]),
+    "data_root_missing": (lambda d: d / "no_data", lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p)).setup(),
+                          ["data folder not found", "data.root"]),
+}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Hash of every file under `folder`: what was written before the failure must still be there, unchanged."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", sorted(AUDIO_IMAGE_META))
+def test_bad_data_file_names_itself_and_the_problem(case, tmp_path):
+    make, read, words = AUDIO_IMAGE_META[case]
+    write(tmp_path / "kept.txt", "written before")
+    path = make(tmp_path)
+    before = digest(tmp_path)
+    with pytest.raises(ValueError) as err:
+        read(path)
+    for word in [path.name, *words]:
+        assert word in str(err.value), f"{case}: {word!r} not in {err.value}"
+    assert digest(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+def compose_only(*overrides: str):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("+exp=no_such_exp", ["no_such_exp", "baseline", "smoke"]),     # the message lists the experiments there are
+    ("data=no_such_data", ["no_such_data", "embedded", "voxvgg"]),
+    ("trainer=no_such_trainer", ["no_such_trainer", "cpu", "ddp"]),
+])
+def test_unknown_config_name_lists_the_choices(override, words):
+    with pytest.raises(HydraException) as err:
+        compose_only(override)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.batch_size=big", "data.batch_size"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("model.lr=fast", "model.lr"),
+    ("model.total_kimg=-1", "model.total_kimg"),
+    ("seed=abc", "seed"),
+])
+def test_wrong_type_in_config_names_the_key(compose_cfg, tmp_path, override, key):
+    cfg = compose_cfg(*SMOKE, override)
+    with pytest.raises(ValueError, match=rf"config: {key} must be .*fix the override"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
+    (["model.encoder_mode=finetune", "model.encoder_ckpt=/no/encoder.pt"], ["/no/encoder.pt", "encoder_pretrain"]),
+    (["ckpt_path=/no/such/last.ckpt"], ["/no/such/last.ckpt", "no such checkpoint"]),
+])
+def test_missing_required_path_names_it(compose_cfg, overrides, words):
+    cfg = compose_cfg(*SMOKE, *overrides)
+    with pytest.raises((ValueError, FileNotFoundError, InstantiationException)) as err:  # Hydra adds the key
+        train(cfg)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_resume_last_without_any_run_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints/last.ckpt under .*ckpt_path=<path"):
+        resolve_ckpt("last", str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A real 1-iteration smoke run: its last.ckpt and its model."""
+    from conftest import compose_train
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    cfg = compose_train([*SMOKE, "model.total_kimg=0.032"], out)
+    GlobalHydra.instance().clear()
+    model = train(cfg)[1]["model"]
+    return out, model
+
+
+def variant(src: Path, dst: Path, edit) -> Path:
+    ckpt = torch.load(src, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dst)
+    return dst
+
+
+CHECKPOINTS = {
+    # case: (make a bad checkpoint from a good one, words the error must hold besides the path)
+    "truncated": (lambda good, d: write(d / "cut.ckpt", good.read_bytes()[: good.stat().st_size // 2]),
+                  ["truncated", "snapshot-*.ckpt"]),
+    "empty": (lambda good, d: write(d / "empty.ckpt", b""), ["cannot be read", "train afresh"]),
+    "not_a_checkpoint": (lambda good, d: (torch.save({"weights": torch.zeros(1)}, d / "x.ckpt"), d / "x.ckpt")[1],
+                         ["no state_dict", "last.ckpt"]),
+    "runs_code_on_load": (lambda good, d: (torch.save({"state_dict": {}, "x": np.float64}, d / "x.ckpt"),
+                                           d / "x.ckpt")[1], ["cannot be read"]),
+    "other_version": (lambda good, d: variant(good, d / "old.ckpt", lambda c: c.pop("voice2face_format")),
+                      ["another version", "format None"]),
+    "other_model": (lambda good, d: variant(good, d / "other.ckpt", lambda c: c["state_dict"].update(
+        {k: torch.zeros(3) for k in list(c["state_dict"])[:2]})), ["different model", "of other shapes"]),
+    "missing_weights": (lambda good, d: variant(good, d / "less.ckpt", lambda c: c["state_dict"].pop("pl_mean")),
+                        ["different model", "missing weights ['pl_mean']"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINTS))
+def test_bad_checkpoint_names_itself_and_the_fix(case, smoke_run, tmp_path):
+    out, model = smoke_run
+    good = out / "checkpoints" / "last.ckpt"
+    kept = digest(out)
+    make, words = CHECKPOINTS[case]
+    path = make(good, tmp_path)
+    with pytest.raises(ValueError) as err:
+        check_checkpoint(str(path), model)
+    for word in [str(path), *words]:
+        assert word in str(err.value), f"{case}: {word!r} not in {err.value}"
+    assert digest(out) == kept
+
+
+def test_truncated_checkpoint_through_train_keeps_the_run_folder(compose_cfg, smoke_run, tmp_path):
+    out, _ = smoke_run
+    cut = write(tmp_path / "cut.ckpt", (out / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    kept = digest(out)
+    with pytest.raises(ValueError, match="truncated"):
+        train(compose_cfg(*SMOKE, f"ckpt_path={cut}"))
+    assert digest(out) == kept
+
+
+# ---------------------------------------------------------------------------------------------------- disk
+def test_output_folder_not_writable(compose_cfg, tmp_path):
+    blocker = write(tmp_path / "a_file", "not a folder")
+    cfg = compose_cfg(*SMOKE)
+    cfg.paths.output_dir = str(blocker / "run")
+    with pytest.raises(OSError, match=r"run folder .*a_file/run is not writable.*paths.root_dir"):
+        train(cfg)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_checkpoint_folder_not_writable(smoke_run, tmp_path):
+    out, model = smoke_run
+    blocker = write(tmp_path / "a_file", "not a folder")
+    with pytest.raises(OSError, match=r"checkpoint folder .*a_file/checkpoints is not writable.*dirpath"):
+        KimgCheckpoint(str(blocker / "checkpoints")).save(model.trainer, "last.ckpt")
+    assert (out / "checkpoints" / "last.ckpt").is_file()
