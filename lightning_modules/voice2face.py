@@ -374,14 +374,14 @@ class Voice2FaceGAN(LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["voice2face_format"] = CHECKPOINT_FORMAT
-        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration),
-                                             "skipped_steps": int(self.skipped_steps)}
+        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration)}
+        checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")
         if progress is not None:
             self.cur_nimg, self.iteration = int(progress["cur_nimg"]), int(progress["iteration"])
-            self.skipped_steps = int(progress.get("skipped_steps", 0))
+        self.skipped_steps = int(checkpoint.get("voice2face_skipped_steps", 0))
 
     @staticmethod
     def _first_items(loader, count):

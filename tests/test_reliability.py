@@ -94,7 +94,7 @@ def test_consecutive_bad_steps_stop_with_last_good_checkpoint(compose_cfg, tmp_p
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row.*last-good.ckpt.*ckpt_path="):
         run(compose_cfg, tmp_path / "run", 10, "++model.max_bad_steps=3")
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last-good.ckpt", weights_only=True)
-    assert saved["voice2face_progress"]["skipped_steps"] == 3
+    assert saved["voice2face_skipped_steps"] == 3
     assert_same(params(saved["state_dict"]), nan.snapshots[2])  # the weights before the first bad step
 
 

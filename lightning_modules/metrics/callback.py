@@ -81,11 +81,16 @@ class MetricsCallback(Callback):
     def on_train_end(self, trainer, pl_module):
         self.run(trainer, pl_module)
 
-    @torch.no_grad()
     def run(self, trainer, pl_module) -> dict[str, float]:
-        """Compute what is available (global rank 0 only), log it against progress/kimg, return it."""
+        """Compute what is available (global rank 0 only), log it against progress/kimg, return it.
+        Runs on forked RNG streams so that evaluating mid-run leaves training (and exact resume) unchanged."""
         if not trainer.is_global_zero:
             return {}
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            return self._run(trainer, pl_module)
+
+    def _run(self, trainer, pl_module) -> dict[str, float]:
         metrics: dict[str, float | None] = {}
         if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
             metrics["metrics/fid"] = self._try("fid", self._fid_value, trainer, pl_module)
