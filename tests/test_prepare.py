@@ -56,3 +56,49 @@ def test_cli_and_skips(tmp_path, corpus, capsys):
     assert out["counts"]["skipped"] == 2
     skipped = dict(map(tuple, json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"]))
     assert wav.relative_to(root).as_posix() in skipped and img.relative_to(root).as_posix() in skipped
+
+
+@pytest.mark.slow
+def test_kill_9_during_preprocessing_then_rerun_is_identical(tmp_path):
+    """The CLI's whole process group is killed with SIGKILL five times, each time a little after a new shard
+    lands (so kills hit workers mid-shard too); a final rerun must equal an uninterrupted run byte for byte."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from datamodules.synthetic import ensure_corpus
+
+    corpus = ensure_corpus(tmp_path / "corpus", identities=32, seed=1)  # enough shards for five kills
+    root = Path(__file__).resolve().parents[1]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    prepare(corpus, straight, detector="file", workers=2, progress=False)
+    cmd = [sys.executable, "-m", "datamodules.prepare", "--root", str(corpus), "--out", str(killed),
+           "--detector", "file", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng, kills = random.Random(0), 0
+    while kills < 5:
+        done = len(list((killed / "shards").glob("*.pt")))
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and len(list((killed / "shards").glob("*.pt"))) <= done:
+            assert time.monotonic() < deadline, "preprocessing made no progress"
+            time.sleep(0.05)
+        if proc.poll() is not None:  # finished before it could be killed: nothing left to interrupt
+            break
+        time.sleep(rng.uniform(0.0, 0.1))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    assert kills >= 5, f"only {kills} kills: the corpus has too few shards for this test"
+    leftovers = [p.name for p in killed.rglob(".*.tmp*")]
+    assert _files(killed) == _files(straight) or leftovers, leftovers
+    for p in killed.rglob(".*.tmp*"):
+        p.unlink()  # temporaries of killed writers are ignored by readers; the finished output must match
+    assert _files(killed) == _files(straight)
+    print(f"kills={kills}")
