@@ -96,8 +96,6 @@ def test_kill_9_during_preprocessing_then_rerun_is_identical(tmp_path):
         kills += 1
     subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
     assert kills >= 5, f"only {kills} kills: the corpus has too few shards for this test"
-    leftovers = [p.name for p in killed.rglob(".*.tmp*")]
-    assert _files(killed) == _files(straight) or leftovers, leftovers
     for p in killed.rglob(".*.tmp*"):
         p.unlink()  # temporaries of killed writers are ignored by readers; the finished output must match
     assert _files(killed) == _files(straight)
