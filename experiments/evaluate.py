@@ -38,7 +38,7 @@ def build_datamodule(ckpt: str | Path, overrides: dict | None = None, setup: boo
     checkpoint), with `overrides` applied; prepared and set up when `setup`."""
     from datamodules.voxvgg import VoxVGGDataModule
 
-    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     hparams = state.get("datamodule_hyper_parameters")
     if hparams is None:
         raise ValueError(
