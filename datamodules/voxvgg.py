@@ -123,12 +123,23 @@ class _TrainCollate:
         return collate_train(items, self.min_frames, self.max_frames)
 
 
+def read_attributes_if_any(root: Path) -> tuple[dict | None, dict]:
+    """(attributes, kinds) from root/attributes.csv (the embedded corpus), else (None, {})."""
+    if not (root / "attributes.csv").is_file():
+        return None, {}
+    from datamodules.synthetic import ATTRIBUTE_KINDS, read_attributes
+
+    return read_attributes(root / "attributes.csv"), dict(ATTRIBUTE_KINDS)
+
+
 class VoxVGGDataModule(L.LightningDataModule):
     """Voices and faces of VoxCeleb1 ∩ VGGFace (or the embedded corpus in the same layout).
 
     `root` is the raw folder (vox1_meta.csv, voxceleb1/wav, vggface); with `corpus` set instead, the
     embedded corpus is generated under `corpus_dir` and used as root. `prepare_data()` builds the shards
-    under `cache_dir/<config hash>` once; `setup()` reads them.
+    under `cache_dir/<config hash>` once; `setup()` reads them. With `stream` set (a folder or an object-store
+    URL, see datamodules.streaming), training reads that litdata export instead: `prepare_data()` exports the
+    shards there first when `root` or `corpus` is also given, and with neither the export is read as it is.
     """
 
     def __init__(
@@ -147,11 +158,17 @@ class VoxVGGDataModule(L.LightningDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 0,
         prepare_workers: int = 2,
+        stream: str | None = None,  # litdata export (folder or s3:// gs:// azure:// URL) to train from
+        stream_cache_dir: str | None = None,  # local copy of streamed chunks (default: cache_dir/stream_chunks)
+        storage_options: dict | None = None,  # object-store client options, e.g. {endpoint_url: ...}
     ):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: evaluate / generate rebuild the same data path
-        if (root is None) == (corpus is None):
-            raise DataError("give exactly one of `root` (your data folder) or `corpus` (the embedded corpus)")
+        if root is not None and corpus is not None or root is None and corpus is None and stream is None:
+            raise DataError(
+                "give exactly one of `root` (your data folder) or `corpus` (the embedded corpus), or only "
+                "`stream` (an exported dataset)"
+            )
         self.root, self.corpus = root, dict(corpus) if corpus else None
         self.cache_dir, self.corpus_dir = Path(cache_dir), Path(corpus_dir or cache_dir)
         self.detector, self.face_size = detector, face_size
@@ -160,6 +177,8 @@ class VoxVGGDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.prepare_workers = num_workers, prepare_workers
         self.feature_dim = AudioFeatures(**self.features).n_features
+        self.stream, self.storage_options = stream, dict(storage_options or {})
+        self.stream_cache_dir = Path(stream_cache_dir) if stream_cache_dir else self.cache_dir / "stream_chunks"
         self._split, self._sets, self.attributes, self.attribute_kinds = None, {}, None, {}
 
     def _root(self) -> Path:
@@ -175,20 +194,35 @@ class VoxVGGDataModule(L.LightningDataModule):
 
         return ensure_corpus(self.corpus_dir, **self.corpus)
 
-    def _out(self) -> Path:
-        from datamodules import prepare as P  # prepare imports this module
+    def _config(self) -> dict:
+        from datamodules.prepare import PREPARE_VERSION  # prepare imports this module
 
-        config = {
-            "version": P.PREPARE_VERSION,
+        return {
+            "version": PREPARE_VERSION,
             "detector": self.detector,
             "face_size": self.face_size,
             "features": self.features,
             "vad": self.vad,
-            "root": str(self._root().resolve()),
         }
-        return self.cache_dir / P.config_hash(config)
+
+    def _out(self) -> Path:
+        from datamodules.prepare import config_hash
+
+        return self.cache_dir / config_hash({**self._config(), "root": str(self._root().resolve())})
+
+    def _stream_meta(self) -> dict | None:
+        from datamodules.streaming import read_stream_meta
+
+        try:
+            return read_stream_meta(self.stream, self.stream_cache_dir, self.storage_options)
+        except DataError:
+            if self.root is None and self.corpus is None:
+                raise
+            return None
 
     def prepare_data(self) -> None:
+        if self.stream is not None and self._stream_meta() is not None:
+            return
         from datamodules.prepare import prepare
 
         out = self._out()
@@ -202,10 +236,49 @@ class VoxVGGDataModule(L.LightningDataModule):
                 self.vad,
                 workers=self.prepare_workers,
             )
+        if self.stream is not None:
+            from datamodules.streaming import export
+
+            root = self._root()
+            self.setup_shards()
+            attributes = read_attributes_if_any(root)[0]
+            export(out / "shards", self._split, self.stream, self._config(), attributes,
+                   storage_options=self.storage_options)
+            self._split, self._sets = None, {}
 
     def setup(self, stage: str | None = None) -> None:
         if self._split is not None:
             return
+        if self.stream is None:
+            self.setup_shards()
+            return
+        from datamodules.streaming import StreamVoices
+
+        meta = self._stream_meta()
+        if meta is None:
+            raise DataError(f"{self.stream}: not exported yet; call prepare_data() or run python -m "
+                            "datamodules.streaming")
+        theirs, ours = dict(meta["config"]), self._config()
+        if theirs != ours:
+            raise DataError(
+                f"{self.stream}: exported with preprocessing {theirs}, but the data config asks for {ours}; "
+                "set data.features/face_size/detector to match or export again"
+            )
+        self._split = {k: list(v) for k, v in meta["split"].items()}
+        lo, hi = self.crop_frames
+        for split in (k for k, names in self._split.items() if names):  # an empty split has no stream
+            self._sets[split] = StreamVoices(
+                self.stream, split, meta, split == "train", hi, self.eval_min_frames,
+                seed=torch.initial_seed() % 2**31, cache_dir=self.stream_cache_dir,
+                storage_options=self.storage_options,
+            )
+        if meta.get("attributes") is not None:
+            from datamodules.synthetic import ATTRIBUTE_KINDS
+
+            self.attributes, self.attribute_kinds = meta["attributes"], dict(ATTRIBUTE_KINDS)
+
+    def setup_shards(self) -> None:
+        """Read the local shards of `prepare_data()`."""
         root, out = self._root(), self._out()
         manifest_file = out / "manifest.json"
         if not manifest_file.is_file():
@@ -217,13 +290,7 @@ class VoxVGGDataModule(L.LightningDataModule):
         lo, hi = self.crop_frames
         for split, names in self._split.items():
             self._sets[split] = _Voices(out / "shards", names, split == "train", hi, self.eval_min_frames)
-        if (root / "attributes.csv").is_file():
-            from datamodules.synthetic import ATTRIBUTE_KINDS, read_attributes
-
-            self.attributes, self.attribute_kinds = (
-                read_attributes(root / "attributes.csv"),
-                dict(ATTRIBUTE_KINDS),
-            )
+        self.attributes, self.attribute_kinds = read_attributes_if_any(root)
 
     @property
     def num_classes(self) -> int:
@@ -238,10 +305,22 @@ class VoxVGGDataModule(L.LightningDataModule):
         """{name: uint8 [K, 3, S, S]} for the identities of a split."""
         self.setup()
         ds = self._sets[split]
+        if self.stream is not None:
+            return ds.faces_by_name()
         return {n: ds.shard(n)["faces"].clone() for n in ds.names}
 
     def _loader(self, split, shuffle):
         train = split == "train"
+        if self.stream is not None:
+            from datamodules.streaming import StreamTrainCollate, collate_stream_eval, stream_loader
+
+            return stream_loader(
+                self._sets[split],
+                self.batch_size if train else self.eval_batch_size,
+                self.num_workers,
+                StreamTrainCollate(*self.crop_frames) if train else collate_stream_eval,
+                drop_last=train and len(self._sets[split]) > self.batch_size,
+            )
         return DataLoader(
             self._sets[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
