@@ -79,13 +79,14 @@ def export(
     chunk_bytes: str = "64MB",
     storage_options: dict | None = None,  # e.g. {"endpoint_url": ...} for S3-compatible stores
     progress: bool = False,
+    source: str | None = None,  # what the shards were made from (the prepared folder's hash), kept in meta
 ) -> dict:
     """Write the streaming datasets and return the meta record; an interrupted export is redone whole."""
     shard_dir = Path(shard_dir)
     missing = [n for names in split.values() for n in names if not (shard_dir / f"{n}.pt").is_file()]
     if missing:
         raise DataError(f"{shard_dir}: no shards for {missing[:5]}; run datamodules.prepare first")
-    meta = {"version": STREAM_VERSION, "config": config, "split": {}, "face_start": {}, "clips": {}}
+    meta = {"version": STREAM_VERSION, "config": config, "source": source, "split": {}, "face_start": {}, "clips": {}}
     options = dict(storage_options or {})
     for name in SPLITS:
         names = sorted(split.get(name, []))
@@ -127,7 +128,7 @@ def read_stream_meta(url: str, cache_dir=None, storage_options: dict | None = No
     try:
         ds = StreamingDataset(join(url, "meta"), cache_dir=_cache(cache_dir, "meta"), storage_options=storage_options)
         meta = json.loads(ds[0]["json"])
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except Exception as err:  # litdata and the store clients raise many kinds; all mean no readable export
         raise DataError(
             f"{url}: no streaming export found ({type(err).__name__}: {err}); run python -m datamodules.streaming "
             "--prepared DIR --root DIR --out URL, or set data.stream to an exported folder or URL"
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {"endpoint_url": a.endpoint_url} if a.endpoint_url else None
     t0 = time.perf_counter()
     meta = export(prepared / "shards", identity_split(root / "vox1_meta.csv", manifest["usable"]), a.out, config,
-                  attributes, a.chunk_bytes, options, progress=True)
+                  attributes, a.chunk_bytes, options, progress=True, source=prepared.resolve().name)
     sizes = {k: len(v) for k, v in meta["split"].items()}
     print(json.dumps({"out": a.out, "identities": sizes, "clips": meta["clips"],
                       "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

@@ -180,6 +180,7 @@ class VoxVGGDataModule(L.LightningDataModule):
         self.stream, self.storage_options = stream, dict(storage_options or {})
         self.stream_cache_dir = Path(stream_cache_dir) if stream_cache_dir else self.cache_dir / "stream_chunks"
         self._split, self._sets, self.attributes, self.attribute_kinds = None, {}, None, {}
+        self._resume_stream = None
 
     def _root(self) -> Path:
         if self.corpus is None:
@@ -221,10 +222,16 @@ class VoxVGGDataModule(L.LightningDataModule):
             return None
 
     def prepare_data(self) -> None:
-        if self.stream is not None and self._stream_meta() is not None:
-            return
         from datamodules.prepare import prepare
 
+        meta = self._stream_meta() if self.stream is not None else None
+        if meta is not None and (self.root is None and self.corpus is None or meta["source"] == self._out().name):
+            return
+        if meta is not None:
+            raise DataError(
+                f"{self.stream}: holds an export of other data or preprocessing ({meta['source']}, not "
+                f"{self._out().name}); point data.stream elsewhere, or delete it to export again"
+            )
         out = self._out()
         if not (out / "manifest.json").is_file():
             prepare(
@@ -243,7 +250,7 @@ class VoxVGGDataModule(L.LightningDataModule):
             self.setup_shards()
             attributes = read_attributes_if_any(root)[0]
             export(out / "shards", self._split, self.stream, self._config(), attributes,
-                   storage_options=self.storage_options)
+                   storage_options=self.storage_options, source=out.name)
             self._split, self._sets = None, {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -333,7 +340,25 @@ class VoxVGGDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         self.setup()
-        return self._loader("train", True)
+        loader = self._loader("train", True)
+        if self.stream is not None:
+            self._train_loader = loader
+            if self._resume_stream:  # litdata's epoch counter seeds its shuffle: continue where the run was
+                epoch, done = self._resume_stream["epoch"], self._resume_stream["epoch_done"]
+                loader.current_epoch = epoch if done else epoch - 1  # __iter__ adds one; KimgCheckpoint replays
+        return loader
+
+    def state_dict(self) -> dict:
+        """The stream's epoch, saved in checkpoints (the shard path's order comes from the stored RNG)."""
+        loader = getattr(self, "_train_loader", None)
+        if loader is None:
+            return {}
+        state = loader.state_dict()
+        done = state["num_samples_yielded"] >= len(loader) * loader.batch_size
+        return {"stream": {"epoch": int(state["current_epoch"]), "epoch_done": bool(done)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_stream = state.get("stream")
 
     def val_dataloader(self):
         self.setup()

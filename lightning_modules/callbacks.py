@@ -97,6 +97,8 @@ class KimgCheckpoint(Callback):
     def on_train_start(self, trainer, pl_module):
         # Lightning restarts a mid-epoch resume without on_train_epoch_start, so the replay happens here. Later
         # on_train_start hooks must not draw from the global RNG (Voice2FaceGAN forks it for its sample batch).
+        if self._skip and getattr(trainer.train_dataloader, "restore", False):
+            self._skip = 0  # Lightning put litdata's loader back at its position (a resume mid-epoch)
         if self._skip:  # drop the batches trained on before the interruption (made from the same data stream)
             iterator = trainer.fit_loop._data_fetcher.iterator
             for _ in range(self._skip):

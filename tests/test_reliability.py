@@ -98,12 +98,14 @@ def test_consecutive_bad_steps_stop_with_last_good_checkpoint(compose_cfg, tmp_p
     assert_same(params(saved["state_dict"]), nan.snapshots[2])  # the weights before the first bad step
 
 
-def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path):
-    """N iterations, stop, resume to 2N == 2N straight (RNG streams, data position, optimisers, counters)."""
-    straight = run(compose_cfg, tmp_path / "straight", 8)["trainer"]
-    run(compose_cfg, tmp_path / "first", 4)
+@pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
+def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path, data):
+    """N iterations, stop, resume to 2N == 2N straight (RNG streams, data position, optimisers, counters); for
+    the litdata stream the position comes back through its loader's state in the checkpoint."""
+    straight = run(compose_cfg, tmp_path / "straight", 8, f"data={data}")["trainer"]
+    run(compose_cfg, tmp_path / "first", 4, f"data={data}")
     first_ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    resumed = run(compose_cfg, tmp_path / "resumed", 8, f"ckpt_path={first_ckpt}")["trainer"]
+    resumed = run(compose_cfg, tmp_path / "resumed", 8, f"data={data}", f"ckpt_path={first_ckpt}")["trainer"]
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert_same(a["state_dict"], b["state_dict"])  # G, D, G_ema, encoder, pl_mean, BN statistics
@@ -149,16 +151,18 @@ def ckpt_version(path: Path):
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
+def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path, data):
     iterations, rng = 20, random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cli(tmp_path / "straight", iterations), cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(cli(tmp_path / "straight", iterations, f"data={data}"), cwd=ROOT, env=env, check=True,
+                   capture_output=True)
 
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     kills = 0
     while True:
         resume = [f"ckpt_path={last}"] if last.exists() else []
-        proc = subprocess.Popen(cli(tmp_path / "killed", iterations, *resume), cwd=ROOT, env=env,
+        proc = subprocess.Popen(cli(tmp_path / "killed", iterations, f"data={data}", *resume), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         writes, seen, target = 0, ckpt_version(last), rng.randint(1, 4)
         while proc.poll() is None and (kills >= 5 or writes < target):
