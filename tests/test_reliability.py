@@ -199,9 +199,10 @@ class RankStateDump(Callback):
         torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
 
 
-def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path):
+@pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
+def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path, data):
     dump = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(3), "trainer=ddp_sim",
+    cmd = [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(3), "trainer=ddp_sim", f"data={data}",
            "data.batch_size=16", f"hydra.run.dir={tmp_path / 'run'}",
            "+callbacks.rank_dump._target_=test_reliability.RankStateDump", f"+callbacks.rank_dump.out={dump}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}  # finds RankStateDump
