@@ -70,6 +70,7 @@ def main():
                 cache_dir=str(tmp / "cache"), detector="file", batch_size=a.batch, num_workers=a.workers)
     shards = VoxVGGDataModule(**base)
     shards.prepare_data()
+    shards.setup()
     t = time.perf_counter()
     VoxVGGDataModule(**base, stream=str(tmp / "export")).prepare_data()
     export_s = time.perf_counter() - t

@@ -5,16 +5,20 @@
 
 Layout under `out` (each a litdata dataset: index.json + chunk files; `meta` is written last, so an export
 exists only when complete):
-  voices/<split>/  one item per clip, identity by identity: {label, clip, feats float16 [F, T]}
-  faces/<split>/   one item per aligned face, identity by identity: {label, face uint8 [3, S, S]}
+  voices/<split>/  one item per clip, identity by identity: {label, clip, feats float16 [F, T], faces uint8
+                   [k, 3, S, S]}: k faces of the same identity to pair the clip with (train), or the one fixed
+                   face of the evaluation rule (val/test: face clip mod K, as the shard reader does)
+  faces/<split>/   one item per aligned face, identity by identity: {label, face uint8 [3, S, S]}, read in order
+                   for the metrics' real-face sets
   meta/            one item: the JSON of the split (names per split, label = index), the face index range of
                    each label, clip counts, the preprocessing config and, for the embedded corpus, attributes.
 
-Why two streams and not one item per (voice, face) pair: training pairs every clip with an independent random
-face of the same identity; storing faces once and fetching one by index (the faces of label l are the range
-face_start[l]:face_start[l+1]) keeps the voice stream shuffled by litdata while faces stay a random-access
-table. Randomness (crop window, face, batch crop length) is a function of (seed, epoch, sample index), not of
-the global RNG, so a resumed run sees the same batches with any number of workers or ranks.
+Why faces travel with each clip: training pairs a clip with an independent face of the same identity. Fetching
+that face from a face table by random index costs one object-store request per sample (about 150/s against a
+local S3 server), while reading the clip stream in order downloads whole chunks. Clip c of an identity with K
+faces carries faces (c·k + m) mod K, m < k, so the clips of an identity cover its faces when clips·k ≥ K; every
+epoch draws one of the k anew. Randomness (crop window, face, batch crop length) is a function of (seed, epoch,
+sample index), not of the global RNG, so a resumed run sees the same batches with any number of workers.
 """
 
 from __future__ import annotations
@@ -52,12 +56,19 @@ def _shard(path: str) -> dict:
 
 # The item functions run in a forked worker: copies go through numpy, because a torch op that enters OpenMP in
 # a child forked from a parent that already used the OpenMP pool can hang.
-def _voice_items(job: tuple[str, int]):
-    path, label = job
+def _voice_items(job: tuple[str, int, int]):
+    path, label, k = job  # k = 0: the evaluation face only
     s = _shard(path)
-    feats, offsets = s["feats"].numpy(), s["offsets"].tolist()
-    for i in range(len(s["clips"])):
-        yield {"label": label, "clip": i, "feats": torch.from_numpy(feats[:, offsets[i] : offsets[i + 1]].copy())}
+    feats, offsets, faces = s["feats"].numpy(), s["offsets"].tolist(), s["faces"].numpy()
+    K = len(faces)
+    for c in range(len(s["clips"])):
+        picks = [(c * k + m) % K for m in range(k)] if k else [c % K]
+        yield {
+            "label": label,
+            "clip": c,
+            "feats": torch.from_numpy(feats[:, offsets[c] : offsets[c + 1]].copy()),
+            "faces": torch.from_numpy(faces[picks].copy()),
+        }
 
 
 def _face_items(job: tuple[str, int]):
@@ -77,6 +88,7 @@ def export(
     config: dict,  # the preprocessing config (features, face_size, ...), checked by readers
     attributes: dict | None = None,  # per-identity attributes (embedded corpus)
     chunk_bytes: str = "64MB",
+    faces_per_clip: int = 8,  # training faces stored with each clip (storage grows by k·3·S² bytes per clip)
     storage_options: dict | None = None,  # e.g. {"endpoint_url": ...} for S3-compatible stores
     progress: bool = False,
     source: str | None = None,  # what the shards were made from (the prepared folder's hash), kept in meta
@@ -86,20 +98,22 @@ def export(
     missing = [n for names in split.values() for n in names if not (shard_dir / f"{n}.pt").is_file()]
     if missing:
         raise DataError(f"{shard_dir}: no shards for {missing[:5]}; run datamodules.prepare first")
-    meta = {"version": STREAM_VERSION, "config": config, "source": source, "split": {}, "face_start": {}, "clips": {}}
+    meta = {"version": STREAM_VERSION, "config": config, "source": source, "faces_per_clip": faces_per_clip,
+            "split": {}, "face_start": {}, "clips": {}}
     options = dict(storage_options or {})
     for name in SPLITS:
         names = sorted(split.get(name, []))
-        jobs = [(str(shard_dir / f"{n}.pt"), label) for label, n in enumerate(names)]
-        faces = [len(_shard(p)["faces"]) for p, _ in jobs]
-        clips = [len(_shard(p)["clips"]) for p, _ in jobs]
+        paths = [str(shard_dir / f"{n}.pt") for n in names]
+        faces = [len(_shard(p)["faces"]) for p in paths]
         meta["split"][name] = names
         meta["face_start"][name] = [0, *torch.tensor(faces, dtype=torch.long).cumsum(0).tolist()]
-        meta["clips"][name] = sum(clips)
-        for kind, fn in (("voices", _voice_items), ("faces", _face_items)):
-            if not jobs:
-                continue
-            _optimize(fn, jobs, join(out, kind, name), chunk_bytes, options, progress)
+        meta["clips"][name] = sum(len(_shard(p)["clips"]) for p in paths)
+        if names:
+            k = faces_per_clip if name == "train" else 0
+            _optimize(_voice_items, [(p, label, k) for label, p in enumerate(paths)], join(out, "voices", name),
+                      chunk_bytes, options, progress)
+            _optimize(_face_items, list(zip(paths, range(len(paths)))), join(out, "faces", name), chunk_bytes,
+                      options, progress)
     meta["attributes"] = attributes
     _optimize(_meta_item, [json.dumps(meta, sort_keys=True)], join(out, "meta"), chunk_bytes, options, progress)
     return meta
@@ -154,7 +168,7 @@ class StreamVoices(StreamingDataset):
     """Clips of one split with a face of the same identity: the streamed twin of voxvgg's shard reader.
 
     Items are (feats float32 [F, T], face uint8 [3, S, S], label, seed) like voxvgg._Voices plus the item's seed,
-    which collate_stream_train uses for the batch crop.
+    which StreamTrainCollate uses for the batch crop.
     """
 
     def __init__(
@@ -162,7 +176,7 @@ class StreamVoices(StreamingDataset):
         url: str,  # the export (folder or object-store URL)
         split: str,
         meta: dict,
-        train: bool,  # random window and face per item; else the whole utterance and a fixed face
+        train: bool,  # random window and face per item; else the whole utterance and its fixed face
         max_frames: int,
         eval_min_frames: int,
         seed: int = 0,  # shuffle order and item randomness
@@ -176,38 +190,36 @@ class StreamVoices(StreamingDataset):
             seed=seed,
             storage_options=storage_options,
         )
-        self.faces = StreamingDataset(
-            join(url, "faces", split), cache_dir=_cache(cache_dir, "faces", split), storage_options=storage_options
-        )
         self.url, self.split, self.train, self.seed = url, split, train, seed
         self.names, self.face_start = meta["split"][split], meta["face_start"][split]
         self.max_frames, self.eval_min_frames = max_frames, eval_min_frames
+        self.cache_dir_, self.storage_options_ = cache_dir, storage_options
 
     def __getitem__(self, index):
         item = super().__getitem__(index)
-        label, clip, feats = int(item["label"]), int(item["clip"]), item["feats"]
-        lo, hi = self.face_start[label], self.face_start[label + 1]
-        key = getattr(index, "index", index)
-        seed = item_seed(self.seed, self.current_epoch, key)
+        label, feats, faces = int(item["label"]), item["feats"], item["faces"]
+        seed = item_seed(self.seed, self.current_epoch, getattr(index, "index", index))
         if self.train:
             g = torch.Generator().manual_seed(seed)
             T = feats.shape[1]
             start = int(torch.randint(0, max(T - self.max_frames, 0) + 1, (), generator=g))
             feats = feats[:, start : start + min(self.max_frames, T)]
-            j = lo + int(torch.randint(0, hi - lo, (), generator=g))
+            face = faces[int(torch.randint(0, len(faces), (), generator=g))]
         else:
-            feats, j = tile_to_min(feats, self.eval_min_frames), lo + clip % (hi - lo)
-        face = self.faces[j]
-        if int(face["label"]) != label:
-            raise DataError(
-                f"{join(self.url, 'faces', self.split)}: face {j} belongs to label {int(face['label'])}, expected "
-                f"{label}; the export is out of order, export it again"
-            )
-        return feats.float(), face["face"], label, seed
+            feats, face = tile_to_min(feats, self.eval_min_frames), faces[0]
+        return feats.float(), face, label, seed
 
     def faces_by_name(self) -> dict[str, torch.Tensor]:
-        """{name: uint8 [K, 3, S, S]} read in order from the face stream."""
-        stack = torch.stack([self.faces[j]["face"] for j in range(len(self.faces))])
+        """{name: uint8 [K, 3, S, S]}: the split's face stream read in order, its labels checked against meta."""
+        url = join(self.url, "faces", self.split)
+        stream = StreamingDataset(url, cache_dir=_cache(self.cache_dir_, "faces", self.split),
+                                  storage_options=self.storage_options_)
+        items = list(stream)
+        labels = [int(x["label"]) for x in items]
+        expected = [i for i in range(len(self.names)) for _ in range(self.face_start[i + 1] - self.face_start[i])]
+        if labels != expected:
+            raise DataError(f"{url}: faces are not in the order meta gives (identity by identity); export it again")
+        stack = torch.stack([x["face"] for x in items])
         return {n: stack[self.face_start[i] : self.face_start[i + 1]] for i, n in enumerate(self.names)}
 
 
@@ -249,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", required=True, help="the raw data folder (its vox1_meta.csv gives the split)")
     ap.add_argument("--out", required=True, help="a folder or an object-store URL (s3://, gs://, azure://)")
     ap.add_argument("--chunk-bytes", default="64MB")
+    ap.add_argument("--faces-per-clip", type=int, default=8, help="training faces stored with each clip")
     ap.add_argument("--endpoint-url", default=None, help="an S3-compatible endpoint (MinIO, R2, ...)")
     a = ap.parse_args(argv)
     prepared, root = Path(a.prepared), Path(a.root)
@@ -265,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     options = {"endpoint_url": a.endpoint_url} if a.endpoint_url else None
     t0 = time.perf_counter()
     meta = export(prepared / "shards", identity_split(root / "vox1_meta.csv", manifest["usable"]), a.out, config,
-                  attributes, a.chunk_bytes, options, progress=True, source=prepared.resolve().name)
+                  attributes, a.chunk_bytes, a.faces_per_clip, options, progress=True,
+                  source=prepared.resolve().name)
     sizes = {k: len(v) for k, v in meta["split"].items()}
     print(json.dumps({"out": a.out, "identities": sizes, "clips": meta["clips"],
                       "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

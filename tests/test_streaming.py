@@ -128,7 +128,7 @@ def test_bad_streams_name_the_url_and_the_fix(shards, tmp_path):
 
 
 def test_out_of_order_faces_are_caught(shards, tmp_path):
-    """Faces written in another order than meta's ranges say (e.g. a hand-made export) fail loudly."""
+    """A face stream in another order than meta's ranges (e.g. a hand-made export) fails loudly."""
     local, tmp = shards
     bad = tmp_path / "export"
     shutil.copytree(tmp / "export", bad)
@@ -138,8 +138,8 @@ def test_out_of_order_faces_are_caught(shards, tmp_path):
     jobs = [(str(local._out() / "shards" / f"{n}.pt"), label) for label, n in enumerate(names)][::-1]
     _optimize(_face_items, jobs, str(bad / "faces" / "val"), "64MB", {}, False)
     streamed = VoxVGGDataModule(stream=str(bad), detector="file", eval_batch_size=4)
-    with pytest.raises(DataError, match="out of order, export it again"):
-        list(streamed.val_dataloader())
+    with pytest.raises(DataError, match="not in the order meta gives"):
+        streamed.faces("val")
 
 
 # ------------------------------------------------------------------------------------------ object store
