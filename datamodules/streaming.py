@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset, optimize
 
@@ -122,6 +124,15 @@ def export(
 def _optimize(fn, inputs, output_dir, chunk_bytes, storage_options, progress) -> None:
     # One worker in input order: the face ranges in meta assume identity-by-identity order. Fork on Linux: a
     # spawned worker re-imports torch (seconds per dataset), and optimize() sets the start method process-wide.
+    # optimize() also reseeds random, numpy and torch in this process: keep the run's RNG streams as they were.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        _optimize_ordered(fn, inputs, output_dir, chunk_bytes, storage_options, progress)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+
+
+def _optimize_ordered(fn, inputs, output_dir, chunk_bytes, storage_options, progress) -> None:
     optimize(
         fn=fn,
         inputs=inputs,

@@ -183,3 +183,17 @@ def test_export_to_and_stream_from_an_object_store(shards, s3, tmp_path):
     with pytest.raises(DataError, match="s3://voices/missing: no streaming export found"):
         VoxVGGDataModule(stream="s3://voices/missing", storage_options=s3, detector="file",
                          stream_cache_dir=str(tmp_path / "c2")).setup()
+
+
+def test_export_leaves_the_run_rng_streams_alone(shards, tmp_path):
+    """litdata's optimize() reseeds random/numpy/torch in the calling process; an export inside a run must not."""
+    import random
+
+    import numpy as np
+
+    local, tmp = shards
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    before = random.random(), np.random.rand(), torch.rand(())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    datamodule(tmp / "corpus", tmp / "cache", stream=str(tmp_path / "export")).prepare_data()
+    assert (random.random(), np.random.rand(), torch.rand(())) == before
