@@ -127,6 +127,9 @@ _worker: _Worker | None = None
 
 def _init(config, root, out):
     global _worker
+    # The pool is the parallelism: one thread per worker avoids oversubscription, and keeps the float results (and
+    # so the shard bytes) the same whatever OMP_NUM_THREADS the parent had, which a resumed run relies on.
+    torch.set_num_threads(1)
     _worker = _Worker(config, root, out)
 
 
