@@ -128,7 +128,7 @@ _worker: _Worker | None = None
 def _init(config, root, out):
     global _worker
     # The pool is the parallelism: one thread per worker avoids oversubscription, and keeps the float results (and
-    # so the shard bytes) the same whatever OMP_NUM_THREADS the parent had, which a resumed run relies on.
+    # so the shard bytes) the same whatever OMP_NUM_THREADS or `workers` a resumed run has.
     torch.set_num_threads(1)
     _worker = _Worker(config, root, out)
 
@@ -179,11 +179,16 @@ def prepare(
             with get_context("spawn").Pool(workers, _init, (config, root, out)) as pool:
                 for _ in pool.imap_unordered(_run, todo):
                     bar.update()
-        else:
-            worker = _Worker(config, root, out)
-            for job in todo:
-                worker(job)
-                bar.update()
+        else:  # one thread as in the pool's workers, so the bytes do not depend on `workers`
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                worker = _Worker(config, root, out)
+                for job in todo:
+                    worker(job)
+                    bar.update()
+            finally:
+                torch.set_num_threads(threads)
         bar.close()
     return _write_manifest(out, root, digest, names, no_face, no_voice)
 
