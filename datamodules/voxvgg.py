@@ -272,7 +272,7 @@ class VoxVGGDataModule(L.LightningDataModule):
                 "set data.features/face_size/detector to match or export again"
             )
         self._split = {k: list(v) for k, v in meta["split"].items()}
-        lo, hi = self.crop_frames
+        hi = self.crop_frames[1]
         for split in (k for k, names in self._split.items() if names):  # an empty split has no stream
             self._sets[split] = StreamVoices(
                 self.stream, split, meta, split == "train", hi, self.eval_min_frames,
