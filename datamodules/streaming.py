@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset, optimize
 
-from datamodules.audio import random_crop_batch, tile_to_min
-from datamodules.faces import normalize
-from datamodules.voxvgg import DataError, collate_eval
+from datamodules.audio import tile_to_min
+from datamodules.voxvgg import DataError, collate_eval, collate_train, random_window
 
 STREAM_VERSION = "1"  # bump when the item layout changes
 SPLITS = ("train", "val", "test")
@@ -106,10 +105,10 @@ def export(
     for name in SPLITS:
         names = sorted(split.get(name, []))
         paths = [str(shard_dir / f"{n}.pt") for n in names]
-        faces = [len(_shard(p)["faces"]) for p in paths]
+        counts = [(len(s["faces"]), len(s["clips"])) for s in map(_shard, paths)]
         meta["split"][name] = names
-        meta["face_start"][name] = [0, *torch.tensor(faces, dtype=torch.long).cumsum(0).tolist()]
-        meta["clips"][name] = sum(len(_shard(p)["clips"]) for p in paths)
+        meta["face_start"][name] = [0, *torch.tensor([f for f, _ in counts], dtype=torch.long).cumsum(0).tolist()]
+        meta["clips"][name] = sum(c for _, c in counts)
         if names:
             k = faces_per_clip if name == "train" else 0
             _optimize(_voice_items, [(p, label, k) for label, p in enumerate(paths)], join(out, "voices", name),
@@ -204,7 +203,7 @@ class StreamVoices(StreamingDataset):
         self.url, self.split, self.train, self.seed = url, split, train, seed
         self.names, self.face_start = meta["split"][split], meta["face_start"][split]
         self.max_frames, self.eval_min_frames = max_frames, eval_min_frames
-        self.cache_dir_, self.storage_options_ = cache_dir, storage_options
+        self._cache_root, self._storage = cache_dir, storage_options  # for the face stream
 
     def __getitem__(self, index):
         item = super().__getitem__(index)
@@ -212,9 +211,7 @@ class StreamVoices(StreamingDataset):
         seed = item_seed(self.seed, self.current_epoch, getattr(index, "index", index))
         if self.train:
             g = torch.Generator().manual_seed(seed)
-            T = feats.shape[1]
-            start = int(torch.randint(0, max(T - self.max_frames, 0) + 1, (), generator=g))
-            feats = feats[:, start : start + min(self.max_frames, T)]
+            feats = random_window(feats, self.max_frames, g)
             face = faces[int(torch.randint(0, len(faces), (), generator=g))]
         else:
             feats, face = tile_to_min(feats, self.eval_min_frames), faces[0]
@@ -223,8 +220,8 @@ class StreamVoices(StreamingDataset):
     def faces_by_name(self) -> dict[str, torch.Tensor]:
         """{name: uint8 [K, 3, S, S]}: the split's face stream read in order, its labels checked against meta."""
         url = join(self.url, "faces", self.split)
-        stream = StreamingDataset(url, cache_dir=_cache(self.cache_dir_, "faces", self.split),
-                                  storage_options=self.storage_options_)
+        stream = StreamingDataset(url, cache_dir=_cache(self._cache_root, "faces", self.split),
+                                  storage_options=self._storage)
         items = list(stream)
         labels = [int(x["label"]) for x in items]
         expected = [i for i in range(len(self.names)) for _ in range(self.face_start[i + 1] - self.face_start[i])]
@@ -241,11 +238,8 @@ class StreamTrainCollate:
         self.min_frames, self.max_frames = min_frames, max_frames
 
     def __call__(self, items):
-        feats, faces, labels, seeds = zip(*items)
-        g = torch.Generator().manual_seed(item_seed("batch", seeds[0]))
-        audio, lengths = random_crop_batch(list(feats), self.min_frames, self.max_frames, generator=g)
-        return {"audio": audio, "audio_lengths": lengths, "face": normalize(torch.stack(faces)),
-                "label": torch.tensor(labels)}
+        g = torch.Generator().manual_seed(item_seed("batch", items[0][3]))
+        return collate_train([item[:3] for item in items], self.min_frames, self.max_frames, generator=g)
 
 
 def collate_stream_eval(items):

@@ -79,8 +79,7 @@ class _Voices(Dataset):
         a, b = int(s["offsets"][i]), int(s["offsets"][i + 1])
         K = len(s["faces"])
         if self.train:  # a random window (the collate crops it again to the batch length), a random face
-            start = int(torch.randint(0, max(b - a - self.max_frames, 0) + 1, ()))
-            feats = s["feats"][:, a + start : a + start + min(self.max_frames, b - a)]
+            feats = random_window(s["feats"][:, a:b], self.max_frames)
             face = s["faces"][int(torch.randint(0, K, ()))]
         else:  # the whole utterance, a fixed face
             feats = tile_to_min(s["feats"][:, a:b], self.eval_min_frames)
@@ -88,10 +87,17 @@ class _Voices(Dataset):
         return feats.float(), face.clone(), label
 
 
-def collate_train(items, min_frames: int = 300, max_frames: int = 800):
+def random_window(feats, max_frames: int, generator: torch.Generator | None = None):
+    """A random run of at most max_frames frames of one clip [F, T] (a view: an mmap'd shard copies only that)."""
+    T = feats.shape[1]
+    start = int(torch.randint(0, max(T - max_frames, 0) + 1, (), generator=generator))
+    return feats[:, start : start + min(max_frames, T)]
+
+
+def collate_train(items, min_frames: int = 300, max_frames: int = 800, generator: torch.Generator | None = None):
     """One crop length for the batch, a random window per clip."""
     feats, faces, labels = zip(*items)
-    audio, lengths = random_crop_batch(list(feats), min_frames, max_frames)
+    audio, lengths = random_crop_batch(list(feats), min_frames, max_frames, generator=generator)
     return {
         "audio": audio,
         "audio_lengths": lengths,
