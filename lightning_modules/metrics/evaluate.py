@@ -17,9 +17,17 @@ from torch import Tensor
 
 from lightning_modules.metrics.attributes import attribute_scores
 from lightning_modules.metrics.fid import FID, fingerprint, quantize
-from lightning_modules.metrics.identity import FaceNetEmbedder, centroids, identity_cosine, retrieval_recall
+from lightning_modules.metrics.identity import (
+    FaceNetEmbedder,
+    centroids,
+    identity_cosine,
+    retrieval_hits,
+    shuffled_recall,
+)
+from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, path_length
 from lightning_modules.metrics.probe import to_float, train_probe
+from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 log = logging.getLogger(__name__)
@@ -124,7 +132,8 @@ def evaluate(
     """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats."""
     cfg = as_dict(cfg)
     download = cfg.get("download", False)
-    sub = {k: {"download": download, **as_dict(cfg.get(k))} for k in ("fid", "ppl", "identity", "probe")}
+    sub = {k: {"download": download, **as_dict(cfg.get(k))}
+           for k in ("fid", "ppl", "identity", "probe", "quality")}
     result: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
@@ -154,7 +163,8 @@ def evaluate(
     embedder = id_cfg.get("embedder", "auto")
     if embedder == "auto":
         embedder = "probe" if attributes is not None else "facenet"
-    if embedder == "probe" or (attributes is not None and cfg.get("attributes", {}).get("enabled", True)):
+    wants_attributes = attributes is not None and cfg.get("attributes", {}).get("enabled", True)
+    if embedder == "probe" or wants_attributes or sub["quality"].get("enabled", True):
         p = sub["probe"]
         probe, codec = train_probe(
             datamodule.faces("train"),
@@ -166,6 +176,13 @@ def evaluate(
             p.get("width", 16),
             p.get("seed", 0),
         )
+
+    if probe is not None and sub["quality"].get("enabled", True):
+        real_float = to_float(real_u8)
+        gen_float = to_float(quantize(gen))  # generated faces quantised as the real ones are stored
+        result.update(probe_quality(probe.predict(gen_float)[0], probe.predict(real_float)[0], real_labels,
+                                    sub["quality"].get("repeats", 10), sub["quality"].get("seed", 0)))
+        notes["fd_probe"] = QUALITY_NOTE
 
     if id_cfg.get("enabled", True):
         try:
@@ -207,28 +224,44 @@ def evaluate(
 
 
 def identity_metrics(gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: dict, notes: dict) -> dict:
+    """id_cosine, and per gallery size actually used g (the configured sizes clamped to the identities there
+    are, plus always the whole set): `recall@k_g<g>` with its `/ci95` over identities, `/shuffled` (queries'
+    identities permuted) and `/chance` (k / g)."""
     centers = centroids(real_emb, real_labels, num_ids)
     out = {"id_cosine": identity_cosine(gen_emb, gen_labels, centers)}
     ks = tuple(cfg.get("ks", (1, 5, 10)))
+    repeats, seed = cfg.get("repeats", 10), cfg.get("seed", 0)
+    sizes = sorted({min(size, num_ids) for size in cfg.get("galleries", (10, 100))} | {num_ids})
     for size in cfg.get("galleries", (10, 100)):
-        recall, used = retrieval_recall(
-            gen_emb, gen_labels, centers, size, ks, cfg.get("repeats", 10), cfg.get("seed", 0)
-        )
-        if used < size:
-            notes[f"recall_g{size}"] = f"gallery of {size} clamped to the {used} identities available"
-        out.update({f"recall@{k}_g{size}": v for k, v in recall.items()})
+        if size > num_ids:
+            notes[f"recall_g{size}"] = (f"gallery of {size} asked for, but the split has {num_ids} identities: "
+                                        f"reported as _g{num_ids}")
+    for g in sizes:
+        kept = tuple(k for k in ks if k < g)  # recall@k >= g is 1 by construction
+        hits, _ = retrieval_hits(gen_emb, gen_labels, centers, g, kept, repeats, seed)
+        shuffled = shuffled_recall(gen_emb, gen_labels, centers, g, kept, repeats, seed=seed)
+        for k in kept:
+            key = f"recall@{k}_g{g}"
+            out[key] = float(hits[k].mean())
+            out[f"{key}/ci95"] = bootstrap_ci(lambda idx, h=hits[k]: float(h[idx].mean()), gen_labels)
+            out[f"{key}/shuffled"] = shuffled[k]
+            out[f"{key}/chance"] = k / g
     return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return f"[{value[0]:.3g}, {value[1]:.3g}]"
+    return str(value)
 
 
 def summary_markdown(result: dict, title: str) -> str:
     lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
     for key, value in result.items():
         if not key.startswith("_"):
-            lines.append(
-                f"| {LABELS.get(key, key)} | {value:.4g} |"
-                if isinstance(value, float)
-                else f"| {LABELS.get(key, key)} | {value} |"
-            )
+            lines.append(f"| {LABELS.get(key, key)} | {_fmt(value)} |")
     if result.get("_skipped"):
         lines += ["", "Not computed:", ""] + [f"- **{k}**: {v}" for k, v in result["_skipped"].items()]
     if result.get("_notes"):

@@ -49,6 +49,40 @@ def identity_cosine(gen_emb: Tensor, gen_labels: Tensor, centers: Tensor) -> flo
     return float(F.cosine_similarity(gen_emb, centers[gen_labels], dim=1).mean())
 
 
+def retrieval_hits(
+    query_emb: Tensor,
+    query_labels: Tensor,
+    centers: Tensor,
+    gallery_size: int,
+    ks: tuple[int, ...] = (1, 5, 10),
+    repeats: int = 10,
+    seed: int = 0,
+) -> tuple[dict[int, Tensor], int]:
+    """Per query, the fraction of its galleries in which the true identity ranks within the top k.
+
+    Each query (a face generated from a voice) gets `repeats` random galleries: its own identity plus
+    gallery_size − 1 others drawn without replacement. Ties count against the query. The gallery is clamped
+    to the number of identities (then every gallery is the whole set); the size used is returned.
+    Returns ({k: [N] hit rates}, gallery size used).
+    """
+    num_ids = centers.shape[0]
+    g = min(gallery_size, num_ids)
+    repeats = 1 if g == num_ids else repeats  # the whole set: every draw is the same gallery
+    sim = F.normalize(query_emb.float(), dim=1) @ F.normalize(centers.float(), dim=1).T  # [N, C]
+    rows = torch.arange(len(query_labels))
+    rng = torch.Generator().manual_seed(seed)
+    hits = {k: torch.zeros(len(query_labels), dtype=torch.float64) for k in ks}
+    for _ in range(repeats):
+        keys = torch.rand(sim.shape, generator=rng)
+        keys[rows, query_labels] = -1.0  # the true identity sorts first, so it is always in the gallery
+        gallery = keys.argsort(dim=1)[:, :g]  # [N, g]
+        scores = sim.gather(1, gallery)
+        rank = (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # others scoring at least the true identity
+        for k in ks:
+            hits[k] += (rank < k).double()
+    return {k: h / repeats for k, h in hits.items()}, g
+
+
 def retrieval_recall(
     query_emb: Tensor,
     query_labels: Tensor,
@@ -58,25 +92,30 @@ def retrieval_recall(
     repeats: int = 10,
     seed: int = 0,
 ) -> tuple[dict[int, float], int]:
-    """Recall@k of the true identity among `gallery_size` identities ranked by cosine similarity.
+    """Recall@k of the true identity among `gallery_size` identities ranked by cosine similarity (see
+    `retrieval_hits`). Returns ({k: recall}, gallery size used)."""
+    hits, g = retrieval_hits(query_emb, query_labels, centers, gallery_size, ks, repeats, seed)
+    return {k: float(h.mean()) for k, h in hits.items()}, g
 
-    Each query (a face generated from a voice) gets `repeats` random galleries: its own identity plus
-    gallery_size − 1 others drawn without replacement. Ties count against the query. The gallery is clamped
-    to the number of identities; the size used is returned.
-    Returns ({k: recall}, gallery size used).
-    """
+
+def shuffled_recall(
+    query_emb: Tensor,
+    query_labels: Tensor,
+    centers: Tensor,
+    gallery_size: int,
+    ks: tuple[int, ...] = (1, 5, 10),
+    repeats: int = 10,
+    permutations: int = 50,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Recall@k with the queries' identities randomly permuted (seeded): what a generator that ignores the
+    voice scores, faces that all look alike included (ties count against the query)."""
     num_ids = centers.shape[0]
-    g = min(gallery_size, num_ids)
-    sim = F.normalize(query_emb.float(), dim=1) @ F.normalize(centers.float(), dim=1).T  # [N, C]
-    rows = torch.arange(len(query_labels))
-    rng = torch.Generator().manual_seed(seed)
-    hits = {k: 0.0 for k in ks}
-    for _ in range(repeats):
-        keys = torch.rand(sim.shape, generator=rng)
-        keys[rows, query_labels] = -1.0  # the true identity sorts first, so it is always in the gallery
-        gallery = keys.argsort(dim=1)[:, :g]  # [N, g]
-        scores = sim.gather(1, gallery)
-        rank = (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # others scoring at least the true identity
+    g = torch.Generator().manual_seed(seed + 1)
+    total = {k: 0.0 for k in ks}
+    for p in range(permutations):
+        perm = torch.randperm(num_ids, generator=g)
+        recall, _ = retrieval_recall(query_emb, perm[query_labels], centers, gallery_size, ks, repeats, seed + p)
         for k in ks:
-            hits[k] += (rank < k).float().mean().item()
-    return {k: hits[k] / repeats for k in ks}, g
+            total[k] += recall[k] / permutations
+    return total

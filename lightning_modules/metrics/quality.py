@@ -1,0 +1,74 @@
+"""Image quality without downloaded weights: Fréchet distance and KID in the feature space of the face probe
+(a network trained on the corpus' train-split real faces, `metrics.probe`).
+
+NOT comparable with Inception FID/KID: another feature space (4·width-d probe features of 32 px faces, trained
+on this corpus only) and small sets. It answers "how far are the generated faces from real faces of the same
+split" on the embedded corpus, where Inception weights are not at hand, and is always computed there.
+
+Protocol. The real faces of the split are halved per identity (alternate faces of each identity into R1 and
+R2), so both halves hold every identity. The generated faces G and the held-out real half R2 are each compared
+with the reference half R1 at the same sample size n = min(|G|, |R2|) (random subsets, averaged over
+`repeats`), so the real-vs-real floor FD(R2, R1) carries the same small-sample bias as FD(G, R1):
+    fd_probe       = FD(G_n, R1)      fd_probe/real  = FD(R2_n, R1)
+    kid_probe      = KID(G_n, R1_n)   kid_probe/real = KID(R2_n, R1_n)   (unbiased MMD², cubic kernel)
+A generator whose faces are real-like has fd_probe near its floor; faces that all look alike, colour blobs or
+blurred faces sit far above it (tests/test_quality.py checks that the probe tells them apart).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics.image.fid import _compute_fid
+from torchmetrics.image.kid import poly_mmd
+
+QUALITY_NOTE = "fd_probe / kid_probe: probe feature space, not comparable with Inception FID / KID"
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets a [N, D] and b [M, D] (float64)."""
+    a, b = a.double(), b.double()
+    return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+
+
+def kid(a: Tensor, b: Tensor) -> float:
+    """Unbiased squared MMD with the polynomial kernel (x·y/D + 1)³ between equal-sized sets [n, D]."""
+    assert a.shape == b.shape, f"KID needs equal set sizes, got {list(a.shape)} and {list(b.shape)}"
+    return float(poly_mmd(a.double(), b.double(), degree=3, gamma=None, coef=1.0))
+
+
+def halves(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of two disjoint halves that split each identity's samples alternately (R1 gets the extra)."""
+    first, second = [], []
+    for label in labels.unique():
+        idx = torch.nonzero(labels == label).flatten()
+        first.append(idx[0::2])
+        second.append(idx[1::2])
+    return torch.cat(first), torch.cat(second)
+
+
+def probe_quality(
+    gen_feats: Tensor,    # [N, D] probe features of the generated faces
+    real_feats: Tensor,   # [M, D] probe features of the real faces of the same split
+    real_labels: Tensor,  # [M] identity of each real face
+    repeats: int = 10,    # random equal-size subsets averaged
+    seed: int = 0,
+) -> dict[str, float]:
+    """fd_probe, fd_probe/real, kid_probe, kid_probe/real (see the module docstring) and the sample sizes."""
+    i1, i2 = halves(real_labels)
+    r1, r2 = real_feats[i1], real_feats[i2]
+    n = min(len(gen_feats), len(r2), len(r1))
+    if n < 3:
+        raise ValueError(f"probe quality needs >= 3 faces per set, got {len(gen_feats)} generated and "
+                         f"{len(real_feats)} real")
+    g = torch.Generator().manual_seed(seed)
+    sums = dict.fromkeys(("fd_probe", "fd_probe/real", "kid_probe", "kid_probe/real"), 0.0)
+    for _ in range(repeats):
+        gen_n = gen_feats[torch.randperm(len(gen_feats), generator=g)[:n]]
+        r2_n = r2[torch.randperm(len(r2), generator=g)[:n]]
+        r1_n = r1[torch.randperm(len(r1), generator=g)[:n]]
+        sums["fd_probe"] += frechet_distance(gen_n, r1) / repeats
+        sums["fd_probe/real"] += frechet_distance(r2_n, r1) / repeats
+        sums["kid_probe"] += kid(gen_n, r1_n) / repeats
+        sums["kid_probe/real"] += kid(r2_n, r1_n) / repeats
+    return {**sums, "fd_probe/n": n, "fd_probe/n_reference": len(r1)}
