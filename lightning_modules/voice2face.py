@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import os
+import time
 
 import hydra
 import torch
@@ -37,6 +38,7 @@ from lightning_modules.losses import (
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("joint", "frozen", "finetune")
+MIXING_SOURCES = ("batch", "self")
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
 
 
@@ -78,6 +80,11 @@ class Voice2FaceGAN(LightningModule):
         G_reg_interval: int = 4,            # Lazy path-length interval (iterations).
         D_reg_interval: int = 16,           # Lazy R1 interval (iterations).
         style_mixing_prob: float = 0.9,     # Probability of mixing two latents at a random layer cut-off.
+        style_mixing_source: str = "batch",  # batch: the second latent is another voice of the batch;
+                                            # self: the same voice with fresh noise (conditional mixing).
+        recon_weight: float = 0.0,          # L1 between G(voice) and the speaker's real face in Gmain (a
+                                            # deviation from the paper; 0 = off, as the paper trains).
+        xflip: bool = False,                # Mirror each real face with probability 1/2 (D and L1 targets).
         ema_kimg: float = 10.0,             # Half-life of the G EMA in thousands of images.
         ema_rampup: float | None = 0.05,    # Half-life capped at cur_nimg * ema_rampup (None = off).
         total_kimg: float | None = None,    # Stop after this many thousand images (None = trainer limits).
@@ -91,6 +98,9 @@ class Voice2FaceGAN(LightningModule):
         betas = [float(b) for b in betas]
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"voice2face: encoder_mode must be one of {ENCODER_MODES}, got {encoder_mode!r}")
+        if style_mixing_source not in MIXING_SOURCES:
+            raise ValueError(f"voice2face: style_mixing_source must be one of {MIXING_SOURCES}, "
+                             f"got {style_mixing_source!r}")
         if encoder_mode != "joint" and not encoder_ckpt:
             raise ValueError(
                 f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH "
@@ -116,6 +126,8 @@ class Voice2FaceGAN(LightningModule):
         self.r1_active = r1_gamma > 0 and D_reg_interval > 0
         self.cur_nimg = 0
         self.iteration = 0
+        self.train_seconds = 0.0            # wall time of training so far (all of it: data, callbacks, ...)
+        self._clock = None
         self.skipped_steps = 0              # optimizer steps skipped for non-finite losses or gradients
         self.bad_streak = 0                 # ... of which consecutive, up to now
         self._sample_batch = None
@@ -170,9 +182,12 @@ class Voice2FaceGAN(LightningModule):
             cutoff = int(torch.randint(1, ws.shape[1], []))
             if float(torch.rand([])) >= self.hparams.style_mixing_prob:
                 cutoff = ws.shape[1]
-            # The second latent comes from another voice of the batch (with fresh noise).
+            # The second latent: another voice of the batch, or the same voice (each with fresh noise). With
+            # noise_z_dim = 0 the same voice gives the same w, so `self` mixing changes nothing then.
             emb, noise = z[:, : self.embed_dim], z[:, self.embed_dim :]
-            z2 = torch.cat([emb.roll(1, dims=0), torch.randn_like(noise)], dim=1)
+            if self.hparams.style_mixing_source == "batch":
+                emb = emb.roll(1, dims=0)
+            z2 = torch.cat([emb, torch.randn_like(noise)], dim=1)
             ws[:, cutoff:] = self.G.mapping(z2, update_emas=False)[:, cutoff:]
         return self.G.synthesis(ws), ws
 
@@ -214,7 +229,7 @@ class Voice2FaceGAN(LightningModule):
             f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)."
         )
 
-    def _phase_Gmain(self, opt, z, label):
+    def _phase_Gmain(self, opt, z, real, label):
         self.toggle_optimizer(opt)
         with self._autocast():
             img, _ = self.run_G(z)
@@ -222,6 +237,10 @@ class Voice2FaceGAN(LightningModule):
         loss_adv = ns_generator_loss(logits.float()).mean()
         loss = loss_adv
         stats = {"loss/G_adv": loss_adv.detach()}
+        if self.hparams.recon_weight > 0:
+            loss_rec = (img.float() - real).abs().mean()
+            loss = loss + self.hparams.recon_weight * loss_rec
+            stats["loss/G_recon"] = loss_rec.detach()
         if class_logits is not None and self.hparams.id_weight > 0:
             loss_id = F.cross_entropy(class_logits.float(), label)
             loss = loss + self.hparams.id_weight * loss_id
@@ -315,12 +334,15 @@ class Voice2FaceGAN(LightningModule):
         if self._sample_batch is None:
             self._sample_batch = {k: batch[k][: self.hparams.sample_count].detach().cpu()
                                   for k in ("audio", "audio_lengths", "face")}
+        if self.hparams.xflip:
+            flip = torch.rand(real.shape[0], device=real.device) < 0.5
+            real = torch.where(flip[:, None, None, None], real.flip(3), real)
         opt_G, opt_D = self.optimizers()
         with self._autocast():
             emb = self.embed(batch["audio"], batch.get("audio_lengths"))
         z = self.latent(emb.float())
 
-        stats = self._phase_Gmain(opt_G, z, label)
+        stats = self._phase_Gmain(opt_G, z, real, label)
         if self.pl_active and self.iteration % self.hparams.G_reg_interval == 0:
             stats.update(self._phase_Greg(opt_G, z))
         stats.update(self._phase_Dmain(opt_D, z, real, label))
@@ -332,6 +354,14 @@ class Voice2FaceGAN(LightningModule):
         self.iteration += 1
         stats["progress/ema_beta"] = self.update_ema(global_batch)
         stats["progress/kimg"] = self.cur_nimg / 1000
+        now = time.perf_counter()  # one iteration = from the previous step's end: data and callbacks included
+        seconds, self._clock = now - self._clock, now
+        self.train_seconds += seconds
+        stats.update({"perf/train_s": self.train_seconds, "perf/img_per_s": global_batch / seconds,
+                      "perf/sec_per_kimg": 1000 * seconds / global_batch})
+        if self.device.type == "cuda":
+            stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         stats["progress/skipped_steps"] = self.skipped_steps
         self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=real.shape[0])
@@ -360,6 +390,7 @@ class Voice2FaceGAN(LightningModule):
         if every > 0:
             self._next_sample_nimg = (self.cur_nimg // every + 1) * every
         self.save_samples()
+        self._clock = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         every = self.hparams.sample_every_kimg * 1000
@@ -374,13 +405,15 @@ class Voice2FaceGAN(LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["voice2face_format"] = CHECKPOINT_FORMAT
-        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration)}
+        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration),
+                                             "train_seconds": float(self.train_seconds)}
         checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")
         if progress is not None:
             self.cur_nimg, self.iteration = int(progress["cur_nimg"]), int(progress["iteration"])
+            self.train_seconds = float(progress.get("train_seconds", 0.0))
         self.skipped_steps = int(checkpoint.get("voice2face_skipped_steps", 0))
 
     @staticmethod

@@ -46,7 +46,7 @@ def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
     model.cur_nimg = 12
     cb.on_train_batch_end(trainer, model, None, None, 1)
     ((step, logged),) = trainer.loggers[0].records
-    assert step == 7 and set(logged) == {"metrics/fid", "metrics/ppl", "progress/kimg"}
+    assert step == 7 and set(logged) == {"metrics/fid", "metrics/ppl", "progress/kimg", "perf/train_s"}
     assert logged["progress/kimg"] == 0.012
     assert list((tmp_path / "fid_cache").glob("fid_real_val-*.pt"))
 
@@ -58,8 +58,24 @@ def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  
     with caplog.at_level(logging.WARNING):
         cb.run(trainer, model)
         cb.run(trainer, model)
-    assert [set(r) for _, r in trainer.loggers[0].records] == [{"metrics/ppl", "progress/kimg"}] * 2
+    logged = [{"metrics/ppl", "progress/kimg", "perf/train_s"}] * 2
+    assert [set(r) for _, r in trainer.loggers[0].records] == logged
     assert sum("fid skipped" in m for m in caplog.messages) == 1
+
+
+def test_callback_logs_the_probe_metrics_of_the_split(tmp_path):
+    trainer, model = stand_in_trainer(tmp_path), StandInModel()
+    model.cur_nimg, model.train_seconds = 1000, 12.5
+    probe_cfg = {"fid": {"enabled": False}, "ppl": {"enabled": False}, "intervals": {"resamples": 0},
+                 "probe": {"steps": 20, "batch_size": 16}, "identity": {"repeats": 2}}
+    cb = MetricsCallback(fid={"enabled": False}, ppl={"enabled": False}, probe_metrics=probe_cfg, table_rows=0)
+    cb.run(trainer, model)
+    ((_, logged),) = trainer.loggers[0].records
+    assert {"val/fd_probe", "val/fd_probe/real", "val/attr/colour", "val/recall@1_g2"} <= set(logged)
+    assert logged["perf/train_s"] == 12.5 and not any(k.endswith("/ci95") for k in logged)
+    probe = cb._probe
+    cb.run(trainer, model)
+    assert cb._probe is probe  # trained once per run
 
 
 def test_callback_from_config_reads_the_metrics_group():
@@ -69,6 +85,7 @@ def test_callback_from_config_reads_the_metrics_group():
     cb = MetricsCallback.from_config(cfg)
     assert cb.every_nimg == cfg.callback.every_kimg * 1000 and cb.split == "val"
     assert cb.ppl_cfg["num_samples"] == cfg.callback.ppl_num_samples and cb.ppl_cfg["epsilon"] == 1e-4
+    assert cb.probe_cfg["fid"] == {"enabled": False} and cb.probe_cfg["intervals"] == {"resamples": 0}
 
 
 def test_callback_wandb_table_of_speakers(tmp_path):

@@ -22,7 +22,8 @@ def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
     assert list((out / "samples").glob("*.png")), "no sample grid written"
     assert (out / "csv" / "metrics.csv").is_file()
     result = json.loads((out / "metrics_test.json").read_text())
-    assert "id_cosine" in result and "recall@1_g10" in result
+    n_test = len(objects["datamodule"].identities("test"))
+    assert "id_cosine" in result and f"recall@1_g{n_test}" in result and "fd_probe" in result
     # Without local Inception / VGG weights the run says why instead of reporting a number.
     assert "fid" in result or "fid" in result["_skipped"]
     printed = capsys.readouterr().out

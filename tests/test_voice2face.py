@@ -275,7 +275,8 @@ def test_resume_restores_counters_pl_mean_and_ema(tmp_path):
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     loaded = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain types only
-    assert loaded["voice2face_progress"] == {"cur_nimg": 24, "iteration": 6}
+    progress = loaded["voice2face_progress"]
+    assert (progress["cur_nimg"], progress["iteration"]) == (24, 6) and progress["train_seconds"] > 0
     saved_ema = {k: v.clone() for k, v in model.G_ema.state_dict().items()}
 
     seen = {}
@@ -285,6 +286,7 @@ def test_resume_restores_counters_pl_mean_and_ema(tmp_path):
             seen.update(
                 cur_nimg=pl_module.cur_nimg,
                 iteration=pl_module.iteration,
+                train_seconds=pl_module.train_seconds,
                 pl_mean=pl_module.pl_mean.item(),
                 ema={k: v.clone() for k, v in pl_module.G_ema.state_dict().items()},
             )
@@ -292,6 +294,7 @@ def test_resume_restores_counters_pl_mean_and_ema(tmp_path):
     resumed = make_model()
     fit(resumed, n=24, tmp_path=tmp_path, ckpt_path=ckpt, callbacks=[Probe()], max_epochs=2)
     assert (seen["cur_nimg"], seen["iteration"]) == (24, 6)
+    assert seen["train_seconds"] == progress["train_seconds"]  # the wall-time axis continues
     assert seen["pl_mean"] == pytest.approx(model.pl_mean.item()) and seen["pl_mean"] > 0
     for k, v in saved_ema.items():
         torch.testing.assert_close(seen["ema"][k], v)

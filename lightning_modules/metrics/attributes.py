@@ -56,11 +56,13 @@ def attribute_scores(
     real_names: list[str],
     attributes: dict[str, dict],
     skipped: dict[str, str] | None = None,
+    resamples: int = 1000,
 ) -> dict[str, float]:
     """Scores keyed `attr/<name>`, `attr/<name>/ci95`, `attr/<name>/chance`, `attr/<name>/shuffled`,
     `attr/<name>/oracle` (`attr_weak/...` for a continuous trait whose oracle R² < WEAK_ORACLE_R2).
 
     generated / real: [-1, 1] faces [N,3,S,S] with the identity name of each row.
+    resamples: bootstrap resamples of the interval (0 = no interval).
     skipped: receives `attr/<name>` -> reason for a continuous attribute that is constant over the
     evaluated identities (R² is undefined there).
     """
@@ -84,7 +86,8 @@ def attribute_scores(
         key = f"attr_weak/{name}" if kind == "continuous" and oracle < WEAK_ORACLE_R2 else f"attr/{name}"
         pred = gen_pred[name]
         out[key] = _score(kind, pred, gen_y)
-        out[f"{key}/ci95"] = bootstrap_ci(lambda idx: _score(kind, pred[idx], gen_y[idx]), groups)
+        if resamples > 0:
+            out[f"{key}/ci95"] = bootstrap_ci(lambda i: _score(kind, pred[i], gen_y[i]), groups, resamples)
         out[f"{key}/chance"] = _score(kind, chance_pred, gen_y)
         out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
         out[f"{key}/oracle"] = oracle

@@ -1,5 +1,6 @@
-"""Lightning callback: FID and path length of the EMA generator every N kimg (paper figures 11-12), and a
-W&B table of held-out speakers (audio features, real face, generated face) when a WandbLogger is attached.
+"""Lightning callback: FID and path length of the EMA generator every N kimg (paper figures 11-12), the probe
+metrics of the held-out split (fd_probe against its floor, attribute recovery, retrieval; no download needed),
+and a W&B table of held-out speakers (audio features, real face, generated face) when a WandbLogger is attached.
 
 Metrics that cannot run (no weights, a generator without mapping) are skipped with their reason logged once.
 """
@@ -16,7 +17,9 @@ from lightning_modules.metrics.evaluate import (
     as_dict,
     build_distance,
     build_fid,
+    evaluate,
     fid_metric,
+    fit_probe,
     generate_split,
     ppl_metric,
     real_faces,
@@ -34,6 +37,7 @@ class MetricsCallback(Callback):
         split: str = "val",  # Held-out split whose voices and faces are scored.
         fid: dict | None = None,  # metrics.fid config (enabled, weights_path, batch_size, download).
         ppl: dict | None = None,  # metrics.ppl config (enabled, num_samples, vgg_path, ...).
+        probe_metrics: dict | None = None,  # metrics config for the probe metrics (None = not computed).
         max_utterances: int | None = 2000,  # Generated faces per FID evaluation.
         table_rows: int = 8,  # Speakers in the W&B table (0 = no table).
         cache_dir: str | None = None,  # Real FID statistics cache (None: <run dir>/fid_cache).
@@ -43,6 +47,8 @@ class MetricsCallback(Callback):
         self.split, self.max_utterances, self.table_rows = split, max_utterances, table_rows
         self.fid_cfg = {"download": download, **as_dict(fid)}
         self.ppl_cfg = {"download": download, **as_dict(ppl)}
+        self.probe_cfg = probe_metrics
+        self._probe = None  # trained on the first evaluation, then kept (the real faces do not change)
         self.cache_dir = cache_dir
         self._next_nimg = 0.0
         self._unavailable: set[str] = set()
@@ -58,9 +64,14 @@ class MetricsCallback(Callback):
             **cfg.get("ppl", {}),
             "num_samples": cb.pop("ppl_num_samples", cfg.get("ppl", {}).get("num_samples")),
         }
+        probe_metrics = None
+        if cb.pop("probe_metrics", True):  # FID / PPL are the callback's own: off inside this evaluation
+            probe_metrics = {**cfg, "fid": {"enabled": False}, "ppl": {"enabled": False},
+                             "intervals": {"resamples": 0}, "max_utterances": cb.get("max_utterances")}
         return cls(
             fid=cfg.get("fid"),
             ppl=ppl,
+            probe_metrics=probe_metrics,
             cache_dir=cfg.get("cache_dir"),
             download=cfg.get("download", False),
             **cb,
@@ -97,13 +108,24 @@ class MetricsCallback(Callback):
         if self.ppl_cfg.get("enabled", True) and "ppl" not in self._unavailable:
             metrics["metrics/ppl"] = self._try("ppl", self._ppl_value, pl_module)
         metrics = {k: v for k, v in metrics.items() if v is not None}
+        if self.probe_cfg is not None and getattr(trainer.datamodule, "faces", None) is not None:
+            metrics.update(self._probe_metrics(trainer, pl_module))
         if metrics:
             metrics["progress/kimg"] = pl_module.cur_nimg / 1000
+            metrics["perf/train_s"] = getattr(pl_module, "train_seconds", 0.0)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         if self.table_rows > 0:
             self.log_table(trainer, pl_module, trainer.datamodule)
         return metrics
+
+    def _probe_metrics(self, trainer, pl_module) -> dict[str, float]:
+        """Every scalar of `evaluate` on the held-out split (no FID/PPL, no intervals), keyed `<split>/...`."""
+        if self._probe is None:
+            self._probe = fit_probe(trainer.datamodule, as_dict(self.probe_cfg.get("probe")))
+        result = evaluate(pl_module, trainer.datamodule, self.probe_cfg, self.split, probe=self._probe)
+        return {f"{self.split}/{k}": float(v) for k, v in result.items()
+                if isinstance(v, (int, float)) and not k.startswith("_")}
 
     def _fid_value(self, trainer, pl_module) -> float:
         if self._fid is None:  # Inception and the real statistics are loaded once per run

@@ -126,14 +126,30 @@ def ppl_metric(model, cfg: dict, distance: torch.nn.Module | None = None) -> flo
     )
 
 
+def fit_probe(datamodule, cfg: dict):
+    """(probe, attribute codec) trained on the real train-split faces (and attributes, where there are)."""
+    return train_probe(
+        datamodule.faces("train"),
+        getattr(datamodule, "attributes", None),
+        getattr(datamodule, "attribute_kinds", None),
+        cfg.get("steps", 300),
+        cfg.get("batch_size", 64),
+        cfg.get("lr", 2e-3),
+        cfg.get("width", 16),
+        cfg.get("seed", 0),
+    )
+
+
 def evaluate(
-    model, datamodule, cfg: Mapping | DictConfig | None = None, split: str = "test"
+    model, datamodule, cfg: Mapping | DictConfig | None = None, split: str = "test", probe=None
 ) -> dict[str, Any]:
-    """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats."""
+    """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats.
+    probe: a (probe, codec) pair from `fit_probe` to reuse (None: trained here when a metric needs it)."""
     cfg = as_dict(cfg)
     download = cfg.get("download", False)
     sub = {k: {"download": download, **as_dict(cfg.get(k))}
            for k in ("fid", "ppl", "identity", "probe", "quality")}
+    resamples = as_dict(cfg.get("intervals")).get("resamples", 1000)
     result: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
@@ -159,23 +175,14 @@ def evaluate(
             skip("ppl_wend", str(err))
 
     attributes = getattr(datamodule, "attributes", None)
-    id_cfg, probe, codec = sub["identity"], None, None
+    id_cfg = sub["identity"]
+    probe, codec = probe if probe is not None else (None, None)
     embedder = id_cfg.get("embedder", "auto")
     if embedder == "auto":
         embedder = "probe" if attributes is not None else "facenet"
     wants_attributes = attributes is not None and cfg.get("attributes", {}).get("enabled", True)
-    if embedder == "probe" or wants_attributes or sub["quality"].get("enabled", True):
-        p = sub["probe"]
-        probe, codec = train_probe(
-            datamodule.faces("train"),
-            attributes,
-            getattr(datamodule, "attribute_kinds", None),
-            p.get("steps", 300),
-            p.get("batch_size", 64),
-            p.get("lr", 2e-3),
-            p.get("width", 16),
-            p.get("seed", 0),
-        )
+    if probe is None and (embedder == "probe" or wants_attributes or sub["quality"].get("enabled", True)):
+        probe, codec = fit_probe(datamodule, sub["probe"])
 
     if probe is not None and sub["quality"].get("enabled", True):
         real_float = to_float(real_u8)
@@ -197,7 +204,8 @@ def evaluate(
                 )
             result.update(
                 identity_metrics(
-                    embed(gen), gen_labels, embed(to_float(real_u8)), real_labels, len(names), id_cfg, notes
+                    embed(gen), gen_labels, embed(to_float(real_u8)), real_labels, len(names), id_cfg, notes,
+                    resamples,
                 )
             )
             notes["identity_embedder"] = embedder
@@ -217,13 +225,16 @@ def evaluate(
                 [names[i] for i in real_labels],
                 attributes,
                 skipped,
+                resamples,
             )
         )
     result["_skipped"], result["_notes"] = skipped, notes
     return result
 
 
-def identity_metrics(gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: dict, notes: dict) -> dict:
+def identity_metrics(
+    gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: dict, notes: dict, resamples: int = 1000
+) -> dict:
     """id_cosine, and per gallery size actually used g (the configured sizes clamped to the identities there
     are, plus always the whole set): `recall@k_g<g>` with its `/ci95` over identities, `/shuffled` (queries'
     identities permuted) and `/chance` (k / g)."""
@@ -243,7 +254,8 @@ def identity_metrics(gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: d
         for k in kept:
             key = f"recall@{k}_g{g}"
             out[key] = float(hits[k].mean())
-            out[f"{key}/ci95"] = bootstrap_ci(lambda idx, h=hits[k]: float(h[idx].mean()), gen_labels)
+            if resamples > 0:
+                out[f"{key}/ci95"] = bootstrap_ci(lambda i, h=hits[k]: float(h[i].mean()), gen_labels, resamples)
             out[f"{key}/shuffled"] = shuffled[k]
             out[f"{key}/chance"] = k / g
     return out

@@ -132,6 +132,12 @@ def train_probe(
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     rng = torch.Generator().manual_seed(seed)
     probe.train()
+    with torch.enable_grad():  # also when called from a no-grad evaluation (the in-training metrics)
+        _fit(probe, opt, images, labels, targets, steps, batch_size, rng)
+    return probe.eval(), codec
+
+
+def _fit(probe, opt, images, labels, targets, steps, batch_size, rng):
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=rng)
         _, logits, heads = probe(images[idx])
@@ -144,4 +150,3 @@ def train_probe(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return probe.eval(), codec
