@@ -305,6 +305,16 @@ class VoxVGGDataModule(L.LightningDataModule):
             self._sets[split] = _Voices(out / "shards", names, split == "train", hi, self.eval_min_frames)
         self.attributes, self.attribute_kinds = read_attributes_if_any(root)
 
+    def speaker_info(self) -> dict[str, dict]:
+        """{name: {sex, nationality}} of every identity, from vox1_meta.csv (Gender, Nationality) or, for a
+        stream, the exported corpus attributes; {} where neither is known."""
+        self.setup()
+        if self.stream is not None:
+            return {n: {"sex": a.get("sex", ""), "nationality": a.get("nationality", "")}
+                    for n, a in (self.attributes or {}).items()}
+        return {r["VGGFace1 ID"]: {"sex": r.get("Gender", "")[:1].lower(), "nationality": r.get("Nationality", "")}
+                for r in read_meta(self._root() / "vox1_meta.csv")}
+
     @property
     def num_classes(self) -> int:
         self.setup()

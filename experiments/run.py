@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if cfg.get("pretrain_encoder"):
+        encoder_file = pretrain_encoder(cfg, datamodule, out, ckpt_path)
+        with open_dict(cfg):
+            cfg.model.encoder_ckpt = str(encoder_file)
     model = hydra.utils.instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
@@ -140,18 +144,54 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer.fit(model, datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if hasattr(model, "train_seconds"):
+        metrics.update({"run/kimg": model.cur_nimg / 1000, "run/train_s": model.train_seconds})
     if cfg.get("evaluate") and hasattr(model, "generate") and trainer.is_global_zero:
-        from lightning_modules.metrics import evaluate, summary_markdown
+        from lightning_modules.metrics import evaluate, headline_markdown, summary_markdown
 
         model.eval()
         result = evaluate(model, datamodule, cfg.metrics, split=cfg.eval_split)
         (out / f"metrics_{cfg.eval_split}.json").write_text(json.dumps(result, indent=2, default=str))
         title = f"{cfg.task_name} ({cfg.eval_split})"
-        (out / f"metrics_{cfg.eval_split}.md").write_text(summary_markdown(result, title))
+        headline = headline_markdown(result, getattr(datamodule, "attribute_kinds", None))
+        (out / f"metrics_{cfg.eval_split}.md").write_text(f"{headline}\n{summary_markdown(result, title)}")
+        metrics["_headline"] = headline
         metrics.update({f"{cfg.eval_split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
         metrics["_skipped"] = result.get("_skipped", {})
     report_locations(out, metrics)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def pretrain_encoder(cfg: DictConfig, datamodule, out: Path, resume: str | None) -> Path:
+    """Stage 1: the GAN's own encoder trained alone on speaker classification of the training identities
+    (`cfg.pretrain_encoder`: steps, batch_size, and the EncoderPretrain optimiser settings under `model`).
+    Returns its encoder.pt for stage 2 (`model.encoder_ckpt`). A run that resumes keeps its stage-1 file."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_modules.encoder_pretrain import ENCODER_FILENAME, EncoderPretrain
+
+    for folder in ([Path(resume).resolve().parent.parent] if resume else []) + [out]:
+        if (folder / "stage1" / ENCODER_FILENAME).is_file():
+            return folder / "stage1" / ENCODER_FILENAME
+    stage = cfg.pretrain_encoder
+    model = EncoderPretrain(
+        encoder=OmegaConf.to_container(cfg.model.encoder, resolve=True),
+        num_classes=datamodule.num_classes,
+        feature_dim=datamodule.feature_dim,
+        **OmegaConf.to_container(stage.model, resolve=True),
+    )
+    trainer = hydra.utils.instantiate(cfg.trainer, default_root_dir=str(out / "stage1"), max_steps=stage.steps,
+                                      logger=CSVLogger(str(out / "stage1"), name="csv", version=""),
+                                      callbacks=[], enable_progress_bar=False)
+    batch_size, datamodule.batch_size = datamodule.batch_size, stage.batch_size
+    try:
+        trainer.fit(model, datamodule)
+    finally:
+        datamodule.batch_size = batch_size
+    acc = trainer.callback_metrics.get("train/acc")
+    log.info("stage 1 (speaker classification, %d steps): train accuracy %s", stage.steps,
+             "n/a" if acc is None else f"{float(acc):.3f}")
+    return out / "stage1" / ENCODER_FILENAME
 
 
 def report_locations(out: Path, metrics: dict[str, Any]) -> None:
@@ -161,12 +201,19 @@ def report_locations(out: Path, metrics: dict[str, Any]) -> None:
         f"samples      {out / 'samples'}",
         f"logs         {out / 'csv' / 'metrics.csv'} ; W&B offline: {out / 'wandb'} (upload: wandb sync)",
     ]
+    if metrics.get("run/train_s"):
+        lines.append(f"training     {metrics['run/kimg']:.1f} kimg in {metrics['run/train_s']:.0f} s: "
+                     f"{1000 * metrics['run/kimg'] / metrics['run/train_s']:.1f} img/s, "
+                     f"{metrics['run/train_s'] / metrics['run/kimg']:.1f} s/kimg")
     scores = {k: v for k, v in metrics.items() if "/" in k and k.split("/")[0] in ("test", "val")}
     if scores:
-        lines.append(f"metrics      {out}/metrics_*.json")
-        lines += [f"  {k:<28} {v:.4f}" for k, v in sorted(scores.items())]
+        lines.append(f"metrics      {out}/metrics_*.json ({len(scores)} figures)")
+        if not metrics.get("_headline"):
+            lines += [f"  {k:<28} {v:.4f}" for k, v in sorted(scores.items())]
     for name, why in (metrics.get("_skipped") or {}).items():
         lines.append(f"  {name:<28} not computed: {why}")
+    if metrics.get("_headline"):
+        lines += ["", "Held-out faces at a glance (95 % intervals over identities):", metrics["_headline"]]
     print("\n".join(lines))
 
 

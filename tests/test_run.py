@@ -46,3 +46,24 @@ def test_cli_fast_dev_run(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")), out.stdout[-2000:]
     assert "checkpoint" in out.stdout
+
+
+def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path):
+    """pretrain_encoder: stage 1 trains the GAN's own encoder on speaker classification, stage 2 loads and
+    freezes it; a resume finds the stage-1 file instead of training it again."""
+    stage1 = "+pretrain_encoder={steps: 3, batch_size: 8, model: {lr: 0.05, cycle_steps: 3}}"
+    cfg = compose_cfg(*SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false",
+                      f"paths.cache_dir={tmp_path / 'cache'}")
+    _, objects = train(cfg)
+    encoder_file = tmp_path / "run" / "stage1" / "encoder.pt"
+    saved = torch.load(encoder_file, weights_only=True)["encoder"]
+    trained = objects["model"].encoder.state_dict()
+    assert objects["model"].hparams.encoder_ckpt == str(encoder_file)
+    assert all(torch.equal(saved[k], v) for k, v in trained.items())  # frozen through stage 2
+    assert any("running_mean" in k and v.abs().sum() > 0 for k, v in saved.items())  # stage 1 did train
+    mtime = encoder_file.stat().st_mtime
+    cfg = compose_cfg(*SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false", "model.total_kimg=0.064",
+                      f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                      f"paths.cache_dir={tmp_path / 'cache'}")
+    train(cfg)
+    assert encoder_file.stat().st_mtime == mtime

@@ -355,8 +355,8 @@ def test_generate_and_sample_grid(tmp_path):
     trainer.fit(model, datamodule=HeldOutVoices())
     grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert grids == [f"samples_{k:08.3f}kimg.png" for k in (0, 0.008, 0.016)]
-    with Image.open(tmp_path / "samples" / grids[-1]) as grid:  # 5 pairs: one row of 8 tiles and a second row
-        assert grid.size == (8 * (RES + 2) + 2, 2 * (RES + 2) + 2)
+    with Image.open(tmp_path / "samples" / grids[-1]) as grid:  # 5 speakers: real + 3 generated per row
+        assert grid.size == (4 * (RES + 2) + 2 * 2, 5 * (RES + 2) + 2)
     audio = torch.randn(3, FEAT, 20)
     img = model.generate(audio, torch.tensor([20, 15, 9]), noise=torch.zeros(3, 2))
     assert img.shape == (3, 3, RES, RES) and img.abs().max() <= 1

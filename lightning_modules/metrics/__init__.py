@@ -1,6 +1,6 @@
 """Evaluation metrics: FID, path length (ppl2_wend), identity cosine / retrieval, attribute recovery."""
 
-from lightning_modules.metrics.evaluate import evaluate, summary_markdown
+from lightning_modules.metrics.evaluate import evaluate, headline_markdown, summary_markdown
 from lightning_modules.metrics.fid import FID, quantize
 from lightning_modules.metrics.identity import FaceNetEmbedder, centroids, identity_cosine, retrieval_recall
 from lightning_modules.metrics.ppl import LPIPSDistance, path_length, trimmed_mean
@@ -13,6 +13,7 @@ __all__ = [
     "MetricUnavailable",
     "centroids",
     "evaluate",
+    "headline_markdown",
     "identity_cosine",
     "path_length",
     "quantize",

@@ -87,7 +87,8 @@ def attribute_scores(
         pred = gen_pred[name]
         out[key] = _score(kind, pred, gen_y)
         if resamples > 0:
-            out[f"{key}/ci95"] = bootstrap_ci(lambda i: _score(kind, pred[i], gen_y[i]), groups, resamples)
+            out[f"{key}/ci95"] = bootstrap_ci(
+                lambda i, kind=kind, pred=pred, y=gen_y: _score(kind, pred[i], y[i]), groups, resamples)
         out[f"{key}/chance"] = _score(kind, chance_pred, gen_y)
         out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
         out[f"{key}/oracle"] = oracle

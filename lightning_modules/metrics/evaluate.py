@@ -261,6 +261,38 @@ def identity_metrics(
     return out
 
 
+MAIN_TRAITS = ("sex", "nationality", "skin_tone", "hair_colour", "hair_length")  # the headline's traits
+
+
+def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
+    """The few numbers that say how far the faces are: fd_probe against its real-vs-real floor, the main
+    traits against shuffled and oracle with their 95 % intervals, recall@1 in the whole gallery against
+    chance. Weak traits (attr_weak/) are left out. kinds: attribute -> categorical | continuous."""
+    lines = ["| figure | value | 95 % CI | shuffled | chance | oracle / floor |", "|" + " --- |" * 6]
+
+    def row(label, key, ref):
+        if key not in result:
+            return
+        ci = result.get(f"{key}/ci95")
+        refs = [f"{result[f'{key}/{k}']:.3f}" if f"{key}/{k}" in result else "" for k in ("shuffled", "chance", ref)]
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        lines.append("| " + " | ".join([label, f"{result[key]:.3f}", ci_text, *refs]) + " |")
+
+    for key in ("fd_probe", "kid_probe"):
+        if key in result:
+            floor = result[f"{key}/real"]
+            ratio = f" (×{result[key] / floor:.1f})" if floor > 0 else ""
+            lines.append(f"| {key} (n={result.get('fd_probe/n')}; not Inception) | {result[key]:.4g} | | | | "
+                         f"{floor:.4g}{ratio} |")
+    for trait in MAIN_TRAITS:
+        score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
+        row(f"{trait} ({score})", f"attr/{trait}", "oracle")
+    galleries = [int(k.rsplit("_g", 1)[1]) for k in result if k.startswith("recall@1_g") and "/" not in k]
+    if galleries:
+        row(f"recall@1, all {max(galleries)} identities", f"recall@1_g{max(galleries)}", "oracle")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -1,0 +1,89 @@
+"""Training curves of several runs side by side, from their csv/metrics.csv, against kimg and wall time:
+
+    python -m experiments.curves runs=[outputs/a,outputs/b] labels=[A,B] out=curves.png [keys=[val/fd_probe,...]]
+
+One column per key; the top row is against thousands of training images (`progress/kimg`), the bottom row
+against the run's own training wall time (`perf/train_s`). Keys whose name says it is a distance (fd, kid) are
+drawn on a log scale with the run's real-vs-real floor (`<key>/real`) dashed when it was logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def read_curves(run: str | Path, keys: list[str]) -> dict[str, list[tuple[float, float, float]]]:
+    """{key: [(kimg, train seconds, value), ...]} of the rows of `run`/csv/metrics.csv that logged the key."""
+    file = Path(run) / "csv" / "metrics.csv"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no CSV log (train with logger=csv or logger=many)")
+    with open(file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, list[tuple[float, float, float]]] = {k: [] for k in keys}
+    for row in rows:
+        if not row.get("progress/kimg") or not row.get("perf/train_s"):
+            continue
+        for key in keys:
+            if row.get(key):
+                out[key].append((float(row["progress/kimg"]), float(row["perf/train_s"]), float(row[key])))
+    return out
+
+
+def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(labels) != len(runs):
+        raise ValueError(f"curves: {len(runs)} runs but {len(labels)} labels")
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r, (run, label) in enumerate(zip(runs, labels)):
+        floors = [f"{k}/real" for k in keys]
+        curves = read_curves(run, keys + floors)
+        for c, key in enumerate(keys):
+            points = curves[key]
+            if not points:
+                log.warning("%s: no %s logged", run, key)
+                continue
+            kimg, secs, value = zip(*points)
+            colour = colours[r % len(colours)]
+            for row, x in ((0, kimg), (1, [s / 60 for s in secs])):
+                axes[row][c].plot(x, value, "-o", ms=3, color=colour, label=label)
+                if curves[f"{key}/real"]:
+                    fk, fs, fv = zip(*curves[f"{key}/real"])
+                    axes[row][c].plot(fk if row == 0 else [s / 60 for s in fs], fv, "--", color=colour, lw=0.8)
+    for c, key in enumerate(keys):
+        for row, xlabel in ((0, "kimg"), (1, "training wall time (min)")):
+            ax = axes[row][c]
+            ax.set_xlabel(xlabel)
+            ax.set_title(key + (" (dashed: real-vs-real floor)" if "fd" in key or "kid" in key else ""), fontsize=9)
+            if ("fd" in key or "kid" in key) and ax.lines:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="curves")
+def main(cfg: DictConfig) -> None:
+    print(plot(list(cfg.runs), list(cfg.labels), list(cfg.keys), cfg.out, cfg.get("title", "")))
+
+
+if __name__ == "__main__":
+    main()
