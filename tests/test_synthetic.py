@@ -24,7 +24,7 @@ from datamodules.synthetic import (
 )
 from datamodules.synthetic import corpus as corpus_module
 from datamodules.synthetic.corpus import LANDMARK_COLUMNS, META_HEADER
-from datamodules.synthetic.traits import SPLIT_LETTERS
+from datamodules.synthetic.traits import SPLIT_LETTERS, sample_identities
 from datamodules.voxvgg import read_meta
 
 REAL_META = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vox1_meta.csv"
@@ -238,3 +238,20 @@ def test_contact_sheet(corpus, tmp_path):
     with Image.open(png) as im:
         faces = len(list((corpus / "vggface").iterdir()))
         assert im.width > 3 * 4 * 96 and im.height >= -(-faces // 3) * 96
+
+
+def test_default_corpus_gives_held_out_figures_power():
+    """The embedded data config's corpus holds >= 24 test and >= 12 validation identities (issue: evaluation
+    figures resting on 6 speakers say little)."""
+    from omegaconf import OmegaConf
+
+    from datamodules.synthetic.traits import split_sizes
+
+    identities = OmegaConf.load(Path(__file__).parents[1] / "experiments/conf/data/embedded.yaml").corpus.identities
+    sizes = split_sizes(identities)
+    assert sizes["test"] >= 24 and sizes["val"] >= 12 and sum(sizes.values()) == identities
+    assert split_sizes(120) == {"train": 75, "val": 15, "test": 30}
+    people = sample_identities(120, seed=0)
+    complete = [p for p in people if p.has_voice and p.has_face]
+    for split, letters in SPLIT_LETTERS.items():
+        assert sum(p.name[0] in letters for p in complete) == sizes[split]

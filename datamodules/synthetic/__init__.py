@@ -1,7 +1,7 @@
 """The embedded voice–face corpus: eSpeak NG voices and procedurally drawn faces of identities whose
 traits come from one latent, written in the on-disk layouts of VoxCeleb1 and VGGFace.
 
-    python -m datamodules.synthetic --out DIR [--identities 48] [--seed 0] [--contact-sheet PNG]
+    python -m datamodules.synthetic --out DIR [--identities 120] [--seed 0] [--contact-sheet PNG]
 
 Layout (the same readers serve the real data):
     vox1_meta.csv                 tab-separated: VoxCeleb1 ID, VGGFace1 ID, Gender (m/f), Nationality, Set
@@ -12,7 +12,8 @@ Layout (the same readers serve the real data):
                                   left_eye, right_eye, nose, mouth_left, mouth_right; "left" = image-left
     synthetic.json                generator version, identities, seed
 Names are `First_Last` with first letters placed so the letter split (train F-Z, val A-B, test C-E) gives
-75/12.5/12.5 % of the `identities` complete ones (36/6/6 at 48); identities // 16 more (at least 1) have
+62.5/12.5/25 % of the `identities` complete ones (75/15/30 at 120: `traits.split_sizes`, test twice the real
+share so that held-out figures rest on tens of speakers); identities // 16 more (at least 1) have
 only a voice and as many only faces, so the voice ∩ face intersection has work to do.
 
 The latent of an identity: sex s (balanced; σ = +1 male, −1 female), nationality (balanced over 8, each

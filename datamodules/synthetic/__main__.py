@@ -12,7 +12,7 @@ from datamodules.synthetic import contact_sheet, generate_corpus
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to create (must not exist)")
-    parser.add_argument("--identities", type=int, default=48, help="identities with both voice and face")
+    parser.add_argument("--identities", type=int, default=120, help="identities with both voice and face")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes, one identity at a time each")
     parser.add_argument(
