@@ -11,7 +11,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run test test-full ablations table2 bench lint clean
+.PHONY: help install run test test-full ablations table2 recipe bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ ablations: install  ## baseline / no-SE / ReLU at KIMG, then the ablation table 
 
 table2: install  ## DCGAN / StyleGAN / StyleGAN2 at KIMG, then the comparison table (paper Table 2)
 	$(call sweep,table2,dcgan stylegan baseline,DCGAN$(comma)StyleGAN$(comma)StyleGAN2)
+
+recipe: install  ## the recipe study of docs/recipe.md (about 2 h on 2 cores): variants, table, curves
+	$(PY) -m experiments.recipe $(RUN_ARGS)
 
 bench: install  ## every benchmark in bench/ (each prints a table of ratios)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -477,3 +477,60 @@ def test_smoke_experiment_trains_real_networks(tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     img = model.generate(torch.randn(2, 64, 50), torch.tensor([50, 30]))
     assert img.shape == (2, 3, 64, 64) and torch.isfinite(img).all()
+
+
+def test_style_mixing_source_batch_or_self():
+    """batch: the second latent is another voice of the batch; self: the same voice with fresh noise."""
+    z = torch.randn(4, 8 + 2)
+    for source, expect_other in (("batch", True), ("self", False)):
+        model = make_model(noise_z_dim=2, style_mixing_prob=1.0, style_mixing_source=source)
+        seen = []
+        model.G.mapping.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+        model.run_G(z)
+        first, second = seen
+        assert torch.equal(first, z)
+        assert torch.equal(second[:, :8], z[:, :8].roll(1, dims=0) if expect_other else z[:, :8])
+        assert not torch.equal(second[:, 8:], z[:, 8:])  # fresh noise either way
+    with pytest.raises(ValueError, match="style_mixing_source"):
+        make_model(style_mixing_source="other")
+
+
+def test_reconstruction_term_pulls_faces_to_the_speakers():
+    """recon_weight > 0 adds L1(G(voice), the speaker's face) to Gmain: with the adversarial and identity terms
+    switched off by a zero-weight D, G's output moves toward the real faces."""
+    torch.manual_seed(0)
+    data = VoiceFaceSet(8)
+    model = make_model(recon_weight=1.0, id_weight=0.0, r1_gamma=0, pl_weight=0, style_mixing_prob=0, lr=1e-2)
+    nn.init.zeros_(model.D.out.weight)  # D's logit is constant: no adversarial gradient reaches G
+    batch = {k: torch.stack([data[i][k] for i in range(8)]) for k in ("audio", "audio_lengths", "face")}
+
+    def l1():
+        with torch.no_grad():
+            return (model.run_G(model.embed(batch["audio"], batch["audio_lengths"]))[0] - batch["face"]).abs().mean()
+
+    before = l1()
+    stats = []
+    opt = torch.optim.Adam(list(model.G.parameters()) + list(model.encoder.parameters()), lr=1e-2)
+    model.toggle_optimizer = model.untoggle_optimizer = lambda opt: None  # no trainer here
+    model._step = lambda opt, loss, phase: (opt.zero_grad(), loss.backward(), opt.step())
+    for _ in range(30):
+        z = model.latent(model.embed(batch["audio"], batch["audio_lengths"]))
+        stats.append(model._phase_Gmain(opt, z, batch["face"], torch.zeros(8, dtype=torch.long)))
+    assert "loss/G_recon" in stats[0] and l1() < 0.8 * before
+
+
+def test_xflip_mirrors_about_half_of_the_real_faces(tmp_path):
+    torch.manual_seed(0)
+    model = make_model(xflip=True, r1_gamma=0)
+    seen = []
+    original = model._phase_Dmain
+    model._phase_Dmain = lambda opt, z, real, label: seen.append(real.clone()) or original(opt, z, real, label)
+    fit(model, n=64, batch=16, tmp_path=tmp_path)
+    faces = VoiceFaceSet(64).face
+    flipped = same = 0
+    for i, real in enumerate(seen):
+        for j in range(16):
+            face = faces[16 * i + j]
+            flipped += bool(torch.equal(real[j], face.flip(2)))
+            same += bool(torch.equal(real[j], face))
+    assert flipped + same == 64 and 16 <= flipped <= 48

@@ -129,3 +129,6 @@ def test_embedded_corpus_split_and_batches(tmp_path, corpus):
     assert set(dm.attributes) >= set(dm.identities("train")) and dm.attribute_kinds
     b = next(iter(dm.train_dataloader()))
     assert b["label"].max() < dm.num_classes and b["audio"].shape[1] == 64
+    info = dm.speaker_info()  # from vox1_meta.csv: Gender, Nationality (what the sample grids order by)
+    for name in dm.identities("test"):
+        assert info[name] == {"sex": dm.attributes[name]["sex"], "nationality": dm.attributes[name]["nationality"]}

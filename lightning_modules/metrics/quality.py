@@ -9,7 +9,7 @@ Protocol. The real faces of the split are halved per identity (alternate faces o
 R2), so both halves hold every identity. The generated faces G and the held-out real half R2 are each compared
 with the reference half R1 at the same sample size n = min(|G|, |R2|) (random subsets, averaged over
 `repeats`), so the real-vs-real floor FD(R2, R1) carries the same small-sample bias as FD(G, R1):
-    fd_probe       = FD(G_n, R1)      fd_probe/real  = FD(R2_n, R1)
+    fd_probe       = FD(G_n, R1)      fd_probe/real  = FD(R2_n, R1)       (features standardised by R1)
     kid_probe      = KID(G_n, R1_n)   kid_probe/real = KID(R2_n, R1_n)   (unbiased MMD², cubic kernel)
 A generator whose faces are real-like has fd_probe near its floor; faces that all look alike, colour blobs or
 blurred faces sit far above it (tests/test_quality.py checks that the probe tells them apart).
@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
 QUALITY_NOTE = "fd_probe / kid_probe: probe feature space, not comparable with Inception FID / KID"
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets a [N, D] and b [M, D] (float64)."""
+    """Fréchet distance between Gaussians fitted to feature sets a [N, D] and b [M, D] (float64):
+    |μa − μb|² + tr Σa + tr Σb − 2 tr (Σa^½ Σb Σa^½)^½, through symmetric eigendecompositions, so that a
+    degenerate set (all faces alike: Σ = 0) gives its true distance instead of a failed general eigensolve."""
     a, b = a.double(), b.double()
-    return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
 def kid(a: Tensor, b: Tensor) -> float:
@@ -56,6 +61,12 @@ def probe_quality(
 ) -> dict[str, float]:
     """fd_probe, fd_probe/real, kid_probe, kid_probe/real (see the module docstring) and the sample sizes."""
     i1, i2 = halves(real_labels)
+    # Features in units of the reference half's spread (dead units are not blown up), so that KID's cubic
+    # kernel stays near 1 whatever the probe's activation scale; FD then reads in squared standard deviations.
+    ref = real_feats[i1].double()
+    centre, spread = ref.mean(0), ref.std(0)
+    spread = spread.clamp_min(1e-3 * float(spread.max()) + 1e-12)
+    gen_feats, real_feats = ((f.double() - centre) / spread for f in (gen_feats, real_feats))
     r1, r2 = real_feats[i1], real_feats[i2]
     n = min(len(gen_feats), len(r2), len(r1))
     if n < 3:

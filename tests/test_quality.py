@@ -1,0 +1,74 @@
+"""fd_probe / kid_probe: the Fréchet distance against scipy, KID's sign, the real-vs-real protocol, and that the
+probe of the embedded corpus tells real faces from blurred faces, colour blobs and faces that all look alike."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.metrics.quality import frechet_distance, halves, kid, probe_quality
+
+
+def test_frechet_distance_matches_scipy_and_survives_a_degenerate_set():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(150, 8, generator=g, dtype=torch.float64) * 2 + 1
+    ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca) + np.trace(cb) - 2 * np.trace(root)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    same = a[:1].expand(50, -1)  # every "face" alike: zero covariance
+    assert frechet_distance(same, b) == pytest.approx(
+        ((a[0] - b.mean(0)) ** 2).sum().item() + np.trace(cb), rel=1e-8)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_apart():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 300, 16, generator=g, dtype=torch.float64)
+    assert abs(kid(x, y)) < 0.05 and kid(x, y + 1.0) > 0.5
+
+
+def test_halves_split_every_identity():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    first, second = halves(labels)
+    assert set(first.tolist()).isdisjoint(second.tolist()) and len(first) + len(second) == len(labels)
+    assert set(labels[first].tolist()) == set(labels[second].tolist()) == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def corpus_probe(tmp_path_factory):
+    """A probe trained on the train-split faces of a small embedded corpus, and the test split's faces."""
+    from datamodules.voxvgg import VoxVGGDataModule
+    from lightning_modules.metrics.evaluate import fit_probe, real_faces
+    from lightning_modules.metrics.probe import to_float
+
+    root = tmp_path_factory.mktemp("quality")
+    dm = VoxVGGDataModule(corpus={"identities": 32, "seed": 0}, corpus_dir=str(root / "corpus"),
+                          cache_dir=str(root / "cache"), detector="file", prepare_workers=1)
+    dm.prepare_data()
+    probe, _ = fit_probe(dm, {"steps": 300})
+    real_u8, labels, _ = real_faces(dm, "test")
+    return probe, to_float(real_u8), labels
+
+
+def test_the_probe_tells_faces_from_blobs(corpus_probe):
+    probe, real, labels = corpus_probe
+    feats = lambda x: probe.predict(x)[0]  # noqa: E731
+    reference = feats(real)
+    half = halves(labels)[1]
+    real_like = probe_quality(feats(real[half]), reference, labels)
+    floor = real_like["fd_probe/real"]
+    assert real_like["fd_probe"] < 3 * floor  # real faces of the other half sit at the floor
+    stand_ins = {
+        "blurred": F.interpolate(F.interpolate(real, scale_factor=0.25, mode="area"), scale_factor=4,
+                                 mode="bilinear"),
+        "colour blobs": F.interpolate(F.interpolate(real, scale_factor=0.125, mode="area"), scale_factor=8,
+                                      mode="bilinear"),
+        "all alike": real[:1].expand_as(real),
+    }
+    for name, fake in stand_ins.items():
+        q = probe_quality(feats(fake), reference, labels)
+        assert q["fd_probe"] > 4 * floor, name
+        assert q["kid_probe"] > q["kid_probe/real"] + 0.05, name
