@@ -485,7 +485,7 @@ def test_style_mixing_source_batch_or_self():
     for source, expect_other in (("batch", True), ("self", False)):
         model = make_model(noise_z_dim=2, style_mixing_prob=1.0, style_mixing_source=source)
         seen = []
-        model.G.mapping.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+        model.G.mapping.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0].clone()))
         model.run_G(z)
         first, second = seen
         assert torch.equal(first, z)
