@@ -241,12 +241,12 @@ class SynthesisBlock(nn.Module):
     image."""
 
     def __init__(
-        self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, impl="auto"
+        self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, impl="auto", use_noise=True
     ):
         super().__init__()
         self.in_channels, self.impl = in_channels, impl
         self.register_buffer("resample_filter", kernels.setup_filter(RESAMPLE_FILTER), persistent=False)
-        layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, impl=impl)
+        layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, impl=impl, use_noise=use_noise)
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
@@ -269,14 +269,14 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim, img_resolution, img_channels, channels, conv_clamp=None, impl="auto"):
+    def __init__(self, w_dim, img_resolution, img_channels, channels, conv_clamp=None, impl="auto", use_noise=True):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = sorted(channels)
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = channels[res // 2] if res > 4 else 0
-            block = SynthesisBlock(in_channels, channels[res], w_dim, res, img_channels, conv_clamp, impl)
+            block = SynthesisBlock(in_channels, channels[res], w_dim, res, img_channels, conv_clamp, impl, use_noise)
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
             setattr(self, f"b{res}", block)
 
@@ -315,6 +315,7 @@ class Generator(nn.Module):
         channels=None,  # Explicit {resolution: channels}, overriding channel_base/max (importers).
         mapping_lr_multiplier=0.01,  # Learning-rate multiplier of the mapping network.
         w_avg_beta=0.995,            # Decay of the tracked mean w.
+        use_noise=True,              # Per-pixel noise inputs (NVlabs); False: none (no noise_const/strength).
     ):
         super().__init__()
         _check_resolution(img_resolution, "Generator")
@@ -332,7 +333,7 @@ class Generator(nn.Module):
                 f"lightning_modules/stylegan2.py: channels must name every resolution 4..."
                 f"{img_resolution}, got {sorted(channels)}"
             )
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channels, conv_clamp, impl)
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channels, conv_clamp, impl, use_noise)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(
             z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta, impl

@@ -148,3 +148,14 @@ def test_1024_px_has_18_ws():
     G = Generator(z_dim=8, w_dim=8, img_resolution=1024, mapping_layers=1, channel_base=2048, channel_max=4)
     assert G.num_ws == 18 and G.synthesis.b1024.conv1.weight.shape[0] == 2
     assert G(torch.randn(1, 8), noise_mode="const").shape == (1, 3, 1024, 1024)
+
+
+def test_generator_without_noise_inputs():
+    from lightning_modules.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=1, channel_base=64, channel_max=8,
+                  use_noise=False, impl="torch")
+    assert not any("noise" in k for k in G.state_dict())
+    z = torch.randn(2, 8)
+    torch.testing.assert_close(G(z, noise_mode="random"), G(z, noise_mode="const"))  # nothing random left
