@@ -218,11 +218,15 @@ class StreamVoices(StreamingDataset):
         return feats.float(), face, label, seed
 
     def faces_by_name(self) -> dict[str, torch.Tensor]:
-        """{name: uint8 [K, 3, S, S]}: the split's face stream read in order, its labels checked against meta."""
+        """{name: uint8 [K, 3, S, S]}: the split's whole face stream (every rank reads all), labels checked."""
         url = join(self.url, "faces", self.split)
         stream = StreamingDataset(url, cache_dir=_cache(self._cache_root, "faces", self.split),
                                   storage_options=self._storage)
-        items = list(stream)
+        total = self.face_start[-1]
+        try:  # global indices: iterating would give only this rank's part under DDP
+            items = [stream[i] for i in range(total)]
+        except (IndexError, ValueError) as err:
+            raise DataError(f"{url}: holds fewer than the {total} faces meta gives ({err}); export it again") from err
         labels = [int(x["label"]) for x in items]
         expected = [i for i in range(len(self.names)) for _ in range(self.face_start[i + 1] - self.face_start[i])]
         if labels != expected:

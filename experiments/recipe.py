@@ -32,6 +32,11 @@ COLUMNS = [  # (key in metrics_val.json, header)
 ]
 
 
+def flatten(overrides: list) -> list[str]:
+    """A variant's overrides with `${previous}` (a list inside the list) spliced in where it stands."""
+    return [o for item in overrides for o in (flatten(item) if isinstance(item, list) else [item])]
+
+
 def run_variant(label: str, overrides: list[str], cfg: DictConfig) -> Path:
     folder = Path(cfg.out) / label
     if (folder / "metrics_val.json").is_file():
@@ -72,7 +77,7 @@ def table(labels: list[str], folders: list[Path]) -> str:
 def main(cfg: DictConfig) -> None:
     variants = OmegaConf.to_container(cfg.variants, resolve=True)
     labels = [label for label in variants if not cfg.only or label in cfg.only]
-    folders = [run_variant(label, variants[label], cfg) for label in labels]
+    folders = [run_variant(label, flatten(variants[label]), cfg) for label in labels]
     out = Path(cfg.out)
     (out / "table.md").write_text(table(labels, folders))
     for name, keys in cfg.curves.items():

@@ -1,0 +1,51 @@
+"""The recipe study's config: every variant composes into a real train config, `${previous}` pins the recipe
+before the study, and the `cpu` variant is baseline_cpu itself."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, compose_train
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from experiments.recipe import flatten
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
+        cfg = compose("recipe")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def variant_cfg(recipe, label, tmp_path):
+    variants = OmegaConf.to_container(recipe.variants, resolve=True)
+    return compose_train([*recipe.base, *flatten(variants[label])], tmp_path / label)
+
+
+def test_flatten_splices_nested_lists():
+    assert flatten([["a=1", "b=2"], "c=3", ["d=4"]]) == ["a=1", "b=2", "c=3", "d=4"]
+
+
+def test_every_variant_composes(recipe, tmp_path):
+    for label in recipe.variants:
+        cfg = variant_cfg(recipe, label, tmp_path)
+        assert cfg.eval_split == "val", label  # the study never scores the test split
+
+
+def test_previous_pins_the_recipe_before_the_study(recipe, tmp_path):
+    today = variant_cfg(recipe, "today", tmp_path)
+    assert today.data.face_size == 64 and today.model.r1_gamma == 10 and today.model.style_mixing_prob == 0.9
+    assert today.model.generator.use_noise and not today.model.encoder.stem_pool and today.model.recon_weight == 0
+    px32 = variant_cfg(recipe, "px32", tmp_path)  # its own overrides win over the pins
+    assert px32.data.face_size == 32 and px32.model.r1_gamma == 0.0064 and px32.model.generator.use_noise
+
+
+def test_cpu_variant_is_baseline_cpu(recipe, tmp_path):
+    cpu = variant_cfg(recipe, "cpu", tmp_path)
+    plain = compose_train(["+exp=baseline_cpu"], tmp_path / "plain")
+    assert OmegaConf.to_container(cpu.model) == OmegaConf.to_container(plain.model)
+    assert OmegaConf.to_container(cpu.data) == OmegaConf.to_container(plain.data)
