@@ -147,16 +147,50 @@ def _optimize_ordered(fn, inputs, output_dir, chunk_bytes, storage_options, prog
     )
 
 
+SAFE_FORMATS = frozenset({"int", "str", "tensor"})  # what export() writes; litdata decodes e.g. "pickle" by
+# pickle.loads, so an export handed to us with such items would run code as soon as one item is read
+
+
+def check_formats(ds: StreamingDataset, url: str) -> None:
+    """Refuse a litdata dataset (its index.json is local once it is constructed) whose items could decode to
+    anything but ints, strings and tensors; nothing of it has been decoded yet."""
+    index = Path(ds.input_dir.path) / "index.json"
+    try:
+        record = json.loads(index.read_text())
+        formats, loader = set(record["config"]["data_format"]), record["config"].get("item_loader")
+        formats |= {f for chunk in record["chunks"] for f in chunk.get("data_format", [])}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{url}: unreadable litdata index {index} ({type(err).__name__}: {err}); export again"
+                        ) from err
+    unsafe = sorted(formats - SAFE_FORMATS)
+    if unsafe or loader != "PyTreeLoader":
+        raise DataError(f"{url}: items of format {unsafe or [loader]} are refused (only {sorted(SAFE_FORMATS)} "
+                        "through PyTreeLoader, as datamodules.streaming writes them); decoding them could run code. "
+                        "Export the prepared shards again with python -m datamodules.streaming")
+
+
+def open_stream(url: str, **kwargs) -> StreamingDataset:
+    """A StreamingDataset of `url` after check_formats."""
+    ds = StreamingDataset(url, **kwargs)
+    check_formats(ds, url)
+    return ds
+
+
 def read_stream_meta(url: str, cache_dir=None, storage_options: dict | None = None) -> dict:
     """The meta record of an export; DataError naming the URL when it is missing or from another version."""
     try:
         ds = StreamingDataset(join(url, "meta"), cache_dir=_cache(cache_dir, "meta"), storage_options=storage_options)
-        meta = json.loads(ds[0]["json"])
     except Exception as err:  # litdata and the store clients raise many kinds; all mean no readable export
         raise DataError(
             f"{url}: no streaming export found ({type(err).__name__}: {err}); run python -m datamodules.streaming "
             "--prepared DIR --root DIR --out URL, or set data.stream to an exported folder or URL"
         ) from err
+    check_formats(ds, join(url, "meta"))
+    try:
+        meta = json.loads(ds[0]["json"])
+    except Exception as err:
+        raise DataError(f"{url}: the export's meta record is unreadable ({type(err).__name__}: {err}); export again"
+                        ) from err
     if meta.get("version") != STREAM_VERSION:
         raise DataError(
             f"{url}: exported with stream version {meta.get('version')}, this code reads {STREAM_VERSION}; "
@@ -200,6 +234,7 @@ class StreamVoices(StreamingDataset):
             seed=seed,
             storage_options=storage_options,
         )
+        check_formats(self, join(url, "voices", split))
         self.url, self.split, self.train, self.seed = url, split, train, seed
         self.names, self.face_start = meta["split"][split], meta["face_start"][split]
         self.max_frames, self.eval_min_frames = max_frames, eval_min_frames
@@ -220,8 +255,8 @@ class StreamVoices(StreamingDataset):
     def faces_by_name(self) -> dict[str, torch.Tensor]:
         """{name: uint8 [K, 3, S, S]}: the split's whole face stream (every rank reads all), labels checked."""
         url = join(self.url, "faces", self.split)
-        stream = StreamingDataset(url, cache_dir=_cache(self._cache_root, "faces", self.split),
-                                  storage_options=self._storage)
+        stream = open_stream(url, cache_dir=_cache(self._cache_root, "faces", self.split),
+                             storage_options=self._storage)
         total = self.face_start[-1]
         try:  # global indices: iterating would give only this rank's part under DDP
             items = [stream[i] for i in range(total)]

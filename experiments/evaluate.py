@@ -25,20 +25,28 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu"):
     """Voice2FaceGAN from a checkpoint, in eval mode on `device`."""
+    from lightning_modules.build import check_network_config
+    from lightning_modules.safe_load import load_data
     from lightning_modules.voice2face import Voice2FaceGAN
 
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)")
-    return Voice2FaceGAN.load_from_checkpoint(str(path), map_location=device).eval()
+    state = load_data(path, "a voice2face checkpoint")  # the networks' configs are checked before they are built
+    if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
+        raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
+    for part in ("encoder", "generator", "discriminator"):
+        check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
+    return Voice2FaceGAN.load_from_checkpoint(str(path), map_location=device, weights_only=True).eval()
 
 
 def build_datamodule(ckpt: str | Path, overrides: dict | None = None, setup: bool = True):
     """The datamodule the checkpoint was trained with (Lightning stores its hyper-parameters in the
     checkpoint), with `overrides` applied; prepared and set up when `setup`."""
     from datamodules.voxvgg import VoxVGGDataModule
+    from lightning_modules.safe_load import load_data
 
-    state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    state = load_data(ckpt, "a voice2face checkpoint")
     hparams = state.get("datamodule_hyper_parameters")
     if hparams is None:
         raise ValueError(

@@ -141,7 +141,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
-    trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if hasattr(model, "train_seconds"):

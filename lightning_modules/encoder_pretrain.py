@@ -9,11 +9,13 @@ import copy
 import logging
 import os
 
-import hydra
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.build import build_network
+from lightning_modules.safe_load import load_data
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def load_encoder_weights(encoder, path):
             f"{path}: encoder checkpoint not found; create it with "
             "`python -m experiments.run +exp=encoder_pretrain`"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_data(path, "an encoder file (encoder.pt or an encoder_pretrain .ckpt)")
     if isinstance(ckpt, dict) and "encoder" in ckpt:
         state = ckpt["encoder"]
     elif isinstance(ckpt, dict) and "state_dict" in ckpt:
@@ -70,9 +72,7 @@ class EncoderPretrain(LightningModule):
             raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got "
                              f"{num_classes}")
         self.save_hyperparameters()
-        self.encoder = hydra.utils.instantiate(
-            {**encoder, "in_features": feature_dim, "num_classes": num_classes}, _convert_="all"
-        )
+        self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim, num_classes=num_classes)
 
     def forward(self, audio, lengths=None):
         """audio [B, F, T] -> speaker logits [B, num_classes]."""

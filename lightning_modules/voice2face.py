@@ -17,7 +17,6 @@ import logging
 import os
 import time
 
-import hydra
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
@@ -25,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_modules.build import build_network
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.losses import (
     ema_beta,
@@ -48,13 +48,6 @@ def _plain(cfg):
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return copy.deepcopy(cfg)
-
-
-def _build(cfg, **fill):
-    """Instantiate a sub-network from its `_target_` dict after filling in the values the data decides."""
-    if not isinstance(cfg, dict) or "_target_" not in cfg:
-        raise ValueError(f"voice2face: a network config must be a dict with `_target_`, got {cfg!r}")
-    return hydra.utils.instantiate({**cfg, **fill}, _convert_="all")
 
 
 class Voice2FaceGAN(LightningModule):
@@ -111,14 +104,16 @@ class Voice2FaceGAN(LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
 
-        self.encoder = _build(encoder, in_features=feature_dim)
+        self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim)
         if encoder_ckpt:
             load_encoder_weights(self.encoder, encoder_ckpt)
         if encoder_mode == "frozen":
             self.encoder.requires_grad_(False).eval()
         self.embed_dim = int(encoder.get("embed_dim", 512))
-        self.G = _build(generator, z_dim=self.embed_dim + noise_z_dim, img_resolution=img_resolution)
-        self.D = _build(discriminator, img_resolution=img_resolution, num_classes=num_classes)
+        self.G = build_network(generator, "model.generator", z_dim=self.embed_dim + noise_z_dim,
+                               img_resolution=img_resolution)
+        self.D = build_network(discriminator, "model.discriminator", img_resolution=img_resolution,
+                               num_classes=num_classes)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.register_buffer("pl_mean", torch.zeros([]))
 

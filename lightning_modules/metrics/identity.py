@@ -19,7 +19,7 @@ class FaceNetEmbedder(nn.Module):
 
         file = resolve_weights("facenet", weights_path, download)
         self.net = InceptionResnetV1(pretrained=None, classify=False)
-        state = torch.load(file, map_location="cpu")
+        state = torch.load(file, map_location="cpu", weights_only=True)
         self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
         self.net.eval().requires_grad_(False)
 

@@ -34,7 +34,7 @@ class LPIPSDistance(nn.Module):
         self.net = _NoTrainLpips(net="vgg", pretrained=True, pnet_rand=True)
         features = {
             k[len("features.") :]: v
-            for k, v in torch.load(file, map_location="cpu").items()
+            for k, v in torch.load(file, map_location="cpu", weights_only=True).items()
             if k.startswith("features.")
         }
         slices = [range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30)]  # relu1_2 .. relu5_3

@@ -1,0 +1,48 @@
+"""Build a sub-network from its config dict without running anything a checkpoint could smuggle in.
+
+A checkpoint's hyper-parameters hold the `_target_` dicts of its encoder, generator and discriminator, and loading
+the checkpoint builds them. A handed file could name any importable callable there (`os.system`, a nested
+`_target_` in an argument), so the target must be one of the project's networks, no value may hold another
+`_target_` or Hydra directive, and nothing is instantiated recursively.
+"""
+
+from __future__ import annotations
+
+import hydra
+
+NETWORKS = frozenset({  # every class a network config of this project may name
+    "lightning_modules.audio_encoder.AudioEncoder",
+    "lightning_modules.stylegan2.Generator",
+    "lightning_modules.stylegan2.Discriminator",
+    "lightning_modules.baselines.DCGANGenerator",
+    "lightning_modules.baselines.DCGANDiscriminator",
+    "lightning_modules.baselines.StyleGAN1Generator",
+})
+
+
+def _directives(value, path: str) -> list[str]:
+    """Paths of every Hydra directive (`_target_`, `_args_`, `_partial_`, ...) inside a config value."""
+    if isinstance(value, dict):
+        found = [f"{path}.{k}" for k in value if isinstance(k, str) and k.startswith("_") and k.endswith("_")]
+        return found + [p for k, v in value.items() for p in _directives(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _directives(v, f"{path}[{i}]")]
+    return []
+
+
+def check_network_config(cfg, what: str) -> None:
+    """Raise ValueError unless `cfg` is a plain `{_target_: <one of NETWORKS>, ...}` with no directive below."""
+    if not isinstance(cfg, dict) or "_target_" not in cfg:
+        raise ValueError(f"voice2face: {what}: a network config must be a dict with `_target_`, got {cfg!r}")
+    if cfg["_target_"] not in NETWORKS:
+        raise ValueError(f"voice2face: {what}: `_target_` {cfg['_target_']!r} is not one of the project's networks "
+                         f"({', '.join(sorted(NETWORKS))}); refusing to build it")
+    nested = [p for k, v in cfg.items() if k != "_target_" for p in _directives({k: v}, what)]
+    if nested:
+        raise ValueError(f"voice2face: {what}: Hydra directives inside a network config are refused: {nested}")
+
+
+def build_network(cfg, what: str, **fill):
+    """The network of `cfg` with the values the data decides filled in, after `check_network_config`."""
+    check_network_config(cfg, what)
+    return hydra.utils.instantiate({**cfg, **fill}, _convert_="all", _recursive_=False)
