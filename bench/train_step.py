@@ -1,10 +1,11 @@
 """Images/s of a whole Voice2FaceGAN training iteration (Gmain, Greg, Dmain, Dreg, EMA), networks and training
 settings composed from the real experiment configs, on random data of the experiment's batch and face size.
 
-Each variant is a list of config overrides (default: the paper's `+exp=baseline`, the previous `make run`
-recipe, and today's `+exp=baseline_cpu`); all run in the same process, and the table prints each one's ratio to
-the first CPU row. Lazy regularisers run at their real intervals; the timed window of `--iters` iterations
-starts after one warm-up iteration. A frozen encoder (`encoder_mode=frozen`) is given random weights here.
+Each variant is a list of config overrides (default: the `make run` recipe before the recipe study, today's
+`+exp=baseline_cpu` at 64 px and at its own 32 px, and the paper's `+exp=baseline`); all run in the same process,
+and the table prints each one's ratio to the first CPU row. Lazy regularisers run at their real intervals; the
+timed window of `--iters` iterations starts after one warm-up iteration. A frozen encoder (`encoder_mode=frozen`)
+is given random weights here.
 
     python -m bench.train_step [--device cpu|cuda|all] [--iters 8] [--frames 400]
                                [--variant 'name=+exp=baseline_cpu model.xflip=true' ...]
@@ -29,12 +30,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import compose_train  # noqa: E402  (the tests' composer: the real config tree)
 
 FEATURES, CLASSES = 64, 75
-VARIANTS = {  # name -> overrides; "previous" is the make-run recipe before the recipe study (docs/recipe.md)
-    "paper": "+exp=baseline",
-    "previous cpu": "+exp=baseline_cpu data.face_size=64 model.encoder.stem_pool=false model.encoder_mode=joint "
+VARIANTS = {  # name -> overrides; ratios are to the first: the make-run recipe before the study (docs/recipe.md)
+    "previous cpu": "+exp=baseline_cpu data.face_size=64 model.encoder.stem_pool=false model.generator.use_noise=true "
                     "model.r1_gamma=10 model.lr=0.0002 model.betas=[0.5,0.999] model.style_mixing_prob=0.9 "
-                    "model.recon_weight=0 model.xflip=false ~pretrain_encoder",
+                    "model.recon_weight=0 model.xflip=false",
+    "cpu at 64 px": "+exp=baseline_cpu data.face_size=64 model.r1_gamma=0.0256",
     "cpu": "+exp=baseline_cpu",
+    "paper": "+exp=baseline",
 }
 
 

@@ -1,5 +1,5 @@
 """The recipe study's config: every variant composes into a real train config, `${previous}` pins the recipe
-before the study, and the `cpu` variant is baseline_cpu itself."""
+before the study, and one `cpu_*` variant is baseline_cpu itself."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def test_previous_pins_the_recipe_before_the_study(recipe, tmp_path):
     assert px32.data.face_size == 32 and px32.model.r1_gamma == 0.0064 and px32.model.generator.use_noise
 
 
-def test_cpu_variant_is_baseline_cpu(recipe, tmp_path):
-    cpu = variant_cfg(recipe, "cpu", tmp_path)
+def test_a_cpu_variant_is_baseline_cpu(recipe, tmp_path):
     plain = compose_train(["+exp=baseline_cpu"], tmp_path / "plain")
+    label = "cpu_noise" if plain.model.generator.use_noise else "cpu_nonoise"
+    cpu = variant_cfg(recipe, label, tmp_path)
     assert OmegaConf.to_container(cpu.model) == OmegaConf.to_container(plain.model)
     assert OmegaConf.to_container(cpu.data) == OmegaConf.to_container(plain.data)
