@@ -196,8 +196,10 @@ def test_attribute_probe_recovers_visible_traits():
         {n: ("red" if t == "blue" else "blue", lv) for n, (t, lv) in test.items()}, seed=2
     )
     wrong = torch.cat([swapped[n] for n in test]).float() / 127.5 - 1
-    same = attribute_scores(probe, codec, faces, names, faces, names, attrs)
+    same = attribute_scores(probe, codec, faces, names, faces, names, attrs, train_names=list(train),
+                            group_by=("tint",))
     assert same["attr/tint"] == same["attr/tint/oracle"] == 1.0
+    assert same["attr/tint/group"] == 1.0  # grouped by the trait itself, the group's mode is always right
     assert same["attr/tint/chance"] == pytest.approx(1 / 3)  # majority 'red' is right for 1 of 3 identities
     assert same["attr/level/oracle"] > 0.5
     y = np.array([0.5, 0.9, 0.6])  # always predicting the train mean 0.65 (0.4 .. 0.9):
@@ -207,6 +209,23 @@ def test_attribute_probe_recovers_visible_traits():
     assert attribute_scores(probe, codec, wrong, names, faces, names, attrs)["attr/tint"] == 0.0
     # Identities permuted: own-label matches average 2/3 + 2/3 + 1/3 over the three (blue, blue, red) ids.
     assert same["attr/tint/shuffled"] == pytest.approx(5 / 9, abs=0.05)
+
+
+def test_group_bound_is_the_train_mode_or_mean_of_the_speakers_group():
+    from lightning_modules.metrics.attributes import group_bound
+
+    attrs = {"t1": {"sex": "f", "hair": 2, "len": 0.8}, "t2": {"sex": "f", "hair": 2, "len": 0.6},
+             "t3": {"sex": "f", "hair": 1, "len": 0.7}, "t4": {"sex": "m", "hair": 0, "len": 0.2},
+             "a": {"sex": "f", "hair": 1, "len": 0.9}, "b": {"sex": "m", "hair": 0, "len": 0.1}}
+    train = ["t1", "t2", "t3", "t4"]
+    hair = torch.tensor([attrs[n]["hair"] for n in train])
+    guess = group_bound("categorical", hair, ["a", "a", "b"], hair, train, attrs, ("sex",))
+    assert guess.tolist() == [2, 2, 0]  # the mode of the train women, of the train man
+    length = torch.tensor([attrs[n]["len"] for n in train])
+    guess = group_bound("continuous", length, ["a", "b"], length, train, attrs, ("sex",))
+    assert guess.tolist() == pytest.approx([0.7, 0.2])
+    nobody = {**attrs, "c": {"sex": "x", "hair": 0, "len": 0.0}}  # a group without train identities: all train
+    assert group_bound("continuous", length, ["c"], length, train, nobody, ("sex",)).tolist() == pytest.approx([0.575])
 
 
 def test_shuffled_score_sees_through_a_constant_generator():

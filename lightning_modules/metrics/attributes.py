@@ -1,12 +1,12 @@
 """Attribute recovery on the embedded corpus: can a probe trained on real faces read an identity's traits
 (attributes.csv) off the faces generated from that identity's held-out voices?
 
-Per attribute five numbers: the score on generated faces with its 95 % bootstrap interval over identities
+Per attribute six numbers: the score on generated faces with its 95 % bootstrap interval over identities
 (`/ci95`); chance (always predicting the train majority class / the train mean); shuffled (the same generated
 predictions scored against the traits of randomly permuted identities: what a generator that ignores the voice
 would get, faces that all look alike included); and the oracle (the same probe on the real faces of the same
-identities). A model hears a trait when its score beats `shuffled`, and clearly so when the interval's lower end
-does.
+identities); and the group bound (below: the best a model that heard only sex and accent could do). A model
+hears a trait when its score beats `shuffled`, and clearly so when the interval's lower end does.
 Categorical -> accuracy; continuous -> R² (1 − SS_res / SS_tot around the evaluated targets' mean).
 A continuous trait whose oracle R² is below WEAK_ORACLE_R2 cannot be read off even the real faces by this probe
 (the voice-only traits pitch, pitch range and rate are of this kind), so a score on generated faces would say
@@ -47,6 +47,25 @@ def shuffled_score(kind: str, pred: Tensor, target: Tensor, names: list[str], re
     return float(sum(scores) / len(scores))
 
 
+def group_bound(kind: str, values: Tensor, names: list[str], reference: Tensor, reference_names: list[str],
+                attributes: dict[str, dict], by: tuple[str, ...]) -> Tensor:
+    """Per row of `names`, the best guess from its identity's group alone (the same values of `by`, e.g. sex and
+    nationality): the mode (categorical) or mean (continuous) of `reference` (encoded train values, one per
+    reference identity) over the train identities of that group; the whole train set for a group with none."""
+    group = lambda n: tuple(attributes[n][k] for k in by)  # noqa: E731
+    keys = [group(n) for n in reference_names]
+
+    def guess(rows: Tensor) -> Tensor:
+        return rows.mode().values if kind == "categorical" else rows.float().mean()
+
+    fallback = guess(reference)
+    cache = {}
+    for g in set(map(group, names)):
+        rows = reference[torch.tensor([k == g for k in keys], dtype=torch.bool)]
+        cache[g] = guess(rows) if len(rows) else fallback
+    return torch.stack([cache[group(n)] for n in names]).to(values.dtype)
+
+
 def attribute_scores(
     probe: FaceProbe,
     codec: AttributeCodec,
@@ -57,6 +76,8 @@ def attribute_scores(
     attributes: dict[str, dict],
     skipped: dict[str, str] | None = None,
     resamples: int = 1000,
+    train_names: list[str] | None = None,  # train identities, for the `/group` bound
+    group_by: tuple[str, ...] = ("sex", "nationality"),
 ) -> dict[str, float]:
     """Scores keyed `attr/<name>`, `attr/<name>/ci95`, `attr/<name>/chance`, `attr/<name>/shuffled`,
     `attr/<name>/oracle` (`attr_weak/...` for a continuous trait whose oracle R² < WEAK_ORACLE_R2).
@@ -65,6 +86,10 @@ def attribute_scores(
     resamples: bootstrap resamples of the interval (0 = no interval).
     skipped: receives `attr/<name>` -> reason for a continuous attribute that is constant over the
     evaluated identities (R² is undefined there).
+    `attr/<name>/group` (with train_names, when every identity has the `group_by` traits): the score of the
+    train mode / mean of the speaker's (sex, nationality) group, read off the labels (no probe): what a model
+    that heard exactly sex and accent, and nothing else, could reach with a perfect probe. On the embedded corpus
+    skin tone and hair colour follow nationality only, so this is their ceiling from the voice.
     """
     _, gen_pred = probe.predict(generated)
     _, real_pred = probe.predict(real)
@@ -92,4 +117,8 @@ def attribute_scores(
         out[f"{key}/chance"] = _score(kind, chance_pred, gen_y)
         out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
         out[f"{key}/oracle"] = oracle
+        if train_names and all(k in attributes[n] for n in [*train_names, *generated_names] for k in group_by):
+            reference = codec.encode(name, [attributes[n][name] for n in train_names])
+            bound = group_bound(kind, gen_y, generated_names, reference, train_names, attributes, group_by)
+            out[f"{key}/group"] = _score(kind, bound, gen_y)
     return out

@@ -226,6 +226,8 @@ def evaluate(
                 attributes,
                 skipped,
                 resamples,
+                train_names=list(datamodule.identities("train")),
+                group_by=tuple(cfg.get("attributes", {}).get("group_by", ("sex", "nationality"))),
             )
         )
     result["_skipped"], result["_notes"] = skipped, notes
@@ -266,15 +268,17 @@ MAIN_TRAITS = ("sex", "nationality", "skin_tone", "hair_colour", "hair_length") 
 
 def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
     """The few numbers that say how far the faces are: fd_probe against its real-vs-real floor, the main
-    traits against shuffled and oracle with their 95 % intervals, recall@1 in the whole gallery against
-    chance. Weak traits (attr_weak/) are left out. kinds: attribute -> categorical | continuous."""
-    lines = ["| figure | value | 95 % CI | shuffled | chance | oracle / floor |", "|" + " --- |" * 6]
+    traits against shuffled, oracle and the sex+accent bound with their 95 % intervals, recall@1 in the whole
+    gallery against chance. Weak traits (attr_weak/) are left out. kinds: attribute -> categorical | continuous."""
+    lines = ["| figure | value | 95 % CI | shuffled | chance | oracle / floor | sex+accent bound |",
+             "|" + " --- |" * 7]
 
     def row(label, key, ref):
         if key not in result:
             return
         ci = result.get(f"{key}/ci95")
-        refs = [f"{result[f'{key}/{k}']:.3f}" if f"{key}/{k}" in result else "" for k in ("shuffled", "chance", ref)]
+        refs = [f"{result[f'{key}/{k}']:.3f}" if f"{key}/{k}" in result else ""
+                for k in ("shuffled", "chance", ref, "group")]
         ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         lines.append("| " + " | ".join([label, f"{result[key]:.3f}", ci_text, *refs]) + " |")
 
@@ -283,7 +287,7 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
             floor = result[f"{key}/real"]
             ratio = f" (×{result[key] / floor:.1f})" if floor > 0 else ""
             lines.append(f"| {key} (n={result.get('fd_probe/n')}; not Inception) | {result[key]:.4g} | | | | "
-                         f"{floor:.4g}{ratio} |")
+                         f"{floor:.4g}{ratio} | |")
     for trait in MAIN_TRAITS:
         score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
         row(f"{trait} ({score})", f"attr/{trait}", "oracle")
