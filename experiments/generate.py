@@ -1,13 +1,18 @@
 """Faces from your own audio: `python -m experiments.generate ckpt=PATH audio=FILE|DIR out=DIR`.
 
 Each input goes through the checkpoint's own audio front end (load -> VAD -> features, as in training),
-then the EMA generator. Writes one PNG per input and a grid; a file that cannot be read or holds no speech
-is reported by name and reason, and the command exits non-zero.
+then the EMA generator. Writes one PNG per input, named after the whole input file name (`a.wav` ->
+`a.wav.png`, so `a.wav` and `a.flac` both keep their face), then `grid.png` and `manifest.json` last: a folder
+that holds the manifest is complete. Each PNG is written under a temporary name and renamed, so a killed run
+leaves no truncated image; an `out` folder that already holds files is refused unless `overwrite=true`. A file
+that cannot be read or holds no speech is reported by name and reason, and the command exits non-zero.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,15 +38,36 @@ def list_audio(audio: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such audio file or folder")
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to mix this run's faces with files already in `out` (unless told to overwrite them)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: out= must be a folder, and this is a file")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: the folder already holds files (an earlier run?); choose an empty or new "
+                              "out= folder, or pass overwrite=true to replace faces of the same names")
+
+
+def save_png(image: torch.Tensor, target: Path, **kwargs) -> None:
+    """save_image through a temporary name in the same folder and an atomic rename."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        vutils.save_image(image, tmp, format="png", **kwargs)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def generate_faces(
     model, front_end, files: list[Path], out: str | Path, truncation_psi: float = 1.0, grid_columns: int = 8
 ) -> tuple[list[Path], dict[str, str]]:
-    """Write out/<stem>.png per readable input and out/grid.png; return (written PNGs, {file: error})."""
+    """Write out/<file name>.png per readable input, then out/grid.png and out/manifest.json; return (written
+    PNGs, {file: error})."""
     from datamodules.audio import AudioError
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # present again only once this run is complete
     written, errors, faces = [], {}, []
     for file in files:
         try:
@@ -53,12 +79,17 @@ def generate_faces(
         lengths = torch.tensor([feats.shape[-1]], device=model.device)
         img = model.generate(audio, lengths, noise_mode="const", truncation_psi=truncation_psi).float().cpu()
         face = ((img[0] + 1) / 2).clamp(0, 1)
-        target = out / f"{file.stem}.png"
-        vutils.save_image(face, target)
+        target = out / f"{file.name}.png"
+        save_png(face, target)
         written.append(target)
         faces.append(face)
     if faces:
-        vutils.save_image(torch.stack(faces), out / "grid.png", nrow=grid_columns, padding=2, pad_value=1.0)
+        save_png(torch.stack(faces), out / "grid.png", nrow=grid_columns, padding=2, pad_value=1.0)
+    manifest = {"faces": {str(f): str(w) for f, w in zip([f for f in files if str(f) not in errors], written)},
+                "errors": errors, "grid": "grid.png" if faces else None}
+    tmp = out / f".manifest.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
     return written, errors
 
 
@@ -92,6 +123,7 @@ def run(cfg: DictConfig) -> int:
     from experiments.evaluate import load_model, pick_device
 
     files = list_audio(cfg.audio)
+    check_out(Path(cfg.out), cfg.get("overwrite", False))
     model = load_model(cfg.ckpt, pick_device(cfg.device))
     front = front_end_of(cfg.ckpt, OmegaConf.to_container(cfg.data_overrides))
     written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns)
@@ -100,7 +132,7 @@ def run(cfg: DictConfig) -> int:
     for file, reason in errors.items():
         print(f"error: {file}: {reason}", file=sys.stderr)
     if written:
-        print(f"{len(written)} face(s) and grid.png in {cfg.out}")
+        print(f"{len(written)} face(s), grid.png and manifest.json in {cfg.out}")
     return 1 if errors or not written else 0
 
 

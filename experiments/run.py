@@ -5,8 +5,12 @@ Thin entry point over `train(cfg)`, which tests call directly with a composed co
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +112,62 @@ def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
-    check_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.paths.output_dir)
+def is_launching_rank() -> bool:
+    """True in the process that owns the run folder: global rank 0 (Lightning's DDP children, torchrun and SLURM
+    set these variables; a plain run has none)."""
+    return all(int(os.environ.get(v, 0)) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def run_folder(out: Path):
+    """The run folder, held under an exclusive lock (`.run.lock`) for the whole run, so a second run started into
+    it is refused instead of mixing checkpoints, logs and samples. Released by the OS if the process dies."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+        lock = open(out / ".run.lock", "a+") if is_launching_rank() else None
     except OSError as err:
         raise OSError(f"run folder {out} is not writable ({err}); point paths.root_dir (or VOICE2FACE_ROOT, or "
                       f"hydra.run.dir) to a writable place") from err
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise RuntimeError(f"run folder {out} is in use by {holder}; wait for that run to end, or give this "
+                                   "one another folder (hydra.run.dir=...)") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+        yield out
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def save_config(cfg: DictConfig, out: Path) -> None:
+    """config.yaml of this session; the one of an earlier session (a resume into the same folder) is kept as
+    config.<n>.yaml, n = 1, 2, ... in order."""
+    target = out / "config.yaml"
+    if target.is_file():
+        n = 1 + sum(1 for _ in out.glob("config.*.yaml"))
+        os.replace(target, out / f"config.{n}.yaml")
+    OmegaConf.save(cfg, target, resolve=False)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
+    check_config(cfg)
+    with run_folder(Path(cfg.paths.output_dir)) as out:
+        if is_launching_rank():
+            save_config(cfg, out)
+        return _train(cfg, out)
+
+
+def _train(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only

@@ -133,15 +133,19 @@ class KimgCheckpoint(Callback):
     def save(self, trainer, name: str) -> Path:
         """Every rank calls save_checkpoint (it is collective under DDP); rank 0 writes and renames."""
         path = self.dirpath / name
-        tmp = path.with_name(f".{name}.tmp")
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")  # two processes never share a temporary file
         if trainer.is_global_zero:
             try:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise OSError(f"checkpoint folder {self.dirpath} is not writable ({err}); "
                               f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place") from err
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        try:
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
+        finally:  # a failed save (disk full, ...) leaves the previous checkpoint and no partial file
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
         trainer.strategy.barrier("kimg_checkpoint")
         return path

@@ -39,7 +39,7 @@ def test_generate_faces_from_a_voice_and_reports_bad_files(audio_dir, tmp_path):
 
     model = Voice2FaceGAN(**SMOKE).eval()
     written, errors = generate_faces(model, front_end(), list_audio(audio_dir), tmp_path)
-    assert [p.name for p in written] == ["a_voice.png"]
+    assert [p.name for p in written] == ["a_voice.wav.png"]
     assert np.asarray(Image.open(written[0])).shape == (16, 16, 3)
     assert (tmp_path / "grid.png").is_file()
     assert set(errors) == {str(audio_dir / "b_not_audio.wav"), str(audio_dir / "c_silence.wav")}
@@ -67,11 +67,38 @@ def test_generate_command_exit_status(audio_dir, tmp_path, monkeypatch, capsys):
                 "device=cpu",
             ],
         )
-    assert run(good) == 0 and (tmp_path / "out" / "a_voice.png").is_file()
+    assert run(good) == 0 and (tmp_path / "out" / "a_voice.wav.png").is_file()
     assert run(bad) == 1
     assert "b_not_audio.wav" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no such audio file"):
         list_audio(tmp_path / "missing.wav")
+
+
+def test_generate_loses_nothing(audio_dir, tmp_path):
+    """Inputs that share a stem (or are called grid) each keep their face; the manifest comes last; an out folder
+    that holds an earlier run is refused unless overwrite=true."""
+    import shutil
+
+    from experiments.generate import check_out
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.wav", "a.flac", "grid.wav"):
+        data, rate = sf.read(audio_dir / "a_voice.wav")
+        sf.write(inputs / name, data, rate)
+    shutil.copy(audio_dir / "a_voice.wav", inputs / "a.ogg.wav")
+    out = tmp_path / "out"
+    written, errors = generate_faces(Voice2FaceGAN(**SMOKE).eval(), front_end(), list_audio(inputs), out)
+    assert not errors and sorted(p.name for p in written) == ["a.flac.png", "a.ogg.wav.png", "a.wav.png",
+                                                              "grid.wav.png"]
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert len(manifest["faces"]) == 4 and manifest["grid"] == "grid.png"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in written), "grid.png", "manifest.json"])
+    with pytest.raises(FileExistsError, match="already holds files"):
+        check_out(out, overwrite=False)
+    check_out(out, overwrite=True)
+    check_out(tmp_path / "new", overwrite=False)
 
 
 def test_front_end_of_a_checkpoint_is_the_training_audio_path(audio_dir, tmp_path):

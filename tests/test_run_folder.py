@@ -1,0 +1,61 @@
+"""A run folder loses nothing: one run at a time holds it, a resume keeps the earlier config.yaml and appends to
+metrics.csv, and a checkpoint save that fails leaves the previous checkpoint and no temporary file."""
+
+from __future__ import annotations
+
+import csv
+import types
+
+import pytest
+
+from experiments.run import run_folder, save_config, train
+from lightning_modules.callbacks import KimgCheckpoint
+from lightning_modules.csv_logger import AppendingCSVLogger
+
+
+def test_a_second_run_into_a_held_folder_is_refused(compose_cfg, tmp_path):
+    cfg = compose_cfg("+exp=smoke", "logger=none")
+    out = tmp_path / "run"
+    with run_folder(out):
+        with pytest.raises(RuntimeError, match=rf"run folder {out} is in use by pid \d+"):
+            train(cfg)
+    assert not (out / "checkpoints").exists()  # refused before anything was written
+    with run_folder(out):  # free again once the first run ended
+        pass
+
+
+def test_each_session_keeps_its_config(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for seed in (1, 2, 3):
+        save_config(compose_cfg("+exp=smoke", f"seed={seed}"), out)
+    assert "seed: 3" in (out / "config.yaml").read_text()
+    assert "seed: 1" in (out / "config.1.yaml").read_text() and "seed: 2" in (out / "config.2.yaml").read_text()
+
+
+def test_a_resumed_logger_appends_to_metrics_csv(tmp_path):
+    first = AppendingCSVLogger(str(tmp_path), name="csv", version="")
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.save()
+    second = AppendingCSVLogger(str(tmp_path), name="csv", version="")  # a resume into the same folder
+    second.log_metrics({"loss": 0.5, "val/fd_probe": 9.0}, step=1)  # with a column the first session lacked
+    second.save()
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    assert [(r["step"], r["loss"], r["val/fd_probe"]) for r in rows] == [("0", "1.0", ""), ("1", "0.5", "9.0")]
+
+
+def test_a_failed_checkpoint_save_leaves_the_previous_one(tmp_path):
+    callback = KimgCheckpoint(str(tmp_path))
+    previous = tmp_path / "last.ckpt"
+    previous.write_bytes(b"the previous checkpoint")
+
+    def full_disk(path):
+        open(path, "wb").write(b"half a checkpo")
+        raise OSError(28, "No space left on device")
+
+    trainer = types.SimpleNamespace(is_global_zero=True, save_checkpoint=full_disk,
+                                    strategy=types.SimpleNamespace(barrier=lambda name: None))
+    with pytest.raises(OSError, match="No space left"):
+        callback.save(trainer, "last.ckpt")
+    assert previous.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
