@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # ArcFace's five-point template for a 112×112 crop; scaled to any crop size.
 TEMPLATE_112 = np.array(
@@ -36,6 +36,7 @@ LANDMARK_COLUMNS = (
 )
 DETECTORS = ("mtcnn", "file", "none")
 MIN_IMAGE_SIDE = 32  # smaller images hold no usable face at any crop size we train on
+MAX_IMAGE_PIXELS = 40_000_000  # larger ones (a 10000² photo: > 600 s and 4.7 GB in the blur) are refused per file
 
 
 class FaceError(ValueError):
@@ -92,13 +93,27 @@ def warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; grayscale, palette, RGBA, CMYK converted; corrupt or tiny raise FaceError."""
+    """uint8 RGB [H, W, 3] as the image is displayed: EXIF orientation applied, 16-bit and float greyscale scaled
+    to 8 bits (not clipped), palette, RGBA and CMYK converted. Corrupt, tiny or over-large (MAX_IMAGE_PIXELS, a
+    decompression bomb included) images raise FaceError before their pixels are decoded."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise FaceError(path, f"image is {im.width}×{im.height} ({im.width * im.height / 1e6:.0f} MP), more "
+                                f"than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP this pipeline decodes; shrink it first")
             im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip these at 255
+                grey = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or grey.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
             rgb = im.convert("RGB")
+    except FaceError:
+        raise
     except FileNotFoundError:
         raise FaceError(path, "file not found") from None
+    except Image.DecompressionBombError as e:
+        raise FaceError(path, f"refused as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise FaceError(path, f"unreadable or corrupt image ({e})") from None
     if min(rgb.size) < MIN_IMAGE_SIDE:

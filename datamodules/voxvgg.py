@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.audio import AudioFeatures, random_crop_batch, tile_to_min
 from datamodules.faces import normalize
+
+log = logging.getLogger(__name__)
 
 META_COLUMNS = ("VoxCeleb1 ID", "VGGFace1 ID")
 SPLIT_LETTERS = {"train": "FGHIJKLMNOPQRSTUVWXYZ", "val": "AB", "test": "CDE"}
@@ -26,28 +29,49 @@ class DataError(ValueError):
 
 
 def read_meta(meta_csv) -> list[dict]:
-    """Rows of vox1_meta.csv (tab- or comma-separated) with at least `VoxCeleb1 ID` and `VGGFace1 ID`."""
+    """Rows of vox1_meta.csv (tab- or comma-separated) with at least `VoxCeleb1 ID` and `VGGFace1 ID`. Quotes
+    are read literally (the real file has none, and an unbalanced one would swallow rows); a file without rows,
+    or with a VoxCeleb1 ID or a VGGFace1 name on two lines (a train/test leak, or a row that silently wins), is
+    refused with the line numbers."""
     meta_csv = Path(meta_csv)
     if not meta_csv.is_file():
         raise DataError(f"{meta_csv}: meta file not found; copy VoxCeleb1's vox1_meta.csv there")
     with open(meta_csv, newline="", encoding="utf-8") as f:
         head = f.readline()
         f.seek(0)
-        rows = list(csv.DictReader(f, delimiter="\t" if "\t" in head else ","))
+        reader = csv.DictReader(f, delimiter="\t" if "\t" in head else ",", quoting=csv.QUOTE_NONE)
+        rows = list(reader)
+        columns = [c.strip() for c in reader.fieldnames or []]
     rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in rows]
-    missing = [c for c in META_COLUMNS if not rows or c not in rows[0]]
+    missing = [c for c in META_COLUMNS if c not in columns]
     if missing:
         raise DataError(
             f"{meta_csv}: missing columns {missing} (found {head.strip()!r}); expected VoxCeleb1's "
             "tab-separated vox1_meta.csv"
         )
+    if not rows:
+        raise DataError(f"{meta_csv}: only a header, no identities; expected one line per VoxCeleb1 identity")
+    for column in META_COLUMNS:
+        lines: dict[str, list[int]] = {}
+        for line, r in enumerate(rows, start=2):
+            lines.setdefault(r[column], []).append(line)
+        repeated = {v: ls for v, ls in lines.items() if len(ls) > 1}
+        if repeated:
+            shown = "; ".join(f"{v!r} on lines {ls}" for v, ls in list(repeated.items())[:5])
+            raise DataError(f"{meta_csv}: {len(repeated)} {column} value(s) appear more than once ({shown}); each "
+                            "identity must be on exactly one line")
     return rows
 
 
 def identity_split(meta_csv, face_names) -> dict[str, list[str]]:
-    """Names in the meta file that have faces, split by first letter; each list sorted."""
+    """Names in the meta file that have faces, split by first letter; each list sorted. Names whose first
+    letter is in no split (a digit, a non-ASCII letter) are reported, since they would otherwise vanish."""
     names = {r["VGGFace1 ID"] for r in read_meta(meta_csv)} & set(face_names)
     split = {k: sorted(n for n in names if n[:1].upper() in letters) for k, letters in SPLIT_LETTERS.items()}
+    unsplit = sorted(names - {n for ns in split.values() for n in ns})
+    if unsplit:
+        log.warning("%s: %d identities fall into no split (their first letter is none of A-Z), left out: %s",
+                    meta_csv, len(unsplit), unsplit[:10])
     return split
 
 

@@ -47,6 +47,18 @@ def png(path: Path, side: int) -> Path:
     return path
 
 
+def huge_png(path: Path, side: int) -> Path:
+    """A 1-bit PNG of side² pixels: a few KB on disk, gigabytes once decoded."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS, limit = None, Image.MAX_IMAGE_PIXELS
+    try:
+        Image.new("1", (side, side)).save(path, optimize=True)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return path
+
+
 def write(path: Path, text: str | bytes) -> Path:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
@@ -67,6 +79,8 @@ AUDIO_IMAGE_META = {
     "image_missing": (lambda d: d / "none.jpg", load_image, ["file not found"]),
     "image_corrupt": (lambda d: write(d / "bad.jpg", b"\xff\xd8\xff garbage"), load_image, ["corrupt image"]),
     "image_tiny": (lambda d: png(d / "tiny.png", 16), load_image, ["smaller than 32 px"]),
+    "image_too_large": (lambda d: huge_png(d / "huge.png", 7000), load_image, ["7000×7000 (49 MP)", "shrink it"]),
+    "image_bomb": (lambda d: huge_png(d / "bomb.png", 30000), load_image, ["decompression bomb", "900000000"]),
     "landmarks_missing": (lambda d: d / "landmarks.csv", read_landmarks, ["not found", "detector"]),
     "landmarks_no_columns": (lambda d: write(d / "landmarks.csv", "path,x\na.jpg,1\n"), read_landmarks,
                              ["missing columns"]),
@@ -77,6 +91,13 @@ AUDIO_IMAGE_META = {
     "meta_missing": (lambda d: d / "vox1_meta.csv", read_meta, ["not found", "vox1_meta.csv"]),
     "meta_missing_columns": (lambda d: meta_missing_columns(d / "vox1_meta.csv"), read_meta,
                              ["missing columns", "VGGFace1 ID"]),
+    "meta_header_only": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\tGender\n"), read_meta,
+                         ["only a header"]),
+    "meta_duplicate_voxceleb_id": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n"
+                                                   "id2\tBob_B\nid1\tCid_C\n"), read_meta,
+                                   ["VoxCeleb1 ID", "'id1' on lines [2, 4]"]),
+    "meta_duplicate_name": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n"
+                                            "id2\tAnn_A\n"), read_meta, ["VGGFace1 ID", "'Ann_A' on lines [2, 3]"]),
     "data_root_missing": (lambda d: d / "no_data", lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p)).setup(),
                           ["data folder not found", "data.root"]),
 }
@@ -99,6 +120,31 @@ def test_bad_data_file_names_itself_and_the_problem(case, tmp_path):
     for word in [path.name, *words]:
         assert word in str(err.value), f"{case}: {word!r} not in {err.value}"
     assert digest(tmp_path) == before
+
+
+def test_images_are_read_as_displayed(tmp_path):
+    """EXIF orientation applied (a phone photo stored sideways), 16-bit greyscale scaled rather than clipped."""
+    from PIL import Image
+
+    im = Image.new("RGB", (40, 64), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    im.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").shape == (40, 64, 3)
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert abs(int(load_image(tmp_path / "deep.png")[0, 0, 0]) - 128) <= 1
+
+
+def test_meta_quotes_are_read_literally_and_unsplit_names_are_reported(tmp_path, caplog):
+    from datamodules.voxvgg import identity_split
+
+    meta = write(tmp_path / "vox1_meta.csv", 'VoxCeleb1 ID\tVGGFace1 ID\nid1\t"Ann_A\nid2\tBob_B\nid3\tCid_C\n'
+                 'id4\t50_Cent\nid5\tÉmile_Z\n')
+    assert [r["VGGFace1 ID"] for r in read_meta(meta)] == ['"Ann_A', "Bob_B", "Cid_C", "50_Cent", "Émile_Z"]
+    with caplog.at_level("WARNING"):
+        split = identity_split(meta, ["Bob_B", "Cid_C", "50_Cent", "Émile_Z"])
+    assert split == {"train": [], "val": ["Bob_B"], "test": ["Cid_C"]}
+    assert "2 identities fall into no split" in caplog.text and "50_Cent" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------- configs
