@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from datamodules.audio import AudioError, AudioFeatures, AudioFrontEnd
+from datamodules.cli_errors import one_line_errors
 from datamodules.faces import FaceAligner, FaceError, SkipReport
 from datamodules.voxvgg import DataError, identity_split, read_meta
 
@@ -225,6 +226,7 @@ def _write_manifest(out: Path, root: Path, digest: str, names, no_face, no_voice
     return manifest
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", required=True, help="folder with vox1_meta.csv, voxceleb1/wav, vggface")

@@ -36,6 +36,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset, optimize
 
 from datamodules.audio import tile_to_min
+from datamodules.cli_errors import one_line_errors
 from datamodules.voxvgg import DataError, collate_eval, collate_train, random_window
 
 STREAM_VERSION = "1"  # bump when the item layout changes
@@ -297,6 +298,7 @@ def stream_loader(dataset: StreamVoices, batch_size: int, num_workers: int, coll
     )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     from datamodules.voxvgg import identity_split
 

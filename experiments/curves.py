@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from datamodules.cli_errors import one_line_errors
+
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +83,7 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, t
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="curves")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     print(plot(list(cfg.runs), list(cfg.labels), list(cfg.keys), cfg.out, cfg.get("title", "")))
 

@@ -14,6 +14,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.cli_errors import one_line_errors
+
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +91,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -21,6 +21,8 @@ import torch
 import torchvision.utils as vutils
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.cli_errors import one_line_errors
+
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -137,6 +139,7 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(config_path="conf", config_name="generate", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     sys.exit(run(cfg))
 

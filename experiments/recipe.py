@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.cli_errors import one_line_errors
 from experiments.curves import plot, read_curves
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def table(labels: list[str], folders: list[Path]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="recipe")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     variants = OmegaConf.to_container(cfg.variants, resolve=True)
     labels = [label for label in variants if not cfg.only or label in cfg.only]

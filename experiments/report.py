@@ -12,6 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.cli_errors import one_line_errors
+
 NAMES = {"fid": "FID ↓", "ppl_wend": "Path length ↓", "id_cosine": "ID cosine ↑"}
 
 
@@ -72,6 +74,7 @@ def run(cfg: DictConfig) -> str:
 
 
 @hydra.main(config_path="conf", config_name="report", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -19,6 +19,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from datamodules.cli_errors import one_line_errors
+
 log = logging.getLogger(__name__)
 
 
@@ -135,8 +137,8 @@ def run_folder(out: Path):
             except BlockingIOError:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
-                raise RuntimeError(f"run folder {out} is in use by {holder}; wait for that run to end, or give this "
-                                   "one another folder (hydra.run.dir=...)") from None
+                raise BlockingIOError(f"run folder {out} is in use by {holder}; wait for that run to end, or give "
+                                      "this one another folder (hydra.run.dir=...)") from None
             lock.seek(0)
             lock.truncate()
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -267,6 +269,7 @@ def report_locations(out: Path, metrics: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

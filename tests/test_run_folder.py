@@ -17,7 +17,7 @@ def test_a_second_run_into_a_held_folder_is_refused(compose_cfg, tmp_path):
     cfg = compose_cfg("+exp=smoke", "logger=none")
     out = tmp_path / "run"
     with run_folder(out):
-        with pytest.raises(RuntimeError, match=rf"run folder {out} is in use by pid \d+"):
+        with pytest.raises(BlockingIOError, match=rf"run folder {out} is in use by pid \d+"):
             train(cfg)
     assert not (out / "checkpoints").exists()  # refused before anything was written
     with run_folder(out):  # free again once the first run ended
@@ -59,3 +59,27 @@ def test_a_failed_checkpoint_save_leaves_the_previous_one(tmp_path):
         callback.save(trainer, "last.ckpt")
     assert previous.read_bytes() == b"the previous checkpoint"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_user_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
+    """A command's own error message, prefixed, on one line and exit status 1; the traceback under
+    VOICE2FACE_DEBUG=1; a programming error is not dressed up."""
+    from datamodules.cli_errors import one_line_errors
+
+    @one_line_errors
+    def command(error):
+        raise error
+
+    with pytest.raises(SystemExit) as stop:
+        command(FileNotFoundError(f"{tmp_path / 'x.wav'}: no such audio file or folder"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"voice2face: {tmp_path / 'x.wav'}: no such audio file") and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        command(OSError(28, "No space left on device", str(tmp_path / "a.png")))
+    assert "a.png: the disk is full" in capsys.readouterr().err
+    with pytest.raises(TypeError):
+        command(TypeError("a bug"))
+    monkeypatch.setenv("VOICE2FACE_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad"):
+        command(ValueError("bad"))

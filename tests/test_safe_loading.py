@@ -11,9 +11,9 @@ import hydra
 import lightning
 import pytest
 import torch
+from conftest import compose_train
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from datamodules.voxvgg import DataError
 
 

@@ -6,9 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
+from datamodules.cli_errors import one_line_errors
 from datamodules.synthetic import contact_sheet, generate_corpus
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to create (must not exist)")
