@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import jsonschema
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -39,25 +41,33 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     return ckpt_path
 
 
-# Keys a wrong-typed override would otherwise break deep inside training: (type check, what it must be).
-TYPED_KEYS = {
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "data.batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
-    "model.lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
-    "model.total_kimg": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                         "a positive number or null"),
-    "model.max_bad_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                            "a positive integer"),
-}
+SCHEMA = Path(__file__).resolve().parent / "conf" / "schema.yaml"  # the domain of every config value
+
+
+def _ascending(validator, wanted, instance, schema):
+    """JSON Schema keyword `ascending: true`: a list in strictly increasing order (e.g. crop_frames [min, max])."""
+    if wanted and isinstance(instance, list) and any(a >= b for a, b in zip(instance, instance[1:])):
+        yield jsonschema.ValidationError(f"{instance} must be in increasing order ([min, max])")
+
+
+@functools.cache
+def schema_validator():
+    base = jsonschema.Draft202012Validator
+    validator = jsonschema.validators.extend(base, {"ascending": _ascending})
+    return validator(OmegaConf.to_container(OmegaConf.load(SCHEMA)))
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Fail before any work on a value of the wrong type, naming the key and the override that fixes it."""
-    for key, (ok, what) in TYPED_KEYS.items():
-        value = OmegaConf.select(cfg, key, default="__absent__")
-        if value != "__absent__" and not ok(value):
-            raise ValueError(f"config: {key} must be {what}, got {value!r} ({type(value).__name__}); "
-                             f"fix the override, e.g. {key}=<{what}>")
+    """Every value against its domain in conf/schema.yaml, before any work; the first bad one is named with its
+    key and the problem (all of them, when there are several)."""
+    sections = {k: cfg[k] for k in ("seed", "eval_split", "evaluate", "data", "model", "metrics", "callbacks")
+                if k in cfg}
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+             for k, v in sections.items()}
+    errors = sorted(schema_validator().iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {SCHEMA})")
 
 
 def check_checkpoint(path: str, model: L.LightningModule) -> None:

@@ -1,0 +1,46 @@
+"""conf/schema.yaml: every shipped experiment validates, and every numeric or boolean value under data and model
+of each has a domain there (a new key without one fails here, not silently at run time)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import EXPERIMENTS
+from omegaconf import OmegaConf
+
+from experiments.run import SCHEMA, check_config
+
+
+def properties(schema: dict) -> dict:
+    """The `properties` of an object schema, looking into anyOf branches (an optional section)."""
+    found = dict(schema.get("properties", {}))
+    for branch in schema.get("anyOf", []):
+        found.update(branch.get("properties", {}))
+    return found
+
+
+def uncovered(value, schema: dict, path: str) -> list[str]:
+    if isinstance(value, dict):
+        props = properties(schema)
+        return [p for k, v in value.items() if not str(k).startswith("_")
+                for p in (uncovered(v, props[k], f"{path}.{k}") if k in props else
+                          [f"{path}.{k}"] if has_number(v) else [])]
+    return []
+
+
+def has_number(value) -> bool:
+    if isinstance(value, dict):
+        return any(has_number(v) for k, v in value.items() if not str(k).startswith("_"))
+    if isinstance(value, list):
+        return any(has_number(v) for v in value)
+    return isinstance(value, (int, float, bool))
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg, exp):
+    cfg = compose_cfg(f"+exp={exp}")
+    check_config(cfg)
+    schema = OmegaConf.to_container(OmegaConf.load(SCHEMA))
+    for section in ("data", "model"):
+        plain = OmegaConf.to_container(cfg[section], resolve=True)
+        missing = uncovered(plain, schema["properties"][section], section)
+        assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
