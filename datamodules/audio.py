@@ -18,6 +18,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 import soundfile as sf
@@ -25,6 +26,8 @@ import torch
 import torchaudio.functional as AF
 import webrtcvad
 from torch import Tensor, nn
+
+from datamodules.files import unreadable_reason
 
 INT16_SCALE = 32768.0  # float sample -> int16 units
 MIN_SAMPLE_RATE = 8000  # below this there is no speech band left to resample
@@ -72,8 +75,9 @@ def _wav_truncation(path: str) -> str | None:
 def load_audio(path, sample_rate: int = 16000) -> Tensor:
     """Read an audio file as float32 mono [T] at `sample_rate` (stereo averaged, other rates resampled)."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise AudioError(path, "no such file")
+    reason = unreadable_reason(path)
+    if reason:
+        raise AudioError(path, reason)
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:
@@ -91,8 +95,18 @@ def load_audio(path, sample_rate: int = 16000) -> Tensor:
         raise AudioError(path, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz")
     wav = torch.from_numpy(data.mean(axis=1))  # mono mix-down
     if rate != sample_rate:
-        wav = AF.resample(wav, rate, sample_rate)
+        wav = AF.resample(wav, *resample_ratio(rate, sample_rate))
     return wav.float().contiguous()
+
+
+def resample_ratio(rate: int, target: int, max_denominator: int = 1000) -> tuple[int, int]:
+    """(orig, new) for torchaudio's resample with a bounded kernel. Its kernel grows with rate / gcd(rate,
+    target): 44101 Hz -> 16 kHz would build gigabytes. A coprime rate is approximated by the nearest ratio with a
+    denominator <= max_denominator (44101 Hz is read as 44100: a 0.002 % change of pitch and duration)."""
+    ratio = Fraction(target, rate).limit_denominator(max_denominator)
+    if ratio == Fraction(target, rate):
+        return rate, target
+    return ratio.denominator, ratio.numerator
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from datamodules.files import unreadable_reason
+
 # ArcFace's five-point template for a 112×112 crop; scaled to any crop size.
 TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -96,6 +98,9 @@ def load_image(path) -> np.ndarray:
     """uint8 RGB [H, W, 3] as the image is displayed: EXIF orientation applied, 16-bit and float greyscale scaled
     to 8 bits (not clipped), palette, RGBA and CMYK converted. Corrupt, tiny or over-large (MAX_IMAGE_PIXELS, a
     decompression bomb included) images raise FaceError before their pixels are decoded."""
+    reason = unreadable_reason(path)
+    if reason:
+        raise FaceError(path, "file not found" if reason == "no such file" else reason)
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:

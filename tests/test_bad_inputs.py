@@ -4,6 +4,7 @@ the thing (file, folder or config key) and says what to do, and must leave what 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def meta_missing_columns(path: Path) -> Path:
 AUDIO_IMAGE_META = {
     # case: (make the bad input in tmp_path -> path, read it, words the error must hold besides the path)
     "audio_missing": (lambda d: d / "none.wav", load_audio, ["no such file"]),
+    "audio_folder": (lambda d: (d / "clip.wav").mkdir() or d / "clip.wav", load_audio, ["a folder, not a file"]),
+    "audio_fifo": (lambda d: os.mkfifo(d / "pipe.wav") or d / "pipe.wav", load_audio, ["a FIFO (named pipe)"]),
+    "audio_symlink_loop": (lambda d: os.symlink(d / "loop.wav", d / "loop.wav") or d / "loop.wav", load_audio,
+                           ["a symlink loop"]),
+    "audio_broken_symlink": (lambda d: os.symlink(d / "gone.wav", d / "link.wav") or d / "link.wav", load_audio,
+                             ["a broken symlink"]),
+    "image_folder": (lambda d: (d / "face.jpg").mkdir() or d / "face.jpg", load_image, ["a folder, not a file"]),
     "audio_empty": (lambda d: write(d / "empty.wav", b""), load_audio, ["empty file"]),
     "audio_not_audio": (lambda d: write(d / "text.wav", "hello"), load_audio, ["not a readable audio file"]),
     "audio_truncated": (lambda d: truncated_wav(d / "cut.wav"), load_audio, ["truncated WAV"]),
@@ -121,6 +129,16 @@ def test_bad_data_file_names_itself_and_the_problem(case, tmp_path):
     for word in [path.name, *words]:
         assert word in str(err.value), f"{case}: {word!r} not in {err.value}"
     assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("rate", [44101, 96001, 22050])
+def test_odd_sample_rates_resample_with_a_bounded_kernel(tmp_path, rate):
+    from datamodules.audio import resample_ratio
+
+    orig, new = resample_ratio(rate, 16000)
+    assert max(orig, new) / np.gcd(orig, new) <= 1000 and abs(new / orig - 16000 / rate) < 1e-4
+    path = wav(tmp_path / "odd.wav", np.sin(np.arange(rate) * 2 * np.pi * 440 / rate), rate=rate)
+    assert abs(len(load_audio(path)) - 16000) <= 2  # one second stays one second
 
 
 def test_images_are_read_as_displayed(tmp_path):
