@@ -18,7 +18,8 @@ crop; stored float16 features are 64·2 B per 10 ms against 160·2 B of int16 wa
 
 Resumable: every file is written to a temporary name and renamed, so a shard exists only when complete; a
 re-run skips the shards present and, since each shard depends only on its inputs and the config, ends
-with the same files as an uninterrupted run.
+with the same files as an uninterrupted run. Each shard records the fingerprint of its inputs (paths, sizes,
+modification times, config): a shard whose inputs changed (a replaced WAV) is made again.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def scan(root) -> tuple[list[dict], dict[str, list[Path]], dict[str, list[Path]]
             )
     rows = read_meta(root / "vox1_meta.csv")
     voices = {
-        d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
+        d.name: sorted(p for p in walk_files(d) if p.suffix.lower() in AUDIO_EXTS)
         for d in sorted(wav_dir.iterdir())
         if d.is_dir()
     }
@@ -83,6 +84,42 @@ def scan(root) -> tuple[list[dict], dict[str, list[Path]], dict[str, list[Path]]
     return rows, {k: v for k, v in voices.items() if v}, {k: v for k, v in faces.items() if v}
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """Every file below `folder`, following symlinked folders (a video folder linked in from elsewhere is part
+    of its identity) but entering each real folder once, so a link back up cannot loop."""
+    seen, found = set(), []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        key = (os.stat(here).st_dev, os.stat(here).st_ino)
+        if key in seen:
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs.sort()
+        found += [Path(here) / f for f in files]
+    return found
+
+
+def fingerprint(root: Path, files: list[Path], digest: str) -> str:
+    """What a shard was made from: each input's path, size and modification time, and the preprocessing config
+    (plus landmarks.csv, which detector=file reads). A shard whose fingerprint differs is made again."""
+    extra = [root / "landmarks.csv"] if (root / "landmarks.csv").is_file() else []
+    parts = [digest]
+    for f in [*files, *extra]:
+        info = f.stat()
+        parts.append(f"{f.relative_to(root).as_posix()}|{info.st_size}|{info.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def is_current(shard: Path, inputs: str) -> bool:
+    """True when `shard` exists and was made from exactly these inputs."""
+    if not shard.is_file():
+        return False
+    try:
+        return torch.load(shard, mmap=True, weights_only=True).get("inputs") == inputs
+    except Exception:  # an unreadable shard is made again
+        return False
+
+
 class _Worker:
     """Builds one identity's shard; holds the front end and aligner (one per process)."""
 
@@ -92,8 +129,8 @@ class _Worker:
         landmarks = root / "landmarks.csv" if config["detector"] == "file" else None
         self.aligner = FaceAligner(config["detector"], config["face_size"], landmarks)
 
-    def __call__(self, job: tuple[str, list[Path], list[Path]]) -> str:
-        name, wavs, images = job
+    def __call__(self, job: tuple[str, list[Path], list[Path], str]) -> str:
+        name, wavs, images, inputs = job
         skipped = SkipReport()
         feats, clips = [], []
         for w in wavs:
@@ -118,6 +155,7 @@ class _Worker:
             "clips": clips,
             "images": kept,
             "skipped": [list(i) for i in skipped.items],
+            "inputs": inputs,  # fingerprint(): a later run redoes the shard when an input file changes
         }
         write_atomic(self.shard_dir / f"{name}.pt", lambda p: torch.save(shard, p))
         return name
@@ -160,10 +198,13 @@ def prepare(
     digest = config_hash(config)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     cfg_file = out / "config.json"
-    if cfg_file.is_file() and json.loads(cfg_file.read_text())["hash"] != digest:
-        raise DataError(
-            f"{cfg_file}: {out} was prepared with another config; choose a new `out` or delete it"
-        )
+    if cfg_file.is_file():
+        earlier = json.loads(cfg_file.read_text())
+        if earlier["hash"] != digest:
+            raise DataError(f"{cfg_file}: {out} was prepared with another config; choose a new `out` or delete it")
+        if earlier.get("root") != str(root.resolve()):
+            raise DataError(f"{cfg_file}: {out} was prepared from another root ({earlier.get('root')}, not "
+                            f"{root.resolve()}); choose a new `out` or delete it")
     write_json(cfg_file, {"hash": digest, "config": config, "root": str(root.resolve())})
 
     rows, voices, faces = scan(root)
@@ -171,7 +212,8 @@ def prepare(
     no_face = sorted(n for n, v in ids.items() if v in voices and n not in faces)
     no_voice = sorted(n for n, v in ids.items() if v not in voices and n in faces)
     names = sorted(n for n, v in ids.items() if v in voices and n in faces)
-    todo = [(n, voices[ids[n]], faces[n]) for n in names if not (out / "shards" / f"{n}.pt").is_file()]
+    jobs = [(n, voices[ids[n]], faces[n], fingerprint(root, [*voices[ids[n]], *faces[n]], digest)) for n in names]
+    todo = [job for job in jobs if not is_current(out / "shards" / f"{job[0]}.pt", job[3])]
     if todo:
         bar = tqdm(
             total=len(names), initial=len(names) - len(todo), desc="prepare", unit="id", disable=not progress

@@ -263,16 +263,10 @@ class VoxVGGDataModule(L.LightningDataModule):
                 f"{self._out().name}); point data.stream elsewhere, or delete it to export again"
             )
         out = self._out()
-        if not (out / "manifest.json").is_file():
-            prepare(
-                self._root(),
-                out,
-                self.detector,
-                self.face_size,
-                self.features,
-                self.vad,
-                workers=self.prepare_workers,
-            )
+        # Every time: prepare() keeps each shard whose inputs are unchanged (a scan and a fingerprint per
+        # identity) and redoes the others, so a replaced file is picked up.
+        prepare(self._root(), out, self.detector, self.face_size, self.features, self.vad,
+                workers=self.prepare_workers)
         if self.stream is not None:
             from datamodules.streaming import export
 

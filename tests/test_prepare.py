@@ -100,3 +100,43 @@ def test_kill_9_during_preprocessing_then_rerun_is_identical(tmp_path):
         p.unlink()  # temporaries of killed writers are ignored by readers; the finished output must match
     assert _files(killed) == _files(straight)
     print(f"kills={kills}")
+
+
+def test_a_replaced_input_redoes_its_shard_only(tmp_path, corpus):
+    """The fix the docs give for a skipped file (replace it, rerun) works: its shard is made again, no other."""
+    root = tmp_path / "raw"
+    shutil.copytree(corpus, root)
+    wav = next((root / "voxceleb1" / "wav").rglob("*.wav"))
+    good = wav.read_bytes()
+    wav.write_bytes(b"RIFF")  # truncated: skipped
+    out = tmp_path / "out"
+    first = prepare(root, out, detector="file", workers=1, progress=False)
+    assert first["counts"]["skipped"] == 1
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.pt")}
+    wav.write_bytes(good)
+    second = prepare(root, out, detector="file", workers=1, progress=False)
+    assert second["counts"]["skipped"] == 0 and second["counts"]["clips"] == first["counts"]["clips"] + 1
+    changed = [p.name for p in (out / "shards").glob("*.pt") if p.stat().st_mtime_ns != before[p.name]]
+    assert len(changed) == 1
+
+
+def test_out_made_from_another_root_is_refused(tmp_path, corpus):
+    prepare(corpus, tmp_path / "o", detector="file", workers=1, progress=False)
+    other = tmp_path / "copy"
+    shutil.copytree(corpus, other)
+    with pytest.raises(DataError, match="prepared from another root"):
+        prepare(other, tmp_path / "o", detector="file", workers=1, progress=False)
+
+
+def test_symlinked_video_folders_are_followed_once(tmp_path, corpus):
+    from datamodules.prepare import walk_files
+
+    speaker = tmp_path / "id1"
+    (speaker / "v1").mkdir(parents=True)
+    (speaker / "v1" / "1.wav").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "2.wav").write_bytes(b"x")
+    (speaker / "v2").symlink_to(elsewhere, target_is_directory=True)
+    (speaker / "v1" / "up").symlink_to(speaker, target_is_directory=True)  # a loop back up
+    assert sorted(p.name for p in walk_files(speaker)) == ["1.wav", "2.wav"]
