@@ -60,8 +60,27 @@ def save_png(image: torch.Tensor, target: Path, **kwargs) -> None:
 
 
 @torch.no_grad()
+def embed_in_windows(model, feats: torch.Tensor, window_frames: int = 6000) -> torch.Tensor:
+    """Voice embedding [1, D] of features [F, T] with memory bounded by one window: windows of `window_frames`
+    (a short tail joins the last one) are embedded one at a time and averaged, weighted by their frames. The
+    encoder ends in a mean over time and a linear layer, so this equals the whole clip's embedding up to the
+    receptive field at each window edge; a clip within one window is embedded whole."""
+    starts = list(range(0, feats.shape[-1], window_frames))
+    if len(starts) > 1 and feats.shape[-1] - starts[-1] < window_frames // 2:
+        starts.pop()  # the tail joins the window before it
+    ends = [*starts[1:], feats.shape[-1]]
+    total, weight = 0.0, 0
+    for a, b in zip(starts, ends):
+        part = feats[None, :, a:b].to(model.device, torch.float32)
+        total = total + model.embed(part, torch.tensor([b - a], device=model.device)) * (b - a)
+        weight += b - a
+    return total / weight
+
+
+@torch.no_grad()
 def generate_faces(
-    model, front_end, files: list[Path], out: str | Path, truncation_psi: float = 1.0, grid_columns: int = 8
+    model, front_end, files: list[Path], out: str | Path, truncation_psi: float = 1.0, grid_columns: int = 8,
+    window_frames: int = 6000,  # longer clips are embedded in windows of this many frames (memory stays bounded)
 ) -> tuple[list[Path], dict[str, str]]:
     """Write out/<file name>.png per readable input, then out/grid.png and out/manifest.json; return (written
     PNGs, {file: error})."""
@@ -77,9 +96,8 @@ def generate_faces(
         except AudioError as err:
             errors[str(file)] = err.reason
             continue
-        audio = feats[None].to(model.device, torch.float32)
-        lengths = torch.tensor([feats.shape[-1]], device=model.device)
-        img = model.generate(audio, lengths, noise_mode="const", truncation_psi=truncation_psi).float().cpu()
+        emb = embed_in_windows(model, feats, window_frames)
+        img = model.generate_from(emb, noise_mode="const", truncation_psi=truncation_psi).float().cpu()
         face = ((img[0] + 1) / 2).clamp(0, 1)
         target = out / f"{file.name}.png"
         save_png(face, target)
@@ -128,7 +146,8 @@ def run(cfg: DictConfig) -> int:
     check_out(Path(cfg.out), cfg.get("overwrite", False))
     model = load_model(cfg.ckpt, pick_device(cfg.device))
     front = front_end_of(cfg.ckpt, OmegaConf.to_container(cfg.data_overrides))
-    written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns)
+    written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns,
+                                     round(cfg.window_seconds * 100))
     for path in written:
         print(path)
     for file, reason in errors.items():

@@ -88,6 +88,10 @@ def check_checkpoint(path: str, model: L.LightningModule) -> None:
         "use the experiment and model overrides of the run that wrote it"
     from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 
+    if isinstance(model, Voice2FaceGAN) and not any(str(k).startswith("voice2face_") for k in ckpt):
+        raise ValueError(f"ckpt_path={path}: not a voice2face checkpoint (no voice2face_* entries: a Lightning "
+                         "checkpoint of another project?); pass the last.ckpt or snapshot-*.ckpt of a voice2face "
+                         "run")
     if isinstance(model, Voice2FaceGAN) and ckpt.get("voice2face_format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"ckpt_path={path}: written by another version of voice2face (checkpoint format "

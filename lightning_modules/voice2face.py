@@ -160,9 +160,12 @@ class Voice2FaceGAN(LightningModule):
     @torch.no_grad()
     def generate(self, audio, lengths=None, noise_mode="const", truncation_psi=1.0, ema=True, noise=None):
         """Faces [B, 3, S, S] in about [-1, 1] for the voices in `audio` (EMA generator by default)."""
+        return self.generate_from(self.embed(audio, lengths), noise_mode, truncation_psi, ema, noise)
+
+    def generate_from(self, emb, noise_mode="const", truncation_psi=1.0, ema=True, noise=None):
+        """Faces [B, 3, S, S] for voice embeddings [B, embed_dim] (e.g. of a long clip embedded in windows)."""
         G = self.G_ema if ema else self.G
-        z = self.latent(self.embed(audio, lengths), noise)
-        return G(z, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        return G(self.latent(emb, noise), truncation_psi=truncation_psi, noise_mode=noise_mode)
 
     # ------------------------------------------------------------------ training phases
     def _autocast(self):

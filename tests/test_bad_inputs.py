@@ -254,6 +254,9 @@ CHECKPOINTS = {
                          ["no state_dict", "last.ckpt"]),
     "runs_code_on_load": (lambda good, d: (torch.save({"state_dict": {}, "x": np.float64}, d / "x.ckpt"),
                                            d / "x.ckpt")[1], ["cannot be read"]),
+    "other_project": (lambda good, d: variant(good, d / "theirs.ckpt", lambda c: [c.pop(k) for k in list(c)
+                                                                                  if k.startswith("voice2face_")]),
+                      ["not a voice2face checkpoint", "another project"]),
     "other_version": (lambda good, d: variant(good, d / "old.ckpt", lambda c: c.pop("voice2face_format")),
                       ["another version", "format None"]),
     "other_model": (lambda good, d: variant(good, d / "other.ckpt", lambda c: c["state_dict"].update(

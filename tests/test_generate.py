@@ -119,3 +119,19 @@ def test_front_end_of_a_checkpoint_is_the_training_audio_path(audio_dir, tmp_pat
     assert torch.equal(feats[:, : plain.shape[1]], plain.half().float())  # as stored in the shards
     with pytest.raises(ValueError, match="no datamodule hyper-parameters"):
         front_end_of(smoke_checkpoint(tmp_path / "bare.ckpt"))
+
+
+def test_a_long_clip_is_embedded_in_windows_with_bounded_memory():
+    from experiments.generate import embed_in_windows
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    torch.manual_seed(0)
+    model = Voice2FaceGAN(**SMOKE).eval()
+    feats = torch.randn(64, 2000)
+    whole = model.embed(feats[None], torch.tensor([2000]))
+    assert torch.allclose(embed_in_windows(model, feats, 4000), whole, atol=1e-5)  # within one window: whole
+    calls = []
+    model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[-1]))
+    windowed = embed_in_windows(model, feats, 600)
+    assert calls == [600, 600, 800]  # one window at a time; the 200-frame tail joins the last
+    assert torch.nn.functional.cosine_similarity(windowed, whole).item() > 0.98

@@ -255,3 +255,21 @@ def test_default_corpus_gives_held_out_figures_power():
     complete = [p for p in people if p.has_voice and p.has_face]
     for split, letters in SPLIT_LETTERS.items():
         assert sum(p.name[0] in letters for p in complete) == sizes[split]
+
+
+def test_the_next_generation_removes_partials_of_dead_runs_only(tmp_path):
+    import os
+    import subprocess
+
+    from datamodules.synthetic.corpus import remove_stale_partials
+
+    out = tmp_path / "corpus"
+    dead = subprocess.Popen(["true"])  # a process that has ended: its pid names no live process
+    dead.wait()
+    for label, pid in (("dead", dead.pid), ("live", os.getpid())):
+        folder = tmp_path / f".corpus.partial-{label}"
+        folder.mkdir()
+        (folder / ".owner").write_text(f"{pid}\n")
+        (folder / "big.wav").write_bytes(b"x" * 1000)
+    assert remove_stale_partials(out) == [tmp_path / ".corpus.partial-dead"]
+    assert (tmp_path / ".corpus.partial-live").is_dir()

@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
+import time
 import wave
 from pathlib import Path
 
@@ -80,7 +82,9 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
         name: f"id{10001 + i}" for i, name in enumerate(voiced)
     }  # ids follow name order, as in VoxCeleb1
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    (tmp / ".owner").write_text(f"{os.getpid()}\n")
     try:
         jobs = [(p, vox_ids.get(p.name), str(tmp)) for p in people]
         if workers == 1:
@@ -89,6 +93,7 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 results = pool.map(_build_identity, jobs, chunksize=1)
         _write_tables(tmp, people, vox_ids, [row for rows in results for row in rows], identities, seed)
+        (tmp / ".owner").unlink()
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -96,6 +101,25 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def remove_stale_partials(out_dir: Path) -> list[Path]:
+    """Remove the temporary folders of earlier generations of `out_dir` whose process is gone (a killed run
+    left tens of MB behind); those of a live process are left alone. Returns the removed folders."""
+    removed = []
+    for folder in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        try:
+            pid = int((folder / ".owner").read_text())
+            os.kill(pid, 0)  # raises when no such process
+            continue
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):  # no owner file (an older version) or unreadable: only if old
+            if time.time() - folder.stat().st_mtime < 3600:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _write_tables(
