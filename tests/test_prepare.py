@@ -140,3 +140,16 @@ def test_symlinked_video_folders_are_followed_once(tmp_path, corpus):
     (speaker / "v2").symlink_to(elsewhere, target_is_directory=True)
     (speaker / "v1" / "up").symlink_to(speaker, target_is_directory=True)  # a loop back up
     assert sorted(p.name for p in walk_files(speaker)) == ["1.wav", "2.wav"]
+
+
+def test_a_failed_shard_write_names_the_file(tmp_path, monkeypatch):
+    from datamodules.prepare import write_atomic
+
+    def full_disk(path):
+        open(path, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    target = tmp_path / "Ann_A.pt"
+    with pytest.raises(OSError, match=r"Ann_A.pt: could not be written .* is the disk full"):
+        write_atomic(target, full_disk)
+    assert list(tmp_path.iterdir()) == []  # no partial file
