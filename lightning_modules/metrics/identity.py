@@ -83,18 +83,10 @@ def retrieval_hits(
     return {k: h / repeats for k, h in hits.items()}, g
 
 
-def retrieval_recall(
-    query_emb: Tensor,
-    query_labels: Tensor,
-    centers: Tensor,
-    gallery_size: int,
-    ks: tuple[int, ...] = (1, 5, 10),
-    repeats: int = 10,
-    seed: int = 0,
-) -> tuple[dict[int, float], int]:
-    """Recall@k of the true identity among `gallery_size` identities ranked by cosine similarity (see
-    `retrieval_hits`). Returns ({k: recall}, gallery size used)."""
-    hits, g = retrieval_hits(query_emb, query_labels, centers, gallery_size, ks, repeats, seed)
+def retrieval_recall(*args, **kwargs) -> tuple[dict[int, float], int]:
+    """Recall@k of the true identity among `gallery_size` identities ranked by cosine similarity: the mean of
+    `retrieval_hits` over queries, with its arguments. Returns ({k: recall}, gallery size used)."""
+    hits, g = retrieval_hits(*args, **kwargs)
     return {k: float(h.mean()) for k, h in hits.items()}, g
 
 
