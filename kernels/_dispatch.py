@@ -3,8 +3,10 @@
 `impl="auto"` takes Triton for CUDA tensors and the reference elsewhere; "torch" and "triton" force one.
 Triton kernels are compiled at first use (`jit` below), so the `TRITON_INTERPRET` switch is read at that
 moment: tests set it for themselves only and run the Triton path on CPU tensors through Triton's interpreter.
-When the Triton path cannot run (no Triton, a compile error, an unsupported configuration) the reference is
-used and one warning per op names the reason.
+When the Triton path cannot run (no Triton, a compile, resource or launch error, an unsupported configuration)
+the reference is used and one warning per op names the reason; that decision is made once per op and
+configuration (the key a caller passes), so a failing compile is not retried on every call. Any other exception
+of a Triton path is a bug and raises: a silent slow path would hide it.
 """
 
 import functools
@@ -23,6 +25,24 @@ except ImportError:
 
 IMPLS = ("auto", "torch", "triton")
 _warned = set()  # ops that have already warned about falling back
+_broken = set()  # (op, key): configurations whose Triton path failed to compile or launch
+
+
+def _cannot_run_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "Triton cannot run this here" rather than "the kernel is wrong"."""
+    found = [NotImplementedError]  # a configuration a wrapper does not support
+    if triton is not None:
+        from triton.compiler import errors as compile_errors
+        from triton.runtime import errors as runtime_errors
+
+        names = [(compile_errors, "CompilationError"), (runtime_errors, "OutOfResources"),
+                 (runtime_errors, "PTXASError"), (runtime_errors, "AutotunerError")]
+        found += [getattr(module, name) for module, name in names if hasattr(module, name)]
+    return tuple(found)
+
+
+def _is_launch_error(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and str(err).lstrip().startswith("Triton Error")  # driver launch
 
 
 def interpreting() -> bool:
@@ -74,12 +94,19 @@ def fallback(op: str, reason: str) -> None:
         _warned.add(op)  # after the warning, so that a warnings-as-errors filter sees every failure
 
 
-def run(op: str, triton_fn, ref_fn):
-    """Call `triton_fn()`; if it fails (compile or launch error), warn once and return `ref_fn()`."""
+def run(op: str, triton_fn, ref_fn, key=None):
+    """Call `triton_fn()`; if Triton cannot run it (compile, resource or launch error, unsupported
+    configuration), warn once, remember `(op, key)` and return `ref_fn()` now and on later calls of that
+    configuration. Any other exception propagates."""
+    if (op, key) in _broken:
+        return ref_fn()
     try:
         return triton_fn()
     except torch.OutOfMemoryError:
         raise
-    except Exception as err:  # a Triton compile/launch failure of any kind
+    except Exception as err:
+        if not (isinstance(err, _cannot_run_errors()) or _is_launch_error(err)):
+            raise
+        _broken.add((op, key))
         fallback(op, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
         return ref_fn()

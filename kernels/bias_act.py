@@ -148,5 +148,6 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
             "bias_act",
             lambda: bias_act_triton(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp),
             lambda: bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp),
+            key=(x.dtype, x.ndim, dim, act),
         )
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)

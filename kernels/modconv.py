@@ -186,6 +186,7 @@ def modulated_conv2d(
                 "modulated_conv2d",
                 lambda: modulated_conv2d_triton(x, weight, styles, demodulate, up, padding, **kwargs),
                 lambda: modulated_conv2d_ref(x, weight, styles, demodulate, up, padding, **kwargs),
+                key=(x.dtype, tuple(weight.shape[1:]), demodulate, up, padding, act),
             )
         _dispatch.fallback("modulated_conv2d", reason)
     return modulated_conv2d_ref(x, weight, styles, demodulate, up, padding, **kwargs)

@@ -211,6 +211,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
             lambda: upfirdn2d_ref(
                 x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain
             ),
+            key=(x.dtype, tuple(f.shape), str(up), str(down), str(padding)),
         )
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 

@@ -23,6 +23,21 @@ def test_config_groups_present():
             assert (ROOT / "experiments/conf" / group / f"{name}.yaml").is_file(), f"{group}/{name}"
 
 
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_a_group_override_wins_over_every_experiment(compose_cfg, exp):
+    """Experiments hold deltas: selecting an encoder group on the command line changes the composed encoder."""
+    for group, key, value in (("resnet18_relu", "act", "relu"), ("resnet18_no_se", "se", False)):
+        cfg = compose_cfg(f"+exp={exp}", f"model/encoder={group}")
+        assert cfg.model.encoder[key] == value, f"+exp={exp} model/encoder={group}: {key}={cfg.model.encoder[key]}"
+
+
+def test_the_ablations_select_encoder_groups(compose_cfg):
+    assert compose_cfg("+exp=nose").model.encoder.se is False
+    assert compose_cfg("+exp=relu").model.encoder.act == "relu"
+    for exp in ("nose", "relu"):
+        assert "override /model/encoder:" in (ROOT / "experiments/conf/exp" / f"{exp}.yaml").read_text()
+
+
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):

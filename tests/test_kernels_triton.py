@@ -28,6 +28,7 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 def interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(_dispatch, "_warned", set())
+    monkeypatch.setattr(_dispatch, "_broken", set())
     with warnings.catch_warnings():
         warnings.simplefilter(
             "error", RuntimeWarning
