@@ -1,5 +1,6 @@
 """Ops with a PyTorch reference and a Triton fast path; `impl="auto"|"torch"|"triton"` picks one."""
 
+from ._dispatch import report
 from .bias_act import bias_act
 from .modconv import conv2d_resample, modulated_conv2d
 from .upfirdn2d import downsample2d, setup_filter, upfirdn2d, upsample2d
@@ -9,6 +10,7 @@ __all__ = [
     "conv2d_resample",
     "downsample2d",
     "modulated_conv2d",
+    "report",
     "setup_filter",
     "upfirdn2d",
     "upsample2d",

@@ -25,6 +25,7 @@ except ImportError:
 
 IMPLS = ("auto", "torch", "triton")
 _warned = set()  # ops that have already warned about falling back
+_paths: dict[str, tuple[str, str]] = {}  # op -> (path of its last call, why), for report()
 _broken = set()  # (op, key): configurations whose Triton path failed to compile or launch
 
 
@@ -66,10 +67,14 @@ def use_triton(op: str, impl: str, *tensors) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"kernels.{op}: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
+        note(op, "reference", "impl=torch")
         return False
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if impl == "auto":
-        return on_cuda and _triton_importable()
+        chosen = on_cuda and _triton_importable()
+        note(op, "triton" if chosen else "reference",
+             "impl=auto on CUDA" if chosen else "impl=auto: " + ("no Triton" if on_cuda else "not on CUDA"))
+        return chosen
     if not _triton_importable():
         fallback(op, "Triton is not installed")
         return False
@@ -83,8 +88,25 @@ def _triton_importable() -> bool:
     return triton is not None
 
 
+def strict() -> bool:
+    """VOICE2FACE_STRICT_KERNELS=1: a fallback is an error (the GPU check sets it, so a broken kernel fails)."""
+    return os.environ.get("VOICE2FACE_STRICT_KERNELS", "0") == "1"
+
+
+def note(op: str, path: str, why: str) -> None:
+    _paths[op] = (path, why)
+
+
+def report() -> dict[str, tuple[str, str]]:
+    """{op: (path its last call took, why)} for the ops called so far in this process."""
+    return dict(_paths)
+
+
 def fallback(op: str, reason: str) -> None:
-    """Warn once per op that the PyTorch reference replaces its Triton path, and why."""
+    """Warn once per op that the PyTorch reference replaces its Triton path, and why (raise when strict)."""
+    note(op, "reference", f"fallback: {reason}")
+    if strict():
+        raise RuntimeError(f"kernels.{op}: the Triton path cannot run ({reason}) and VOICE2FACE_STRICT_KERNELS=1")
     if op not in _warned:
         warnings.warn(
             f"kernels.{op}: using the PyTorch reference instead of Triton: {reason}",
@@ -99,9 +121,12 @@ def run(op: str, triton_fn, ref_fn, key=None):
     configuration), warn once, remember `(op, key)` and return `ref_fn()` now and on later calls of that
     configuration. Any other exception propagates."""
     if (op, key) in _broken:
+        note(op, "reference", "this configuration failed in Triton earlier")
         return ref_fn()
     try:
-        return triton_fn()
+        out = triton_fn()
+        note(op, "triton", "Triton ran")
+        return out
     except torch.OutOfMemoryError:
         raise
     except Exception as err:

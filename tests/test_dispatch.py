@@ -50,3 +50,19 @@ def test_launch_and_compile_errors_fall_back():
             assert _dispatch.run("op2", failing(error, []), lambda: "ref") == "ref"
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a RuntimeError of ours is a bug
         _dispatch.run("op3", failing(RuntimeError("shape mismatch"), []), lambda: "ref")
+
+
+def test_report_says_which_path_each_op_took_and_strict_mode_raises(monkeypatch):
+    import torch
+
+    import kernels
+
+    monkeypatch.setattr(_dispatch, "_paths", {})
+    kernels.bias_act(torch.randn(2, 3), torch.zeros(3), impl="torch")
+    kernels.upfirdn2d(torch.randn(1, 1, 4, 4), kernels.setup_filter([1, 1]))  # auto on a CPU tensor
+    assert kernels.report() == {"bias_act": ("reference", "impl=torch"),
+                                "upfirdn2d": ("reference", "impl=auto: not on CUDA")}
+    monkeypatch.setenv("VOICE2FACE_STRICT_KERNELS", "1")
+    strict = r"kernels.op: the Triton path cannot run \(NotImplementedError: k=5\) and VOICE2FACE_STRICT_KERNELS=1"
+    with pytest.raises(RuntimeError, match=strict):
+        _dispatch.run("op", failing(NotImplementedError("k=5"), []), lambda: "ref")
