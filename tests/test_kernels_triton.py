@@ -237,10 +237,14 @@ def test_dispatch_picks_paths():
 
 
 def test_triton_failure_falls_back_with_one_warning(monkeypatch):
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
     import kernels.modconv as modconv
 
     def broken(*args, **kwargs):
-        raise RuntimeError("simulated compile error\nmore detail")
+        raise CompilationError("x = 1", ast.parse("x = 1").body[0], "simulated compile error\nmore detail")
 
     monkeypatch.setattr(modconv, "_launch", broken)
     x, w, s = _inputs(1, 2, 3, 4, 3, torch.float32)
@@ -249,9 +253,21 @@ def test_triton_failure_falls_back_with_one_warning(monkeypatch):
         y1 = kernels.modulated_conv2d(x, w, s, padding=1, impl="triton")
         y2 = kernels.modulated_conv2d(x, w, s, padding=1, impl="triton")
     messages = [str(c.message) for c in caught]
-    assert len(messages) == 1 and "simulated compile error" in messages[0], messages
+    assert len(messages) == 1 and "CompilationError" in messages[0], messages
     expect = modulated_conv2d_ref(x, w, s, padding=1)
     assert torch.equal(y1, expect) and torch.equal(y2, expect)
+
+
+def test_a_bug_in_a_triton_wrapper_raises(monkeypatch):
+    import kernels.modconv as modconv
+
+    def buggy(*args, **kwargs):
+        raise IndexError("tile index out of range")
+
+    monkeypatch.setattr(modconv, "_launch", buggy)
+    x, w, s = _inputs(1, 2, 3, 4, 3, torch.float32)
+    with pytest.raises(IndexError, match="tile index"):
+        kernels.modulated_conv2d(x, w, s, padding=1, impl="triton")
 
 
 def test_forced_triton_without_cuda_or_interpreter_warns(monkeypatch):
