@@ -47,7 +47,8 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, t
     if len(labels) != len(runs):
         raise ValueError(f"curves: {len(runs)} runs but {len(labels)} labels")
     fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # more than 10 runs would repeat the default cycle's colours: tab20 keeps up to 20 apart
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(runs) <= 10 else list(plt.cm.tab20.colors)
     for r, (run, label) in enumerate(zip(runs, labels)):
         floors = [f"{k}/real" for k in keys]
         curves = read_curves(run, keys + floors)

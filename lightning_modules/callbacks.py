@@ -141,7 +141,7 @@ class KimgCheckpoint(Callback):
                 raise OSError(f"checkpoint folder {self.dirpath} is not writable ({err}); "
                               f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place") from err
         try:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state: a resume point
             if trainer.is_global_zero:
                 os.replace(tmp, path)
         finally:  # a failed save (disk full, ...) leaves the previous checkpoint and no partial file

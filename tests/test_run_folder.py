@@ -49,7 +49,7 @@ def test_a_failed_checkpoint_save_leaves_the_previous_one(tmp_path):
     previous = tmp_path / "last.ckpt"
     previous.write_bytes(b"the previous checkpoint")
 
-    def full_disk(path):
+    def full_disk(path, weights_only=None):
         open(path, "wb").write(b"half a checkpo")
         raise OSError(28, "No space left on device")
 
