@@ -16,6 +16,19 @@ def images_seen(trainer, pl_module) -> int:
     return int(getattr(pl_module, "cur_nimg", trainer.global_step))
 
 
+def remove_dead_temporaries(folder: Path, name: str) -> None:
+    """Remove `.<name>.<pid>.tmp` files of processes that are gone (a run killed mid-save leaves one)."""
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        try:
+            os.kill(int(tmp.name[len(name) + 2 : -4]), 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            continue  # a live process of another user
+
+
 class KimgCheckpoint(Callback):
     """`last.ckpt` every `last_every_kimg` and `snapshot-<kimg>.ckpt` every `every_kimg`, plus `last.ckpt` at the
     end; each written to a temporary file and renamed, so a crash never leaves a half-written checkpoint.
@@ -140,6 +153,8 @@ class KimgCheckpoint(Callback):
             except OSError as err:
                 raise OSError(f"checkpoint folder {self.dirpath} is not writable ({err}); "
                               f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place") from err
+        if trainer.is_global_zero:
+            remove_dead_temporaries(self.dirpath, name)
         try:
             trainer.save_checkpoint(tmp, weights_only=False)  # the full state: a resume point
             if trainer.is_global_zero:

@@ -83,3 +83,17 @@ def test_user_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VOICE2FACE_DEBUG", "1")
     with pytest.raises(ValueError, match="bad"):
         command(ValueError("bad"))
+
+
+def test_temporaries_of_killed_saves_are_removed(tmp_path):
+    import os
+    import subprocess
+
+    from lightning_modules.callbacks import remove_dead_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".last.ckpt.{dead.pid}.tmp").write_bytes(b"half")  # a run killed while saving
+    (tmp_path / f".last.ckpt.{os.getpid()}.tmp").write_bytes(b"saving")  # a save in progress
+    remove_dead_temporaries(tmp_path, "last.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == [f".last.ckpt.{os.getpid()}.tmp"]
