@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import hydra
 
-NETWORKS = frozenset({  # every class a network config of this project may name
+NETWORKS = {  # every class a network config may name: the project's own, plus those registered in code
     "lightning_modules.audio_encoder.AudioEncoder",
     "lightning_modules.stylegan2.Generator",
     "lightning_modules.stylegan2.Discriminator",
     "lightning_modules.baselines.DCGANGenerator",
     "lightning_modules.baselines.DCGANDiscriminator",
     "lightning_modules.baselines.StyleGAN1Generator",
-})
+}
+
+
+def register_network(target: str) -> None:
+    """Allow one more `_target_` (your own encoder, say) for configs and checkpoints of this process. Only code
+    can call this, so a handed file cannot widen what it may build."""
+    NETWORKS.add(target)
 
 
 def _directives(value, path: str) -> list[str]:

@@ -8,6 +8,7 @@ import torch.nn as nn
 from lightning import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_modules.build import register_network
 from lightning_modules.encoder_pretrain import EncoderPretrain, load_encoder_weights
 
 FEAT, SPEAKERS = 6, 3
@@ -24,6 +25,9 @@ class TinyEncoder(nn.Module):
 
     def classify(self, emb):
         return self.head(emb)
+
+
+register_network(f"{__name__}.TinyEncoder")  # the tests' own encoder class, allowed in code
 
 
 def make(**kwargs):
