@@ -92,7 +92,8 @@ def walk_files(folder: Path) -> list[Path]:
     of its identity) but entering each real folder once, so a link back up cannot loop."""
     seen, found = set(), []
     for here, dirs, files in os.walk(folder, followlinks=True):
-        key = (os.stat(here).st_dev, os.stat(here).st_ino)
+        info = os.stat(here)
+        key = (info.st_dev, info.st_ino)
         if key in seen:
             dirs[:] = []
             continue
