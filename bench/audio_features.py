@@ -8,7 +8,9 @@ Both sides compute the same thing (checked: the features agree), normalisation i
 - mfcc: 13 cepstra of 40 bands, 20 ms Hamming, nfft 512, pre-emphasis 0.95 + Δ + ΔΔ (K = 2);
   psf: mfcc(ceplifter=0, appendEnergy=False) + delta + delta, then normalisation.
 psf runs one clip at a time (numpy); torch runs batches of --batch clips on the CPU with each of --threads
-intra-op threads (small batches stay in cache; on a shared box one thread wins), and on CUDA when present.
+intra-op threads, and on CUDA when present. On the CPU the module takes its banded path (chunks of frames, one
+product per filter block); the "dense" rows run the same module with its reference path (one FFT of all
+frames, one dense filterbank product) in its place, so the gain of the fast path is read off the same run.
 One warm-up pass each before timing; best of --repeats.
 """
 
@@ -96,7 +98,7 @@ def main():
     clips = make_clips(args.clips, args.seconds)
     runs = [("cpu", n) for n in args.threads] + ([("cuda", None)] if torch.cuda.is_available() else [])
     print(f"{args.clips} clips of {args.seconds:g} s, torch {torch.__version__}, batches of {args.batch}")
-    print(f"{'features':8} {'psf clips/s':>12} {'device':>10} {'torch clips/s':>14} {'ratio':>7}")
+    print(f"{'features':8} {'psf clips/s':>12} {'device':>16} {'torch clips/s':>14} {'ratio':>7}")
     for kind, reference in (("logmel", psf_logmel), ("mfcc", psf_mfcc)):
         module = AudioFeatures(kind)
         ours = module(torch.from_numpy(clips[:1]))[0][0].T.double().numpy()
@@ -104,13 +106,16 @@ def main():
         if gap > 1e-2:
             raise SystemExit(f"{kind}: torch and psf features differ by {gap:.3g}; timings would not compare")
         base = time_psf(reference, clips, args.repeats)
+        dense = AudioFeatures(kind)
+        dense.mel_banded = dense.mel_dense
         for device, threads in runs:
             if threads:
                 torch.set_num_threads(threads)
             batch = args.clips if device == "cuda" else args.batch
-            rate = time_torch(module.to(device), clips, batch, args.repeats, torch.device(device))
-            where = f"cpu x{threads}" if threads else device
-            print(f"{kind:8} {base:12.1f} {where:>10} {rate:14.1f} {rate / base:6.1f}x")
+            for path, m in (("", module), (" dense", dense)) if threads else (("", module),):
+                rate = time_torch(m.to(device), clips, batch, args.repeats, torch.device(device))
+                where = (f"cpu x{threads}" if threads else device) + path
+                print(f"{kind:8} {base:12.1f} {where:>16} {rate:14.1f} {rate / base:6.1f}x")
 
 
 if __name__ == "__main__":
