@@ -11,7 +11,7 @@ RUN_ARGS ?=
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run test test-full ablations table2 recipe bench lint clean
+.PHONY: help install run test test-full ablations table2 recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ recipe: install  ## the recipe study of docs/recipe.md (about 2 h on 2 cores): v
 	$(PY) -m experiments.recipe $(RUN_ARGS)
 
 bench: install  ## every benchmark in bench/ (each prints a table of ratios)
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in $(filter-out bench/gpu_report.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check: install  ## on a GPU machine: kernels, training step and a 1-kimg run in ~6 min (outputs/gpu_check)
+	PY=$(PY) bash bench/gpu_check.sh outputs/gpu_check
 
 lint: install  ## ruff
 	$(PY) -m ruff check .

@@ -7,7 +7,11 @@ and the table prints each one's ratio to the first CPU row. Lazy regularisers ru
 timed window of `--iters` iterations starts after one warm-up iteration. A frozen encoder (`encoder_mode=frozen`)
 is given random weights here.
 
-    python -m bench.train_step [--device cpu|cuda|all] [--iters 8] [--frames 400]
+On CUDA every variant runs in float32 and bf16, and the paper's variant once more with the Triton kernels off
+(`impl=torch` in G and D: NVlabs' non-fused PyTorch path), so "Triton on vs off" is read off the same run; peak
+allocated memory is printed beside img/s.
+
+    python -m bench.train_step [--device cpu|cuda|all] [--iters 8] [--frames 400] [--markdown FILE]
                                [--variant 'name=+exp=baseline_cpu model.xflip=true' ...]
 """
 
@@ -38,6 +42,7 @@ VARIANTS = {  # name -> overrides; ratios are to the first: the make-run recipe 
     "cpu": "+exp=baseline_cpu",
     "paper": "+exp=baseline",
 }
+TRITON_OFF = "model.generator.impl=torch model.discriminator.impl=torch"  # appended for the CUDA-only row
 
 
 class RandomBatches(Dataset):
@@ -91,6 +96,9 @@ def build(overrides: str, tmp: Path, bf16: bool):
 
 
 def images_per_second(overrides, device, iters, frames, bf16):
+    """(batch, face size, images/s, peak allocated GiB or None) of `iters` timed training iterations."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         model, batch, res = build(overrides, Path(tmp), bf16)
@@ -98,7 +106,8 @@ def images_per_second(overrides, device, iters, frames, bf16):
         trainer = Trainer(accelerator=device, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
         trainer.fit(model, DataLoader(RandomBatches(batch * (iters + 1), frames, res), batch_size=batch))
-    return batch, res, batch * iters / (timer.end - timer.start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return batch, res, batch * iters / (timer.end - timer.start), peak
 
 
 def main():
@@ -107,21 +116,36 @@ def main():
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--frames", type=int, default=400, help="audio frames per crop (400 = 4 s)")
     ap.add_argument("--variant", action="append", default=[], help="name=overrides (repeatable)")
+    ap.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or VARIANTS
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        print("bench/train_step.py: unmeasured: no CUDA device on this machine.")
+        return
     rows = []
     for device in devices:
+        runs = dict(variants)
+        if device == "cuda" and "paper" in runs:
+            runs["paper, Triton off"] = f"{runs['paper']} {TRITON_OFF}"
         for bf16 in [False, True] if device == "cuda" else [False]:
-            for name, overrides in variants.items():
-                batch, res, ips = images_per_second(overrides, device, args.iters, args.frames, bf16)
-                rows.append((device, "bf16" if bf16 else "fp32", name, batch, res, ips))
-    print(f"\n{args.iters} timed iterations, {args.frames} audio frames, torch threads {torch.get_num_threads()}")
-    base = next(r[5] for r in rows if r[0] == "cpu")
-    print(f"{'device':<7}{'precision':<11}{'variant':<16}{'batch':>6}{'px':>5}{'images/s':>10}{'vs first cpu':>14}")
-    for device, precision, name, batch, res, ips in rows:
-        print(f"{device:<7}{precision:<11}{name:<16}{batch:>6}{res:>5}{ips:>10.1f}{ips / base:>13.2f}x")
+            for name, overrides in runs.items():
+                batch, res, ips, peak = images_per_second(overrides, device, args.iters, args.frames, bf16)
+                rows.append((device, "bf16" if bf16 else "fp32", name, batch, res, ips, peak))
+    first = rows[0]
+    where = torch.cuda.get_device_name() if "cuda" in devices else "CPU"
+    lines = [f"{args.iters} timed iterations, {args.frames} audio frames, torch threads {torch.get_num_threads()}, "
+             f"{where}; ratios to the first row ({first[0]} {first[1]} {first[2]})", "",
+             "| device | precision | variant | batch | px | images/s | vs first | peak GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for device, precision, name, batch, res, ips, peak in rows:
+        memory = "-" if peak is None else f"{peak:.2f}"
+        lines.append(f"| {device} | {precision} | {name} | {batch} | {res} | {ips:.1f} | {ips / first[5]:.2f}x | "
+                     f"{memory} |")
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import kernels
 from datamodules.cli_errors import one_line_errors
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,9 @@ def _train(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if hasattr(model, "train_seconds"):
         metrics.update({"run/kimg": model.cur_nimg / 1000, "run/train_s": model.train_seconds})
+        if trainer.strategy.root_device.type == "cuda":
+            metrics["run/peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["run/peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     if cfg.get("evaluate") and hasattr(model, "generate") and trainer.is_global_zero:
         from lightning_modules.metrics import evaluate, headline_markdown, summary_markdown
 
@@ -267,9 +271,16 @@ def report_locations(out: Path, metrics: dict[str, Any]) -> None:
         f"logs         {out / 'csv' / 'metrics.csv'} ; W&B offline: {out / 'wandb'} (upload: wandb sync)",
     ]
     if metrics.get("run/train_s"):
+        memory = ""
+        if "run/peak_alloc_gib" in metrics:
+            memory = (f", peak GPU memory {metrics['run/peak_alloc_gib']:.2f} GiB allocated, "
+                      f"{metrics['run/peak_reserved_gib']:.2f} GiB reserved")
         lines.append(f"training     {metrics['run/kimg']:.1f} kimg in {metrics['run/train_s']:.0f} s: "
                      f"{1000 * metrics['run/kimg'] / metrics['run/train_s']:.1f} img/s, "
-                     f"{metrics['run/train_s'] / metrics['run/kimg']:.1f} s/kimg")
+                     f"{metrics['run/train_s'] / metrics['run/kimg']:.1f} s/kimg{memory}")
+    paths = kernels.report()  # which path each op's last call took (Triton or the PyTorch reference), and why
+    if paths:
+        lines.append("kernels      " + "; ".join(f"{op}: {path} ({why})" for op, (path, why) in sorted(paths.items())))
     scores = {k: v for k, v in metrics.items() if "/" in k and k.split("/")[0] in ("test", "val")}
     if scores:
         lines.append(f"metrics      {out}/metrics_*.json ({len(scores)} figures)")

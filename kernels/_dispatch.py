@@ -62,6 +62,22 @@ def jit(fn):
     return _jit_cached(fn, interpreting())
 
 
+@functools.cache
+def autotuned(fn, configs: tuple, key: tuple, prune=None):
+    """`triton.autotune` over `configs` (triton.Config) of `triton.jit(fn)`, re-tuned for each new value of the
+    `key` arguments (and dtypes). Only on a device: tuning times each configuration with CUDA events, which the
+    interpreter has not; callers pass fixed tiles there. Results are cached on disk (Triton's cache folder), so
+    later processes of the same machine skip the tuning."""
+    return triton.autotune(
+        configs=list(configs),
+        key=list(key),
+        prune_configs_by=None if prune is None else {"early_config_prune": prune},
+        warmup=5,  # ms per configuration (Triton's default 25 + 100): a few tenths of a second per new shape
+        rep=20,
+        cache_results=True,
+    )(triton.jit(fn))
+
+
 def use_triton(op: str, impl: str, *tensors) -> bool:
     """Whether `op` should take its Triton path for these tensors (None entries are ignored)."""
     if impl not in IMPLS:

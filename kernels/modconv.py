@@ -286,6 +286,27 @@ def _pow2(v, lo, hi):
     return max(lo, min(hi, 1 << max(int(v) - 1, 0).bit_length()))
 
 
+# Tiles tried by the autotuner on a device: (BLOCK_P pixels, BLOCK_O stacked outputs, BLOCK_I inputs, warps).
+# Small pixel tiles for the 4x4 and 8x8 layers (more programs), larger ones for 32-64 px at 512 channels;
+# ToRGB (3 outputs) gets narrow output tiles.
+TILES = ((16, 64, 32, 4), (16, 128, 32, 4), (32, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 64, 32, 4),
+         (128, 128, 32, 8), (64, 64, 64, 4), (64, 16, 32, 4), (128, 16, 64, 4))
+TUNE_KEY = ("C_IN", "H", "W", "C_OUT", "K", "UP", "HAS_D", "HAS_NOISE", "STORE_C")
+
+
+def _tile_configs():
+    return tuple(triton.Config({"BLOCK_P": p, "BLOCK_O": o, "BLOCK_I": i}, num_warps=w) for p, o, i, w in TILES)
+
+
+def _prune_tiles(configs, named_args, **kwargs):
+    """Drop tiles far larger than the problem (they only add masked-off lanes); always keep the smallest."""
+    pixels, c_out, c_in = named_args["HQ"] * named_args["WQ"], named_args["C_OUT"], named_args["C_IN"]
+    fits = [c for c in configs
+            if c.kwargs["BLOCK_P"] <= _pow2(pixels, 16, 128) and c.kwargs["BLOCK_O"] <= _pow2(c_out, 16, 128)
+            and c.kwargs["BLOCK_I"] <= _pow2(c_in, 16, 64)]
+    return fits or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_O"])]
+
+
 def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, store_c):
     """y (and the pre-demodulation result c, or None) of the fused kernel; w: stacked [C_OUT, C_IN, K, K]."""
     n, c_in, h, w_in = x.shape
@@ -304,10 +325,17 @@ def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, st
         precision = "tf32" if x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
     else:
         precision = "ieee"
-    block_p, block_o, block_i = _pow2(hq * wq, 16, 64), _pow2(c_out, 16, 64), _pow2(c_in, 16, 32)
-    grid = (triton.cdiv(hq * wq, block_p), triton.cdiv(c_out, block_o), n)
+    if _dispatch.interpreting():  # fixed tiles: tuning needs a device to time on
+        tiles = dict(BLOCK_P=_pow2(hq * wq, 16, 64), BLOCK_O=_pow2(c_out, 16, 64), BLOCK_I=_pow2(c_in, 16, 32))
+        kernel = _dispatch.jit(_modconv_kernel)
+        grid = (triton.cdiv(hq * wq, tiles["BLOCK_P"]), triton.cdiv(c_out, tiles["BLOCK_O"]), n)
+        tiles["num_warps"] = 4
+    else:
+        tiles = {}
+        kernel = _dispatch.autotuned(_modconv_kernel, _tile_configs(), TUNE_KEY, _prune_tiles)
+        grid = lambda meta: (triton.cdiv(hq * wq, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_O"]), n)  # noqa: E731
     dummy = y  # pointer for absent optional tensors (never read: their flags are off)
-    _dispatch.jit(_modconv_kernel)[grid](
+    kernel[grid](
         x,
         dummy if s is None else s.contiguous(),
         wt,
@@ -341,10 +369,7 @@ def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, st
         STORE_C=store_c,
         ACC_DTYPE=tl.float64 if x.dtype == torch.float64 else tl.float32,
         PRECISION=precision,
-        BLOCK_P=block_p,
-        BLOCK_O=block_o,
-        BLOCK_I=block_i,
-        num_warps=4,
+        **tiles,
     )
     return y, c
 

@@ -4,6 +4,7 @@
 for the current setting (`kernels._dispatch.jit`), so the rest of the suite is unaffected.
 """
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -304,3 +305,23 @@ def test_cuda_kernels_equal_reference(dtype, monkeypatch):
         _rel(kernels.bias_act(x, None, act="lrelu").float(), bias_act_ref(x, None, act="lrelu").float())
         <= tol
     )
+
+
+def test_autotune_key_and_tiles_fit_the_kernel():
+    import kernels.modconv as modconv
+
+    params = inspect.signature(modconv._modconv_kernel).parameters
+    assert set(modconv.TUNE_KEY) <= set(params), "the autotune key names arguments the kernel does not have"
+    configs = modconv._tile_configs()
+    assert all(set(c.kwargs) == {"BLOCK_P", "BLOCK_O", "BLOCK_I"} for c in configs)
+    # dot tiles need >= 16 on every side; powers of two for tl.arange
+    assert all(v >= 16 and v & (v - 1) == 0 for c in configs for v in c.kwargs.values())
+
+    def kept(hq, c_out, c_in):
+        shape = {"HQ": hq, "WQ": hq, "C_OUT": c_out, "C_IN": c_in}
+        return {(c.kwargs["BLOCK_P"], c.kwargs["BLOCK_O"]) for c in modconv._prune_tiles(configs, shape)}
+
+    assert kept(4, 3, 512) == {(16, 64)}  # nothing fits a 4x4 ToRGB: the smallest tile stays
+    assert all(p <= 16 for p, _ in kept(4, 512, 512))  # 16 pixels: no 64-pixel tile
+    assert {o for _, o in kept(64, 3, 512)} == {16}  # 3 outputs: only the narrow output tiles
+    assert len(kept(32, 1024, 512)) == len({(c.kwargs["BLOCK_P"], c.kwargs["BLOCK_O"]) for c in configs})

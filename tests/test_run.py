@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -20,7 +21,9 @@ def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
     assert model.cur_nimg >= cfg.model.total_kimg * 1000
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "samples").glob("*.png")), "no sample grid written"
-    assert (out / "csv" / "metrics.csv").is_file()
+    with open(out / "csv" / "metrics.csv") as f:  # the tick log: speed at every logged step
+        rows = [r for r in csv.DictReader(f) if r.get("perf/sec_per_kimg")]
+    assert rows and all(float(r["perf/sec_per_kimg"]) > 0 and float(r["perf/img_per_s"]) > 0 for r in rows)
     result = json.loads((out / "metrics_test.json").read_text())
     n_test = len(objects["datamodule"].identities("test"))
     assert "id_cosine" in result and f"recall@1_g{n_test}" in result and "fd_probe" in result
