@@ -2,7 +2,8 @@
 
 from ._dispatch import report
 from .bias_act import bias_act
-from .modconv import conv2d_resample, modulated_conv2d
+from .conv2d_resample import conv2d_resample
+from .modconv import modulated_conv2d
 from .upfirdn2d import downsample2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = [

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import _dispatch
 from ._dispatch import tl, triton
+from .shapes import assert_shape
 
 # Activation name -> (default alpha, default gain). lrelu/relu default to gain sqrt(2), which keeps the
 # signal's second moment (He et al.), as StyleGAN2 does.
@@ -19,7 +20,7 @@ ACTIVATIONS = {"linear": (0.0, 1.0), "relu": (0.0, math.sqrt(2)), "lrelu": (0.2,
 def resolve(act, alpha=None, gain=None, clamp=None):
     """(alpha, gain, clamp) with the activation's defaults filled in; clamp None -> -1 (off)."""
     if act not in ACTIVATIONS:
-        raise ValueError(f"kernels/bias_act.py: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        raise ValueError(f"bias_act: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     def_alpha, def_gain = ACTIVATIONS[act]
     alpha = float(def_alpha if alpha is None else alpha)
     gain = float(def_gain if gain is None else gain)
@@ -28,16 +29,17 @@ def resolve(act, alpha=None, gain=None, clamp=None):
 
 
 def _check(x, b, dim):
-    if b is not None and (b.ndim != 1 or not 0 <= dim < x.ndim or b.shape[0] != x.shape[dim]):
-        raise ValueError(
-            f"kernels/bias_act.py: bias of shape {tuple(b.shape)} does not match dim {dim} "
-            f"of x {tuple(x.shape)}"
-        )
+    """The checks of `bias_act`, once per call: its reference and Triton paths assume them."""
+    if b is None:
+        return
+    if not 0 <= dim < x.ndim:
+        raise ValueError(f"bias_act: dim must be in [0, {x.ndim}) for a {x.ndim}-D x, got {dim}")
+    assert_shape(b, [x.shape[dim]], f"bias_act: b (dim {dim} of x {list(x.shape)})")
 
 
 def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
-    """Reference: x + b (broadcast along `dim`), activation, times gain, clamped to [-clamp, clamp]."""
-    _check(x, b, dim)
+    """Reference: x + b (broadcast along `dim`), activation, times gain, clamped to [-clamp, clamp]; inputs as
+    `bias_act` checks them."""
     alpha, gain, clamp = resolve(act, alpha, gain, clamp)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
@@ -133,10 +135,9 @@ class _BiasAct(torch.autograd.Function):
 
 def bias_act_triton(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
     """The Triton path of `bias_act` (same arguments and result as `bias_act_ref`)."""
-    _check(x, b, dim)
     alpha, gain, clamp = resolve(act, alpha, gain, clamp)
-    if gain < 0:
-        raise ValueError(f"kernels/bias_act.py: the Triton path needs gain >= 0, got {gain}")
+    if gain < 0:  # the backward pass reads the activation's slope from the sign of the output
+        raise ValueError(f"bias_act: the Triton path needs gain >= 0, got {gain}")
     return _BiasAct.apply(x, b, dim, act, alpha, gain, clamp)
 
 

@@ -1,4 +1,4 @@
-"""StyleGAN2 modulated convolution (NVlabs `modulated_conv2d`, `fused_modconv=False`) and FIR-resampled conv.
+"""StyleGAN2 modulated convolution (NVlabs `modulated_conv2d`, `fused_modconv=False`).
 
 Per sample n: y = d[n,o] · conv(x[n] · s[n,i], W) with demodulation coefficients
 d[n,o] = rsqrt(Σ_{i,k} (W[o,i,k]·s[n,i])² + 1e-8); up=2 is a transposed conv followed by the [1,3,3,1] blur.
@@ -12,101 +12,28 @@ from . import _dispatch
 from ._dispatch import tl, triton
 from .bias_act import ACT_CODES, act_mask, bias_act_ref
 from .bias_act import resolve as resolve_act
-from .upfirdn2d import _filter_size, _parse_padding, _parse_scaling, setup_filter, upfirdn2d
+from .conv2d_resample import conv2d_resample
+from .shapes import assert_shape
+from .upfirdn2d import setup_filter
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
 
 
-def _conv(x, w, stride=1, padding=0, transpose=False, flip_weight=True):
-    """conv2d is a correlation: flip_weight=False flips w to make it a true convolution."""
-    if not flip_weight:
-        w = w.flip([2, 3])
-    if transpose:
-        return F.conv_transpose2d(x, w, stride=stride, padding=padding)
-    return F.conv2d(x, w, stride=stride, padding=padding)
-
-
-def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, flip_filter=False, impl="auto"):
-    """NVlabs `conv2d_resample` (groups=1): conv2d with FIR up/down-sampling by f; padding in input pixels."""
-    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
-        raise ValueError(
-            "kernels/modconv.py: conv2d_resample needs x [N,I,H,W] and w [O,I,kh,kw], "
-            f"got {tuple(x.shape)} and {tuple(w.shape)}"
-        )
-    _, _, kh, kw = w.shape
-    fw, fh = _filter_size(f)
-    up, _ = _parse_scaling(up, "up")
-    down, _ = _parse_scaling(down, "down")
-    px0, px1, py0, py1 = _parse_padding(padding)
-
-    # Move the padding to where the filter keeps the image centred.
-    if up > 1:
-        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
-        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
-    if down > 1:
-        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
-        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
-
-    if kw == 1 and kh == 1 and down > 1 and up == 1:  # 1x1 downsampling: downsample first, then convolve
-        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
-        return _conv(x, w, flip_weight=flip_weight)
-    if kw == 1 and kh == 1 and up > 1 and down == 1:  # 1x1 upsampling: convolve first, then upsample
-        x = _conv(x, w, flip_weight=flip_weight)
-        return upfirdn2d(
-            x, f, up=up, padding=[px0, px1, py0, py1], gain=up**2, flip_filter=flip_filter, impl=impl
-        )
-    if down > 1 and up == 1:  # downsampling only: filter, then strided conv
-        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
-        return _conv(x, w, stride=down, flip_weight=flip_weight)
-    if up > 1:  # upsampling: transposed strided conv, then filter
-        w = w.transpose(0, 1)
-        px0, px1, py0, py1 = px0 - (kw - 1), px1 - (kw - up), py0 - (kh - 1), py1 - (kh - up)
-        pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
-        x = _conv(x, w, stride=up, padding=[pyt, pxt], transpose=True, flip_weight=not flip_weight)
-        x = upfirdn2d(
-            x,
-            f,
-            padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt],
-            gain=up**2,
-            flip_filter=flip_filter,
-            impl=impl,
-        )
-        if down > 1:
-            x = upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
-        return x
-    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:  # plain conv
-        return _conv(x, w, padding=[py0, px0], flip_weight=flip_weight)
-    x = upfirdn2d(x, None, padding=[px0, px1, py0, py1], impl=impl)  # asymmetric or negative padding
-    x = _conv(x, w, flip_weight=flip_weight)
-    if down > 1:
-        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
-    return x
-
-
 def _check(x, weight, styles, up, padding, noise, bias):
-    if x.ndim != 4 or weight.ndim != 4 or styles.ndim != 2:
-        raise ValueError(
-            "kernels/modconv.py: need x [N,I,H,W], weight [O,I,k,k], styles [N,I]; "
-            f"got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(styles.shape)}"
-        )
+    """The checks of `modulated_conv2d`, once per call: its reference and Triton paths assume them."""
+    assert_shape(x, [None, None, None, None], "modulated_conv2d: x")
     n, i = x.shape[:2]
-    if weight.shape[1] != i or tuple(styles.shape) != (n, i):
-        raise ValueError(
-            f"kernels/modconv.py: channel/batch mismatch: x {tuple(x.shape)}, "
-            f"weight {tuple(weight.shape)}, styles {tuple(styles.shape)}"
-        )
+    assert_shape(weight, [None, i, None, None], "modulated_conv2d: weight")
+    assert_shape(styles, [n, i], "modulated_conv2d: styles")
     if up not in (1, 2):
-        raise ValueError(f"kernels/modconv.py: up must be 1 or 2, got {up}")
+        raise ValueError(f"modulated_conv2d: up must be 1 or 2, got {up!r}")
     if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"kernels/modconv.py: padding must be an int >= 0, got {padding!r}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(
-            f"kernels/modconv.py: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}"
-        )
-    if noise is not None and noise.ndim != 4:
-        raise ValueError(
-            f"kernels/modconv.py: noise must be 4-D and broadcast to the output, got {tuple(noise.shape)}"
-        )
+        raise ValueError(f"modulated_conv2d: padding must be an int >= 0, got {padding!r}")
+    if bias is not None:
+        assert_shape(bias, [weight.shape[0]], "modulated_conv2d: bias")
+    if noise is not None:
+        assert_shape(noise, [None, None, None, None], "modulated_conv2d: noise")
+        torch.broadcast_shapes(noise.shape[:2], (n, weight.shape[0]))  # raises unless it broadcasts to [N, O]
 
 
 def demod_coefficients(weight, styles):
@@ -141,8 +68,7 @@ def modulated_conv2d_ref(
     clamp=None,
 ):
     """Reference: scale the input by the styles, plain (or transposed + blur) conv, scale by d, then add noise
-    and apply `bias_act` (bias, activation·gain, clamp)."""
-    _check(x, weight, styles, up, padding, noise, bias)
+    and apply `bias_act` (bias, activation·gain, clamp). Inputs as `modulated_conv2d` checks them."""
     if x.dtype == torch.float16 and demodulate:
         weight, styles = _prenormalise(weight, styles)
     x = x * styles.to(x.dtype)[:, :, None, None]
@@ -333,7 +259,10 @@ def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, st
     else:
         tiles = {}
         kernel = _dispatch.autotuned(_modconv_kernel, _tile_configs(), TUNE_KEY, _prune_tiles)
-        grid = lambda meta: (triton.cdiv(hq * wq, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_O"]), n)  # noqa: E731
+
+        def grid(meta):  # the tiles are the autotuner's choice
+            return triton.cdiv(hq * wq, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_O"]), n
+
     dummy = y  # pointer for absent optional tensors (never read: their flags are off)
     kernel[grid](
         x,
@@ -492,14 +421,9 @@ def modulated_conv2d_triton(
     clamp=None,
 ):
     """The Triton path of `modulated_conv2d` (same arguments and result as `modulated_conv2d_ref`)."""
-    _check(x, weight, styles, up, padding, noise, bias)
     alpha, gain, clamp = resolve_act(act, alpha, gain, clamp)
-    if gain < 0:
-        raise ValueError(f"kernels/modconv.py: the Triton path needs gain >= 0, got {gain}")
-    if noise is not None:
-        torch.broadcast_shapes(
-            noise.shape, (x.shape[0], weight.shape[0], 1, 1)
-        )  # raises if it cannot broadcast
+    if gain < 0:  # the backward pass reads the activation's slope from the sign of the output
+        raise ValueError(f"modulated_conv2d: the Triton path needs gain >= 0, got {gain}")
     if x.dtype == torch.float16 and demodulate:
         weight, styles = _prenormalise(weight, styles)
     d = demod_coefficients(weight, styles).to(x.dtype) if demodulate else None

@@ -8,19 +8,21 @@ import torch.nn.functional as F
 
 from . import _dispatch
 from ._dispatch import tl, triton
+from .shapes import assert_shape
 
 
-def _parse_scaling(scaling, name="up/down"):
+def parse_scaling(scaling, what):
+    """[sx, sy] from an int or a pair of factors >= 1; `what` names the op and argument for the error."""
     if isinstance(scaling, int):
         scaling = [scaling, scaling]
     sx, sy = (int(v) for v in scaling)
     if sx < 1 or sy < 1:
-        raise ValueError(f"kernels/upfirdn2d.py: {name} factors must be >= 1, got {scaling}")
+        raise ValueError(f"{what} must be >= 1, got {scaling}")
     return sx, sy
 
 
-def _parse_padding(padding):
-    """int -> [p,p,p,p]; [px, py] -> [px,px,py,py]; [x0, x1, y0, y1] as given."""
+def parse_padding(padding, what):
+    """[x0, x1, y0, y1] from an int p, [px, py] or [x0, x1, y0, y1]; `what` names the op and argument."""
     if isinstance(padding, int):
         padding = [padding, padding]
     padding = [int(p) for p in padding]
@@ -28,29 +30,24 @@ def _parse_padding(padding):
         px, py = padding
         padding = [px, px, py, py]
     if len(padding) != 4:
-        raise ValueError(
-            f"kernels/upfirdn2d.py: padding must be an int, [px, py] or [x0, x1, y0, y1], got {padding}"
-        )
+        raise ValueError(f"{what} must be an int, [px, py] or [x0, x1, y0, y1], got {padding}")
     return padding
 
 
-def _filter_size(f):
+def filter_size(f, what):
+    """(width, height) of a filter: None (identity), 1-D (separable) or 2-D; `what` names the op and argument."""
     if f is None:
         return 1, 1
     if f.ndim not in (1, 2):
-        raise ValueError(
-            f"kernels/upfirdn2d.py: filter must be 1-D (separable) or 2-D, got shape {tuple(f.shape)}"
-        )
-    return f.shape[-1], f.shape[0]  # (width, height)
+        raise ValueError(f"{what} must be 1-D (separable) or 2-D, got {f.ndim}-D {list(f.shape)}")
+    return f.shape[-1], f.shape[0]
 
 
 def setup_filter(f, device="cpu", normalize=True, flip_filter=False, gain=1, separable=None):
     """A filter tensor from a list: 1-D lists become the 2-D outer product unless separable (>= 8 taps)."""
     f = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
     if f.ndim > 2 or f.numel() == 0:
-        raise ValueError(
-            f"kernels/upfirdn2d.py: filter must be a non-empty scalar, 1-D or 2-D, got shape {tuple(f.shape)}"
-        )
+        raise ValueError(f"setup_filter: f must be a non-empty scalar, 1-D or 2-D, got {list(f.shape)}")
     if f.ndim == 0:
         f = f[None]
     if separable is None:
@@ -66,15 +63,14 @@ def setup_filter(f, device="cpu", normalize=True, flip_filter=False, gain=1, sep
 
 
 def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    """Reference: x [N,C,H,W]; f 2-D [fh,fw] or 1-D separable [fw] (None = identity)."""
-    if x.ndim != 4:
-        raise ValueError(f"kernels/upfirdn2d.py: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    """Reference: x [N,C,H,W]; f 2-D [fh,fw] or 1-D separable [fw] (None = identity); inputs as `upfirdn2d`
+    checks them."""
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     n, c, h, w = x.shape
-    upx, upy = _parse_scaling(up, "up")
-    downx, downy = _parse_scaling(down, "down")
-    px0, px1, py0, py1 = _parse_padding(padding)
+    upx, upy = parse_scaling(up, "upfirdn2d: up")  # ints as well as the pairs `upfirdn2d` passes
+    downx, downy = parse_scaling(down, "upfirdn2d: down")
+    px0, px1, py0, py1 = parse_padding(padding, "upfirdn2d: padding")
 
     # Upsample by inserting zeros after every pixel.
     x = x.reshape(n, c, h, 1, w, 1)
@@ -109,7 +105,7 @@ def _upfirdn2d_kernel(
     ok = offs < HO * WO
     oy = offs // WO
     ox = offs % WO
-    acc = tl.full((BLOCK,), 0, dtype=ACC_DTYPE)  # tl.full, not tl.zeros (see modconv.py)
+    acc = tl.full((BLOCK,), 0, dtype=ACC_DTYPE)  # tl.full, not tl.zeros (see _modconv_kernel)
     for fy in range(FH):
         uy = oy * DOWNY + fy - PY0  # row in the zero-upsampled image
         row_ok = (uy >= 0) & (uy % UPY == 0) & (uy < H * UPY)
@@ -134,9 +130,7 @@ class _UpFirDn2d(torch.autograd.Function):
         ho = (h * upy + py0 + py1 - fh) // downy + 1
         wo = (w * upx + px0 + px1 - fw) // downx + 1
         if ho < 1 or wo < 1:
-            raise ValueError(
-                f"kernels/upfirdn2d.py: output would be empty for input {tuple(x.shape)}, padding {padding}"
-            )
+            raise ValueError(f"upfirdn2d: output would be empty for x {list(x.shape)}, padding {list(padding)}")
         # The kernel correlates: a convolution (flip_filter=False) reads the flipped filter.
         taps = f if flip_filter else f.flip([0, 1])
         y = torch.empty(n, c, ho, wo, dtype=x.dtype, device=x.device)
@@ -182,58 +176,66 @@ class _UpFirDn2d(torch.autograd.Function):
 
 def upfirdn2d_triton(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     """The Triton path of `upfirdn2d` (same arguments and result as `upfirdn2d_ref`)."""
-    if x.ndim != 4:
-        raise ValueError(f"kernels/upfirdn2d.py: x must be [N, C, H, W], got shape {tuple(x.shape)}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    _filter_size(f)
     f = (f * (gain ** (f.ndim / 2))).to(device=x.device, dtype=x.dtype)  # rounded as the reference rounds it
     if f.ndim == 1:  # separable: the kernel takes the 2-D outer product
         f = torch.outer(f, f)
     return _UpFirDn2d.apply(
         x,
         f,
-        _parse_scaling(up, "up"),
-        _parse_scaling(down, "down"),
-        _parse_padding(padding),
+        parse_scaling(up, "upfirdn2d: up"),
+        parse_scaling(down, "upfirdn2d: down"),
+        parse_padding(padding, "upfirdn2d: padding"),
         bool(flip_filter),
     )
 
 
+def _check(x, f, op):
+    """The checks of the upfirdn2d ops, once per call (their two paths assume them); f's (width, height)."""
+    assert_shape(x, [None, None, None, None], f"{op}: x")
+    return filter_size(f, f"{op}: f")
+
+
 def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="auto"):
     """Pad, up/down-sample and FIR-filter a batch of images; `impl` in auto|torch|triton."""
+    _check(x, f, "upfirdn2d")
+    up, down = parse_scaling(up, "upfirdn2d: up"), parse_scaling(down, "upfirdn2d: down")
+    padding = parse_padding(padding, "upfirdn2d: padding")
+    return _upfirdn2d(x, f, up, down, padding, flip_filter, gain, impl)
+
+
+def _upfirdn2d(x, f, up, down, padding, flip_filter, gain, impl):
+    """`upfirdn2d` on checked arguments: up and down [sx, sy], padding [x0, x1, y0, y1]."""
+    kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     if _dispatch.use_triton("upfirdn2d", impl, x):
         return _dispatch.run(
             "upfirdn2d",
-            lambda: upfirdn2d_triton(
-                x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain
-            ),
-            lambda: upfirdn2d_ref(
-                x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain
-            ),
-            key=(x.dtype, tuple(f.shape), str(up), str(down), str(padding)),
+            lambda: upfirdn2d_triton(x, f, **kwargs),
+            lambda: upfirdn2d_ref(x, f, **kwargs),
+            key=(x.dtype, None if f is None else tuple(f.shape), up, down, tuple(padding)),
         )
-    return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    return upfirdn2d_ref(x, f, **kwargs)
 
 
 def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="auto"):
     """Upsample by `up` with filter f, keeping the image centred (output size up·H + padding)."""
-    upx, upy = _parse_scaling(up, "up")
-    px0, px1, py0, py1 = _parse_padding(padding)
-    fw, fh = _filter_size(f)
+    fw, fh = _check(x, f, "upsample2d")
+    upx, upy = parse_scaling(up, "upsample2d: up")
+    px0, px1, py0, py1 = parse_padding(padding, "upsample2d: padding")
     p = [px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2, py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2]
-    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+    return _upfirdn2d(x, f, (upx, upy), (1, 1), p, flip_filter, gain * upx * upy, impl)
 
 
 def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="auto"):
     """Downsample by `down` with filter f, keeping the image centred (output size H/down + padding)."""
-    downx, downy = _parse_scaling(down, "down")
-    px0, px1, py0, py1 = _parse_padding(padding)
-    fw, fh = _filter_size(f)
+    fw, fh = _check(x, f, "downsample2d")
+    downx, downy = parse_scaling(down, "downsample2d: down")
+    px0, px1, py0, py1 = parse_padding(padding, "downsample2d: padding")
     p = [
         px0 + (fw - downx + 1) // 2,
         px1 + (fw - downx) // 2,
         py0 + (fh - downy + 1) // 2,
         py1 + (fh - downy) // 2,
     ]
-    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+    return _upfirdn2d(x, f, (1, 1), (downx, downy), p, flip_filter, gain, impl)

@@ -1,5 +1,6 @@
 """The PyTorch reference ops of `kernels/` against NVlabs' stored results and against first principles."""
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,8 @@ def test_bias_act_definitions():
     torch.testing.assert_close(bias_act_ref(x, None, act="linear", clamp=0.1), x.clamp(-0.1, 0.1))
     with pytest.raises(ValueError, match="act must be"):
         bias_act_ref(x, act="gelu")
-    with pytest.raises(ValueError, match="does not match"):
-        bias_act_ref(x, torch.randn(4))
+    with pytest.raises(ValueError, match=r"bias_act: b \(dim 1 of x \[2, 3, 4\]\) must be \[3\], got \[4\]"):
+        kernels.bias_act(x, torch.randn(4), impl="torch")  # checked once, by the op (its paths assume checked inputs)
 
 
 def test_upfirdn2d_resampling_sizes_and_gain():
@@ -99,10 +100,48 @@ def test_bad_impl_and_shapes_raise():
     x, w, s = torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), torch.randn(1, 3)
     with pytest.raises(ValueError, match="impl must be"):
         kernels.modulated_conv2d(x, w, s, impl="cuda")
-    with pytest.raises(ValueError, match="mismatch"):
+    with pytest.raises(ValueError, match=r"modulated_conv2d: styles must be \[1, 3\], got \[1, 4\]"):
         kernels.modulated_conv2d(x, w, torch.randn(1, 4))
     with pytest.raises(ValueError, match="up must be"):
         kernels.modulated_conv2d(x, w, s, up=4)
+
+
+def test_shape_errors_name_the_op_and_argument_with_rank_and_sizes():
+    f = kernels.setup_filter([1, 3, 3, 1])
+    with pytest.raises(ValueError, match=r"^upsample2d: x must be 4-D \[\*, \*, \*, \*\], got 3-D \[2, 8, 8\]$"):
+        kernels.upsample2d(torch.ones(2, 8, 8), f)
+    with pytest.raises(ValueError, match=r"^conv2d_resample: w must be \[\*, 3, \*, \*\], got \[4, 2, 3, 3\]$"):
+        kernels.conv2d_resample(torch.ones(1, 3, 8, 8), torch.ones(4, 2, 3, 3), f, down=2)
+    with pytest.raises(ValueError, match=r"^modulated_conv2d: bias must be \[2\], got \[3\]$"):
+        kernels.modulated_conv2d(torch.ones(1, 3, 4, 4), torch.ones(2, 3, 3, 3), torch.ones(1, 3), bias=torch.ones(3))
+
+
+def shape_checks(monkeypatch):
+    """The `what` of every shape check the ops make from now on (a list that fills as they run)."""
+    seen = []
+    for name in ("bias_act", "conv2d_resample", "modconv", "upfirdn2d"):
+        module = importlib.import_module(f"kernels.{name}")  # `kernels.conv2d_resample` is the function
+
+        def recording(tensor, shape, what, check=module.assert_shape):
+            seen.append(what)
+            check(tensor, shape, what)
+
+        monkeypatch.setattr(module, "assert_shape", recording)
+    return seen
+
+
+@pytest.mark.parametrize("up", [1, 2])
+def test_each_argument_is_checked_once_per_call(monkeypatch, up):
+    # The public op checks its inputs; the reference it dispatches to assumes them (an op it builds on, such as
+    # conv2d_resample, checks its own, intermediate, arguments).
+    seen = shape_checks(monkeypatch)
+    x, w, s = torch.randn(2, 3, 4, 4), torch.randn(5, 3, 3, 3), torch.randn(2, 3)
+    kernels.modulated_conv2d(x, w, s, up=up, padding=1, impl="torch", noise=torch.randn(2, 1, 1, 1),
+                             bias=torch.zeros(5), act="lrelu")
+    assert seen[:5] == [f"modulated_conv2d: {a}" for a in ("x", "weight", "styles", "bias", "noise")]
+    kernels.bias_act(x, torch.zeros(3), impl="torch")
+    kernels.upsample2d(x, kernels.setup_filter([1, 3, 3, 1]), impl="torch")
+    assert len(seen) == len(set(seen)), seen
 
 
 def test_conv2d_resample_down2_equals_conv_then_filter():

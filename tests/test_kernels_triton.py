@@ -4,6 +4,7 @@
 for the current setting (`kernels._dispatch.jit`), so the rest of the suite is unaffected.
 """
 
+import importlib
 import inspect
 import math
 import warnings
@@ -235,6 +236,27 @@ def test_dispatch_picks_paths():
         type(kernels.upsample2d(w, setup_filter([1, 3, 3, 1]), impl="triton").grad_fn).__name__
         == "_UpFirDn2dBackward"
     )
+
+
+def test_the_triton_paths_check_nothing_again(monkeypatch):
+    # The public op checks its inputs once; the Triton path it dispatches to assumes them.
+    seen = []
+    for name in ("bias_act", "modconv", "upfirdn2d"):
+        module = importlib.import_module(f"kernels.{name}")
+
+        def recording(tensor, shape, what, check=module.assert_shape):
+            seen.append(what)
+            check(tensor, shape, what)
+
+        monkeypatch.setattr(module, "assert_shape", recording)
+    x, w, s = _inputs(1, 2, 2, 4, 3, torch.float32)
+    for up in (1, 2):
+        seen.clear()
+        kernels.modulated_conv2d(x, w, s, up=up, padding=1, impl="triton", bias=torch.zeros(2), act="lrelu")
+        kernels.bias_act(x, torch.zeros(2), impl="triton")
+        kernels.upsample2d(x, setup_filter([1, 3, 3, 1]), impl="triton")
+        assert seen == [*(f"modulated_conv2d: {a}" for a in ("x", "weight", "styles", "bias")),
+                        "bias_act: b (dim 1 of x [1, 2, 4, 4])", "upsample2d: x"]
 
 
 def test_triton_failure_falls_back_with_one_warning(monkeypatch):
