@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.faces import normalize
 from lightning_modules.metrics.attributes import attribute_scores  # noqa: E402
 from lightning_modules.metrics.identity import retrieval_recall  # noqa: E402
-from lightning_modules.metrics.probe import to_float, train_probe  # noqa: E402
+from lightning_modules.metrics.probe import train_probe  # noqa: E402
 
 
 def timed(fn, *args):
@@ -107,7 +108,7 @@ def main():
 
     def probe_run():
         probe, codec = train_probe({n: faces[n] for n in train_ids}, attrs, kinds, steps=args.steps)
-        real = to_float(torch.cat([faces[n] for n in test_ids]))
+        real = normalize(torch.cat([faces[n] for n in test_ids]))
         owners = [n for n in test_ids for _ in range(args.faces)]
         return attribute_scores(probe, codec, real, owners, real, owners, attrs)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from datamodules import prepare as P
 from datamodules.audio import AudioFeatures, AudioFrontEnd
 from datamodules.faces import FaceAligner, FaceError
+from datamodules.shards import preprocessing_config
 from datamodules.synthetic import ensure_corpus
 
 FULL_CLIPS, FULL_FACES = 149_354, 139_572
@@ -48,13 +49,7 @@ def main():
     s_clip = per_item(front, wavs[:40])
     s_face = per_item(lambda p: aligner(p, p.relative_to(corpus / "vggface").as_posix()), imgs[:80])
     t = time.perf_counter()
-    config = {
-        "version": P.PREPARE_VERSION,
-        "detector": "file",
-        "face_size": 64,
-        "features": {"kind": "logmel"},
-        "vad": {},
-    }
+    config = preprocessing_config("file", 64, {"kind": "logmel"}, {})
     with P.get_context("spawn").Pool(a.workers, P._init, (config, corpus, tmp / "warm")) as pool:
         pool.map(abs, range(4 * a.workers))  # every worker up and initialised
     startup = time.perf_counter() - t

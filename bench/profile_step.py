@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import compose_train  # noqa: E402  (the tests' composer: the real config tree)
 
-import datamodules.voxvgg as voxvgg  # noqa: E402
+import datamodules.items as items  # noqa: E402
+import datamodules.sources as sources  # noqa: E402
 import lightning_modules.callbacks as callbacks  # noqa: E402
 import lightning_modules.metrics.callback as metrics_callback  # noqa: E402
 import lightning_modules.voice2face as voice2face  # noqa: E402
@@ -58,8 +59,8 @@ class Timers:
 
 def install(timers: Timers, warmup: int) -> None:
     parts = [
-        (voxvgg._Voices, "__getitem__", "data: read items"),
-        (voxvgg._TrainCollate, "__call__", "data: collate"),
+        (sources.ShardVoices, "__getitem__", "data: read items"),
+        (items.TrainCollate, "__call__", "data: collate"),
         (voice2face.Voice2FaceGAN, "embed", "voice encoder"),
         (voice2face.Voice2FaceGAN, "_phase_Gmain", "Gmain"),
         (voice2face.Voice2FaceGAN, "_phase_Greg", "Greg (path length)"),

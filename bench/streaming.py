@@ -86,7 +86,7 @@ def main():
         VoxVGGDataModule(**base, stream="s3://bench/v1", storage_options=options).prepare_data()
         sources["litdata, S3 (moto, localhost)"] = VoxVGGDataModule(
             **base, stream="s3://bench/v1", storage_options=options, stream_cache_dir=str(tmp / "chunks_s3"))
-    clips = len(shards._sets["train"])
+    clips = len(shards.source.sets["train"])
     print(f"{clips} training clips, batch {a.batch}, {a.workers} loader workers, "
           f"{torch.get_num_threads()} threads; export to a folder {export_s:.1f} s")
     print(f"{'source':<32} {'epoch 1 clips/s':>16} {'later clips/s':>14} {'ratio (later)':>14}")

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from datamodules.files import unreadable_reason
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what libsndfile reads (VoxCeleb2's .m4a is AAC: convert it first)
 INT16_SCALE = 32768.0  # float sample -> int16 units
 MIN_SAMPLE_RATE = 8000  # below this there is no speech band left to resample
 

@@ -1,10 +1,16 @@
-"""Why a path handed to us as a file cannot be read, in words (one reason per kind of problem)."""
+"""Files of the data layer: the data error, why a path cannot be read, atomic writes."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file or folder and the fix."""
 
 
 def unreadable_reason(path) -> str | None:
@@ -25,3 +31,20 @@ def unreadable_reason(path) -> str | None:
     if not os.access(path, os.R_OK):
         return "permission denied (not readable by this user)"
     return None
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except RuntimeError as err:  # torch.save reports a failed write (a full disk) as a C++ "enforce fail"
+        raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free "
+                      "space and rerun: finished shards are kept") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n"))

@@ -5,10 +5,7 @@
 
 Input (`root`): vox1_meta.csv (tab-separated, columns `VoxCeleb1 ID`, `VGGFace1 ID`), voxceleb1/wav/<id>/<v>/
 <n>.wav, vggface/<VGGFace1 ID>/<image>.jpg, and landmarks.csv for detector=file.
-Output (`out`): shards/<VGGFace1 ID>.pt (torch.save of plain tensors: `feats` float16 [F, ΣT] VAD-trimmed,
-normalised features of all clips end to end, `offsets` long [n+1], `faces` uint8 [K, 3, S, S], `clips`,
-`images`, `skipped` [[path, reason]]), config.json (the preprocessing config and its hash) and manifest.json
-(counts, skipped items with reasons, dropped identities), written last.
+Output (`out`): the prepared folder of `datamodules.shards` (one shard per identity, config.json, manifest.json).
 
 Why one torch file per identity rather than litdata: the training loader needs all clips and faces of one
 identity together (a voice and an independent face of the same person), the shards are read with
@@ -34,34 +31,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datamodules.audio import AudioError, AudioFeatures, AudioFrontEnd
+from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.faces import FaceAligner, FaceError, SkipReport
-from datamodules.voxvgg import DataError, identity_split, read_meta
+from datamodules.files import DataError
+from datamodules.meta import identity_split, read_meta
+from datamodules.pipeline import VoicePipeline
+from datamodules.shards import (
+    claim,
+    preprocessing_config,
+    read_shard,
+    shard_file,
+    shard_inputs,
+    write_manifest,
+    write_shard,
+)
 
-PREPARE_VERSION = "1"  # bump when the shard contents change for a given config
-AUDIO_EXTS, IMAGE_EXTS = (".wav", ".flac", ".m4a"), (".jpg", ".jpeg", ".png")
-
-
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, write) -> None:
-    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except RuntimeError as err:  # torch.save reports a failed write (a full disk) as a C++ "enforce fail"
-        raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free "
-                      "space and rerun: finished shards are kept") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n"))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def scan(root) -> tuple[list[dict], dict[str, list[Path]], dict[str, list[Path]]]:
@@ -75,12 +61,12 @@ def scan(root) -> tuple[list[dict], dict[str, list[Path]], dict[str, list[Path]]
             )
     rows = read_meta(root / "vox1_meta.csv")
     voices = {
-        d.name: sorted(p for p in walk_files(d) if p.suffix.lower() in AUDIO_EXTS)
+        d.name: sorted(p for p in walk_files(d) if p.suffix.lower() in AUDIO_SUFFIXES)
         for d in sorted(wav_dir.iterdir())
         if d.is_dir()
     }
     faces = {
-        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for d in sorted(face_dir.iterdir())
         if d.is_dir()
     }
@@ -116,20 +102,15 @@ def fingerprint(root: Path, files: list[Path], digest: str) -> str:
 
 def is_current(shard: Path, inputs: str) -> bool:
     """True when `shard` exists and was made from exactly these inputs."""
-    if not shard.is_file():
-        return False
-    try:
-        return torch.load(shard, mmap=True, weights_only=True).get("inputs") == inputs
-    except Exception:  # an unreadable shard is made again
-        return False
+    return shard_inputs(shard) == inputs
 
 
 class _Worker:
-    """Builds one identity's shard; holds the front end and aligner (one per process)."""
+    """Builds one identity's shard; holds the voice pipeline and the face aligner (one per process)."""
 
     def __init__(self, config: dict, root: Path, out: Path):
-        self.config, self.root, self.shard_dir = config, root, out / "shards"
-        self.front = AudioFrontEnd(AudioFeatures(**config["features"]), **config["vad"])
+        self.config, self.root, self.out = config, root, out
+        self.voices = VoicePipeline(config["features"], config["vad"])
         landmarks = root / "landmarks.csv" if config["detector"] == "file" else None
         self.aligner = FaceAligner(config["detector"], config["face_size"], landmarks)
 
@@ -139,7 +120,7 @@ class _Worker:
         feats, clips = [], []
         for w in wavs:
             try:
-                feats.append(self.front(w).to(torch.float16))
+                feats.append(self.voices.stored(w))
                 clips.append(str(w.relative_to(self.root)))
             except AudioError as e:
                 skipped.add(w.relative_to(self.root), e.reason)
@@ -151,17 +132,9 @@ class _Worker:
                 kept.append(str(p.relative_to(self.root)))
             except FaceError as e:
                 skipped.add(p.relative_to(self.root), e.reason)
-        F, S = self.front.n_features, self.config["face_size"]
-        shard = {
-            "feats": torch.cat(feats, 1) if feats else torch.zeros(F, 0, dtype=torch.float16),
-            "offsets": torch.tensor([0] + [f.shape[1] for f in feats]).cumsum(0),
-            "faces": torch.stack(faces) if faces else torch.zeros(0, 3, S, S, dtype=torch.uint8),
-            "clips": clips,
-            "images": kept,
-            "skipped": [list(i) for i in skipped.items],
-            "inputs": inputs,  # fingerprint(): a later run redoes the shard when an input file changes
-        }
-        write_atomic(self.shard_dir / f"{name}.pt", lambda p: torch.save(shard, p))
+        # inputs: the fingerprint, so that a later run redoes the shard when an input file changes
+        write_shard(shard_file(self.out, name), feats, faces, clips, kept, skipped.items, inputs,
+                    self.voices.n_features, self.config["face_size"])
         return name
 
 
@@ -192,24 +165,8 @@ def prepare(
 ) -> dict:
     """Preprocess `root` into `out` (resuming whatever is there); returns the manifest."""
     root, out = Path(root), Path(out)
-    config = {
-        "version": PREPARE_VERSION,
-        "detector": detector,
-        "face_size": face_size,
-        "features": dict(features or {"kind": "logmel"}),
-        "vad": dict(vad or {}),
-    }
-    digest = config_hash(config)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    cfg_file = out / "config.json"
-    if cfg_file.is_file():
-        earlier = json.loads(cfg_file.read_text())
-        if earlier["hash"] != digest:
-            raise DataError(f"{cfg_file}: {out} was prepared with another config; choose a new `out` or delete it")
-        if earlier.get("root") != str(root.resolve()):
-            raise DataError(f"{cfg_file}: {out} was prepared from another root ({earlier.get('root')}, not "
-                            f"{root.resolve()}); choose a new `out` or delete it")
-    write_json(cfg_file, {"hash": digest, "config": config, "root": str(root.resolve())})
+    config = preprocessing_config(detector, face_size, features, vad)
+    digest = claim(out, config, root)
 
     rows, voices, faces = scan(root)
     ids = {r["VGGFace1 ID"]: r["VoxCeleb1 ID"] for r in rows}
@@ -217,7 +174,7 @@ def prepare(
     no_voice = sorted(n for n, v in ids.items() if v not in voices and n in faces)
     names = sorted(n for n, v in ids.items() if v in voices and n in faces)
     jobs = [(n, voices[ids[n]], faces[n], fingerprint(root, [*voices[ids[n]], *faces[n]], digest)) for n in names]
-    todo = [job for job in jobs if not is_current(out / "shards" / f"{job[0]}.pt", job[3])]
+    todo = [job for job in jobs if not is_current(shard_file(out, job[0]), job[3])]
     if todo:
         bar = tqdm(
             total=len(names), initial=len(names) - len(todo), desc="prepare", unit="id", disable=not progress
@@ -243,9 +200,9 @@ def prepare(
 def _write_manifest(out: Path, root: Path, digest: str, names, no_face, no_voice) -> dict:
     skipped, per_id, empty = SkipReport(), {}, []
     for n in names:
-        shard = torch.load(out / "shards" / f"{n}.pt", mmap=True, weights_only=True)
-        skipped.extend(SkipReport(shard["skipped"]))
-        per_id[n] = {"clips": len(shard["clips"]), "faces": len(shard["images"])}
+        shard = read_shard(shard_file(out, n))
+        skipped.extend(SkipReport(shard.skipped))
+        per_id[n] = {"clips": shard.num_clips, "faces": len(shard.images)}
         if not per_id[n]["clips"] or not per_id[n]["faces"]:
             empty.append(n)
     usable = [n for n in names if n not in empty]
@@ -268,7 +225,7 @@ def _write_manifest(out: Path, root: Path, digest: str, names, no_face, no_voice
         "skipped": [list(i) for i in skipped.items],
         "dropped": {"voice_without_face": no_face, "face_without_voice": no_voice, "nothing_usable": empty},
     }
-    write_json(out / "manifest.json", manifest)
+    write_manifest(out, manifest)
     return manifest
 
 

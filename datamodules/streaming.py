@@ -24,7 +24,6 @@ sample index), not of the global RNG, so a resumed run sees the same batches wit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -35,9 +34,12 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset, optimize
 
-from datamodules.audio import tile_to_min
 from datamodules.cli_errors import one_line_errors
-from datamodules.voxvgg import DataError, collate_eval, collate_train, random_window
+from datamodules.files import DataError
+from datamodules.items import eval_face_index, item_seed, train_item
+from datamodules.meta import identity_split, read_attributes_if_any
+from datamodules.pipeline import VoicePipeline
+from datamodules.shards import read_config, read_manifest, read_shard
 
 STREAM_VERSION = "1"  # bump when the item layout changes
 SPLITS = ("train", "val", "test")
@@ -52,19 +54,15 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) or str(url).startswith("local:")
 
 
-def _shard(path: str) -> dict:
-    return torch.load(path, mmap=True, weights_only=True)
-
-
 # The item functions run in a forked worker: copies go through numpy, because a torch op that enters OpenMP in
 # a child forked from a parent that already used the OpenMP pool can hang.
 def _voice_items(job: tuple[str, int, int]):
     path, label, k = job  # k = 0: the evaluation face only
-    s = _shard(path)
-    feats, offsets, faces = s["feats"].numpy(), s["offsets"].tolist(), s["faces"].numpy()
+    s = read_shard(Path(path))
+    feats, offsets, faces = s.feats.numpy(), s.offsets.tolist(), s.faces.numpy()
     K = len(faces)
-    for c in range(len(s["clips"])):
-        picks = [(c * k + m) % K for m in range(k)] if k else [c % K]
+    for c in range(s.num_clips):
+        picks = [(c * k + m) % K for m in range(k)] if k else [eval_face_index(c, K)]
         yield {
             "label": label,
             "clip": c,
@@ -75,7 +73,7 @@ def _voice_items(job: tuple[str, int, int]):
 
 def _face_items(job: tuple[str, int]):
     path, label = job
-    for face in _shard(path)["faces"].numpy():
+    for face in read_shard(Path(path)).faces.numpy():
         yield {"label": label, "face": torch.from_numpy(face.copy())}
 
 
@@ -106,7 +104,7 @@ def export(
     for name in SPLITS:
         names = sorted(split.get(name, []))
         paths = [str(shard_dir / f"{n}.pt") for n in names]
-        counts = [(len(s["faces"]), len(s["clips"])) for s in map(_shard, paths)]
+        counts = [(len(s.faces), s.num_clips) for s in (read_shard(Path(p)) for p in paths)]
         meta["split"][name] = names
         meta["face_start"][name] = [0, *torch.tensor([f for f, _ in counts], dtype=torch.long).cumsum(0).tolist()]
         meta["clips"][name] = sum(c for _, c in counts)
@@ -204,16 +202,11 @@ def _cache(cache_dir, *parts) -> str | None:
     return None if cache_dir is None else str(Path(cache_dir).joinpath(*parts))
 
 
-def item_seed(*keys) -> int:
-    """A 63-bit seed from (seed, epoch, index, ...): the same on every worker, rank and resume."""
-    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") >> 1
-
-
 class StreamVoices(StreamingDataset):
     """Clips of one split with a face of the same identity: the streamed twin of voxvgg's shard reader.
 
-    Items are (feats float32 [F, T], face uint8 [3, S, S], label, seed) like voxvgg._Voices plus the item's seed,
-    which StreamTrainCollate uses for the batch crop.
+    Items are (feats float32 [F, T], face uint8 [3, S, S], label, seed) like the shard source's plus the item's
+    seed, which the seeded TrainCollate uses for the batch crop.
     """
 
     def __init__(
@@ -223,7 +216,7 @@ class StreamVoices(StreamingDataset):
         meta: dict,
         train: bool,  # random window and face per item; else the whole utterance and its fixed face
         max_frames: int,
-        eval_min_frames: int,
+        pipeline: VoicePipeline,  # its model_input() is the evaluation rule
         seed: int = 0,  # shuffle order and item randomness
         cache_dir=None,  # local copy of remote chunks
         storage_options: dict | None = None,
@@ -238,7 +231,7 @@ class StreamVoices(StreamingDataset):
         check_formats(self, join(url, "voices", split))
         self.url, self.split, self.train, self.seed = url, split, train, seed
         self.names, self.face_start = meta["split"][split], meta["face_start"][split]
-        self.max_frames, self.eval_min_frames = max_frames, eval_min_frames
+        self.max_frames, self.pipeline = max_frames, pipeline
         self._cache_root, self._storage = cache_dir, storage_options  # for the face stream
 
     def __getitem__(self, index):
@@ -246,12 +239,10 @@ class StreamVoices(StreamingDataset):
         label, feats, faces = int(item["label"]), item["feats"], item["faces"]
         seed = item_seed(self.seed, self.current_epoch, getattr(index, "index", index))
         if self.train:
-            g = torch.Generator().manual_seed(seed)
-            feats = random_window(feats, self.max_frames, g)
-            face = faces[int(torch.randint(0, len(faces), (), generator=g))]
-        else:
-            feats, face = tile_to_min(feats, self.eval_min_frames), faces[0]
-        return feats.float(), face, label, seed
+            feats, face = train_item(feats, faces, self.max_frames, torch.Generator().manual_seed(seed))
+        else:  # the export stores the one fixed face of the evaluation rule
+            feats, face = self.pipeline.model_input(feats), faces[0]
+        return feats, face, label, seed
 
     def faces_by_name(self) -> dict[str, torch.Tensor]:
         """{name: uint8 [K, 3, S, S]}: the split's whole face stream (every rank reads all), labels checked."""
@@ -271,21 +262,6 @@ class StreamVoices(StreamingDataset):
         return {n: stack[self.face_start[i] : self.face_start[i + 1]] for i, n in enumerate(self.names)}
 
 
-class StreamTrainCollate:
-    """One crop length per batch, drawn from the first item's seed (so it follows the data, not the RNG)."""
-
-    def __init__(self, min_frames: int, max_frames: int):
-        self.min_frames, self.max_frames = min_frames, max_frames
-
-    def __call__(self, items):
-        g = torch.Generator().manual_seed(item_seed("batch", items[0][3]))
-        return collate_train([item[:3] for item in items], self.min_frames, self.max_frames, generator=g)
-
-
-def collate_stream_eval(items):
-    return collate_eval([item[:3] for item in items])
-
-
 def stream_loader(dataset: StreamVoices, batch_size: int, num_workers: int, collate_fn, drop_last: bool):
     """litdata's loader: it shards the stream over ranks and workers and stores its position in checkpoints."""
     return StreamingDataLoader(
@@ -300,8 +276,6 @@ def stream_loader(dataset: StreamVoices, batch_size: int, num_workers: int, coll
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
-    from datamodules.voxvgg import identity_split
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepared", required=True, help="output folder of datamodules.prepare (manifest.json, shards/)")
     ap.add_argument("--root", required=True, help="the raw data folder (its vox1_meta.csv gives the split)")
@@ -311,16 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--endpoint-url", default=None, help="an S3-compatible endpoint (MinIO, R2, ...)")
     a = ap.parse_args(argv)
     prepared, root = Path(a.prepared), Path(a.root)
-    manifest_file = prepared / "manifest.json"
-    if not manifest_file.is_file():
-        raise DataError(f"{manifest_file}: not prepared; run python -m datamodules.prepare first")
-    manifest = json.loads(manifest_file.read_text())
-    config = json.loads((prepared / "config.json").read_text())["config"]
-    attributes = None
-    if (root / "attributes.csv").is_file():
-        from datamodules.synthetic import read_attributes
-
-        attributes = read_attributes(root / "attributes.csv")
+    manifest, config = read_manifest(prepared), read_config(prepared)
+    attributes = read_attributes_if_any(root)[0]
     options = {"endpoint_url": a.endpoint_url} if a.endpoint_url else None
     t0 = time.perf_counter()
     meta = export(prepared / "shards", identity_split(root / "vox1_meta.csv", manifest["usable"]), a.out, config,

@@ -7,7 +7,6 @@ writes metrics_<split>.json plus a markdown summary naming every metric it could
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import hydra
@@ -15,8 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
-
-log = logging.getLogger(__name__)
+from datamodules.voxvgg import VoxVGGDataModule
+from lightning_modules.build import check_network_config
+from lightning_modules.metrics import evaluate, summary_markdown
+from lightning_modules.safe_load import load_data
+from lightning_modules.voice2face import Voice2FaceGAN
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -25,37 +27,50 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_model(ckpt: str | Path, device: str | torch.device = "cpu"):
-    """Voice2FaceGAN from a checkpoint, in eval mode on `device`."""
-    from lightning_modules.build import check_network_config
-    from lightning_modules.safe_load import load_data
-    from lightning_modules.voice2face import Voice2FaceGAN
-
+def read_checkpoint(ckpt: str | Path) -> dict:
+    """A voice2face training checkpoint, read once as data (weights_only), its networks' configs checked before
+    anything is built from them."""
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)")
-    state = load_data(path, "a voice2face checkpoint")  # the networks' configs are checked before they are built
+    state = load_data(path, "a voice2face checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
         raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
     for part in ("encoder", "generator", "discriminator"):
         check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
-    return Voice2FaceGAN.load_from_checkpoint(str(path), map_location=device, weights_only=True).eval()
+    return state
 
 
-def build_datamodule(ckpt: str | Path, overrides: dict | None = None, setup: bool = True):
-    """The datamodule the checkpoint was trained with (Lightning stores its hyper-parameters in the
-    checkpoint), with `overrides` applied; prepared and set up when `setup`."""
-    from datamodules.voxvgg import VoxVGGDataModule
-    from lightning_modules.safe_load import load_data
+def model_from(state: dict, device: str | torch.device = "cpu") -> Voice2FaceGAN:
+    """Voice2FaceGAN of a read checkpoint, in eval mode on `device` (as Lightning's load_from_checkpoint builds it:
+    the stored hyper-parameters, then on_load_checkpoint, then the weights, strictly)."""
+    model = Voice2FaceGAN(**state["hyper_parameters"])
+    model.on_load_checkpoint(state)
+    model.load_state_dict(state["state_dict"], strict=True)
+    return model.to(device).eval()
 
-    state = load_data(ckpt, "a voice2face checkpoint")
-    hparams = state.get("datamodule_hyper_parameters")
+
+def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> Voice2FaceGAN:
+    """Voice2FaceGAN from a checkpoint file, in eval mode on `device`."""
+    return model_from(read_checkpoint(ckpt), device)
+
+
+def data_hparams(state: dict, where: str | Path, overrides: dict | None = None) -> dict:
+    """The datamodule hyper-parameters a checkpoint stores (Lightning keeps them), with `overrides` applied."""
+    hparams = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
     if hparams is None:
         raise ValueError(
-            f"{ckpt}: no datamodule hyper-parameters in this checkpoint, so its training-time "
+            f"{where}: no datamodule hyper-parameters in this checkpoint, so its training-time "
             "data and audio features are unknown (train through experiments.run)"
         )
-    dm = VoxVGGDataModule(**{**dict(hparams), **(overrides or {})})
+    return {**dict(hparams), **(overrides or {})}
+
+
+def build_datamodule(ckpt: str | Path | dict, overrides: dict | None = None, setup: bool = True) -> VoxVGGDataModule:
+    """The datamodule the checkpoint (a path, or one read by read_checkpoint) was trained with, with `overrides`
+    applied; prepared and set up when `setup`."""
+    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
+    dm = VoxVGGDataModule(**data_hparams(state, "the checkpoint" if isinstance(ckpt, dict) else ckpt, overrides))
     if setup:
         dm.prepare_data()
         dm.setup("test")
@@ -63,11 +78,10 @@ def build_datamodule(ckpt: str | Path, overrides: dict | None = None, setup: boo
 
 
 def run(cfg: DictConfig) -> dict:
-    from lightning_modules.metrics import evaluate, summary_markdown
-
     ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt, pick_device(cfg.device))
-    dm = build_datamodule(ckpt, OmegaConf.to_container(cfg.data_overrides))
+    state = read_checkpoint(ckpt)  # read once, for the model and the data
+    model = model_from(state, pick_device(cfg.device))
+    dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides))
     out = Path(cfg.out) if cfg.out else ckpt.parent
     metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
     metrics_cfg["cache_dir"] = metrics_cfg.get("cache_dir") or str(out / "fid_cache")

@@ -11,7 +11,6 @@ that cannot be read or holds no speech is reported by name and reason, and the c
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,11 +20,11 @@ import torch
 import torchvision.utils as vutils
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
-
-log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+from datamodules.pipeline import VoicePipeline
+from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
+from lightning_modules.safe_load import load_data
 
 
 def list_audio(audio: str | Path) -> list[Path]:
@@ -84,8 +83,6 @@ def generate_faces(
 ) -> tuple[list[Path], dict[str, str]]:
     """Write out/<file name>.png per readable input, then out/grid.png and out/manifest.json; return (written
     PNGs, {file: error})."""
-    from datamodules.audio import AudioError
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # present again only once this run is complete
@@ -113,39 +110,20 @@ def generate_faces(
     return written, errors
 
 
-class TrainingFrontEnd:
-    """A file -> the model's input exactly as training saw a held-out clip: the checkpoint datamodule's
-    AudioFrontEnd (load, VAD, features; as datamodules.prepare builds it), the float16 rounding of the
-    prepared shards, and tiling of short clips to `eval_min_frames` (as the val/test loaders)."""
-
-    def __init__(self, features: dict, vad: dict, eval_min_frames: int):
-        from datamodules.audio import AudioFeatures, AudioFrontEnd
-
-        self.front = AudioFrontEnd(AudioFeatures(**features), **vad)
-        self.eval_min_frames = eval_min_frames
-
-    def __call__(self, path) -> torch.Tensor:
-        from datamodules.audio import tile_to_min
-
-        feats = self.front(path).to(torch.float16).float()
-        return tile_to_min(feats, self.eval_min_frames)
-
-
-def front_end_of(ckpt: str | Path, overrides: dict | None = None) -> TrainingFrontEnd:
-    """The training-time audio path of a checkpoint, from its stored datamodule configuration."""
-    from experiments.evaluate import build_datamodule
-
-    dm = build_datamodule(ckpt, overrides, setup=False)
-    return TrainingFrontEnd(dm.features, dm.vad, dm.eval_min_frames)
+def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> VoicePipeline:
+    """The training-time voice pipeline of a checkpoint (a path, or one read by read_checkpoint): load, VAD,
+    features and the shards' float16 rounding as prepare stored them, short clips tiled as the held-out loaders
+    tile them."""
+    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
+    return VoicePipeline.of(data_hparams(state, "the checkpoint" if isinstance(ckpt, dict) else ckpt, overrides))
 
 
 def run(cfg: DictConfig) -> int:
-    from experiments.evaluate import load_model, pick_device
-
     files = list_audio(cfg.audio)
     check_out(Path(cfg.out), cfg.get("overwrite", False))
-    model = load_model(cfg.ckpt, pick_device(cfg.device))
-    front = front_end_of(cfg.ckpt, OmegaConf.to_container(cfg.data_overrides))
+    state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
+    model = model_from(state, pick_device(cfg.device))
+    front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
     written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns,
                                      round(cfg.window_seconds * 100))
     for path in written:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from datamodules.audio import load_audio
 from datamodules.faces import load_image, read_landmarks
-from datamodules.voxvgg import VoxVGGDataModule, read_meta
+from datamodules.meta import read_meta
+from datamodules.voxvgg import VoxVGGDataModule
 from experiments.run import check_checkpoint, resolve_ckpt, train
 from lightning_modules.callbacks import KimgCheckpoint
 
@@ -155,7 +156,7 @@ def test_images_are_read_as_displayed(tmp_path):
 
 
 def test_meta_quotes_are_read_literally_and_unsplit_names_are_reported(tmp_path, caplog):
-    from datamodules.voxvgg import identity_split
+    from datamodules.meta import identity_split
 
     meta = write(tmp_path / "vox1_meta.csv", 'VoxCeleb1 ID\tVGGFace1 ID\nid1\t"Ann_A\nid2\tBob_B\nid3\tCid_C\n'
                  'id4\t50_Cent\nid5\tÉmile_Z\n')

@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
+from datamodules.files import DataError
 from datamodules.prepare import main, prepare
-from datamodules.voxvgg import DataError
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_symlinked_video_folders_are_followed_once(tmp_path, corpus):
 
 
 def test_a_failed_shard_write_names_the_file(tmp_path, monkeypatch):
-    from datamodules.prepare import write_atomic
+    from datamodules.files import write_atomic
 
     def full_disk(path):
         open(path, "wb").write(b"half")

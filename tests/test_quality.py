@@ -40,9 +40,9 @@ def test_halves_split_every_identity():
 @pytest.fixture(scope="module")
 def corpus_probe(tmp_path_factory):
     """A probe trained on the train-split faces of a small embedded corpus, and the test split's faces."""
+    from datamodules.faces import normalize
     from datamodules.voxvgg import VoxVGGDataModule
     from lightning_modules.metrics.evaluate import fit_probe, real_faces
-    from lightning_modules.metrics.probe import to_float
 
     root = tmp_path_factory.mktemp("quality")
     dm = VoxVGGDataModule(corpus={"identities": 32, "seed": 0}, corpus_dir=str(root / "corpus"),
@@ -50,7 +50,7 @@ def corpus_probe(tmp_path_factory):
     dm.prepare_data()
     probe, _ = fit_probe(dm, {"steps": 300})
     real_u8, labels, _ = real_faces(dm, "test")
-    return probe, to_float(real_u8), labels
+    return probe, normalize(real_u8), labels
 
 
 def test_the_probe_tells_faces_from_blobs(corpus_probe):

@@ -14,7 +14,7 @@ import torch
 from conftest import compose_train
 from omegaconf import OmegaConf
 
-from datamodules.voxvgg import DataError
+from datamodules.files import DataError
 
 
 class Touch:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules.files import DataError
 from datamodules.streaming import read_stream_meta
-from datamodules.voxvgg import DataError, VoxVGGDataModule
+from datamodules.voxvgg import VoxVGGDataModule
 
 IDENTITIES = 12
 
@@ -54,20 +55,20 @@ def test_export_in_a_folder_streams_the_same_data(shards):
     streamed.prepare_data()  # already exported: nothing to do
     assert_same_data(local, streamed)
     meta = read_stream_meta(str(tmp / "export"))
-    assert meta["clips"]["train"] == len(local._sets["train"]) and meta["source"] == local._out().name
+    assert meta["clips"]["train"] == len(local.source.sets["train"]) and meta["source"] == local.source.folder().name
 
 
 def test_train_items_pair_a_window_of_the_clip_with_a_face_of_the_same_identity(shards):
     local, tmp = shards
     streamed = datamodule(tmp / "corpus", tmp / "cache", stream=str(tmp / "export"), crop_frames=(50, 120))
     streamed.setup()
-    ds, names = streamed._sets["train"], streamed.identities("train")
+    ds, names = streamed.source.sets["train"], streamed.identities("train")
     shard_faces = local.faces("train")
     for index in range(len(ds)):
         feats, face, label, _ = ds[index]
-        shard = local._sets["train"].shard(names[label])
+        shard = local.source.sets["train"].shard(names[label])
         assert any(torch.equal(face, f) for f in shard_faces[names[label]])
-        clip = shard["feats"].float()  # the window is a contiguous run of some clip of the identity
+        clip = shard.feats.float()  # the window is a contiguous run of some clip of the identity
         starts = [s for s in range(clip.shape[1] - feats.shape[1] + 1) if torch.equal(clip[:, s], feats[:, 0])]
         assert any(torch.equal(clip[:, s : s + feats.shape[1]], feats) for s in starts)
         assert feats.shape[1] <= 120
@@ -135,7 +136,7 @@ def test_out_of_order_faces_are_caught(shards, tmp_path):
     from datamodules.streaming import _face_items, _optimize
 
     names = local.identities("val")
-    jobs = [(str(local._out() / "shards" / f"{n}.pt"), label) for label, n in enumerate(names)][::-1]
+    jobs = [(str(local.source.folder() / "shards" / f"{n}.pt"), label) for label, n in enumerate(names)][::-1]
     _optimize(_face_items, jobs, str(bad / "faces" / "val"), "64MB", {}, False)
     streamed = VoxVGGDataModule(stream=str(bad), detector="file", eval_batch_size=4)
     with pytest.raises(DataError, match="not in the order meta gives"):

@@ -15,6 +15,7 @@ import torchaudio
 from PIL import Image
 from scipy.signal import find_peaks
 
+from datamodules.meta import read_meta
 from datamodules.synthetic import (
     ATTRIBUTE_KINDS,
     contact_sheet,
@@ -25,7 +26,6 @@ from datamodules.synthetic import (
 from datamodules.synthetic import corpus as corpus_module
 from datamodules.synthetic.corpus import LANDMARK_COLUMNS, META_HEADER
 from datamodules.synthetic.traits import SPLIT_LETTERS, sample_identities
-from datamodules.voxvgg import read_meta
 
 REAL_META = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vox1_meta.csv"
 IDENTITIES = 10

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.voxvgg import DataError, VoxVGGDataModule, identity_split, read_meta
+from datamodules.files import DataError
+from datamodules.meta import identity_split, read_meta
+from datamodules.voxvgg import VoxVGGDataModule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from datamodules.faces import normalize
 from lightning_modules.metrics.attributes import attribute_scores
 from lightning_modules.metrics.fid import FID, fingerprint, quantize
 from lightning_modules.metrics.identity import (
@@ -26,7 +27,7 @@ from lightning_modules.metrics.identity import (
 )
 from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, path_length
-from lightning_modules.metrics.probe import to_float, train_probe
+from lightning_modules.metrics.probe import train_probe
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
@@ -185,8 +186,8 @@ def evaluate(
         probe, codec = fit_probe(datamodule, sub["probe"])
 
     if probe is not None and sub["quality"].get("enabled", True):
-        real_float = to_float(real_u8)
-        gen_float = to_float(quantize(gen))  # generated faces quantised as the real ones are stored
+        real_float = normalize(real_u8)
+        gen_float = normalize(quantize(gen))  # generated faces quantised as the real ones are stored
         result.update(probe_quality(probe.predict(gen_float)[0], probe.predict(real_float)[0], real_labels,
                                     sub["quality"].get("repeats", 10), sub["quality"].get("seed", 0)))
         notes["fd_probe"] = QUALITY_NOTE
@@ -204,7 +205,7 @@ def evaluate(
                 )
             result.update(
                 identity_metrics(
-                    embed(gen), gen_labels, embed(to_float(real_u8)), real_labels, len(names), id_cfg, notes,
+                    embed(gen), gen_labels, embed(normalize(real_u8)), real_labels, len(names), id_cfg, notes,
                     resamples,
                 )
             )
@@ -221,7 +222,7 @@ def evaluate(
                 codec,
                 gen,
                 [names[i] for i in gen_labels],
-                to_float(real_u8),
+                normalize(real_u8),
                 [names[i] for i in real_labels],
                 attributes,
                 skipped,

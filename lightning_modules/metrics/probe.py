@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.faces import normalize
+
 PROBE_RES = 32
 
 
@@ -95,11 +97,6 @@ class FaceProbe(nn.Module):
         return torch.cat(embs), {n: torch.cat([o[n] for o in outs]) for n in self.heads}
 
 
-def to_float(faces: Tensor) -> Tensor:
-    """uint8 [N,3,S,S] -> [-1, 1] float, the training normalisation (x − 127.5) / 127.5."""
-    return (faces.float() - 127.5) / 127.5
-
-
 def train_probe(
     faces: dict[str, Tensor],
     attributes: dict[str, dict] | None = None,
@@ -114,7 +111,7 @@ def train_probe(
     names = sorted(faces)
     if not names:
         raise ValueError("train_probe: no faces")
-    images = torch.cat([to_float(faces[n]) for n in names])
+    images = torch.cat([normalize(faces[n]) for n in names])
     if images.shape[-1] != PROBE_RES:
         images = F.interpolate(images, size=(PROBE_RES, PROBE_RES), mode="area")
     labels = torch.cat([torch.full((len(faces[n]),), i) for i, n in enumerate(names)])
