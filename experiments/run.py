@@ -23,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import kernels
 from datamodules.cli_errors import one_line_errors
+from lightning_modules.legacy import compare_state_dict
+from lightning_modules.safe_load import load_data
+from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +77,14 @@ def check_config(cfg: DictConfig) -> None:
 def check_checkpoint(path: str, model: L.LightningModule) -> None:
     """Open a resume checkpoint as data only (no code runs) and check that it fits `model`, so a bad file fails
     before training with its name and a fix; Lightning's own errors name neither."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"ckpt_path={path}: cannot be read as a checkpoint ({type(err).__name__}: {str(err)[:200]}); it may be "
-            f"truncated by a crash or an interrupted copy. Resume from another file of {Path(path).parent} "
-            f"(snapshot-*.ckpt) or train afresh without ckpt_path") from err
+    ckpt = load_data(path, "a checkpoint (ckpt_path)", fix=f"resume from another file of {Path(path).parent} "
+                     "(snapshot-*.ckpt) or train afresh without ckpt_path")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"ckpt_path={path}: not a Lightning training checkpoint (no state_dict); pass the "
                          f"last.ckpt or snapshot-*.ckpt of a run's checkpoints/ folder")
     config = Path(path).resolve().parent.parent / "config.yaml"
     same_config = f"use the overrides of the run that wrote it ({config})" if config.is_file() else \
         "use the experiment and model overrides of the run that wrote it"
-    from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
-
     if isinstance(model, Voice2FaceGAN) and not any(str(k).startswith("voice2face_") for k in ckpt):
         raise ValueError(f"ckpt_path={path}: not a voice2face checkpoint (no voice2face_* entries: a Lightning "
                          "checkpoint of another project?); pass the last.ckpt or snapshot-*.ckpt of a voice2face "
@@ -98,17 +94,8 @@ def check_checkpoint(path: str, model: L.LightningModule) -> None:
             f"ckpt_path={path}: written by another version of voice2face (checkpoint format "
             f"{ckpt.get('voice2face_format')}, this code reads {CHECKPOINT_FORMAT}); resume it with the voice2face "
             f"version that wrote it, or train afresh without ckpt_path")
-    own = model.state_dict()
-    theirs = ckpt["state_dict"]
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    reshaped = [f"{k} {list(theirs[k].shape)} vs {list(own[k].shape)}" for k in sorted(set(own) & set(theirs))
-                if hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape]
-    if missing or unexpected or reshaped:
-        raise ValueError(
-            f"ckpt_path={path}: written by a different model than {type(model).__name__} as configured: "
-            f"{len(missing)} missing weights {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
-            f"{len(reshaped)} of other shapes {reshaped[:3]}; {same_config}")
+    compare_state_dict(model, ckpt["state_dict"], f"ckpt_path={path}: written by a different model than "
+                       f"{type(model).__name__} as configured", fix=same_config)
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:

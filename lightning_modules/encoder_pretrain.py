@@ -15,6 +15,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.build import build_network
+from lightning_modules.legacy import compare_state_dict
 from lightning_modules.safe_load import load_data
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,10 @@ def load_encoder_weights(encoder, path):
     else:
         raise ValueError(f"{path}: not an encoder checkpoint (expected an 'encoder' or 'state_dict' entry)")
     own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or mismatched:
-        raise ValueError(
-            f"{path}: encoder weights do not fit the configured encoder: missing {missing[:5]}, "
-            f"shape mismatch {mismatched[:5]} (were they trained with the same encoder config?)"
-        )
-    encoder.load_state_dict({k: state[k] for k in own})
+    state = {k: v for k, v in state.items() if k in own}  # the speaker head of EncoderPretrain has no place here
+    compare_state_dict(own, state, f"{path}: encoder weights do not fit the configured encoder",
+                       fix="were they trained with the same encoder config?")
+    encoder.load_state_dict(state)
 
 
 class EncoderPretrain(LightningModule):

@@ -7,13 +7,13 @@ import os
 import torch
 
 
-def load_data(path, what: str, map_location="cpu"):
-    """torch.load(weights_only=True) of `path`; ValueError naming the file and `what` it should have been.
-    Explicit weights_only=True also holds under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1."""
+def load_data(path, what: str, map_location="cpu", fix: str = ""):
+    """torch.load(weights_only=True) of `path`; ValueError naming the file, `what` it should have been and `fix`
+    (what to do instead), if given. Explicit weights_only=True also holds under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1."""
     try:
         return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects, not a torch file: all mean "not this file"
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ValueError(f"{os.fspath(path)}: cannot be read as {what} ({type(err).__name__}: {first}); it may be "
                          "truncated, from another program, or hold pickled objects (never loaded: they can run "
-                         "code)") from err
+                         "code)" + (f"; {fix}" if fix else "")) from err

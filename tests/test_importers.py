@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.stylegan2 import Generator, import_nvlabs, import_rosinality
+from lightning_modules.legacy import compare_state_dict, import_nvlabs, import_rosinality
+from lightning_modules.stylegan2 import Generator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ROS = SHARED / "reference" / "ros_g64.pt"
@@ -201,3 +202,17 @@ def test_nvlabs_rejects_mismatched_state():
         import_nvlabs({"state_dict": state, "init_kwargs": kwargs})
     with pytest.raises(ValueError, match="c_dim"):
         import_nvlabs({"state_dict": G.state_dict(), "init_kwargs": {**kwargs, "c_dim": 10}})
+
+
+def test_compare_state_dict_names_the_file_and_each_kind_of_mismatch():
+    own = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}
+    compare_state_dict(own, dict(own), "same.pt")  # an exact fit passes
+    found = {"a": torch.zeros(3, 2), "b": torch.zeros(4), "d": torch.zeros(1), "e": "not a tensor"}
+    with pytest.raises(ValueError) as err:
+        compare_state_dict(own, found, "x.pt: does not fit", fix="use the right file")
+    assert str(err.value) == (
+        "x.pt: does not fit: 1 missing weights ['c'], 2 unexpected ['d', 'e'], "
+        "1 of other shapes ['a [3, 2] (expected [2, 3])']; use the right file"
+    )
+    with pytest.raises(ValueError, match=r"of other shapes \['c str \(expected \[1\]\)'\]"):
+        compare_state_dict(own, {**own, "c": "x"}, "y.pt")
