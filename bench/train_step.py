@@ -26,12 +26,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import compose_train  # noqa: E402  (the tests' composer: the real config tree)
+from conftest import compose_train, quiet_trainer  # noqa: E402  (the tests' composer and Trainer)
 
 FEATURES, CLASSES = 64, 75
 VARIANTS = {  # name -> overrides; ratios are to the first: the make-run recipe before the study (docs/recipe.md)
@@ -103,8 +103,7 @@ def images_per_second(overrides, device, iters, frames, bf16):
         torch.manual_seed(0)
         model, batch, res = build(overrides, Path(tmp), bf16)
         timer = Timer(skip=1)
-        trainer = Trainer(accelerator=device, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+        trainer = quiet_trainer(tmp, accelerator=device, callbacks=[timer])
         trainer.fit(model, DataLoader(RandomBatches(batch * (iters + 1), frames, res), batch_size=batch))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return batch, res, batch * iters / (timer.end - timer.start), peak

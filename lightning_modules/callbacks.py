@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
+from lightning_modules.schedule import next_due
+
 
 def images_seen(trainer, pl_module) -> int:
     """Training images so far: the GAN's own counter (global_step counts every optimizer step under manual
@@ -118,11 +120,7 @@ class KimgCheckpoint(Callback):
                 next(iterator)
             self._skip = 0
         nimg = images_seen(trainer, pl_module)
-        self._next = {"snapshot": self._after(nimg, self.every), "last": self._after(nimg, self.last_every)}
-
-    @staticmethod
-    def _after(nimg: int, every: float) -> float:
-        return (nimg // every + 1) * every if every > 0 else float("inf")
+        self._next = {"snapshot": next_due(nimg, self.every), "last": next_due(nimg, self.last_every)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._train_rng = torch.get_rng_state()
@@ -135,10 +133,10 @@ class KimgCheckpoint(Callback):
         nimg = images_seen(trainer, pl_module)
         if nimg >= self._next["snapshot"]:
             self.save(trainer, f"snapshot-{nimg / 1000:09.3f}kimg.ckpt")
-            self._next["snapshot"] = self._after(nimg, self.every)
+            self._next["snapshot"] = next_due(nimg, self.every)
         if nimg >= self._next["last"]:
             self.save(trainer, "last.ckpt")
-            self._next["last"] = self._after(nimg, self.last_every)
+            self._next["last"] = next_due(nimg, self.last_every)
 
     def on_train_end(self, trainer, pl_module):
         self.save(trainer, "last.ckpt")

@@ -35,6 +35,7 @@ from lightning_modules.losses import (
     r1_penalty,
 )
 from lightning_modules.samples import collect_speakers, speaker_grid
+from lightning_modules.schedule import next_due
 
 log = logging.getLogger(__name__)
 
@@ -392,17 +393,14 @@ class Voice2FaceGAN(LightningModule):
                 names = names or [str(i) for i in range(len(loader.dataset))]
                 self._sample_batch = collect_speakers(loader, names, info, self.hparams.sample_count,
                                                       self.hparams.sample_utterances)
-        every = self.hparams.sample_every_kimg * 1000
-        if every > 0:
-            self._next_sample_nimg = (self.cur_nimg // every + 1) * every
+        self._next_sample_nimg = next_due(self.cur_nimg, self.hparams.sample_every_kimg * 1000)
         self.save_samples()
         self._clock = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        every = self.hparams.sample_every_kimg * 1000
-        if every > 0 and self.cur_nimg >= self._next_sample_nimg:
+        if self.cur_nimg >= self._next_sample_nimg:
             self.save_samples()
-            self._next_sample_nimg = (self.cur_nimg // every + 1) * every
+            self._next_sample_nimg = next_due(self.cur_nimg, self.hparams.sample_every_kimg * 1000)
         if self.hparams.total_kimg is not None and self.cur_nimg >= self.hparams.total_kimg * 1000:
             self.trainer.should_stop = True
 

@@ -153,3 +153,14 @@ def test_a_failed_shard_write_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"Ann_A.pt: could not be written .* is the disk full"):
         write_atomic(target, full_disk)
     assert list(tmp_path.iterdir()) == []  # no partial file
+
+
+def test_folders_prepared_before_the_shards_module_are_still_found():
+    """The prepared folder's name is the hash of its config: these are the hashes the code before
+    datamodules/shards.py gave (its prepare.py built the same dict), so folders prepared then are read as they are.
+    A change of the shard bytes must bump SHARD_VERSION, which changes these hashes on purpose."""
+    from datamodules.shards import SHARD_VERSION, config_hash, preprocessing_config
+
+    assert SHARD_VERSION == "1"
+    assert config_hash(preprocessing_config("file", 64, {"kind": "logmel"}, {})) == "08512f9ae299d080"
+    assert config_hash({**preprocessing_config("mtcnn", 64, None, None), "root": "/data/vox"}) == "fb8fdc81ae57b54f"

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning import Callback, LightningDataModule, Trainer
+from conftest import quiet_trainer
+from lightning import Callback, LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -141,17 +142,7 @@ class VoiceFaceSet(Dataset):
 
 
 def fit(model, n, batch=4, tmp_path=None, ckpt_path=None, callbacks=(), max_epochs=1):
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, callbacks=list(callbacks))
     trainer.fit(model, DataLoader(VoiceFaceSet(n), batch_size=batch), ckpt_path=ckpt_path)
     return trainer
 
@@ -345,15 +336,7 @@ class HeldOutVoices(LightningDataModule):
 def test_generate_and_sample_grid(tmp_path):
     model = make_model(sample_every_kimg=0.008, sample_count=5, noise_z_dim=2)
     assert model.G.z_dim == 10  # embedding ‖ noise
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(model, datamodule=HeldOutVoices())
     grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert grids == [f"samples_{k:08.3f}kimg.png" for k in (0, 0.008, 0.016)]
@@ -395,18 +378,7 @@ def test_ddp_two_processes_keep_networks_identical(tmp_path):
     torch.manual_seed(0)
     model = make_model()
     strategy = DDPStrategy(process_group_backend="gloo", find_unused_parameters=True, start_method="spawn")
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[RankFingerprint(str(tmp_path))],
-    )
+    trainer = quiet_trainer(tmp_path, devices=2, strategy=strategy, callbacks=[RankFingerprint(str(tmp_path))])
     initial = {
         name: torch.cat([t.flatten() for t in getattr(model, name).state_dict().values()]).clone()
         for name in ("G", "D")
@@ -467,15 +439,7 @@ def test_smoke_experiment_trains_real_networks(tmp_path):
                 "label": torch.tensor(i % CLASSES),
             }
 
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=-1)
     trainer.fit(model, DataLoader(Batches(), batch_size=8))
     assert (model.iteration, model.cur_nimg) == (4, 32)  # stopped by total_kimg = 0.032
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png"))

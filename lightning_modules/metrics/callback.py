@@ -7,8 +7,6 @@ Metrics that cannot run (no weights, a generator without mapping) are skipped wi
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from lightning import Callback
 from lightning.pytorch.loggers import WandbLogger
@@ -26,8 +24,7 @@ from lightning_modules.metrics.evaluate import (
 )
 from lightning_modules.metrics.fid import quantize
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
-
-log = logging.getLogger(__name__)
+from lightning_modules.schedule import next_due
 
 
 class MetricsCallback(Callback):
@@ -78,15 +75,11 @@ class MetricsCallback(Callback):
         )
 
     def on_train_start(self, trainer, pl_module):
-        now = pl_module.cur_nimg
-        self._next_nimg = (
-            float("inf") if self.every_nimg <= 0 else (now // self.every_nimg + 1) * self.every_nimg
-        )
+        self._next_nimg = next_due(pl_module.cur_nimg, self.every_nimg)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if pl_module.cur_nimg >= self._next_nimg:
-            while self._next_nimg <= pl_module.cur_nimg:
-                self._next_nimg += self.every_nimg
+            self._next_nimg = next_due(pl_module.cur_nimg, self.every_nimg)
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):

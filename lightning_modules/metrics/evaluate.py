@@ -6,7 +6,6 @@ held-out utterance (EMA generator, constant noise); the real faces are `datamodu
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,8 +29,6 @@ from lightning_modules.metrics.ppl import LPIPSDistance, path_length
 from lightning_modules.metrics.probe import train_probe
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
-
-log = logging.getLogger(__name__)
 
 LABELS = {  # display names in the summary; other keys are shown as they are
     "fid": "FID",
