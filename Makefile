@@ -51,8 +51,9 @@ bench: install  ## every benchmark in bench/ (each prints a table of ratios)
 gpu-check: install  ## on a GPU machine: kernels, training step and a 1-kimg run in ~6 min (outputs/gpu_check)
 	PY=$(PY) bash bench/gpu_check.sh outputs/gpu_check
 
-lint: install  ## ruff
+lint: install  ## ruff: lint rules and formatting (120 columns); `ruff format .` fixes the latter
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:  ## remove caches and run folders (keeps .venv)
 	rm -rf outputs .cache .pytest_cache .ruff_cache

@@ -158,14 +158,19 @@ def main():
                 ratios.setdefault((dtype_name, pass_), []).append(ratio)
                 times = " ".join(f"{t:>10.3f}" for t in row)
                 print(f"{name:<10} {dtype_name:<9} {pass_:<8} {times} {ratio:>17.2f}x {err:>9.1e}")
-    lines = [f"modulated conv, {torch.cuda.get_device_name()}, batch {args.batch}, 64 px paper-width generator "
-             f"({len(generator_layers())} layers), median of {args.reps} runs", "",
-             "| dtype | pass | best PyTorch / Triton (geometric mean) | range over layers | worst rel. error |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"modulated conv, {torch.cuda.get_device_name()}, batch {args.batch}, 64 px paper-width generator "
+        f"({len(generator_layers())} layers), median of {args.reps} runs",
+        "",
+        "| dtype | pass | best PyTorch / Triton (geometric mean) | range over layers | worst rel. error |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for (dtype_name, pass_), values in ratios.items():
         worst = max(e for _, e in errors[dtype_name])
-        lines.append(f"| {dtype_name} | {pass_} | {statistics.geometric_mean(values):.2f}x | "
-                     f"{min(values):.2f}-{max(values):.2f}x | {worst:.1e} |")
+        lines.append(
+            f"| {dtype_name} | {pass_} | {statistics.geometric_mean(values):.2f}x | "
+            f"{min(values):.2f}-{max(values):.2f}x | {worst:.1e} |"
+        )
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

@@ -44,9 +44,7 @@ def frechet_scipy(mu1, s1, mu2, s2):
 
 def retrieval_loop(query, labels, centers, g, repeats, seed=0):
     rng = np.random.default_rng(seed)
-    sim = (
-        torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(centers, dim=1).T
-    ).numpy()
+    sim = (torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(centers, dim=1).T).numpy()
     hits = 0
     for _ in range(repeats):
         for i, y in enumerate(labels.tolist()):
@@ -95,14 +93,10 @@ def main():
     names = [f"id{i:02d}" for i in range(args.ids)]
     colours = torch.rand(args.ids, 3, generator=g) * 255
     faces = {
-        n: (colours[i, :, None, None] + 20 * torch.randn(args.faces, 3, 64, 64, generator=g))
-        .clamp(0, 255)
-        .byte()
+        n: (colours[i, :, None, None] + 20 * torch.randn(args.faces, 3, 64, 64, generator=g)).clamp(0, 255).byte()
         for i, n in enumerate(names)
     }
-    attrs = {
-        n: {"red": str(bool(colours[i, 0] > 127)), "green": float(colours[i, 1])} for i, n in enumerate(names)
-    }
+    attrs = {n: {"red": str(bool(colours[i, 0] > 127)), "green": float(colours[i, 1])} for i, n in enumerate(names)}
     kinds = {"red": "categorical", "green": "continuous"}
     train_ids, test_ids = names[: args.ids * 3 // 4], names[args.ids * 3 // 4 :]
 

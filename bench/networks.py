@@ -86,9 +86,7 @@ def main():
         f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"kernels impl {args.impl}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print(
-        f"| {'network':<12} | {'width':<9} | {'params (M)':>10} | {'img/s fwd+bwd':>13} | {'vs DCGAN':>8} |"
-    )
+    print(f"| {'network':<12} | {'width':<9} | {'params (M)':>10} | {'img/s fwd+bwd':>13} | {'vs DCGAN':>8} |")
     print(f"|{'-' * 14}|{'-' * 11}|{'-' * 12}|{'-' * 15}|{'-' * 10}|")
     baseline = {}
     for name, width, step, net in nets:
@@ -97,9 +95,7 @@ def main():
         kind = name[-1]  # G or D: compare like with like
         baseline.setdefault(kind, rate)
         params = sum(p.numel() for p in net.parameters()) / 1e6
-        print(
-            f"| {name:<12} | {width:<9} | {params:>10.2f} | {rate:>13.1f} | {rate / baseline[kind]:>8.2f} |"
-        )
+        print(f"| {name:<12} | {width:<9} | {params:>10.2f} | {rate:>13.1f} | {rate / baseline[kind]:>8.2f} |")
         del net
 
 

@@ -64,9 +64,7 @@ def main():
         clips_s, faces_s = n_c / (wall * share) * clip_s / REAL_CLIP_S, n_f / (wall * (1 - share))
         hours = (FULL_CLIPS / clips_s + FULL_FACES / faces_s) / 3600
         rows.append((w, n_c, n_f, wall, clips_s, faces_s, hours))
-    print(
-        f"{'workers':>7} {'clips':>6} {'faces':>6} {'wall s':>7} {'clips/s':>8} {'faces/s':>8} {'full h':>7}"
-    )
+    print(f"{'workers':>7} {'clips':>6} {'faces':>6} {'wall s':>7} {'clips/s':>8} {'faces/s':>8} {'full h':>7}")
     for r in rows:
         print(f"{r[0]:>7} {r[1]:>6} {r[2]:>6} {r[3]:>7.1f} {r[4]:>8.1f} {r[5]:>8.1f} {r[6]:>7.2f}")
     print(

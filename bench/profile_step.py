@@ -114,13 +114,24 @@ def main():
     timers = Timers()
     install(timers, args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_train([*overrides, f"model.total_kimg={args.kimg}", "evaluate=false", "logger=csv",
-                             f"paths.root_dir={ROOT}", "callbacks.rich_progress_bar=null"], Path(tmp) / "run")
+        cfg = compose_train(
+            [
+                *overrides,
+                f"model.total_kimg={args.kimg}",
+                "evaluate=false",
+                "logger=csv",
+                f"paths.root_dir={ROOT}",
+                "callbacks.rich_progress_bar=null",
+            ],
+            Path(tmp) / "run",
+        )
         train(cfg)
     wall, n = timers.wall, max(timers.iterations, 1)
     covered = sum(timers.total.values())
-    print(f"\n{' '.join(overrides)}: {timers.iterations} timed iterations, {timers.images} images, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"\n{' '.join(overrides)}: {timers.iterations} timed iterations, {timers.images} images, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'part':<24}{'ms / iteration':>16}{'share':>8}")
     for label, seconds in sorted(timers.total.items(), key=lambda kv: -kv[1]):
         print(f"{label:<24}{1000 * seconds / n:>16.1f}{seconds / wall:>8.0%}")

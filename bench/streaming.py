@@ -66,8 +66,14 @@ def main():
     ap.add_argument("--workers", type=int, default=0)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
-    base = dict(corpus={"identities": a.identities, "seed": 0}, corpus_dir=str(tmp / "corpus"),
-                cache_dir=str(tmp / "cache"), detector="file", batch_size=a.batch, num_workers=a.workers)
+    base = dict(
+        corpus={"identities": a.identities, "seed": 0},
+        corpus_dir=str(tmp / "corpus"),
+        cache_dir=str(tmp / "cache"),
+        detector="file",
+        batch_size=a.batch,
+        num_workers=a.workers,
+    )
     shards = VoxVGGDataModule(**base)
     shards.prepare_data()
     shards.setup()
@@ -77,18 +83,22 @@ def main():
     sources = {
         "torch shards (baseline)": shards,
         "litdata, folder": VoxVGGDataModule(**base, stream=str(tmp / "export")),
-        "litdata, local: (cached)": VoxVGGDataModule(**base, stream=f"local:{tmp / 'export'}",
-                                                     stream_cache_dir=str(tmp / "chunks_local")),
+        "litdata, local: (cached)": VoxVGGDataModule(
+            **base, stream=f"local:{tmp / 'export'}", stream_cache_dir=str(tmp / "chunks_local")
+        ),
     }
     s3 = moto_s3()
     if s3 is not None:
         options, stop = s3
         VoxVGGDataModule(**base, stream="s3://bench/v1", storage_options=options).prepare_data()
         sources["litdata, S3 (moto, localhost)"] = VoxVGGDataModule(
-            **base, stream="s3://bench/v1", storage_options=options, stream_cache_dir=str(tmp / "chunks_s3"))
+            **base, stream="s3://bench/v1", storage_options=options, stream_cache_dir=str(tmp / "chunks_s3")
+        )
     clips = len(shards.source.sets["train"])
-    print(f"{clips} training clips, batch {a.batch}, {a.workers} loader workers, "
-          f"{torch.get_num_threads()} threads; export to a folder {export_s:.1f} s")
+    print(
+        f"{clips} training clips, batch {a.batch}, {a.workers} loader workers, "
+        f"{torch.get_num_threads()} threads; export to a folder {export_s:.1f} s"
+    )
     print(f"{'source':<32} {'epoch 1 clips/s':>16} {'later clips/s':>14} {'ratio (later)':>14}")
     baseline = None
     for name, dm in sources.items():

@@ -36,8 +36,8 @@ from conftest import compose_train, quiet_trainer  # noqa: E402  (the tests' com
 FEATURES, CLASSES = 64, 75
 VARIANTS = {  # name -> overrides; ratios are to the first: the make-run recipe before the study (docs/recipe.md)
     "previous cpu": "+exp=baseline_cpu data.face_size=64 model.encoder.stem_pool=false model.generator.use_noise=true "
-                    "model.r1_gamma=10 model.lr=0.0002 model.betas=[0.5,0.999] model.style_mixing_prob=0.9 "
-                    "model.recon_weight=0 model.xflip=false",
+    "model.r1_gamma=10 model.lr=0.0002 model.betas=[0.5,0.999] model.style_mixing_prob=0.9 "
+    "model.recon_weight=0 model.xflip=false",
     "cpu at 64 px": "+exp=baseline_cpu data.face_size=64 model.r1_gamma=0.0256",
     "cpu": "+exp=baseline_cpu",
     "paper": "+exp=baseline",
@@ -89,9 +89,16 @@ def build(overrides: str, tmp: Path, bf16: bool):
         encoder_file = tmp / "encoder.pt"
         EncoderPretrain(dict(cfg.model.encoder), num_classes=CLASSES, feature_dim=FEATURES).save_encoder(encoder_file)
     model = hydra.utils.instantiate(
-        cfg.model, num_classes=CLASSES, feature_dim=FEATURES, img_resolution=cfg.data.face_size,
-        encoder_ckpt=None if encoder_file is None else str(encoder_file), sample_every_kimg=0, sample_count=0,
-        bf16=bf16, _recursive_=False)
+        cfg.model,
+        num_classes=CLASSES,
+        feature_dim=FEATURES,
+        img_resolution=cfg.data.face_size,
+        encoder_ckpt=None if encoder_file is None else str(encoder_file),
+        sample_every_kimg=0,
+        sample_count=0,
+        bf16=bf16,
+        _recursive_=False,
+    )
     return model, cfg.data.batch_size, cfg.data.face_size
 
 
@@ -134,14 +141,18 @@ def main():
                 rows.append((device, "bf16" if bf16 else "fp32", name, batch, res, ips, peak))
     first = rows[0]
     where = torch.cuda.get_device_name() if "cuda" in devices else "CPU"
-    lines = [f"{args.iters} timed iterations, {args.frames} audio frames, torch threads {torch.get_num_threads()}, "
-             f"{where}; ratios to the first row ({first[0]} {first[1]} {first[2]})", "",
-             "| device | precision | variant | batch | px | images/s | vs first | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{args.iters} timed iterations, {args.frames} audio frames, torch threads {torch.get_num_threads()}, "
+        f"{where}; ratios to the first row ({first[0]} {first[1]} {first[2]})",
+        "",
+        "| device | precision | variant | batch | px | images/s | vs first | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for device, precision, name, batch, res, ips, peak in rows:
         memory = "-" if peak is None else f"{peak:.2f}"
-        lines.append(f"| {device} | {precision} | {name} | {batch} | {res} | {ips:.1f} | {ips / first[5]:.2f}x | "
-                     f"{memory} |")
+        lines.append(
+            f"| {device} | {precision} | {name} | {batch} | {res} | {ips:.1f} | {ips / first[5]:.2f}x | {memory} |"
+        )
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

@@ -65,9 +65,7 @@ def _wav_truncation(path: str) -> str | None:
                     return None
                 present = size - pos - 8
                 return (
-                    f"truncated WAV: data chunk declares {n} bytes, the file holds {present}"
-                    if present < n
-                    else None
+                    f"truncated WAV: data chunk declares {n} bytes, the file holds {present}" if present < n else None
                 )
             pos += 8 + n + (n & 1)  # chunks are word-aligned
     return None
@@ -130,18 +128,14 @@ def vad_trim(
     """
     if sample_rate not in (8000, 16000, 32000, 48000) or frame_ms not in (10, 20, 30) or mode not in range(4):
         raise ValueError(
-            f"webrtcvad needs rate 8/16/32/48 kHz, 10/20/30 ms, mode 0-3; got {sample_rate}, "
-            f"{frame_ms}, {mode}"
+            f"webrtcvad needs rate 8/16/32/48 kHz, 10/20/30 ms, mode 0-3; got {sample_rate}, {frame_ms}, {mode}"
         )
     if wav.dim() != 1:
         raise ValueError(f"vad_trim takes a mono waveform [T], got shape {tuple(wav.shape)}")
     step = sample_rate * frame_ms // 1000
     pcm = (wav.detach().cpu().float() * INT16_SCALE).round().clamp(-32768, 32767).to(torch.int16).numpy()
     detector = webrtcvad.Vad(mode)
-    flags = [
-        detector.is_speech(pcm[i : i + step].tobytes(), sample_rate)
-        for i in range(0, len(pcm) - step + 1, step)
-    ]
+    flags = [detector.is_speech(pcm[i : i + step].tobytes(), sample_rate) for i in range(0, len(pcm) - step + 1, step)]
 
     ring = deque(maxlen=max(1, padding_ms // frame_ms))
     keep, triggered = [], False
@@ -178,9 +172,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_ma
     edges = torch.floor((n_fft + 1) * 700.0 * (10.0 ** (mels / 2595.0) - 1.0) / sample_rate)
     lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
     if (hi - lo < 2).any():
-        raise ValueError(
-            f"{n_mels} mel bands over {f_min}-{f_max} Hz leave a band without FFT bins at n_fft={n_fft}"
-        )
+        raise ValueError(f"{n_mels} mel bands over {f_min}-{f_max} Hz leave a band without FFT bins at n_fft={n_fft}")
     k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
     rise = torch.where((k >= lo) & (k < mid), (k - lo) / (mid - lo).clamp_min(1), 0.0)
     fall = torch.where((k >= mid) & (k < hi), (hi - k) / (hi - mid).clamp_min(1), 0.0)
@@ -255,9 +247,7 @@ class AudioFeatures(nn.Module):
         # psf's power spectrum |X|²/n_fft in int16 units, folded into the filters; each row twice, to take
         # the squared real and imaginary parts straight from the interleaved view of the spectrum.
         fb = mel_filterbank(self.n_mels, self.n_fft, sample_rate, f_min, f_max) * INT16_SCALE**2 / self.n_fft
-        self.register_buffer(
-            "fbank", fb.repeat_interleave(2, 0).float(), persistent=False
-        )  # [2·bins, n_mels]
+        self.register_buffer("fbank", fb.repeat_interleave(2, 0).float(), persistent=False)  # [2·bins, n_mels]
         # The banded CPU path: consecutive filters in `band_groups` blocks, each with only the FFT bins its
         # triangles touch (a triangle spans few bins, so the dense product is ~95 % multiplications by zero).
         self.bands = []  # (first bin, end bin, first filter, end filter)
@@ -308,9 +298,7 @@ class AudioFeatures(nn.Module):
             raise ValueError(f"wavs must be [B, T] with T > 0, got shape {tuple(wavs.shape)}")
         device = self.fbank.device
         B, T = wavs.shape
-        lengths = (
-            torch.full((B,), T, device=device) if lengths is None else torch.as_tensor(lengths).to(device)
-        )
+        lengths = torch.full((B,), T, device=device) if lengths is None else torch.as_tensor(lengths).to(device)
         if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths must be [B={B}] in 1..T={T}, got {lengths.tolist()}")
         lengths = lengths.long()
@@ -415,9 +403,7 @@ def random_crop_batch(
     """One crop length L ~ U{min_frames..max_frames} for the batch, a random window of L frames per clip
     (clips shorter than L are tiled first). Returns (audio [B, F, L], lengths [B] all L)."""
     if not feats or not 1 <= min_frames <= max_frames:
-        raise ValueError(
-            f"need clips and 1 <= min_frames <= max_frames, got {len(feats)}, {min_frames}, {max_frames}"
-        )
+        raise ValueError(f"need clips and 1 <= min_frames <= max_frames, got {len(feats)}, {min_frames}, {max_frames}")
     L = int(torch.randint(min_frames, max_frames + 1, (), generator=generator))
     crops = []
     for f in feats:

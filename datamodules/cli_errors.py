@@ -18,8 +18,10 @@ def debugging() -> bool:
 def message(err: BaseException) -> str:
     """`voice2face: ...` for an error; a disk-full or permission OSError without a file name gets a hint."""
     text = str(err).strip() or type(err).__name__
-    hints = {28: "the disk is full; free space, or point paths.root_dir / out= elsewhere",
-             13: "permission denied; choose a folder you can write to"}
+    hints = {
+        28: "the disk is full; free space, or point paths.root_dir / out= elsewhere",
+        13: "permission denied; choose a folder you can write to",
+    }
     if isinstance(err, OSError) and err.errno in hints and err.filename is not None:
         text = f"{err.filename}: {hints[err.errno]}"
     elif isinstance(err, OSError) and err.errno in hints:

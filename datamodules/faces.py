@@ -84,9 +84,7 @@ def warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
     img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     if scale > 1.5:  # shrinking: pre-blur so the bilinear taps do not alias
         k = int(scale) | 1
-        img = torch.nn.functional.avg_pool2d(
-            torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1
-        )
+        img = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1)
     grid = torch.from_numpy(np.stack([src[0] / (W - 1), src[1] / (H - 1)], -1) * 2 - 1).float()
     out = torch.nn.functional.grid_sample(
         img, grid.view(1, size, size, 2), mode="bilinear", padding_mode="border", align_corners=True
@@ -104,8 +102,11 @@ def load_image(path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise FaceError(path, f"image is {im.width}×{im.height} ({im.width * im.height / 1e6:.0f} MP), more "
-                                f"than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP this pipeline decodes; shrink it first")
+                raise FaceError(
+                    path,
+                    f"image is {im.width}×{im.height} ({im.width * im.height / 1e6:.0f} MP), more "
+                    f"than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP this pipeline decodes; shrink it first",
+                )
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip these at 255
@@ -130,9 +131,7 @@ def read_landmarks(csv_path) -> dict[str, np.ndarray]:
     """landmarks.csv -> {relative image path: [5, 2]}; a bad column or number names the file and line."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FaceError(
-            csv_path, "landmarks file not found (detector=file needs one; use mtcnn or none otherwise)"
-        )
+        raise FaceError(csv_path, "landmarks file not found (detector=file needs one; use mtcnn or none otherwise)")
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("path",) + LANDMARK_COLUMNS if c not in (reader.fieldnames or [])]
@@ -152,9 +151,7 @@ class FaceAligner:
 
     `key` is the image's path relative to the face root, the lookup key of `detector="file"`."""
 
-    def __init__(
-        self, detector: str = "mtcnn", size: int = 64, landmarks_csv=None, min_face_prob: float = 0.9
-    ):
+    def __init__(self, detector: str = "mtcnn", size: int = 64, landmarks_csv=None, min_face_prob: float = 0.9):
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
         self.detector, self.size, self.min_face_prob = detector, size, min_face_prob
@@ -190,9 +187,7 @@ class FaceAligner:
         image = load_image(path)
         if self.detector == "none":  # pre-aligned: only resize
             H, W, _ = image.shape
-            M = np.array(
-                [[self.size / W, 0, 0.5 * self.size / W - 0.5], [0, self.size / H, 0.5 * self.size / H - 0.5]]
-            )
+            M = np.array([[self.size / W, 0, 0.5 * self.size / W - 0.5], [0, self.size / H, 0.5 * self.size / H - 0.5]])
             return warp(image, M, self.size)
         return warp(image, umeyama(self.points(image, path, key), self.template), self.size)
 

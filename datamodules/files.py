@@ -40,8 +40,10 @@ def write_atomic(path: Path, write) -> None:
         write(tmp)
         os.replace(tmp, path)
     except RuntimeError as err:  # torch.save reports a failed write (a full disk) as a C++ "enforce fail"
-        raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free "
-                      "space and rerun: finished shards are kept") from err
+        raise OSError(
+            f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free "
+            "space and rerun: finished shards are kept"
+        ) from err
     finally:
         tmp.unlink(missing_ok=True)
 

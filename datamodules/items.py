@@ -39,8 +39,12 @@ def collate_train(items, min_frames: int = 300, max_frames: int = 800, generator
     """One crop length for the batch, a random window per clip; items are (feats, face, label)."""
     feats, faces, labels = zip(*items)
     audio, lengths = random_crop_batch(list(feats), min_frames, max_frames, generator=generator)
-    return {"audio": audio, "audio_lengths": lengths, "face": normalize(torch.stack(faces)),
-            "label": torch.tensor(labels)}
+    return {
+        "audio": audio,
+        "audio_lengths": lengths,
+        "face": normalize(torch.stack(faces)),
+        "label": torch.tensor(labels),
+    }
 
 
 def collate_eval(items):
@@ -50,8 +54,12 @@ def collate_eval(items):
     audio = torch.zeros(len(feats), feats[0].shape[0], int(lengths.max()))
     for j, f in enumerate(feats):
         audio[j, :, : f.shape[1]] = f
-    return {"audio": audio, "audio_lengths": lengths, "face": normalize(torch.stack(faces)),
-            "label": torch.tensor(labels)}
+    return {
+        "audio": audio,
+        "audio_lengths": lengths,
+        "face": normalize(torch.stack(faces)),
+        "label": torch.tensor(labels),
+    }
 
 
 class TrainCollate:

@@ -49,8 +49,10 @@ def read_meta(meta_csv) -> list[dict]:
         repeated = {v: ls for v, ls in lines.items() if len(ls) > 1}
         if repeated:
             shown = "; ".join(f"{v!r} on lines {ls}" for v, ls in list(repeated.items())[:5])
-            raise DataError(f"{meta_csv}: {len(repeated)} {column} value(s) appear more than once ({shown}); each "
-                            "identity must be on exactly one line")
+            raise DataError(
+                f"{meta_csv}: {len(repeated)} {column} value(s) appear more than once ({shown}); each "
+                "identity must be on exactly one line"
+            )
     return rows
 
 
@@ -61,8 +63,12 @@ def identity_split(meta_csv, face_names) -> dict[str, list[str]]:
     split = {k: sorted(n for n in names if n[:1].upper() in letters) for k, letters in SPLIT_LETTERS.items()}
     unsplit = sorted(names - {n for ns in split.values() for n in ns})
     if unsplit:
-        log.warning("%s: %d identities fall into no split (their first letter is none of A-Z), left out: %s",
-                    meta_csv, len(unsplit), unsplit[:10])
+        log.warning(
+            "%s: %d identities fall into no split (their first letter is none of A-Z), left out: %s",
+            meta_csv,
+            len(unsplit),
+            unsplit[:10],
+        )
     return split
 
 
@@ -75,5 +81,7 @@ def read_attributes_if_any(root: Path) -> tuple[dict | None, dict]:
 
 def speakers_from_meta(meta_csv) -> dict[str, dict]:
     """{name: {sex: "m"/"f"/"", nationality}} of every identity of vox1_meta.csv (Gender, Nationality)."""
-    return {r["VGGFace1 ID"]: {"sex": r.get("Gender", "")[:1].lower(), "nationality": r.get("Nationality", "")}
-            for r in read_meta(meta_csv)}
+    return {
+        r["VGGFace1 ID"]: {"sex": r.get("Gender", "")[:1].lower(), "nationality": r.get("Nationality", "")}
+        for r in read_meta(meta_csv)
+    }

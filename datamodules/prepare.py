@@ -56,9 +56,7 @@ def scan(root) -> tuple[list[dict], dict[str, list[Path]], dict[str, list[Path]]
     wav_dir, face_dir = root / "voxceleb1" / "wav", root / "vggface"
     for d in (wav_dir, face_dir):
         if not d.is_dir():
-            raise DataError(
-                f"{d}: folder not found; `root` must hold vox1_meta.csv, voxceleb1/wav and vggface"
-            )
+            raise DataError(f"{d}: folder not found; `root` must hold vox1_meta.csv, voxceleb1/wav and vggface")
     rows = read_meta(root / "vox1_meta.csv")
     voices = {
         d.name: sorted(p for p in walk_files(d) if p.suffix.lower() in AUDIO_SUFFIXES)
@@ -133,8 +131,17 @@ class _Worker:
             except FaceError as e:
                 skipped.add(p.relative_to(self.root), e.reason)
         # inputs: the fingerprint, so that a later run redoes the shard when an input file changes
-        write_shard(shard_file(self.out, name), feats, faces, clips, kept, skipped.items, inputs,
-                    self.voices.n_features, self.config["face_size"])
+        write_shard(
+            shard_file(self.out, name),
+            feats,
+            faces,
+            clips,
+            kept,
+            skipped.items,
+            inputs,
+            self.voices.n_features,
+            self.config["face_size"],
+        )
         return name
 
 
@@ -176,9 +183,7 @@ def prepare(
     jobs = [(n, voices[ids[n]], faces[n], fingerprint(root, [*voices[ids[n]], *faces[n]], digest)) for n in names]
     todo = [job for job in jobs if not is_current(shard_file(out, job[0]), job[3])]
     if todo:
-        bar = tqdm(
-            total=len(names), initial=len(names) - len(todo), desc="prepare", unit="id", disable=not progress
-        )
+        bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="prepare", unit="id", disable=not progress)
         if workers > 1:
             with get_context("spawn").Pool(workers, _init, (config, root, out)) as pool:
                 for _ in pool.imap_unordered(_run, todo):

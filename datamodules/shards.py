@@ -87,8 +87,17 @@ def shard_inputs(path: Path) -> str | None:
         return None
 
 
-def write_shard(path: Path, feats: list[Tensor], faces: list[Tensor], clips: list[str], images: list[str],
-                skipped: list, inputs: str, n_features: int, face_size: int) -> None:
+def write_shard(
+    path: Path,
+    feats: list[Tensor],
+    faces: list[Tensor],
+    clips: list[str],
+    images: list[str],
+    skipped: list,
+    inputs: str,
+    n_features: int,
+    face_size: int,
+) -> None:
     """Write one identity's shard atomically: a shard exists only when complete."""
     S = face_size
     shard = {
@@ -111,11 +120,12 @@ def claim(prepared: Path, config: dict, root: Path) -> str:
     if cfg_file.is_file():
         earlier = json.loads(cfg_file.read_text())
         if earlier["hash"] != digest:
-            raise DataError(f"{cfg_file}: {prepared} was prepared with another config; choose a new `out` or "
-                            "delete it")
+            raise DataError(f"{cfg_file}: {prepared} was prepared with another config; choose a new `out` or delete it")
         if earlier.get("root") != str(root.resolve()):
-            raise DataError(f"{cfg_file}: {prepared} was prepared from another root ({earlier.get('root')}, not "
-                            f"{root.resolve()}); choose a new `out` or delete it")
+            raise DataError(
+                f"{cfg_file}: {prepared} was prepared from another root ({earlier.get('root')}, not "
+                f"{root.resolve()}); choose a new `out` or delete it"
+            )
     write_json(cfg_file, {"hash": digest, "config": config, "root": str(root.resolve())})
     return digest
 

@@ -61,9 +61,20 @@ class ShardVoices(Dataset):
 class ShardSource:
     """Prepared shards under <cache_dir>/<config hash>, made from a raw folder or the embedded corpus."""
 
-    def __init__(self, root: str | None, corpus: dict | None, corpus_dir: Path, cache_dir: Path, detector: str,
-                 face_size: int, features: dict, vad: dict, crop_frames: tuple[int, int], pipeline: VoicePipeline,
-                 prepare_workers: int):
+    def __init__(
+        self,
+        root: str | None,
+        corpus: dict | None,
+        corpus_dir: Path,
+        cache_dir: Path,
+        detector: str,
+        face_size: int,
+        features: dict,
+        vad: dict,
+        crop_frames: tuple[int, int],
+        pipeline: VoicePipeline,
+        prepare_workers: int,
+    ):
         self.raw, self.corpus, self.corpus_dir, self.cache_dir = root, corpus, corpus_dir, cache_dir
         self.config = preprocessing_config(detector, face_size, features, vad)
         self.crop_frames, self.pipeline, self.prepare_workers = crop_frames, pipeline, prepare_workers
@@ -74,8 +85,10 @@ class ShardSource:
             return ensure_corpus(self.corpus_dir, **self.corpus)
         root = Path(self.raw)
         if not root.is_dir():
-            raise DataError(f"{root}: data folder not found; set data.root to the folder holding vox1_meta.csv, "
-                            "voxceleb1/wav and vggface")
+            raise DataError(
+                f"{root}: data folder not found; set data.root to the folder holding vox1_meta.csv, "
+                "voxceleb1/wav and vggface"
+            )
         return root
 
     def folder(self) -> Path:
@@ -86,8 +99,15 @@ class ShardSource:
         # Every time: prepare() keeps each shard whose inputs are unchanged (a scan and a fingerprint per
         # identity) and redoes the others, so a replaced file is picked up.
         c = self.config
-        prepare(self.root(), self.folder(), c["detector"], c["face_size"], c["features"], c["vad"],
-                workers=self.prepare_workers)
+        prepare(
+            self.root(),
+            self.folder(),
+            c["detector"],
+            c["face_size"],
+            c["features"],
+            c["vad"],
+            workers=self.prepare_workers,
+        )
 
     def read_split(self) -> dict[str, list[str]]:
         self.manifest = read_manifest(self.folder())
@@ -128,8 +148,16 @@ class ShardSource:
 class StreamSource:
     """A litdata export (folder or object-store URL); `shards` given: exported from them first when needed."""
 
-    def __init__(self, url: str, cache_dir: Path, storage_options: dict, shards: ShardSource | None, config: dict,
-                 crop_frames: tuple[int, int], pipeline: VoicePipeline):
+    def __init__(
+        self,
+        url: str,
+        cache_dir: Path,
+        storage_options: dict,
+        shards: ShardSource | None,
+        config: dict,
+        crop_frames: tuple[int, int],
+        pipeline: VoicePipeline,
+    ):
         self.url, self.cache_dir, self.storage_options, self.shards = url, cache_dir, storage_options, shards
         self.config, self.crop_frames, self.pipeline = config, crop_frames, pipeline
         self.split, self.sets, self.attributes, self.attribute_kinds, self.manifest = None, {}, None, {}, None
@@ -149,13 +177,21 @@ class StreamSource:
         if meta is not None and (self.shards is None or meta["source"] == self.shards.folder().name):
             return
         if meta is not None:
-            raise DataError(f"{self.url}: holds an export of other data or preprocessing ({meta['source']}, not "
-                            f"{self.shards.folder().name}); point data.stream elsewhere, or delete it to export again")
+            raise DataError(
+                f"{self.url}: holds an export of other data or preprocessing ({meta['source']}, not "
+                f"{self.shards.folder().name}); point data.stream elsewhere, or delete it to export again"
+            )
         self.shards.prepare()
         prepared = self.shards.folder()
-        export(prepared / "shards", self.shards.read_split(), self.url, self.config,
-               read_attributes_if_any(self.shards.root())[0], storage_options=self.storage_options,
-               source=prepared.name)
+        export(
+            prepared / "shards",
+            self.shards.read_split(),
+            self.url,
+            self.config,
+            read_attributes_if_any(self.shards.root())[0],
+            storage_options=self.storage_options,
+            source=prepared.name,
+        )
 
     def setup(self) -> None:
         meta = self.meta(optional=True)
@@ -163,13 +199,22 @@ class StreamSource:
             raise DataError(f"{self.url}: not exported yet; call prepare_data() or run python -m datamodules.streaming")
         theirs = dict(meta["config"])
         if theirs != self.config:
-            raise DataError(f"{self.url}: exported with preprocessing {theirs}, but the data config asks for "
-                            f"{self.config}; set data.features/face_size/detector to match or export again")
+            raise DataError(
+                f"{self.url}: exported with preprocessing {theirs}, but the data config asks for "
+                f"{self.config}; set data.features/face_size/detector to match or export again"
+            )
         self.split = {k: list(v) for k, v in meta["split"].items()}
         for split in (k for k, names in self.split.items() if names):  # an empty split has no stream
             self.sets[split] = StreamVoices(
-                self.url, split, meta, split == "train", self.crop_frames[1], self.pipeline,
-                seed=torch.initial_seed() % 2**31, cache_dir=self.cache_dir, storage_options=self.storage_options,
+                self.url,
+                split,
+                meta,
+                split == "train",
+                self.crop_frames[1],
+                self.pipeline,
+                seed=torch.initial_seed() % 2**31,
+                cache_dir=self.cache_dir,
+                storage_options=self.storage_options,
             )
         if meta.get("attributes") is not None:
             self.attributes, self.attribute_kinds = meta["attributes"], dict(ATTRIBUTE_KINDS)
@@ -178,14 +223,20 @@ class StreamSource:
         return self.sets[split].faces_by_name()
 
     def speaker_info(self) -> dict[str, dict]:
-        return {n: {"sex": a.get("sex", ""), "nationality": a.get("nationality", "")}
-                for n, a in (self.attributes or {}).items()}
+        return {
+            n: {"sex": a.get("sex", ""), "nationality": a.get("nationality", "")}
+            for n, a in (self.attributes or {}).items()
+        }
 
     def loader(self, split: str, batch_size: int, num_workers: int):
         train = split == "train"
-        loader = stream_loader(self.sets[split], batch_size, num_workers,
-                               TrainCollate(*self.crop_frames, seeded=True) if train else collate_eval,
-                               drop_last=train and len(self.sets[split]) > batch_size)
+        loader = stream_loader(
+            self.sets[split],
+            batch_size,
+            num_workers,
+            TrainCollate(*self.crop_frames, seeded=True) if train else collate_eval,
+            drop_last=train and len(self.sets[split]) > batch_size,
+        )
         if train:
             self._train_loader = loader
             if self._resume:  # litdata's epoch counter seeds its shuffle: continue where the run was

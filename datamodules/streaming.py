@@ -98,8 +98,15 @@ def export(
     missing = [n for names in split.values() for n in names if not (shard_dir / f"{n}.pt").is_file()]
     if missing:
         raise DataError(f"{shard_dir}: no shards for {missing[:5]}; run datamodules.prepare first")
-    meta = {"version": STREAM_VERSION, "config": config, "source": source, "faces_per_clip": faces_per_clip,
-            "split": {}, "face_start": {}, "clips": {}}
+    meta = {
+        "version": STREAM_VERSION,
+        "config": config,
+        "source": source,
+        "faces_per_clip": faces_per_clip,
+        "split": {},
+        "face_start": {},
+        "clips": {},
+    }
     options = dict(storage_options or {})
     for name in SPLITS:
         names = sorted(split.get(name, []))
@@ -110,10 +117,22 @@ def export(
         meta["clips"][name] = sum(c for _, c in counts)
         if names:
             k = faces_per_clip if name == "train" else 0
-            _optimize(_voice_items, [(p, label, k) for label, p in enumerate(paths)], join(out, "voices", name),
-                      chunk_bytes, options, progress)
-            _optimize(_face_items, list(zip(paths, range(len(paths)))), join(out, "faces", name), chunk_bytes,
-                      options, progress)
+            _optimize(
+                _voice_items,
+                [(p, label, k) for label, p in enumerate(paths)],
+                join(out, "voices", name),
+                chunk_bytes,
+                options,
+                progress,
+            )
+            _optimize(
+                _face_items,
+                list(zip(paths, range(len(paths)))),
+                join(out, "faces", name),
+                chunk_bytes,
+                options,
+                progress,
+            )
     meta["attributes"] = attributes
     _optimize(_meta_item, [json.dumps(meta, sort_keys=True)], join(out, "meta"), chunk_bytes, options, progress)
     return meta
@@ -159,13 +178,14 @@ def check_formats(ds: StreamingDataset, url: str) -> None:
         formats, loader = set(record["config"]["data_format"]), record["config"].get("item_loader")
         formats |= {f for chunk in record["chunks"] for f in chunk.get("data_format", [])}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{url}: unreadable litdata index {index} ({type(err).__name__}: {err}); export again"
-                        ) from err
+        raise DataError(f"{url}: unreadable litdata index {index} ({type(err).__name__}: {err}); export again") from err
     unsafe = sorted(formats - SAFE_FORMATS)
     if unsafe or loader != "PyTreeLoader":
-        raise DataError(f"{url}: items of format {unsafe or [loader]} are refused (only {sorted(SAFE_FORMATS)} "
-                        "through PyTreeLoader, as datamodules.streaming writes them); decoding them could run code. "
-                        "Export the prepared shards again with python -m datamodules.streaming")
+        raise DataError(
+            f"{url}: items of format {unsafe or [loader]} are refused (only {sorted(SAFE_FORMATS)} "
+            "through PyTreeLoader, as datamodules.streaming writes them); decoding them could run code. "
+            "Export the prepared shards again with python -m datamodules.streaming"
+        )
 
 
 def open_stream(url: str, **kwargs) -> StreamingDataset:
@@ -188,8 +208,9 @@ def read_stream_meta(url: str, cache_dir=None, storage_options: dict | None = No
     try:
         meta = json.loads(ds[0]["json"])
     except Exception as err:
-        raise DataError(f"{url}: the export's meta record is unreadable ({type(err).__name__}: {err}); export again"
-                        ) from err
+        raise DataError(
+            f"{url}: the export's meta record is unreadable ({type(err).__name__}: {err}); export again"
+        ) from err
     if meta.get("version") != STREAM_VERSION:
         raise DataError(
             f"{url}: exported with stream version {meta.get('version')}, this code reads {STREAM_VERSION}; "
@@ -247,8 +268,9 @@ class StreamVoices(StreamingDataset):
     def faces_by_name(self) -> dict[str, torch.Tensor]:
         """{name: uint8 [K, 3, S, S]}: the split's whole face stream (every rank reads all), labels checked."""
         url = join(self.url, "faces", self.split)
-        stream = open_stream(url, cache_dir=_cache(self._cache_root, "faces", self.split),
-                             storage_options=self._storage)
+        stream = open_stream(
+            url, cache_dir=_cache(self._cache_root, "faces", self.split), storage_options=self._storage
+        )
         total = self.face_start[-1]
         try:  # global indices: iterating would give only this rank's part under DDP
             items = [stream[i] for i in range(total)]
@@ -289,12 +311,25 @@ def main(argv: list[str] | None = None) -> None:
     attributes = read_attributes_if_any(root)[0]
     options = {"endpoint_url": a.endpoint_url} if a.endpoint_url else None
     t0 = time.perf_counter()
-    meta = export(prepared / "shards", identity_split(root / "vox1_meta.csv", manifest["usable"]), a.out, config,
-                  attributes, a.chunk_bytes, a.faces_per_clip, options, progress=True,
-                  source=prepared.resolve().name)
+    meta = export(
+        prepared / "shards",
+        identity_split(root / "vox1_meta.csv", manifest["usable"]),
+        a.out,
+        config,
+        attributes,
+        a.chunk_bytes,
+        a.faces_per_clip,
+        options,
+        progress=True,
+        source=prepared.resolve().name,
+    )
     sizes = {k: len(v) for k, v in meta["split"].items()}
-    print(json.dumps({"out": a.out, "identities": sizes, "clips": meta["clips"],
-                      "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    print(
+        json.dumps(
+            {"out": a.out, "identities": sizes, "clips": meta["clips"], "seconds": round(time.perf_counter() - t0, 1)},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

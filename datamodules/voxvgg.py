@@ -64,16 +64,27 @@ class VoxVGGDataModule(L.LightningDataModule):
         cache_dir = Path(cache_dir)
         shards = None
         if root is not None or corpus is not None:
-            shards = ShardSource(root, dict(corpus) if corpus else None, Path(corpus_dir or cache_dir), cache_dir,
-                                 detector, face_size, self.features, self.vad, self.crop_frames, self.pipeline,
-                                 prepare_workers)
+            shards = ShardSource(
+                root,
+                dict(corpus) if corpus else None,
+                Path(corpus_dir or cache_dir),
+                cache_dir,
+                detector,
+                face_size,
+                self.features,
+                self.vad,
+                self.crop_frames,
+                self.pipeline,
+                prepare_workers,
+            )
         if stream is None:
             self.source = shards
         else:
             chunks = Path(stream_cache_dir) if stream_cache_dir else cache_dir / "stream_chunks"
             config = preprocessing_config(detector, face_size, self.features, self.vad)
-            self.source = StreamSource(stream, chunks, dict(storage_options or {}), shards, config, self.crop_frames,
-                                       self.pipeline)
+            self.source = StreamSource(
+                stream, chunks, dict(storage_options or {}), shards, config, self.crop_frames, self.pipeline
+            )
         self._ready = False
 
     def prepare_data(self) -> None:

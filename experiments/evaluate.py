@@ -91,9 +91,7 @@ def run(cfg: DictConfig) -> dict:
         "split": cfg.split,
         "kimg": getattr(model, "cur_nimg", 0) / 1000,
         "generator": model.hparams.get("generator", {}).get("_target_"),
-        "encoder": {
-            k: v for k, v in model.hparams.get("encoder", {}).items() if k in ("_target_", "se", "act")
-        },
+        "encoder": {k: v for k, v in model.hparams.get("encoder", {}).items() if k in ("_target_", "se", "act")},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics_{cfg.split}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -44,8 +44,10 @@ def check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: out= must be a folder, and this is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: the folder already holds files (an earlier run?); choose an empty or new "
-                              "out= folder, or pass overwrite=true to replace faces of the same names")
+        raise FileExistsError(
+            f"{out}: the folder already holds files (an earlier run?); choose an empty or new "
+            "out= folder, or pass overwrite=true to replace faces of the same names"
+        )
 
 
 def save_png(image: torch.Tensor, target: Path, **kwargs) -> None:
@@ -78,7 +80,12 @@ def embed_in_windows(model, feats: torch.Tensor, window_frames: int = 6000) -> t
 
 @torch.no_grad()
 def generate_faces(
-    model, front_end, files: list[Path], out: str | Path, truncation_psi: float = 1.0, grid_columns: int = 8,
+    model,
+    front_end,
+    files: list[Path],
+    out: str | Path,
+    truncation_psi: float = 1.0,
+    grid_columns: int = 8,
     window_frames: int = 6000,  # longer clips are embedded in windows of this many frames (memory stays bounded)
 ) -> tuple[list[Path], dict[str, str]]:
     """Write out/<file name>.png per readable input, then out/grid.png and out/manifest.json; return (written
@@ -102,8 +109,11 @@ def generate_faces(
         faces.append(face)
     if faces:
         save_png(torch.stack(faces), out / "grid.png", nrow=grid_columns, padding=2, pad_value=1.0)
-    manifest = {"faces": {str(f): str(w) for f, w in zip([f for f in files if str(f) not in errors], written)},
-                "errors": errors, "grid": "grid.png" if faces else None}
+    manifest = {
+        "faces": {str(f): str(w) for f, w in zip([f for f in files if str(f) not in errors], written)},
+        "errors": errors,
+        "grid": "grid.png" if faces else None,
+    }
     tmp = out / f".manifest.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")
@@ -124,8 +134,9 @@ def run(cfg: DictConfig) -> int:
     state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
     model = model_from(state, pick_device(cfg.device))
     front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
-    written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns,
-                                     round(cfg.window_seconds * 100))
+    written, errors = generate_faces(
+        model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns, round(cfg.window_seconds * 100)
+    )
     for path in written:
         print(path)
     for file, reason in errors.items():

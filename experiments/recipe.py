@@ -43,8 +43,16 @@ def run_variant(label: str, overrides: list[str], cfg: DictConfig) -> Path:
     if (folder / "metrics_val.json").is_file():
         log.info("%s: already trained (%s)", label, folder)
         return folder
-    cmd = [sys.executable, "-m", "experiments.run", *cfg.base, *overrides, f"seed={cfg.seed}",
-           f"hydra.run.dir={folder}", f"task_name={label}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        *cfg.base,
+        *overrides,
+        f"seed={cfg.seed}",
+        f"hydra.run.dir={folder}",
+        f"task_name={label}",
+    ]
     log.info("%s: %s", label, " ".join(cmd[2:]))
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder.with_suffix(".log"), "w") as stream:

@@ -37,8 +37,9 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     if ckpt_path == "last":
         found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}; "
-                                    f"pass ckpt_path=<path to a .ckpt> instead")
+            raise FileNotFoundError(
+                f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}; pass ckpt_path=<path to a .ckpt> instead"
+            )
         return str(found[-1])
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
@@ -64,10 +65,12 @@ def schema_validator():
 def check_config(cfg: DictConfig) -> None:
     """Every value against its domain in conf/schema.yaml, before any work; the first bad one is named with its
     key and the problem (all of them, when there are several)."""
-    sections = {k: cfg[k] for k in ("seed", "eval_split", "evaluate", "data", "model", "metrics", "callbacks")
-                if k in cfg}
-    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-             for k, v in sections.items()}
+    sections = {
+        k: cfg[k] for k in ("seed", "eval_split", "evaluate", "data", "model", "metrics", "callbacks") if k in cfg
+    }
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in sections.items()
+    }
     errors = sorted(schema_validator().iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
@@ -77,25 +80,40 @@ def check_config(cfg: DictConfig) -> None:
 def check_checkpoint(path: str, model: L.LightningModule) -> None:
     """Open a resume checkpoint as data only (no code runs) and check that it fits `model`, so a bad file fails
     before training with its name and a fix; Lightning's own errors name neither."""
-    ckpt = load_data(path, "a checkpoint (ckpt_path)", fix=f"resume from another file of {Path(path).parent} "
-                     "(snapshot-*.ckpt) or train afresh without ckpt_path")
+    ckpt = load_data(
+        path,
+        "a checkpoint (ckpt_path)",
+        fix=f"resume from another file of {Path(path).parent} (snapshot-*.ckpt) or train afresh without ckpt_path",
+    )
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"ckpt_path={path}: not a Lightning training checkpoint (no state_dict); pass the "
-                         f"last.ckpt or snapshot-*.ckpt of a run's checkpoints/ folder")
+        raise ValueError(
+            f"ckpt_path={path}: not a Lightning training checkpoint (no state_dict); pass the "
+            f"last.ckpt or snapshot-*.ckpt of a run's checkpoints/ folder"
+        )
     config = Path(path).resolve().parent.parent / "config.yaml"
-    same_config = f"use the overrides of the run that wrote it ({config})" if config.is_file() else \
-        "use the experiment and model overrides of the run that wrote it"
+    same_config = (
+        f"use the overrides of the run that wrote it ({config})"
+        if config.is_file()
+        else "use the experiment and model overrides of the run that wrote it"
+    )
     if isinstance(model, Voice2FaceGAN) and not any(str(k).startswith("voice2face_") for k in ckpt):
-        raise ValueError(f"ckpt_path={path}: not a voice2face checkpoint (no voice2face_* entries: a Lightning "
-                         "checkpoint of another project?); pass the last.ckpt or snapshot-*.ckpt of a voice2face "
-                         "run")
+        raise ValueError(
+            f"ckpt_path={path}: not a voice2face checkpoint (no voice2face_* entries: a Lightning "
+            "checkpoint of another project?); pass the last.ckpt or snapshot-*.ckpt of a voice2face "
+            "run"
+        )
     if isinstance(model, Voice2FaceGAN) and ckpt.get("voice2face_format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"ckpt_path={path}: written by another version of voice2face (checkpoint format "
             f"{ckpt.get('voice2face_format')}, this code reads {CHECKPOINT_FORMAT}); resume it with the voice2face "
-            f"version that wrote it, or train afresh without ckpt_path")
-    compare_state_dict(model, ckpt["state_dict"], f"ckpt_path={path}: written by a different model than "
-                       f"{type(model).__name__} as configured", fix=same_config)
+            f"version that wrote it, or train afresh without ckpt_path"
+        )
+    compare_state_dict(
+        model,
+        ckpt["state_dict"],
+        f"ckpt_path={path}: written by a different model than {type(model).__name__} as configured",
+        fix=same_config,
+    )
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
@@ -130,8 +148,10 @@ def run_folder(out: Path):
         out.mkdir(parents=True, exist_ok=True)
         lock = open(out / ".run.lock", "a+") if is_launching_rank() else None
     except OSError as err:
-        raise OSError(f"run folder {out} is not writable ({err}); point paths.root_dir (or VOICE2FACE_ROOT, or "
-                      f"hydra.run.dir) to a writable place") from err
+        raise OSError(
+            f"run folder {out} is not writable ({err}); point paths.root_dir (or VOICE2FACE_ROOT, or "
+            f"hydra.run.dir) to a writable place"
+        ) from err
     try:
         if lock is not None:
             try:
@@ -139,8 +159,10 @@ def run_folder(out: Path):
             except BlockingIOError:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
-                raise BlockingIOError(f"run folder {out} is in use by {holder}; wait for that run to end, or give "
-                                      "this one another folder (hydra.run.dir=...)") from None
+                raise BlockingIOError(
+                    f"run folder {out} is in use by {holder}; wait for that run to end, or give "
+                    "this one another folder (hydra.run.dir=...)"
+                ) from None
             lock.seek(0)
             lock.truncate()
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -236,17 +258,25 @@ def pretrain_encoder(cfg: DictConfig, datamodule, out: Path, resume: str | None)
         feature_dim=datamodule.feature_dim,
         **OmegaConf.to_container(stage.model, resolve=True),
     )
-    trainer = hydra.utils.instantiate(cfg.trainer, default_root_dir=str(out / "stage1"), max_steps=stage.steps,
-                                      logger=CSVLogger(str(out / "stage1"), name="csv", version=""),
-                                      callbacks=[], enable_progress_bar=False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        default_root_dir=str(out / "stage1"),
+        max_steps=stage.steps,
+        logger=CSVLogger(str(out / "stage1"), name="csv", version=""),
+        callbacks=[],
+        enable_progress_bar=False,
+    )
     batch_size, datamodule.batch_size = datamodule.batch_size, stage.batch_size
     try:
         trainer.fit(model, datamodule)
     finally:
         datamodule.batch_size = batch_size
     acc = trainer.callback_metrics.get("train/acc")
-    log.info("stage 1 (speaker classification, %d steps): train accuracy %s", stage.steps,
-             "n/a" if acc is None else f"{float(acc):.3f}")
+    log.info(
+        "stage 1 (speaker classification, %d steps): train accuracy %s",
+        stage.steps,
+        "n/a" if acc is None else f"{float(acc):.3f}",
+    )
     return out / "stage1" / ENCODER_FILENAME
 
 
@@ -260,11 +290,15 @@ def report_locations(out: Path, metrics: dict[str, Any]) -> None:
     if metrics.get("run/train_s"):
         memory = ""
         if "run/peak_alloc_gib" in metrics:
-            memory = (f", peak GPU memory {metrics['run/peak_alloc_gib']:.2f} GiB allocated, "
-                      f"{metrics['run/peak_reserved_gib']:.2f} GiB reserved")
-        lines.append(f"training     {metrics['run/kimg']:.1f} kimg in {metrics['run/train_s']:.0f} s: "
-                     f"{1000 * metrics['run/kimg'] / metrics['run/train_s']:.1f} img/s, "
-                     f"{metrics['run/train_s'] / metrics['run/kimg']:.1f} s/kimg{memory}")
+            memory = (
+                f", peak GPU memory {metrics['run/peak_alloc_gib']:.2f} GiB allocated, "
+                f"{metrics['run/peak_reserved_gib']:.2f} GiB reserved"
+            )
+        lines.append(
+            f"training     {metrics['run/kimg']:.1f} kimg in {metrics['run/train_s']:.0f} s: "
+            f"{1000 * metrics['run/kimg'] / metrics['run/train_s']:.1f} img/s, "
+            f"{metrics['run/train_s'] / metrics['run/kimg']:.1f} s/kimg{memory}"
+        )
     paths = kernels.report()  # which path each op's last call took (Triton or the PyTorch reference), and why
     if paths:
         lines.append("kernels      " + "; ".join(f"{op}: {path} ({why})" for op, (path, why) in sorted(paths.items())))

@@ -36,8 +36,12 @@ def _cannot_run_errors() -> tuple[type[BaseException], ...]:
         from triton.compiler import errors as compile_errors
         from triton.runtime import errors as runtime_errors
 
-        names = [(compile_errors, "CompilationError"), (runtime_errors, "OutOfResources"),
-                 (runtime_errors, "PTXASError"), (runtime_errors, "AutotunerError")]
+        names = [
+            (compile_errors, "CompilationError"),
+            (runtime_errors, "OutOfResources"),
+            (runtime_errors, "PTXASError"),
+            (runtime_errors, "AutotunerError"),
+        ]
         found += [getattr(module, name) for module, name in names if hasattr(module, name)]
     return tuple(found)
 
@@ -88,8 +92,11 @@ def use_triton(op: str, impl: str, *tensors) -> bool:
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if impl == "auto":
         chosen = on_cuda and _triton_importable()
-        note(op, "triton" if chosen else "reference",
-             "impl=auto on CUDA" if chosen else "impl=auto: " + ("no Triton" if on_cuda else "not on CUDA"))
+        note(
+            op,
+            "triton" if chosen else "reference",
+            "impl=auto on CUDA" if chosen else "impl=auto: " + ("no Triton" if on_cuda else "not on CUDA"),
+        )
         return chosen
     if not _triton_importable():
         fallback(op, "Triton is not installed")

@@ -41,9 +41,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, flip_weight=True, fli
         return _conv(x, w, flip_weight=flip_weight)
     if kw == 1 and kh == 1 and up > 1 and down == 1:  # 1x1 upsampling: convolve first, then upsample
         x = _conv(x, w, flip_weight=flip_weight)
-        return upfirdn2d(
-            x, f, up=up, padding=[px0, px1, py0, py1], gain=up**2, flip_filter=flip_filter, impl=impl
-        )
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up**2, flip_filter=flip_filter, impl=impl)
     if down > 1 and up == 1:  # downsampling only: filter, then strided conv
         x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
         return _conv(x, w, stride=down, flip_weight=flip_weight)

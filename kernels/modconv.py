@@ -45,9 +45,7 @@ def _prenormalise(weight, styles):
     # NVlabs: in float16, rescale weight and styles before use so that the products cannot overflow;
     # demodulation removes the scale again.
     in_channels, kh, kw = weight.shape[1:]
-    weight = weight * (
-        1 / (in_channels * kh * kw) ** 0.5 / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
-    )
+    weight = weight * (1 / (in_channels * kh * kw) ** 0.5 / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
     styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
     return weight, styles
 
@@ -73,9 +71,7 @@ def modulated_conv2d_ref(
         weight, styles = _prenormalise(weight, styles)
     x = x * styles.to(x.dtype)[:, :, None, None]
     f = setup_filter(RESAMPLE_FILTER, device=x.device) if up > 1 else None
-    x = conv2d_resample(
-        x, weight.to(x.dtype), f=f, up=up, padding=padding, flip_weight=(up == 1), impl="torch"
-    )
+    x = conv2d_resample(x, weight.to(x.dtype), f=f, up=up, padding=padding, flip_weight=(up == 1), impl="torch")
     if demodulate:
         x = x * demod_coefficients(weight, styles).to(x.dtype)[:, :, None, None]
     if noise is not None:

@@ -63,16 +63,16 @@ class BasicBlock(nn.Module):
 class AudioEncoder(nn.Module):
     def __init__(
         self,
-        in_features=64,              # Feature bands F (64 log-mel, or MFCC+Δ+ΔΔ).
-        embed_dim=512,               # Output embedding size.
+        in_features=64,  # Feature bands F (64 log-mel, or MFCC+Δ+ΔΔ).
+        embed_dim=512,  # Output embedding size.
         widths=(64, 128, 256, 512),  # Channels of the four stages.
-        blocks=(2, 2, 2, 2),         # Basic blocks per stage (ResNet18).
-        se=True,                     # Squeeze-and-excitation in every block?
-        se_reduction=16,             # SE reduction ratio r.
-        act="mish",                  # mish | relu.
-        num_classes=0,               # Speakers of the classification head (0 = none).
-        stem_stride=1,               # 1 keeps the 10 ms frame rate; 2 quarters the cost (CPU-sized runs).
-        stem_pool=False,             # ResNet18's 3×3 stride-2 max-pool after the stem: another 4× less cost.
+        blocks=(2, 2, 2, 2),  # Basic blocks per stage (ResNet18).
+        se=True,  # Squeeze-and-excitation in every block?
+        se_reduction=16,  # SE reduction ratio r.
+        act="mish",  # mish | relu.
+        num_classes=0,  # Speakers of the classification head (0 = none).
+        stem_stride=1,  # 1 keeps the 10 ms frame rate; 2 quarters the cost (CPU-sized runs).
+        stem_pool=False,  # ResNet18's 3×3 stride-2 max-pool after the stem: another 4× less cost.
     ):
         super().__init__()
         if act not in ACTIVATIONS:
@@ -112,8 +112,7 @@ class AudioEncoder(nn.Module):
             lengths = torch.full([b], t, device=feats.device)
         if lengths.shape != (b,) or bool((lengths < 1).any()) or bool((lengths > t).any()):
             raise ValueError(
-                f"lightning_modules/audio_encoder.py: lengths must be [B={b}] in 1..{t}, "
-                f"got {lengths.tolist()}"
+                f"lightning_modules/audio_encoder.py: lengths must be [B={b}] in 1..{t}, got {lengths.tolist()}"
             )
         mask = (torch.arange(t, device=feats.device)[None] < lengths[:, None]).to(feats.dtype)[:, None, None]
         x = self.stem(feats.unsqueeze(1) * mask)

@@ -22,8 +22,7 @@ BLUR_FILTER = [1, 2, 1]  # StyleGAN (v1) blurs after nearest-neighbour up-sampli
 def _log2_resolution(img_resolution, where):
     if img_resolution < 4 or img_resolution & (img_resolution - 1):
         raise ValueError(
-            f"lightning_modules/baselines.py: {where} img_resolution must be a power of 2 >= 4, "
-            f"got {img_resolution}"
+            f"lightning_modules/baselines.py: {where} img_resolution must be a power of 2 >= 4, got {img_resolution}"
         )
     return int(math.log2(img_resolution))
 
@@ -31,8 +30,8 @@ def _log2_resolution(img_resolution, where):
 class DCGANGenerator(nn.Module):
     def __init__(
         self,
-        z_dim=512,              # Input (voice embedding, optionally ‖ noise) size.
-        img_resolution=64,      # Output resolution.
+        z_dim=512,  # Input (voice embedding, optionally ‖ noise) size.
+        img_resolution=64,  # Output resolution.
         img_channels=3,
         channel_base=4096,  # Channels at r: min(base // r, max): 1024, 512, 256, 128, 64 for 4..64 px.
         channel_max=1024,
@@ -51,8 +50,7 @@ class DCGANGenerator(nn.Module):
         """z [N, z_dim] -> img [N, C, R, R]; truncation and noise do not apply to this generator."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(
-                f"lightning_modules/baselines.py: DCGANGenerator expects z [N, {self.z_dim}], "
-                f"got {list(z.shape)}"
+                f"lightning_modules/baselines.py: DCGANGenerator expects z [N, {self.z_dim}], got {list(z.shape)}"
             )
         return self.net(z[:, :, None, None])
 
@@ -64,8 +62,8 @@ class DCGANDiscriminator(nn.Module):
         img_channels=3,
         channel_base=2048,  # Channels at r: min(base // r, max): 32 at 64 px ... 512 at 4 px.
         channel_max=512,
-        feature_dim=64,         # Size of the shared trunk feature.
-        num_classes=0,          # Identities of the classifier head (0 = none).
+        feature_dim=64,  # Size of the shared trunk feature.
+        num_classes=0,  # Identities of the classifier head (0 = none).
     ):
         super().__init__()
         _log2_resolution(img_resolution, "DCGANDiscriminator")
@@ -126,9 +124,7 @@ class StyleGAN1Layer(nn.Module):
         if self.up:
             x = kernels.upfirdn2d(x, self.blur_filter, padding=1, impl=self.impl)
         if noise_mode == "random":
-            noise = torch.randn(
-                [x.shape[0], 1, self.resolution, self.resolution], device=x.device, dtype=x.dtype
-            )
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device, dtype=x.dtype)
             x = x + noise * self.noise_strength[None, :, None, None]
         elif noise_mode == "const":
             x = x + self.noise_const[None, None] * self.noise_strength[None, :, None, None]
@@ -174,12 +170,12 @@ class StyleGAN1Synthesis(nn.Module):
 class StyleGAN1Generator(nn.Module):
     def __init__(
         self,
-        z_dim=512,              # Input (voice embedding, optionally ‖ noise) size.
-        w_dim=512,              # Intermediate latent size.
+        z_dim=512,  # Input (voice embedding, optionally ‖ noise) size.
+        w_dim=512,  # Intermediate latent size.
         img_resolution=64,
         img_channels=3,
-        mapping_layers=8,       # FC layers of the mapping network (lr multiplier 0.01).
-        channel_base=16384,     # Channels at r: min(channel_base // r, channel_max).
+        mapping_layers=8,  # FC layers of the mapping network (lr multiplier 0.01).
+        channel_base=16384,  # Channels at r: min(channel_base // r, channel_max).
         channel_max=512,
         impl="auto",
     ):

@@ -41,8 +41,10 @@ def check_network_config(cfg, what: str) -> None:
     if not isinstance(cfg, dict) or "_target_" not in cfg:
         raise ValueError(f"voice2face: {what}: a network config must be a dict with `_target_`, got {cfg!r}")
     if cfg["_target_"] not in NETWORKS:
-        raise ValueError(f"voice2face: {what}: `_target_` {cfg['_target_']!r} is not one of the project's networks "
-                         f"({', '.join(sorted(NETWORKS))}); refusing to build it")
+        raise ValueError(
+            f"voice2face: {what}: `_target_` {cfg['_target_']!r} is not one of the project's networks "
+            f"({', '.join(sorted(NETWORKS))}); refusing to build it"
+        )
     nested = [p for k, v in cfg.items() if k != "_target_" for p in _directives({k: v}, what)]
     if nested:
         raise ValueError(f"voice2face: {what}: Hydra directives inside a network config are refused: {nested}")

@@ -45,30 +45,34 @@ class KimgCheckpoint(Callback):
 
     def __init__(
         self,
-        dirpath: str,                   # Checkpoint folder (the run's checkpoints/).
-        every_kimg: float = 50.0,       # Kept snapshots; 0 = none.
-        last_every_kimg: float = 5.0,   # Overwritten resume point; 0 = only at the end.
+        dirpath: str,  # Checkpoint folder (the run's checkpoints/).
+        every_kimg: float = 50.0,  # Kept snapshots; 0 = none.
+        last_every_kimg: float = 5.0,  # Overwritten resume point; 0 = only at the end.
     ):
         self.dirpath = Path(dirpath)
         self.every = every_kimg * 1000
         self.last_every = last_every_kimg * 1000
         self._next = {}
-        self._train_rng = None          # torch CPU RNG state of the training stream
-        self._epoch_rng = None          # global RNG state before the current epoch's iterator was made
-        self._batches_done = 0          # batches of the current epoch already trained on
-        self._epoch_batches = 0         # batches in an epoch
-        self._skip = 0                  # batches to drop from the epoch's iterator after a resume
+        self._train_rng = None  # torch CPU RNG state of the training stream
+        self._epoch_rng = None  # global RNG state before the current epoch's iterator was made
+        self._batches_done = 0  # batches of the current epoch already trained on
+        self._epoch_batches = 0  # batches in an epoch
+        self._skip = 0  # batches to drop from the epoch's iterator after a resume
         self._batches_this_fit = 0
-        self._data_rng = None           # global RNG state (data stream) while a batch trains
+        self._data_rng = None  # global RNG state (data stream) while a batch trains
         self._in_batch = False
         self._resume_data_rng = None
 
     # ------------------------------------------------------------------ exact resume
     def state_dict(self):
         now = torch.get_rng_state()  # inside a batch (a stop on bad steps saves there) it is the training stream
-        state = {"train_rng": now if self._in_batch else self._train_rng, "epoch_rng": self._epoch_rng,
-                 "data_rng": self._data_rng if self._in_batch else now,
-                 "batches_done": self._batches_done, "epoch_batches": self._epoch_batches}
+        state = {
+            "train_rng": now if self._in_batch else self._train_rng,
+            "epoch_rng": self._epoch_rng,
+            "data_rng": self._data_rng if self._in_batch else now,
+            "batches_done": self._batches_done,
+            "epoch_batches": self._epoch_batches,
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return state
@@ -149,8 +153,10 @@ class KimgCheckpoint(Callback):
             try:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise OSError(f"checkpoint folder {self.dirpath} is not writable ({err}); "
-                              f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place") from err
+                raise OSError(
+                    f"checkpoint folder {self.dirpath} is not writable ({err}); "
+                    f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place"
+                ) from err
         if trainer.is_global_zero:
             remove_dead_temporaries(self.dirpath, name)
         try:

@@ -31,43 +31,45 @@ def load_encoder_weights(encoder, path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path}: encoder checkpoint not found; create it with "
-            "`python -m experiments.run +exp=encoder_pretrain`"
+            f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`"
         )
     ckpt = load_data(path, "an encoder file (encoder.pt or an encoder_pretrain .ckpt)")
     if isinstance(ckpt, dict) and "encoder" in ckpt:
         state = ckpt["encoder"]
     elif isinstance(ckpt, dict) and "state_dict" in ckpt:
-        state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+        state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     else:
         raise ValueError(f"{path}: not an encoder checkpoint (expected an 'encoder' or 'state_dict' entry)")
     own = encoder.state_dict()
     state = {k: v for k, v in state.items() if k in own}  # the speaker head of EncoderPretrain has no place here
-    compare_state_dict(own, state, f"{path}: encoder weights do not fit the configured encoder",
-                       fix="were they trained with the same encoder config?")
+    compare_state_dict(
+        own,
+        state,
+        f"{path}: encoder weights do not fit the configured encoder",
+        fix="were they trained with the same encoder config?",
+    )
     encoder.load_state_dict(state)
 
 
 class EncoderPretrain(LightningModule):
     def __init__(
         self,
-        encoder: dict,                  # AudioEncoder config; in_features, num_classes filled in.
-        num_classes: int,               # Training speakers.
-        feature_dim: int = 64,          # Audio feature bands F.
+        encoder: dict,  # AudioEncoder config; in_features, num_classes filled in.
+        num_classes: int,  # Training speakers.
+        feature_dim: int = 64,  # Audio feature bands F.
         img_resolution: int | None = None,  # experiments.run passes it to every model; unused.
-        lr: float = 1e-3,               # SGD peak learning rate (paper).
-        momentum: float = 0.9,          # SGD momentum (paper).
-        weight_decay: float = 1e-4,     # SGD weight decay (paper).
-        cycle_steps: int = 2500,        # Cosine cycle length in iterations (warm restarts).
-        min_lr: float = 0.0,            # Learning rate at the end of each cosine cycle.
+        lr: float = 1e-3,  # SGD peak learning rate (paper).
+        momentum: float = 0.9,  # SGD momentum (paper).
+        weight_decay: float = 1e-4,  # SGD weight decay (paper).
+        cycle_steps: int = 2500,  # Cosine cycle length in iterations (warm restarts).
+        min_lr: float = 0.0,  # Learning rate at the end of each cosine cycle.
     ):
         super().__init__()
         if isinstance(encoder, DictConfig):
             encoder = OmegaConf.to_container(encoder, resolve=True)
         encoder = copy.deepcopy(encoder)
         if num_classes < 2:
-            raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got "
-                             f"{num_classes}")
+            raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got {num_classes}")
         self.save_hyperparameters()
         self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim, num_classes=num_classes)
 
@@ -88,16 +90,16 @@ class EncoderPretrain(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=hp.cycle_steps,
-                                                                     eta_min=hp.min_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=hp.cycle_steps, eta_min=hp.min_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def save_encoder(self, path):
         """Write {'encoder': state_dict, 'encoder_config': dict, 'feature_dim': F} (weights_only-safe)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
-        torch.save({"encoder": state, "encoder_config": self.hparams.encoder,
-                    "feature_dim": self.hparams.feature_dim}, path)
+        torch.save(
+            {"encoder": state, "encoder_config": self.hparams.encoder, "feature_dim": self.hparams.feature_dim}, path
+        )
         return path
 
     def on_train_end(self):

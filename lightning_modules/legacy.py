@@ -29,10 +29,16 @@ def compare_state_dict(expected: dict[str, torch.Tensor] | nn.Module, found: dic
     own = expected.state_dict() if isinstance(expected, nn.Module) else expected
     missing = sorted(set(own) - set(found))
     unexpected = sorted(set(found) - set(own))
-    reshaped = [f"{k} {_shape(found[k])} (expected {_shape(own[k])})" for k in sorted(set(own) & set(found))
-                if _shape(found[k]) != _shape(own[k])]
-    problems = [f"{len(keys)} {kind} {keys[:SHOWN]}" for kind, keys in
-                (("missing weights", missing), ("unexpected", unexpected), ("of other shapes", reshaped)) if keys]
+    reshaped = [
+        f"{k} {_shape(found[k])} (expected {_shape(own[k])})"
+        for k in sorted(set(own) & set(found))
+        if _shape(found[k]) != _shape(own[k])
+    ]
+    problems = [
+        f"{len(keys)} {kind} {keys[:SHOWN]}"
+        for kind, keys in (("missing weights", missing), ("unexpected", unexpected), ("of other shapes", reshaped))
+        if keys
+    ]
     if problems:
         raise ValueError(f"{what}: {', '.join(problems)}" + (f"; {fix}" if fix else ""))
 
@@ -193,8 +199,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module.startswith(_OPAQUE_PREFIXES) or module in ("dnnlib", "torch_utils", "training"):
             return type(name, (_Opaque,), {})
         raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: the NVlabs importer only reads "
-            "tensors and constructor arguments"
+            f"refusing to load global {module}.{name}: the NVlabs importer only reads tensors and constructor arguments"
         )
 
 
@@ -221,13 +226,10 @@ def _generator_from_nvlabs(state, init_kwargs, source, impl):
         dict(kw.get("synthesis_kwargs", {})),
     )
     if kw.get("c_dim", 0):
-        raise ValueError(
-            f"{source}: class-conditional NVlabs generators (c_dim={kw['c_dim']}) are not supported"
-        )
+        raise ValueError(f"{source}: class-conditional NVlabs generators (c_dim={kw['c_dim']}) are not supported")
     if synthesis_kwargs.get("architecture", "skip") != "skip":
         raise ValueError(
-            f"{source}: only the 'skip' synthesis architecture is supported, "
-            f"got {synthesis_kwargs['architecture']!r}"
+            f"{source}: only the 'skip' synthesis architecture is supported, got {synthesis_kwargs['architecture']!r}"
         )
     try:
         G = Generator(

@@ -14,6 +14,8 @@ def load_data(path, what: str, map_location="cpu", fix: str = ""):
         return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects, not a torch file: all mean "not this file"
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise ValueError(f"{os.fspath(path)}: cannot be read as {what} ({type(err).__name__}: {first}); it may be "
-                         "truncated, from another program, or hold pickled objects (never loaded: they can run "
-                         "code)" + (f"; {fix}" if fix else "")) from err
+        raise ValueError(
+            f"{os.fspath(path)}: cannot be read as {what} ({type(err).__name__}: {first}); it may be "
+            "truncated, from another program, or hold pickled objects (never loaded: they can run "
+            "code)" + (f"; {fix}" if fix else "")
+        ) from err

@@ -24,16 +24,13 @@ def normalize_2nd_moment(x, dim=1, eps=1e-8):
 
 def channels_per_resolution(img_resolution, channel_base, channel_max):
     """{r: min(channel_base // r, channel_max)} for r = 4, 8, ..., img_resolution."""
-    return {
-        2**i: min(channel_base // 2**i, channel_max) for i in range(2, int(math.log2(img_resolution)) + 1)
-    }
+    return {2**i: min(channel_base // 2**i, channel_max) for i in range(2, int(math.log2(img_resolution)) + 1)}
 
 
 def _check_resolution(img_resolution, where):
     if img_resolution < 4 or img_resolution & (img_resolution - 1):
         raise ValueError(
-            f"lightning_modules/stylegan2.py: {where} img_resolution must be a power of 2 >= 4, "
-            f"got {img_resolution}"
+            f"lightning_modules/stylegan2.py: {where} img_resolution must be a power of 2 >= 4, got {img_resolution}"
         )
 
 
@@ -45,13 +42,13 @@ def _check_resolution(img_resolution, where):
 class FullyConnectedLayer(nn.Module):
     def __init__(
         self,
-        in_features,            # Input features.
-        out_features,           # Output features.
-        bias=True,              # Learn a bias?
-        activation="linear",    # linear | relu | lrelu (default gain applied, √2 for lrelu).
-        lr_multiplier=1.0,      # Learning-rate multiplier: weights stored ×1/lr, used ×lr.
-        bias_init=0.0,          # Initial bias.
-        impl="auto",            # kernels implementation.
+        in_features,  # Input features.
+        out_features,  # Output features.
+        bias=True,  # Learn a bias?
+        activation="linear",  # linear | relu | lrelu (default gain applied, √2 for lrelu).
+        lr_multiplier=1.0,  # Learning-rate multiplier: weights stored ×1/lr, used ×lr.
+        bias_init=0.0,  # Initial bias.
+        impl="auto",  # kernels implementation.
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -74,13 +71,13 @@ class Conv2dLayer(nn.Module):
 
     def __init__(
         self,
-        in_channels,            # Input channels.
-        out_channels,           # Output channels.
-        kernel_size,            # Width and height of the kernel.
-        bias=True,              # Learn a bias?
-        activation="linear",    # linear | relu | lrelu.
-        down=1,                 # Down-sampling factor (1 or 2).
-        conv_clamp=None,        # Clamp the output to ±conv_clamp (None = off).
+        in_channels,  # Input channels.
+        out_channels,  # Output channels.
+        kernel_size,  # Width and height of the kernel.
+        bias=True,  # Learn a bias?
+        activation="linear",  # linear | relu | lrelu.
+        down=1,  # Down-sampling factor (1 or 2).
+        conv_clamp=None,  # Clamp the output to ±conv_clamp (None = off).
         impl="auto",
     ):
         super().__init__()
@@ -117,12 +114,12 @@ class Conv2dLayer(nn.Module):
 class MappingNetwork(nn.Module):
     def __init__(
         self,
-        z_dim,                  # Input latent (here: the voice embedding, optionally ‖ noise) dimensionality.
-        w_dim,                  # Intermediate latent dimensionality.
-        num_ws,                 # Number of ws to broadcast to.
-        num_layers=8,           # Number of FC layers.
-        lr_multiplier=0.01,     # Learning-rate multiplier of the FC layers.
-        w_avg_beta=0.995,       # Decay of the running mean of w (used for truncation).
+        z_dim,  # Input latent (here: the voice embedding, optionally ‖ noise) dimensionality.
+        w_dim,  # Intermediate latent dimensionality.
+        num_ws,  # Number of ws to broadcast to.
+        num_layers=8,  # Number of FC layers.
+        lr_multiplier=0.01,  # Learning-rate multiplier of the FC layers.
+        w_avg_beta=0.995,  # Decay of the running mean of w (used for truncation).
         impl="auto",
     ):
         super().__init__()
@@ -160,14 +157,14 @@ class SynthesisLayer(nn.Module):
 
     def __init__(
         self,
-        in_channels,            # Input channels.
-        out_channels,           # Output channels.
-        w_dim,                  # Intermediate latent dimensionality.
-        resolution,             # Output resolution.
-        kernel_size=3,          # Convolution kernel size.
-        up=1,                   # Up-sampling factor (1 or 2).
-        use_noise=True,         # Per-pixel noise with a learned strength?
-        conv_clamp=None,        # Clamp the output to ±conv_clamp (None = off).
+        in_channels,  # Input channels.
+        out_channels,  # Output channels.
+        w_dim,  # Intermediate latent dimensionality.
+        resolution,  # Output resolution.
+        kernel_size=3,  # Convolution kernel size.
+        up=1,  # Up-sampling factor (1 or 2).
+        use_noise=True,  # Per-pixel noise with a learned strength?
+        conv_clamp=None,  # Clamp the output to ±conv_clamp (None = off).
         impl="auto",
     ):
         super().__init__()
@@ -299,19 +296,19 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     def __init__(
         self,
-        z_dim=512,              # Input latent dimensionality (the voice embedding, optionally ‖ noise).
-        w_dim=512,              # Intermediate latent dimensionality.
-        img_resolution=64,      # Output resolution (power of 2).
-        img_channels=3,         # Output channels.
-        mapping_layers=8,       # FC layers of the mapping network.
-        channel_base=16384,     # Channels at resolution r: min(channel_base // r, channel_max).
+        z_dim=512,  # Input latent dimensionality (the voice embedding, optionally ‖ noise).
+        w_dim=512,  # Intermediate latent dimensionality.
+        img_resolution=64,  # Output resolution (power of 2).
+        img_channels=3,  # Output channels.
+        mapping_layers=8,  # FC layers of the mapping network.
+        channel_base=16384,  # Channels at resolution r: min(channel_base // r, channel_max).
         channel_max=512,
-        conv_clamp=None,             # Clamp conv outputs to ±conv_clamp (NVlabs' pretrained models: 256).
-        impl="auto",                 # kernels implementation: auto | torch | triton.
+        conv_clamp=None,  # Clamp conv outputs to ±conv_clamp (NVlabs' pretrained models: 256).
+        impl="auto",  # kernels implementation: auto | torch | triton.
         channels=None,  # Explicit {resolution: channels}, overriding channel_base/max (importers).
         mapping_lr_multiplier=0.01,  # Learning-rate multiplier of the mapping network.
-        w_avg_beta=0.995,            # Decay of the tracked mean w.
-        use_noise=True,              # Per-pixel noise inputs (NVlabs); False: none (no noise_const/strength).
+        w_avg_beta=0.995,  # Decay of the tracked mean w.
+        use_noise=True,  # Per-pixel noise inputs (NVlabs); False: none (no noise_const/strength).
     ):
         super().__init__()
         _check_resolution(img_resolution, "Generator")
@@ -426,13 +423,13 @@ class IdentityHead(nn.Module):
 class Discriminator(nn.Module):
     def __init__(
         self,
-        img_resolution=64,      # Input resolution (power of 2).
-        img_channels=3,         # Input channels.
-        channel_base=16384,     # Channels at resolution r: min(channel_base // r, channel_max).
+        img_resolution=64,  # Input resolution (power of 2).
+        img_channels=3,  # Input channels.
+        channel_base=16384,  # Channels at resolution r: min(channel_base // r, channel_max).
         channel_max=512,
-        num_classes=0,          # Identities of the classifier head (0 = no head).
-        mbstd_group_size=4,     # Group size of the minibatch standard deviation (None = whole batch).
-        conv_clamp=None,        # Clamp conv outputs to ±conv_clamp.
+        num_classes=0,  # Identities of the classifier head (0 = no head).
+        mbstd_group_size=4,  # Group size of the minibatch standard deviation (None = whole batch).
+        conv_clamp=None,  # Clamp conv outputs to ±conv_clamp.
         impl="auto",
     ):
         super().__init__()
@@ -442,9 +439,7 @@ class Discriminator(nn.Module):
         self.block_resolutions = sorted((r for r in channels if r > 4), reverse=True)
         for res in self.block_resolutions:
             in_channels = channels[res] if res < img_resolution else 0
-            block = DiscriminatorBlock(
-                in_channels, channels[res], channels[res // 2], img_channels, conv_clamp, impl
-            )
+            block = DiscriminatorBlock(in_channels, channels[res], channels[res // 2], img_channels, conv_clamp, impl)
             setattr(self, f"b{res}", block)
         self.b4 = DiscriminatorEpilogue(channels[4], mbstd_group_size, conv_clamp=conv_clamp, impl=impl)
         self.classifier = IdentityHead(channels[4], num_classes, impl) if num_classes > 0 else None

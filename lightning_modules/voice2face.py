@@ -54,40 +54,40 @@ def _plain(cfg):
 class Voice2FaceGAN(LightningModule):
     def __init__(
         self,
-        encoder: dict,                      # AudioEncoder config (`_target_` + kwargs); in_features set here.
-        generator: dict,                    # Generator config; z_dim and img_resolution are filled in.
-        discriminator: dict,                # Discriminator config; img_resolution, num_classes filled in.
-        num_classes: int,                   # Training identities (the classifier's outputs).
-        feature_dim: int = 64,              # Audio feature bands F of the [B, F, T] input.
-        img_resolution: int = 64,           # Face size S.
-        noise_z_dim: int = 0,               # Extra Gaussian noise appended to the voice embedding (0 = none).
-        encoder_mode: str = "joint",        # joint | frozen | finetune (the last two load `encoder_ckpt`).
-        encoder_ckpt: str | None = None,    # File written by `+exp=encoder_pretrain` (encoder.pt or a .ckpt).
-        lr: float = 2e-4,                   # Adam learning rate of G and D (paper).
-        betas: tuple = (0.5, 0.999),        # Adam betas (paper).
-        encoder_lr: float | None = None,    # Adam lr of the encoder when it trains (None = lr).
-        id_weight: float = 1.0,             # Weight of the identity cross-entropy in Gmain.
-        cls_weight: float = 1.0,            # Weight of the classifier cross-entropy on real faces in Dmain.
-        r1_gamma: float = 10.0,             # R1 weight gamma (penalty gamma/2 * |grad|^2); 0 disables Dreg.
-        pl_weight: float = 2.0,             # Path-length weight; 0 disables Greg.
-        pl_decay: float = 0.01,             # Decay of the running mean path length.
-        pl_batch_shrink: int = 2,           # Greg runs on batch // pl_batch_shrink samples.
-        G_reg_interval: int = 4,            # Lazy path-length interval (iterations).
-        D_reg_interval: int = 16,           # Lazy R1 interval (iterations).
-        style_mixing_prob: float = 0.9,     # Probability of mixing two latents at a random layer cut-off.
+        encoder: dict,  # AudioEncoder config (`_target_` + kwargs); in_features set here.
+        generator: dict,  # Generator config; z_dim and img_resolution are filled in.
+        discriminator: dict,  # Discriminator config; img_resolution, num_classes filled in.
+        num_classes: int,  # Training identities (the classifier's outputs).
+        feature_dim: int = 64,  # Audio feature bands F of the [B, F, T] input.
+        img_resolution: int = 64,  # Face size S.
+        noise_z_dim: int = 0,  # Extra Gaussian noise appended to the voice embedding (0 = none).
+        encoder_mode: str = "joint",  # joint | frozen | finetune (the last two load `encoder_ckpt`).
+        encoder_ckpt: str | None = None,  # File written by `+exp=encoder_pretrain` (encoder.pt or a .ckpt).
+        lr: float = 2e-4,  # Adam learning rate of G and D (paper).
+        betas: tuple = (0.5, 0.999),  # Adam betas (paper).
+        encoder_lr: float | None = None,  # Adam lr of the encoder when it trains (None = lr).
+        id_weight: float = 1.0,  # Weight of the identity cross-entropy in Gmain.
+        cls_weight: float = 1.0,  # Weight of the classifier cross-entropy on real faces in Dmain.
+        r1_gamma: float = 10.0,  # R1 weight gamma (penalty gamma/2 * |grad|^2); 0 disables Dreg.
+        pl_weight: float = 2.0,  # Path-length weight; 0 disables Greg.
+        pl_decay: float = 0.01,  # Decay of the running mean path length.
+        pl_batch_shrink: int = 2,  # Greg runs on batch // pl_batch_shrink samples.
+        G_reg_interval: int = 4,  # Lazy path-length interval (iterations).
+        D_reg_interval: int = 16,  # Lazy R1 interval (iterations).
+        style_mixing_prob: float = 0.9,  # Probability of mixing two latents at a random layer cut-off.
         style_mixing_source: str = "batch",  # batch: the second latent is another voice of the batch;
-                                            # self: the same voice with fresh noise (conditional mixing).
-        recon_weight: float = 0.0,          # L1 between G(voice) and the speaker's real face in Gmain (a
-                                            # deviation from the paper; 0 = off, as the paper trains).
-        xflip: bool = False,                # Mirror each real face with probability 1/2 (D and L1 targets).
-        ema_kimg: float = 10.0,             # Half-life of the G EMA in thousands of images.
-        ema_rampup: float | None = 0.05,    # Half-life capped at cur_nimg * ema_rampup (None = off).
-        total_kimg: float | None = None,    # Stop after this many thousand images (None = trainer limits).
-        sample_every_kimg: float = 5.0,     # Sample grid interval (0 = only at start and end).
-        sample_count: int = 16,             # Held-out speakers (grid rows) in the sample grid (0 = no samples).
-        sample_utterances: int = 3,         # Faces per speaker in the grid, each from another utterance.
-        bf16: bool = False,                 # bf16 autocast of the forward passes on CUDA.
-        max_bad_steps: int = 8,             # Stop after this many consecutive steps with non-finite loss/grads.
+        # self: the same voice with fresh noise (conditional mixing).
+        recon_weight: float = 0.0,  # L1 between G(voice) and the speaker's real face in Gmain (a
+        # deviation from the paper; 0 = off, as the paper trains).
+        xflip: bool = False,  # Mirror each real face with probability 1/2 (D and L1 targets).
+        ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.
+        ema_rampup: float | None = 0.05,  # Half-life capped at cur_nimg * ema_rampup (None = off).
+        total_kimg: float | None = None,  # Stop after this many thousand images (None = trainer limits).
+        sample_every_kimg: float = 5.0,  # Sample grid interval (0 = only at start and end).
+        sample_count: int = 16,  # Held-out speakers (grid rows) in the sample grid (0 = no samples).
+        sample_utterances: int = 3,  # Faces per speaker in the grid, each from another utterance.
+        bf16: bool = False,  # bf16 autocast of the forward passes on CUDA.
+        max_bad_steps: int = 8,  # Stop after this many consecutive steps with non-finite loss/grads.
     ):
         super().__init__()
         encoder, generator, discriminator = _plain(encoder), _plain(generator), _plain(discriminator)
@@ -95,8 +95,9 @@ class Voice2FaceGAN(LightningModule):
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"voice2face: encoder_mode must be one of {ENCODER_MODES}, got {encoder_mode!r}")
         if style_mixing_source not in MIXING_SOURCES:
-            raise ValueError(f"voice2face: style_mixing_source must be one of {MIXING_SOURCES}, "
-                             f"got {style_mixing_source!r}")
+            raise ValueError(
+                f"voice2face: style_mixing_source must be one of {MIXING_SOURCES}, got {style_mixing_source!r}"
+            )
         if encoder_mode != "joint" and not encoder_ckpt:
             raise ValueError(
                 f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH "
@@ -111,10 +112,12 @@ class Voice2FaceGAN(LightningModule):
         if encoder_mode == "frozen":
             self.encoder.requires_grad_(False).eval()
         self.embed_dim = int(encoder.get("embed_dim", 512))
-        self.G = build_network(generator, "model.generator", z_dim=self.embed_dim + noise_z_dim,
-                               img_resolution=img_resolution)
-        self.D = build_network(discriminator, "model.discriminator", img_resolution=img_resolution,
-                               num_classes=num_classes)
+        self.G = build_network(
+            generator, "model.generator", z_dim=self.embed_dim + noise_z_dim, img_resolution=img_resolution
+        )
+        self.D = build_network(
+            discriminator, "model.discriminator", img_resolution=img_resolution, num_classes=num_classes
+        )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.register_buffer("pl_mean", torch.zeros([]))
 
@@ -124,10 +127,10 @@ class Voice2FaceGAN(LightningModule):
         self.r1_active = r1_gamma > 0 and D_reg_interval > 0
         self.cur_nimg = 0
         self.iteration = 0
-        self.train_seconds = 0.0            # wall time of training so far (all of it: data, callbacks, ...)
+        self.train_seconds = 0.0  # wall time of training so far (all of it: data, callbacks, ...)
         self._clock = None
-        self.skipped_steps = 0              # optimizer steps skipped for non-finite losses or gradients
-        self.bad_streak = 0                 # ... of which consecutive, up to now
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite losses or gradients
+        self.bad_streak = 0  # ... of which consecutive, up to now
         self._sample_batch = None
         self._next_sample_nimg = 0
 
@@ -142,9 +145,7 @@ class Voice2FaceGAN(LightningModule):
     def embed(self, audio, lengths=None):
         """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]."""
         if audio.ndim != 3 or audio.shape[1] != self.hparams.feature_dim:
-            raise ValueError(
-                f"voice2face: audio must be [B, {self.hparams.feature_dim}, T], got {list(audio.shape)}"
-            )
+            raise ValueError(f"voice2face: audio must be [B, {self.hparams.feature_dim}, T], got {list(audio.shape)}")
         trainable = self.hparams.encoder_mode != "frozen" and torch.is_grad_enabled()
         with contextlib.nullcontext() if trainable else torch.no_grad():
             return self.encoder(audio, lengths)
@@ -210,8 +211,14 @@ class Voice2FaceGAN(LightningModule):
         opt.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self.bad_streak += 1
-        log.warning("voice2face: skipped %s step at iteration %d: non-finite loss or gradients "
-                    "(%d skipped in all, %d in a row)", phase, self.iteration, self.skipped_steps, self.bad_streak)
+        log.warning(
+            "voice2face: skipped %s step at iteration %d: non-finite loss or gradients "
+            "(%d skipped in all, %d in a row)",
+            phase,
+            self.iteration,
+            self.skipped_steps,
+            self.bad_streak,
+        )
         if self.bad_streak >= self.hparams.max_bad_steps:
             self._stop_on_bad_steps(phase)
 
@@ -330,12 +337,16 @@ class Voice2FaceGAN(LightningModule):
     def training_step(self, batch, batch_idx):
         real, label = batch["face"], batch["label"]
         if real.ndim != 4 or real.shape[-1] != self.hparams.img_resolution:
-            raise ValueError(f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
-                             f"{self.hparams.img_resolution}, got {list(real.shape)}")
+            raise ValueError(
+                f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
+                f"{self.hparams.img_resolution}, got {list(real.shape)}"
+            )
         if self._sample_batch is None:  # no held-out loader: a grid of training voices, one face each
             n = self.hparams.sample_count
-            self._sample_batch = {**{k: batch[k][:n].detach().cpu() for k in ("audio", "audio_lengths", "face")},
-                                  "names": [str(int(v)) for v in batch["label"][:n]]}
+            self._sample_batch = {
+                **{k: batch[k][:n].detach().cpu() for k in ("audio", "audio_lengths", "face")},
+                "names": [str(int(v)) for v in batch["label"][:n]],
+            }
         if self.hparams.xflip:
             flip = torch.rand(real.shape[0], device=real.device) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
@@ -359,14 +370,18 @@ class Voice2FaceGAN(LightningModule):
         now = time.perf_counter()  # one iteration = from the previous step's end: data and callbacks included
         seconds, self._clock = now - self._clock, now
         self.train_seconds += seconds
-        stats.update({"perf/train_s": self.train_seconds, "perf/img_per_s": global_batch / seconds,
-                      "perf/sec_per_kimg": 1000 * seconds / global_batch})
+        stats.update(
+            {
+                "perf/train_s": self.train_seconds,
+                "perf/img_per_s": global_batch / seconds,
+                "perf/sec_per_kimg": 1000 * seconds / global_batch,
+            }
+        )
         if self.device.type == "cuda":
             stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         stats["progress/skipped_steps"] = self.skipped_steps
-        self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False,
-                      batch_size=real.shape[0])
+        self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False, batch_size=real.shape[0])
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -375,9 +390,13 @@ class Voice2FaceGAN(LightningModule):
         g_groups = [{"params": list(self.G.parameters())}]
         if hp.encoder_mode != "frozen":
             # The encoder only gets Gmain gradients (Greg sees detached embeddings): no lazy re-scaling.
-            g_groups.append({"params": list(self.encoder.parameters()),
-                             "lr": hp.encoder_lr if hp.encoder_lr is not None else hp.lr,
-                             "betas": tuple(hp.betas)})
+            g_groups.append(
+                {
+                    "params": list(self.encoder.parameters()),
+                    "lr": hp.encoder_lr if hp.encoder_lr is not None else hp.lr,
+                    "betas": tuple(hp.betas),
+                }
+            )
         opt_G = torch.optim.Adam(g_groups, **g_kwargs)
         opt_D = torch.optim.Adam(self.D.parameters(), **d_kwargs)
         return [opt_G, opt_D]
@@ -391,8 +410,9 @@ class Voice2FaceGAN(LightningModule):
             with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the data stream intact
                 loader = dm.val_dataloader()
                 names = names or [str(i) for i in range(len(loader.dataset))]
-                self._sample_batch = collect_speakers(loader, names, info, self.hparams.sample_count,
-                                                      self.hparams.sample_utterances)
+                self._sample_batch = collect_speakers(
+                    loader, names, info, self.hparams.sample_count, self.hparams.sample_utterances
+                )
         self._next_sample_nimg = next_due(self.cur_nimg, self.hparams.sample_every_kimg * 1000)
         self.save_samples()
         self._clock = time.perf_counter()
@@ -409,8 +429,11 @@ class Voice2FaceGAN(LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["voice2face_format"] = CHECKPOINT_FORMAT
-        checkpoint["voice2face_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration),
-                                             "train_seconds": float(self.train_seconds)}
+        checkpoint["voice2face_progress"] = {
+            "cur_nimg": int(self.cur_nimg),
+            "iteration": int(self.iteration),
+            "train_seconds": float(self.train_seconds),
+        }
         checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint):
@@ -434,8 +457,13 @@ class Voice2FaceGAN(LightningModule):
         was_training = self.encoder.training
         self.encoder.eval()
         with torch.random.fork_rng(devices=[]):  # sampling must not shift the RNG streams (exact resume)
-            fake = self.generate(batch["audio"].to(self.device), batch["audio_lengths"].to(self.device),
-                                 noise_mode="const").float().cpu()
+            fake = (
+                self.generate(
+                    batch["audio"].to(self.device), batch["audio_lengths"].to(self.device), noise_mode="const"
+                )
+                .float()
+                .cpu()
+            )
         self.encoder.train(was_training and self.hparams.encoder_mode != "frozen")
         grid = speaker_grid(batch["face"], fake)
         kimg = self.cur_nimg / 1000
@@ -444,6 +472,9 @@ class Voice2FaceGAN(LightningModule):
         vutils.save_image(grid, path)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[grid],
-                                 caption=[f"real | generated from held-out utterances, {kimg:.2f} kimg"])
+                logger.log_image(
+                    key="samples",
+                    images=[grid],
+                    caption=[f"real | generated from held-out utterances, {kimg:.2f} kimg"],
+                )
         return path

@@ -32,8 +32,16 @@ def compose_train(overrides: list[str], output_dir: Path):
 def quiet_trainer(root_dir, **kwargs) -> Trainer:
     """A one-device CPU Trainer without logger, checkpointing, progress bar or model summary, writing under
     `root_dir`; `kwargs` (max_epochs, callbacks, devices, strategy, accelerator, ...) override."""
-    settings = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=root_dir)
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root_dir,
+    )
     return Trainer(**{**settings, **kwargs})
 
 

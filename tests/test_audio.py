@@ -61,9 +61,7 @@ def features(kind, x, **kw):
 
 
 def psf_logmel(x, winfunc=np.hamming):
-    return np.log(
-        psf.fbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.97, winfunc)[0]
-    )
+    return np.log(psf.fbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.97, winfunc)[0])
 
 
 def psf_mfcc(x):

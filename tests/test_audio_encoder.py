@@ -6,9 +6,7 @@ from torch import nn
 
 from lightning_modules.audio_encoder import AudioEncoder, BasicBlock, SqueezeExcitation
 
-SMALL = dict(
-    in_features=16, embed_dim=32, widths=(8, 16, 16, 32), se_reduction=4
-)  # ResNet18 depth, CPU-sized widths
+SMALL = dict(in_features=16, embed_dim=32, widths=(8, 16, 16, 32), se_reduction=4)  # ResNet18 depth, CPU-sized widths
 
 
 def test_resnet18_layout_with_se_and_mish():

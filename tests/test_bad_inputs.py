@@ -25,8 +25,15 @@ from experiments.run import check_checkpoint, resolve_ckpt, train
 from lightning_modules.callbacks import KimgCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ["+exp=smoke", "logger=none", "evaluate=false", "callbacks.rich_progress_bar=null",
-         "callbacks.lr_monitor=null", "++trainer.enable_progress_bar=false", "data.batch_size=32"]
+SMOKE = [
+    "+exp=smoke",
+    "logger=none",
+    "evaluate=false",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.lr_monitor=null",
+    "++trainer.enable_progress_bar=false",
+    "data.batch_size=32",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -76,10 +83,16 @@ AUDIO_IMAGE_META = {
     "audio_missing": (lambda d: d / "none.wav", load_audio, ["no such file"]),
     "audio_folder": (lambda d: (d / "clip.wav").mkdir() or d / "clip.wav", load_audio, ["a folder, not a file"]),
     "audio_fifo": (lambda d: os.mkfifo(d / "pipe.wav") or d / "pipe.wav", load_audio, ["a FIFO (named pipe)"]),
-    "audio_symlink_loop": (lambda d: os.symlink(d / "loop.wav", d / "loop.wav") or d / "loop.wav", load_audio,
-                           ["a symlink loop"]),
-    "audio_broken_symlink": (lambda d: os.symlink(d / "gone.wav", d / "link.wav") or d / "link.wav", load_audio,
-                             ["a broken symlink"]),
+    "audio_symlink_loop": (
+        lambda d: os.symlink(d / "loop.wav", d / "loop.wav") or d / "loop.wav",
+        load_audio,
+        ["a symlink loop"],
+    ),
+    "audio_broken_symlink": (
+        lambda d: os.symlink(d / "gone.wav", d / "link.wav") or d / "link.wav",
+        load_audio,
+        ["a broken symlink"],
+    ),
     "image_folder": (lambda d: (d / "face.jpg").mkdir() or d / "face.jpg", load_image, ["a folder, not a file"]),
     "audio_empty": (lambda d: write(d / "empty.wav", b""), load_audio, ["empty file"]),
     "audio_not_audio": (lambda d: write(d / "text.wav", "hello"), load_audio, ["not a readable audio file"]),
@@ -92,31 +105,56 @@ AUDIO_IMAGE_META = {
     "image_too_large": (lambda d: huge_png(d / "huge.png", 7000), load_image, ["7000×7000 (49 MP)", "shrink it"]),
     "image_bomb": (lambda d: huge_png(d / "bomb.png", 30000), load_image, ["decompression bomb", "900000000"]),
     "landmarks_missing": (lambda d: d / "landmarks.csv", read_landmarks, ["not found", "detector"]),
-    "landmarks_no_columns": (lambda d: write(d / "landmarks.csv", "path,x\na.jpg,1\n"), read_landmarks,
-                             ["missing columns"]),
+    "landmarks_no_columns": (
+        lambda d: write(d / "landmarks.csv", "path,x\na.jpg,1\n"),
+        read_landmarks,
+        ["missing columns"],
+    ),
     "landmarks_not_numbers": (
-        lambda d: write(d / "landmarks.csv", "path,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,"
-                        "mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y\na.jpg,x,1,2,3,4,5,6,7,8,9\n"),
-        read_landmarks, ["line 2", "not numbers"]),
+        lambda d: write(
+            d / "landmarks.csv",
+            "path,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,"
+            "mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y\na.jpg,x,1,2,3,4,5,6,7,8,9\n",
+        ),
+        read_landmarks,
+        ["line 2", "not numbers"],
+    ),
     "meta_missing": (lambda d: d / "vox1_meta.csv", read_meta, ["not found", "vox1_meta.csv"]),
-    "meta_missing_columns": (lambda d: meta_missing_columns(d / "vox1_meta.csv"), read_meta,
-                             ["missing columns", "VGGFace1 ID"]),
-    "meta_header_only": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\tGender\n"), read_meta,
-                         ["only a header"]),
-    "meta_duplicate_voxceleb_id": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n"
-                                                   "id2\tBob_B\nid1\tCid_C\n"), read_meta,
-                                   ["VoxCeleb1 ID", "'id1' on lines [2, 4]"]),
-    "meta_duplicate_name": (lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n"
-                                            "id2\tAnn_A\n"), read_meta, ["VGGFace1 ID", "'Ann_A' on lines [2, 3]"]),
-    "data_root_missing": (lambda d: d / "no_data", lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p)).setup(),
-                          ["data folder not found", "data.root"]),
+    "meta_missing_columns": (
+        lambda d: meta_missing_columns(d / "vox1_meta.csv"),
+        read_meta,
+        ["missing columns", "VGGFace1 ID"],
+    ),
+    "meta_header_only": (
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\tGender\n"),
+        read_meta,
+        ["only a header"],
+    ),
+    "meta_duplicate_voxceleb_id": (
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\nid2\tBob_B\nid1\tCid_C\n"),
+        read_meta,
+        ["VoxCeleb1 ID", "'id1' on lines [2, 4]"],
+    ),
+    "meta_duplicate_name": (
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\nid2\tAnn_A\n"),
+        read_meta,
+        ["VGGFace1 ID", "'Ann_A' on lines [2, 3]"],
+    ),
+    "data_root_missing": (
+        lambda d: d / "no_data",
+        lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p)).setup(),
+        ["data folder not found", "data.root"],
+    ),
 }
 
 
 def digest(folder: Path) -> dict[str, str]:
     """Hash of every file under `folder`: what was written before the failure must still be there, unchanged."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("case", sorted(AUDIO_IMAGE_META))
@@ -158,8 +196,10 @@ def test_images_are_read_as_displayed(tmp_path):
 def test_meta_quotes_are_read_literally_and_unsplit_names_are_reported(tmp_path, caplog):
     from datamodules.meta import identity_split
 
-    meta = write(tmp_path / "vox1_meta.csv", 'VoxCeleb1 ID\tVGGFace1 ID\nid1\t"Ann_A\nid2\tBob_B\nid3\tCid_C\n'
-                 'id4\t50_Cent\nid5\tÉmile_Z\n')
+    meta = write(
+        tmp_path / "vox1_meta.csv",
+        'VoxCeleb1 ID\tVGGFace1 ID\nid1\t"Ann_A\nid2\tBob_B\nid3\tCid_C\nid4\t50_Cent\nid5\tÉmile_Z\n',
+    )
     assert [r["VGGFace1 ID"] for r in read_meta(meta)] == ['"Ann_A', "Bob_B", "Cid_C", "50_Cent", "Émile_Z"]
     with caplog.at_level("WARNING"):
         split = identity_split(meta, ["Bob_B", "Cid_C", "50_Cent", "Émile_Z"])
@@ -177,11 +217,14 @@ def compose_only(*overrides: str):
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize("override, words", [
-    ("+exp=no_such_exp", ["no_such_exp", "baseline", "smoke"]),     # the message lists the experiments there are
-    ("data=no_such_data", ["no_such_data", "embedded", "voxvgg"]),
-    ("trainer=no_such_trainer", ["no_such_trainer", "cpu", "ddp"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("+exp=no_such_exp", ["no_such_exp", "baseline", "smoke"]),  # the message lists the experiments there are
+        ("data=no_such_data", ["no_such_data", "embedded", "voxvgg"]),
+        ("trainer=no_such_trainer", ["no_such_trainer", "cpu", "ddp"]),
+    ],
+)
 def test_unknown_config_name_lists_the_choices(override, words):
     with pytest.raises(HydraException) as err:
         compose_only(override)
@@ -189,18 +232,21 @@ def test_unknown_config_name_lists_the_choices(override, words):
         assert word in str(err.value)
 
 
-@pytest.mark.parametrize("override, key, problem", [
-    ("data.batch_size=big", "data.batch_size", "'big' is not of type 'integer'"),
-    ("data.batch_size=0", "data.batch_size", "less than the minimum of 1"),
-    ("model.lr=fast", "model.lr", "'fast' is not of type 'number'"),
-    ("model.total_kimg=-1", "model.total_kimg", "-1 is not valid"),
-    ("seed=abc", "seed", "'abc' is not of type 'integer'"),
-    ("data.crop_frames=[500,300]", "data.crop_frames", "increasing order"),
-    ("data.eval_batch_size=0", "data.eval_batch_size", "less than the minimum of 1"),
-    ("model.betas=[0.5,1.5]", "model.betas.1", "greater than or equal to the maximum of 1"),
-    ("model.ema_kimg=-1", "model.ema_kimg", "less than the minimum of 0"),
-    ("data.face_size=48", "data.face_size", "48 is not one of"),
-])
+@pytest.mark.parametrize(
+    "override, key, problem",
+    [
+        ("data.batch_size=big", "data.batch_size", "'big' is not of type 'integer'"),
+        ("data.batch_size=0", "data.batch_size", "less than the minimum of 1"),
+        ("model.lr=fast", "model.lr", "'fast' is not of type 'number'"),
+        ("model.total_kimg=-1", "model.total_kimg", "-1 is not valid"),
+        ("seed=abc", "seed", "'abc' is not of type 'integer'"),
+        ("data.crop_frames=[500,300]", "data.crop_frames", "increasing order"),
+        ("data.eval_batch_size=0", "data.eval_batch_size", "less than the minimum of 1"),
+        ("model.betas=[0.5,1.5]", "model.betas.1", "greater than or equal to the maximum of 1"),
+        ("model.ema_kimg=-1", "model.ema_kimg", "less than the minimum of 0"),
+        ("data.face_size=48", "data.face_size", "48 is not one of"),
+    ],
+)
 def test_wrong_type_in_config_names_the_key(compose_cfg, tmp_path, override, key, problem):
     cfg = compose_cfg(*SMOKE, override)
     with pytest.raises(ValueError, match=rf"config: {re.escape(key)}: .*{re.escape(problem)}.*fix the override"):
@@ -208,11 +254,14 @@ def test_wrong_type_in_config_names_the_key(compose_cfg, tmp_path, override, key
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
-    (["model.encoder_mode=finetune", "model.encoder_ckpt=/no/encoder.pt"], ["/no/encoder.pt", "encoder_pretrain"]),
-    (["ckpt_path=/no/such/last.ckpt"], ["/no/such/last.ckpt", "no such checkpoint"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
+        (["model.encoder_mode=finetune", "model.encoder_ckpt=/no/encoder.pt"], ["/no/encoder.pt", "encoder_pretrain"]),
+        (["ckpt_path=/no/such/last.ckpt"], ["/no/such/last.ckpt", "no such checkpoint"]),
+    ],
+)
 def test_missing_required_path_names_it(compose_cfg, overrides, words):
     cfg = compose_cfg(*SMOKE, *overrides)
     with pytest.raises((ValueError, FileNotFoundError, InstantiationException)) as err:  # Hydra adds the key
@@ -248,22 +297,41 @@ def variant(src: Path, dst: Path, edit) -> Path:
 
 CHECKPOINTS = {
     # case: (make a bad checkpoint from a good one, words the error must hold besides the path)
-    "truncated": (lambda good, d: write(d / "cut.ckpt", good.read_bytes()[: good.stat().st_size // 2]),
-                  ["truncated", "snapshot-*.ckpt"]),
+    "truncated": (
+        lambda good, d: write(d / "cut.ckpt", good.read_bytes()[: good.stat().st_size // 2]),
+        ["truncated", "snapshot-*.ckpt"],
+    ),
     "empty": (lambda good, d: write(d / "empty.ckpt", b""), ["cannot be read", "train afresh"]),
-    "not_a_checkpoint": (lambda good, d: (torch.save({"weights": torch.zeros(1)}, d / "x.ckpt"), d / "x.ckpt")[1],
-                         ["no state_dict", "last.ckpt"]),
-    "runs_code_on_load": (lambda good, d: (torch.save({"state_dict": {}, "x": np.float64}, d / "x.ckpt"),
-                                           d / "x.ckpt")[1], ["cannot be read"]),
-    "other_project": (lambda good, d: variant(good, d / "theirs.ckpt", lambda c: [c.pop(k) for k in list(c)
-                                                                                  if k.startswith("voice2face_")]),
-                      ["not a voice2face checkpoint", "another project"]),
-    "other_version": (lambda good, d: variant(good, d / "old.ckpt", lambda c: c.pop("voice2face_format")),
-                      ["another version", "format None"]),
-    "other_model": (lambda good, d: variant(good, d / "other.ckpt", lambda c: c["state_dict"].update(
-        {k: torch.zeros(3) for k in list(c["state_dict"])[:2]})), ["different model", "of other shapes"]),
-    "missing_weights": (lambda good, d: variant(good, d / "less.ckpt", lambda c: c["state_dict"].pop("pl_mean")),
-                        ["different model", "missing weights ['pl_mean']"]),
+    "not_a_checkpoint": (
+        lambda good, d: (torch.save({"weights": torch.zeros(1)}, d / "x.ckpt"), d / "x.ckpt")[1],
+        ["no state_dict", "last.ckpt"],
+    ),
+    "runs_code_on_load": (
+        lambda good, d: (torch.save({"state_dict": {}, "x": np.float64}, d / "x.ckpt"), d / "x.ckpt")[1],
+        ["cannot be read"],
+    ),
+    "other_project": (
+        lambda good, d: variant(
+            good, d / "theirs.ckpt", lambda c: [c.pop(k) for k in list(c) if k.startswith("voice2face_")]
+        ),
+        ["not a voice2face checkpoint", "another project"],
+    ),
+    "other_version": (
+        lambda good, d: variant(good, d / "old.ckpt", lambda c: c.pop("voice2face_format")),
+        ["another version", "format None"],
+    ),
+    "other_model": (
+        lambda good, d: variant(
+            good,
+            d / "other.ckpt",
+            lambda c: c["state_dict"].update({k: torch.zeros(3) for k in list(c["state_dict"])[:2]}),
+        ),
+        ["different model", "of other shapes"],
+    ),
+    "missing_weights": (
+        lambda good, d: variant(good, d / "less.ckpt", lambda c: c["state_dict"].pop("pl_mean")),
+        ["different model", "missing weights ['pl_mean']"],
+    ),
 }
 
 

@@ -17,8 +17,12 @@ from experiments.run import build_callbacks, build_loggers
 def test_config_groups_present():
     assert {"baseline", "nose", "relu", "dcgan", "stylegan", "smoke", "encoder_pretrain"} <= set(EXPERIMENTS)
     assert {"embedded", "voxvgg"} <= set(DATASETS)
-    for group, names in {"trainer": ["cpu", "gpu", "ddp", "ddp_sim"], "logger": ["wandb", "csv", "many", "none"],
-                         "callbacks": ["default"], "paths": ["default"]}.items():
+    for group, names in {
+        "trainer": ["cpu", "gpu", "ddp", "ddp_sim"],
+        "logger": ["wandb", "csv", "many", "none"],
+        "callbacks": ["default"],
+        "paths": ["default"],
+    }.items():
         for name in names:
             assert (ROOT / "experiments/conf" / group / f"{name}.yaml").is_file(), f"{group}/{name}"
 
@@ -41,14 +45,20 @@ def test_the_ablations_select_encoder_groups(compose_cfg):
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
-    cfg = compose_cfg(f"+exp={exp}", f"data={data}", "trainer=cpu", "logger=csv",
-                      f"data.root={tmp_path}" if data == "voxvgg" else "data.corpus.identities=12")
+    cfg = compose_cfg(
+        f"+exp={exp}",
+        f"data={data}",
+        "trainer=cpu",
+        "logger=csv",
+        f"data.root={tmp_path}" if data == "voxvgg" else "data.corpus.identities=12",
+    )
     text = (ROOT / "experiments/conf/exp" / f"{exp}.yaml").read_text()
     assert text.startswith("# @package _global_"), f"exp/{exp}.yaml must start with '# @package _global_'"
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, LightningDataModule)
-    model = hydra.utils.instantiate(cfg.model, num_classes=5, feature_dim=dm.feature_dim,
-                                    img_resolution=dm.face_size, _recursive_=False)
+    model = hydra.utils.instantiate(
+        cfg.model, num_classes=5, feature_dim=dm.feature_dim, img_resolution=dm.face_size, _recursive_=False
+    )
     assert isinstance(model, LightningModule)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, True), logger=build_loggers(cfg))
     assert isinstance(trainer, Trainer)
@@ -65,15 +75,25 @@ def test_ablations_differ_from_baseline_only_where_they_should(compose_cfg):
 
 
 def test_cli_prints_composed_config():
-    out = subprocess.run([sys.executable, "-m", "experiments.run", "+exp=baseline", "--cfg", "job"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "+exp=baseline", "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "_target_: lightning_modules.voice2face.Voice2FaceGAN" in out.stdout
     assert "se_reduction: 16" in out.stdout
 
 
 def test_cli_unknown_experiment_names_the_choices():
-    out = subprocess.run([sys.executable, "-m", "experiments.run", "+exp=no_such_exp", "--cfg", "job"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "+exp=no_such_exp", "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "no_such_exp" in out.stderr and "baseline" in out.stderr

@@ -40,8 +40,10 @@ def test_an_unsupported_configuration_falls_back_once_per_configuration():
 
 def test_launch_and_compile_errors_fall_back():
     with pytest.warns(RuntimeWarning):
-        assert _dispatch.run("op", failing(RuntimeError("Triton Error [CUDA]: invalid argument"), []),
-                             lambda: "ref") == "ref"
+        assert (
+            _dispatch.run("op", failing(RuntimeError("Triton Error [CUDA]: invalid argument"), []), lambda: "ref")
+            == "ref"
+        )
     if _dispatch.triton is not None:
         from triton.compiler.errors import CompilationError
 
@@ -60,8 +62,10 @@ def test_report_says_which_path_each_op_took_and_strict_mode_raises(monkeypatch)
     monkeypatch.setattr(_dispatch, "_paths", {})
     kernels.bias_act(torch.randn(2, 3), torch.zeros(3), impl="torch")
     kernels.upfirdn2d(torch.randn(1, 1, 4, 4), kernels.setup_filter([1, 1]))  # auto on a CPU tensor
-    assert kernels.report() == {"bias_act": ("reference", "impl=torch"),
-                                "upfirdn2d": ("reference", "impl=auto: not on CUDA")}
+    assert kernels.report() == {
+        "bias_act": ("reference", "impl=torch"),
+        "upfirdn2d": ("reference", "impl=auto: not on CUDA"),
+    }
     monkeypatch.setenv("VOICE2FACE_STRICT_KERNELS", "1")
     strict = r"kernels.op: the Triton path cannot run \(NotImplementedError: k=5\) and VOICE2FACE_STRICT_KERNELS=1"
     with pytest.raises(RuntimeError, match=strict):

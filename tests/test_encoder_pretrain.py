@@ -100,6 +100,9 @@ def test_bad_input_raises(tmp_path):
     with pytest.raises(ValueError, match="other.pt: not an encoder checkpoint"):
         load_encoder_weights(TinyEncoder(), tmp_path / "other.pt")
     torch.save({"encoder": TinyEncoder(embed_dim=4).state_dict()}, tmp_path / "narrow.pt")
-    with pytest.raises(ValueError, match=r"narrow.pt: encoder weights do not fit .* 2 of other shapes .*proj.bias "
-                                         r"\[4\] \(expected \[8\]\).*same encoder config"):
+    with pytest.raises(
+        ValueError,
+        match=r"narrow.pt: encoder weights do not fit .* 2 of other shapes .*proj.bias "
+        r"\[4\] \(expected \[8\]\).*same encoder config",
+    ):
         load_encoder_weights(TinyEncoder(), tmp_path / "narrow.pt")

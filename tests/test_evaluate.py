@@ -31,9 +31,7 @@ class StandInData:
 
     def __init__(self, bands=4, size=8):
         self.bands, self.size = bands, size
-        self.attributes = {
-            n: {"colour": c, "level": float(i)} for i, (n, c) in enumerate(self.colours.items())
-        }
+        self.attributes = {n: {"colour": c, "level": float(i)} for i, (n, c) in enumerate(self.colours.items())}
 
     def identities(self, split):
         return self.split_ids[split]
@@ -47,9 +45,7 @@ class StandInData:
         for start in (0, 3):
             labels = torch.tensor([i % len(names) for i in range(start, start + 3)])
             audio = torch.zeros(3, self.bands, 10)
-            audio[:, :3] = torch.stack([torch.tensor(PALETTE[self.colours[names[i]]]) for i in labels])[
-                ..., None
-            ]
+            audio[:, :3] = torch.stack([torch.tensor(PALETTE[self.colours[names[i]]]) for i in labels])[..., None]
             yield {
                 "audio": audio,
                 "audio_lengths": torch.full((3,), 10),

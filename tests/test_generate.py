@@ -90,8 +90,12 @@ def test_generate_loses_nothing(audio_dir, tmp_path):
     shutil.copy(audio_dir / "a_voice.wav", inputs / "a.ogg.wav")
     out = tmp_path / "out"
     written, errors = generate_faces(Voice2FaceGAN(**SMOKE).eval(), front_end(), list_audio(inputs), out)
-    assert not errors and sorted(p.name for p in written) == ["a.flac.png", "a.ogg.wav.png", "a.wav.png",
-                                                              "grid.wav.png"]
+    assert not errors and sorted(p.name for p in written) == [
+        "a.flac.png",
+        "a.ogg.wav.png",
+        "a.wav.png",
+        "grid.wav.png",
+    ]
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     assert len(manifest["faces"]) == 4 and manifest["grid"] == "grid.png"
     assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in written), "grid.png", "manifest.json"])

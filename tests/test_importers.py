@@ -94,9 +94,7 @@ class _Persisted:
             "_init_args": (),
             "_init_kwargs": self.init_kwargs or {},
         }
-        meta = dict(
-            type="class", version=6, module_src=self.module_src, class_name=type(m).__name__, state=state
-        )
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(m).__name__, state=state)
         return _reconstruct_persistent_obj, (meta,)
 
 
@@ -128,9 +126,7 @@ def test_nvlabs_pickle_is_rebuilt_without_running_its_code(tmp_path, nvlabs_modu
         mapping_kwargs={"num_layers": 2},
         synthesis_kwargs={"channel_base": 128, "channel_max": 16},
     )
-    G = Generator(
-        z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16, impl="torch"
-    )
+    G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16, impl="torch")
     for p in G.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     G.mapping.w_avg.normal_()

@@ -50,9 +50,7 @@ def test_modconv_equals_grouped_conv_of_modulated_weights():
     )
     wn = w[None] * s[:, None, :, None, None]
     wn = wn * (wn.square().sum([2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    expect = F.conv2d(x.reshape(1, 15, 6, 6), wn.reshape(12, 5, 3, 3), padding=1, groups=3).reshape(
-        3, 4, 6, 6
-    )
+    expect = F.conv2d(x.reshape(1, 15, 6, 6), wn.reshape(12, 5, 3, 3), padding=1, groups=3).reshape(3, 4, 6, 6)
     assert _rel(modulated_conv2d_ref(x, w, s, padding=1), expect) <= 1e-12
 
 
@@ -60,9 +58,7 @@ def test_modconv_epilogue_equals_bias_act_after():
     torch.manual_seed(1)
     x, w, s = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(2, 3)
     noise, b = torch.randn(2, 1, 5, 5), torch.randn(4)
-    y = kernels.modulated_conv2d(
-        x, w, s, padding=1, impl="torch", noise=noise, bias=b, act="lrelu", clamp=0.5
-    )
+    y = kernels.modulated_conv2d(x, w, s, padding=1, impl="torch", noise=noise, bias=b, act="lrelu", clamp=0.5)
     expect = bias_act_ref(modulated_conv2d_ref(x, w, s, padding=1) + noise, b, act="lrelu", clamp=0.5)
     torch.testing.assert_close(y, expect)
     assert y.abs().max() <= 0.5
@@ -136,8 +132,9 @@ def test_each_argument_is_checked_once_per_call(monkeypatch, up):
     # conv2d_resample, checks its own, intermediate, arguments).
     seen = shape_checks(monkeypatch)
     x, w, s = torch.randn(2, 3, 4, 4), torch.randn(5, 3, 3, 3), torch.randn(2, 3)
-    kernels.modulated_conv2d(x, w, s, up=up, padding=1, impl="torch", noise=torch.randn(2, 1, 1, 1),
-                             bias=torch.zeros(5), act="lrelu")
+    kernels.modulated_conv2d(
+        x, w, s, up=up, padding=1, impl="torch", noise=torch.randn(2, 1, 1, 1), bias=torch.zeros(5), act="lrelu"
+    )
     assert seen[:5] == [f"modulated_conv2d: {a}" for a in ("x", "weight", "styles", "bias", "noise")]
     kernels.bias_act(x, torch.zeros(3), impl="torch")
     kernels.upsample2d(x, kernels.setup_filter([1, 3, 3, 1]), impl="torch")

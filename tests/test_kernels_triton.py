@@ -32,9 +32,7 @@ def interpret(monkeypatch):
     monkeypatch.setattr(_dispatch, "_warned", set())
     monkeypatch.setattr(_dispatch, "_broken", set())
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "error", RuntimeWarning
-        )  # a silent fallback to the reference would pass unnoticed
+        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to the reference would pass unnoticed
         yield
 
 
@@ -110,9 +108,7 @@ def test_modconv_gradients_equal_reference(case):
         noise = torch.randn(noise_shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
         bias = torch.randn(o, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
         leaves = [x, w, s, noise.requires_grad_(True), bias.requires_grad_(True)]
-        y = fn(
-            x, w, s, demodulate=demod, up=up, padding=padding, noise=noise, bias=bias, act="relu", gain=1.5
-        )
+        y = fn(x, w, s, demodulate=demod, up=up, padding=padding, noise=noise, bias=bias, act="relu", gain=1.5)
         gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
         grads.append(torch.autograd.grad(y, leaves, gy))
     for name, a, b in zip(("x", "weight", "styles", "noise", "bias"), *grads):
@@ -213,9 +209,7 @@ def test_upfirdn2d_equals_reference(filt, dtype, nan_outputs):
 
 @pytest.mark.parametrize("kw", UPFIRDN_CASES[:3])
 def test_upfirdn2d_gradcheck_and_gradgradcheck(kw):
-    x = torch.randn(
-        1, 2, 4, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64, requires_grad=True
-    )
+    x = torch.randn(1, 2, 4, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64, requires_grad=True)
     f = setup_filter([1, 3, 3, 1])
     assert gradcheck(lambda x: upfirdn2d_triton(x, f, **kw), (x,), fast_mode=True)
     assert gradgradcheck(lambda x: upfirdn2d_triton(x, f, **kw), (x,), fast_mode=True)
@@ -224,17 +218,11 @@ def test_upfirdn2d_gradcheck_and_gradgradcheck(kw):
 def test_dispatch_picks_paths():
     x, w, s = _inputs(1, 2, 2, 4, 3, torch.float32)
     w.requires_grad_(True)
-    assert (
-        type(kernels.modulated_conv2d(x, w, s, padding=1, impl="auto").grad_fn).__name__ != "_ModConvBackward"
-    )  # CPU
-    assert (
-        type(kernels.modulated_conv2d(x, w, s, padding=1, impl="triton").grad_fn).__name__
-        == "_ModConvBackward"
-    )
+    assert type(kernels.modulated_conv2d(x, w, s, padding=1, impl="auto").grad_fn).__name__ != "_ModConvBackward"  # CPU
+    assert type(kernels.modulated_conv2d(x, w, s, padding=1, impl="triton").grad_fn).__name__ == "_ModConvBackward"
     assert type(kernels.bias_act(w, impl="triton").grad_fn).__name__ == "_BiasActBackward"
     assert (
-        type(kernels.upsample2d(w, setup_filter([1, 3, 3, 1]), impl="triton").grad_fn).__name__
-        == "_UpFirDn2dBackward"
+        type(kernels.upsample2d(w, setup_filter([1, 3, 3, 1]), impl="triton").grad_fn).__name__ == "_UpFirDn2dBackward"
     )
 
 
@@ -255,8 +243,11 @@ def test_the_triton_paths_check_nothing_again(monkeypatch):
         kernels.modulated_conv2d(x, w, s, up=up, padding=1, impl="triton", bias=torch.zeros(2), act="lrelu")
         kernels.bias_act(x, torch.zeros(2), impl="triton")
         kernels.upsample2d(x, setup_filter([1, 3, 3, 1]), impl="triton")
-        assert seen == [*(f"modulated_conv2d: {a}" for a in ("x", "weight", "styles", "bias")),
-                        "bias_act: b (dim 1 of x [1, 2, 4, 4])", "upsample2d: x"]
+        assert seen == [
+            *(f"modulated_conv2d: {a}" for a in ("x", "weight", "styles", "bias")),
+            "bias_act: b (dim 1 of x [1, 2, 4, 4])",
+            "upsample2d: x",
+        ]
 
 
 def test_triton_failure_falls_back_with_one_warning(monkeypatch):
@@ -323,10 +314,7 @@ def test_cuda_kernels_equal_reference(dtype, monkeypatch):
         assert _rel(gx.float(), gx_ref.float()) <= 5 * tol
     f = setup_filter([1, 3, 3, 1], device="cuda")
     assert _rel(kernels.upsample2d(x, f).float(), kernels.upsample2d(x, f, impl="torch").float()) <= tol
-    assert (
-        _rel(kernels.bias_act(x, None, act="lrelu").float(), bias_act_ref(x, None, act="lrelu").float())
-        <= tol
-    )
+    assert _rel(kernels.bias_act(x, None, act="lrelu").float(), bias_act_ref(x, None, act="lrelu").float()) <= tol
 
 
 def test_autotune_key_and_tiles_fit_the_kernel():

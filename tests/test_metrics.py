@@ -192,20 +192,17 @@ def test_attribute_probe_recovers_visible_traits():
     real = coloured_faces(test, seed=1)
     names = [n for n in test for _ in range(4)]
     faces = torch.cat([real[n] for n in test]).float() / 127.5 - 1
-    swapped = coloured_faces(
-        {n: ("red" if t == "blue" else "blue", lv) for n, (t, lv) in test.items()}, seed=2
-    )
+    swapped = coloured_faces({n: ("red" if t == "blue" else "blue", lv) for n, (t, lv) in test.items()}, seed=2)
     wrong = torch.cat([swapped[n] for n in test]).float() / 127.5 - 1
-    same = attribute_scores(probe, codec, faces, names, faces, names, attrs, train_names=list(train),
-                            group_by=("tint",))
+    same = attribute_scores(
+        probe, codec, faces, names, faces, names, attrs, train_names=list(train), group_by=("tint",)
+    )
     assert same["attr/tint"] == same["attr/tint/oracle"] == 1.0
     assert same["attr/tint/group"] == 1.0  # grouped by the trait itself, the group's mode is always right
     assert same["attr/tint/chance"] == pytest.approx(1 / 3)  # majority 'red' is right for 1 of 3 identities
     assert same["attr/level/oracle"] > 0.5
     y = np.array([0.5, 0.9, 0.6])  # always predicting the train mean 0.65 (0.4 .. 0.9):
-    assert same["attr/level/chance"] == pytest.approx(
-        1 - ((y - 0.65) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    )
+    assert same["attr/level/chance"] == pytest.approx(1 - ((y - 0.65) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     assert attribute_scores(probe, codec, wrong, names, faces, names, attrs)["attr/tint"] == 0.0
     # Identities permuted: own-label matches average 2/3 + 2/3 + 1/3 over the three (blue, blue, red) ids.
     assert same["attr/tint/shuffled"] == pytest.approx(5 / 9, abs=0.05)
@@ -214,9 +211,14 @@ def test_attribute_probe_recovers_visible_traits():
 def test_group_bound_is_the_train_mode_or_mean_of_the_speakers_group():
     from lightning_modules.metrics.attributes import group_bound
 
-    attrs = {"t1": {"sex": "f", "hair": 2, "len": 0.8}, "t2": {"sex": "f", "hair": 2, "len": 0.6},
-             "t3": {"sex": "f", "hair": 1, "len": 0.7}, "t4": {"sex": "m", "hair": 0, "len": 0.2},
-             "a": {"sex": "f", "hair": 1, "len": 0.9}, "b": {"sex": "m", "hair": 0, "len": 0.1}}
+    attrs = {
+        "t1": {"sex": "f", "hair": 2, "len": 0.8},
+        "t2": {"sex": "f", "hair": 2, "len": 0.6},
+        "t3": {"sex": "f", "hair": 1, "len": 0.7},
+        "t4": {"sex": "m", "hair": 0, "len": 0.2},
+        "a": {"sex": "f", "hair": 1, "len": 0.9},
+        "b": {"sex": "m", "hair": 0, "len": 0.1},
+    }
     train = ["t1", "t2", "t3", "t4"]
     hair = torch.tensor([attrs[n]["hair"] for n in train])
     guess = group_bound("categorical", hair, ["a", "a", "b"], hair, train, attrs, ("sex",))
@@ -279,9 +281,7 @@ def test_constant_continuous_attribute_is_skipped_with_reason():
     train = {f"t{i}": ("red" if i % 2 else "blue", 0.1 * i) for i in range(4)}
     attrs = {n: {"tint": t, "level": lv} for n, (t, lv) in train.items()}
     attrs["x"] = {"tint": "red", "level": 0.5}
-    probe, codec = train_probe(
-        coloured_faces(train), attrs, {"tint": "categorical", "level": "continuous"}, 5
-    )
+    probe, codec = train_probe(coloured_faces(train), attrs, {"tint": "categorical", "level": "continuous"}, 5)
     faces = coloured_faces({"x": ("red", 0.5)})["x"].float() / 127.5 - 1
     skipped = {}
     scores = attribute_scores(probe, codec, faces, ["x"] * 4, faces, ["x"] * 4, attrs, skipped)

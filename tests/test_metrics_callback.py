@@ -66,8 +66,13 @@ def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  
 def test_callback_logs_the_probe_metrics_of_the_split(tmp_path):
     trainer, model = stand_in_trainer(tmp_path), StandInModel()
     model.cur_nimg, model.train_seconds = 1000, 12.5
-    probe_cfg = {"fid": {"enabled": False}, "ppl": {"enabled": False}, "intervals": {"resamples": 0},
-                 "probe": {"steps": 20, "batch_size": 16}, "identity": {"repeats": 2}}
+    probe_cfg = {
+        "fid": {"enabled": False},
+        "ppl": {"enabled": False},
+        "intervals": {"resamples": 0},
+        "probe": {"steps": 20, "batch_size": 16},
+        "identity": {"repeats": 2},
+    }
     cb = MetricsCallback(fid={"enabled": False}, ppl={"enabled": False}, probe_metrics=probe_cfg, table_rows=0)
     cb.run(trainer, model)
     ((_, logged),) = trainer.loggers[0].records

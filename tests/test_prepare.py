@@ -76,14 +76,26 @@ def test_kill_9_during_preprocessing_then_rerun_is_identical(tmp_path):
     root = Path(__file__).resolve().parents[1]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     prepare(corpus, straight, detector="file", workers=2, progress=False)
-    cmd = [sys.executable, "-m", "datamodules.prepare", "--root", str(corpus), "--out", str(killed),
-           "--detector", "file", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "datamodules.prepare",
+        "--root",
+        str(corpus),
+        "--out",
+        str(killed),
+        "--detector",
+        "file",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng, kills = random.Random(0), 0
     while kills < 5:
         done = len(list((killed / "shards").glob("*.pt")))
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while proc.poll() is None and len(list((killed / "shards").glob("*.pt"))) <= done:
             assert time.monotonic() < deadline, "preprocessing made no progress"

@@ -20,8 +20,7 @@ def test_frechet_distance_matches_scipy_and_survives_a_degenerate_set():
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
     same = a[:1].expand(50, -1)  # every "face" alike: zero covariance
-    assert frechet_distance(same, b) == pytest.approx(
-        ((a[0] - b.mean(0)) ** 2).sum().item() + np.trace(cb), rel=1e-8)
+    assert frechet_distance(same, b) == pytest.approx(((a[0] - b.mean(0)) ** 2).sum().item() + np.trace(cb), rel=1e-8)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_apart():
@@ -45,8 +44,13 @@ def corpus_probe(tmp_path_factory):
     from lightning_modules.metrics.evaluate import fit_probe, real_faces
 
     root = tmp_path_factory.mktemp("quality")
-    dm = VoxVGGDataModule(corpus={"identities": 32, "seed": 0}, corpus_dir=str(root / "corpus"),
-                          cache_dir=str(root / "cache"), detector="file", prepare_workers=1)
+    dm = VoxVGGDataModule(
+        corpus={"identities": 32, "seed": 0},
+        corpus_dir=str(root / "corpus"),
+        cache_dir=str(root / "cache"),
+        detector="file",
+        prepare_workers=1,
+    )
     dm.prepare_data()
     probe, _ = fit_probe(dm, {"steps": 300})
     real_u8, labels, _ = real_faces(dm, "test")
@@ -62,10 +66,10 @@ def test_the_probe_tells_faces_from_blobs(corpus_probe):
     floor = real_like["fd_probe/real"]
     assert real_like["fd_probe"] < 3 * floor  # real faces of the other half sit at the floor
     stand_ins = {
-        "blurred": F.interpolate(F.interpolate(real, scale_factor=0.25, mode="area"), scale_factor=4,
-                                 mode="bilinear"),
-        "colour blobs": F.interpolate(F.interpolate(real, scale_factor=0.125, mode="area"), scale_factor=8,
-                                      mode="bilinear"),
+        "blurred": F.interpolate(F.interpolate(real, scale_factor=0.25, mode="area"), scale_factor=4, mode="bilinear"),
+        "colour blobs": F.interpolate(
+            F.interpolate(real, scale_factor=0.125, mode="area"), scale_factor=8, mode="bilinear"
+        ),
         "all alike": real[:1].expand_as(real),
     }
     fd = {}

@@ -22,9 +22,17 @@ from experiments.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32  # 7 batches an epoch on the embedded corpus: the runs below cross epoch boundaries
-FAST = ["+exp=smoke", "evaluate=false", "callbacks.rich_progress_bar=null", "callbacks.lr_monitor=null",
-        "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", f"data.batch_size={BATCH}",
-        "model.sample_every_kimg=0", "trainer.deterministic=true"]
+FAST = [
+    "+exp=smoke",
+    "evaluate=false",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.lr_monitor=null",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    f"data.batch_size={BATCH}",
+    "model.sample_every_kimg=0",
+    "trainer.deterministic=true",
+]
 
 
 def kimg(iterations: int) -> str:
@@ -145,8 +153,17 @@ def test_checkpoint_opens_as_data_and_holds_the_full_state(compose_cfg, tmp_path
 
 # ---------------------------------------------------------------------------------------------------- kill -9
 def cli(run_dir: Path, iterations: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(iterations),
-            f"hydra.run.dir={run_dir}", "++callbacks.checkpoint.last_every_kimg=0.001", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        *FAST,
+        "logger=none",
+        kimg(iterations),
+        f"hydra.run.dir={run_dir}",
+        "++callbacks.checkpoint.last_every_kimg=0.001",
+        *extra,
+    ]
 
 
 def ckpt_version(path: Path):
@@ -162,15 +179,21 @@ def ckpt_version(path: Path):
 def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path, data):
     iterations, rng = 20, random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cli(tmp_path / "straight", iterations, f"data={data}"), cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        cli(tmp_path / "straight", iterations, f"data={data}"), cwd=ROOT, env=env, check=True, capture_output=True
+    )
 
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     kills = 0
     while True:
         resume = [f"ckpt_path={last}"] if last.exists() else []
-        proc = subprocess.Popen(cli(tmp_path / "killed", iterations, f"data={data}", *resume), cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli(tmp_path / "killed", iterations, f"data={data}", *resume),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         writes, seen, target = 0, ckpt_version(last), rng.randint(1, 4)
         while proc.poll() is None and (kills >= 5 or writes < target):
             time.sleep(0.02)
@@ -209,9 +232,20 @@ class RankStateDump(Callback):
 @pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
 def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path, data):
     dump = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "experiments.run", *FAST, "logger=none", kimg(3), "trainer=ddp_sim", f"data={data}",
-           "data.batch_size=16", f"hydra.run.dir={tmp_path / 'run'}",
-           "+callbacks.rank_dump._target_=test_reliability.RankStateDump", f"+callbacks.rank_dump.out={dump}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        *FAST,
+        "logger=none",
+        kimg(3),
+        "trainer=ddp_sim",
+        f"data={data}",
+        "data.batch_size=16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.rank_dump._target_=test_reliability.RankStateDump",
+        f"+callbacks.rank_dump.out={dump}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}  # finds RankStateDump
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

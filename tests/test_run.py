@@ -9,8 +9,14 @@ import torch
 
 from experiments.run import train
 
-SMALL = ["+exp=smoke", "logger=csv", "data.corpus.identities=12", "metrics.probe.steps=30",
-         "metrics.ppl.num_samples=8", "metrics.callback.every_kimg=0"]
+SMALL = [
+    "+exp=smoke",
+    "logger=csv",
+    "data.corpus.identities=12",
+    "metrics.probe.steps=30",
+    "metrics.ppl.num_samples=8",
+    "metrics.callback.every_kimg=0",
+]
 
 
 def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
@@ -55,8 +61,9 @@ def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path)
     """pretrain_encoder: stage 1 trains the GAN's own encoder on speaker classification, stage 2 loads and
     freezes it; a resume finds the stage-1 file instead of training it again."""
     stage1 = "+pretrain_encoder={steps: 3, batch_size: 8, model: {lr: 0.05, cycle_steps: 3}}"
-    cfg = compose_cfg(*SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false",
-                      f"paths.cache_dir={tmp_path / 'cache'}")
+    cfg = compose_cfg(
+        *SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false", f"paths.cache_dir={tmp_path / 'cache'}"
+    )
     _, objects = train(cfg)
     encoder_file = tmp_path / "run" / "stage1" / "encoder.pt"
     saved = torch.load(encoder_file, weights_only=True)["encoder"]
@@ -65,8 +72,14 @@ def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path)
     assert all(torch.equal(saved[k], v) for k, v in trained.items())  # frozen through stage 2
     assert any("running_mean" in k and v.abs().sum() > 0 for k, v in saved.items())  # stage 1 did train
     mtime = encoder_file.stat().st_mtime
-    cfg = compose_cfg(*SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false", "model.total_kimg=0.064",
-                      f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
-                      f"paths.cache_dir={tmp_path / 'cache'}")
+    cfg = compose_cfg(
+        *SMALL,
+        stage1,
+        "model.encoder_mode=frozen",
+        "evaluate=false",
+        "model.total_kimg=0.064",
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
     train(cfg)
     assert encoder_file.stat().st_mtime == mtime

@@ -53,8 +53,9 @@ def test_a_failed_checkpoint_save_leaves_the_previous_one(tmp_path):
         open(path, "wb").write(b"half a checkpo")
         raise OSError(28, "No space left on device")
 
-    trainer = types.SimpleNamespace(is_global_zero=True, save_checkpoint=full_disk,
-                                    strategy=types.SimpleNamespace(barrier=lambda name: None))
+    trainer = types.SimpleNamespace(
+        is_global_zero=True, save_checkpoint=full_disk, strategy=types.SimpleNamespace(barrier=lambda name: None)
+    )
     with pytest.raises(OSError, match="No space left"):
         callback.save(trainer, "last.ckpt")
     assert previous.read_bytes() == b"the previous checkpoint"

@@ -32,10 +32,19 @@ def smoke_checkpoint(tmp_path) -> tuple[dict, pathlib.Path]:
     from lightning_modules.voice2face import CHECKPOINT_FORMAT
 
     cfg = compose_train(["+exp=smoke"], tmp_path / "run")
-    model = hydra.utils.instantiate(OmegaConf.to_container(cfg.model, resolve=True), num_classes=4, feature_dim=64,
-                                    img_resolution=16, _recursive_=False)
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__, "voice2face_format": CHECKPOINT_FORMAT}
+    model = hydra.utils.instantiate(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        num_classes=4,
+        feature_dim=64,
+        img_resolution=16,
+        _recursive_=False,
+    )
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        "voice2face_format": CHECKPOINT_FORMAT,
+    }
     path = tmp_path / "good.ckpt"
     torch.save(ckpt, path)
     return ckpt, path
@@ -101,8 +110,12 @@ def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch, force_un
     path = tmp_path / "pickled.ckpt"
     torch.save(ckpt, path)
     model = load_model(smoke_checkpoint(tmp_path)[1])
-    for load in (load_model, build_datamodule, lambda p: check_checkpoint(str(p), model),
-                 lambda p: load_encoder_weights(model.encoder, p)):
+    for load in (
+        load_model,
+        build_datamodule,
+        lambda p: check_checkpoint(str(p), model),
+        lambda p: load_encoder_weights(model.encoder, p),
+    ):
         with pytest.raises(Exception, match="pickled.ckpt"):
             load(path)
     assert not marker.exists()

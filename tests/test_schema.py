@@ -21,9 +21,12 @@ def properties(schema: dict) -> dict:
 def uncovered(value, schema: dict, path: str) -> list[str]:
     if isinstance(value, dict):
         props = properties(schema)
-        return [p for k, v in value.items() if not str(k).startswith("_")
-                for p in (uncovered(v, props[k], f"{path}.{k}") if k in props else
-                          [f"{path}.{k}"] if has_number(v) else [])]
+        return [
+            p
+            for k, v in value.items()
+            if not str(k).startswith("_")
+            for p in (uncovered(v, props[k], f"{path}.{k}") if k in props else [f"{path}.{k}"] if has_number(v) else [])
+        ]
     return []
 
 

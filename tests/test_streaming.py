@@ -19,8 +19,15 @@ IDENTITIES = 12
 
 
 def datamodule(corpus: Path, cache: Path, **kw) -> VoxVGGDataModule:
-    base = dict(corpus={"identities": IDENTITIES, "seed": 0}, corpus_dir=str(corpus), cache_dir=str(cache),
-                detector="file", batch_size=8, eval_batch_size=4, prepare_workers=1)
+    base = dict(
+        corpus={"identities": IDENTITIES, "seed": 0},
+        corpus_dir=str(corpus),
+        cache_dir=str(cache),
+        detector="file",
+        batch_size=8,
+        eval_batch_size=4,
+        prepare_workers=1,
+    )
     return VoxVGGDataModule(**{**base, **kw})
 
 
@@ -97,8 +104,9 @@ def test_epochs_reshuffle_and_replay_the_same_for_the_same_seed(shards):
 def test_stream_only_reads_without_the_raw_data(shards):
     """A cluster node with only the export (no corpus, no shards) trains from it."""
     local, tmp = shards
-    streamed = VoxVGGDataModule(stream=str(tmp / "export"), cache_dir=str(tmp / "elsewhere"), detector="file",
-                                batch_size=8, eval_batch_size=4)
+    streamed = VoxVGGDataModule(
+        stream=str(tmp / "export"), cache_dir=str(tmp / "elsewhere"), detector="file", batch_size=8, eval_batch_size=4
+    )
     streamed.prepare_data()
     assert_same_data(local, streamed)
 
@@ -107,8 +115,9 @@ def test_litdata_remote_path_copies_chunks_to_the_cache(shards):
     """`local:` runs litdata's remote code path (download into the chunk cache) without a network."""
     local, tmp = shards
     cache = tmp / "chunk_cache"
-    streamed = VoxVGGDataModule(stream=f"local:{tmp / 'export'}", stream_cache_dir=str(cache), detector="file",
-                                batch_size=8, eval_batch_size=4)
+    streamed = VoxVGGDataModule(
+        stream=f"local:{tmp / 'export'}", stream_cache_dir=str(cache), detector="file", batch_size=8, eval_batch_size=4
+    )
     assert_same_data(local, streamed)
     assert any(cache.rglob("chunk-*.bin"))
 
@@ -153,8 +162,11 @@ def s3(monkeypatch):
 
     # moto serves plain http; litdata's object-store client refuses http unless allowed (real stores use https).
     monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", "true")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with socket.socket() as sock:
@@ -176,14 +188,21 @@ def test_export_to_and_stream_from_an_object_store(shards, s3, tmp_path):
 
     keys = {o["Key"] for o in boto3.client("s3", **s3).list_objects_v2(Bucket="voices")["Contents"]}
     assert "voxvgg/v1/meta/index.json" in keys and "voxvgg/v1/voices/train/index.json" in keys
-    streamed = VoxVGGDataModule(stream="s3://voices/voxvgg/v1", storage_options=s3, detector="file",
-                                stream_cache_dir=str(tmp_path / "chunks"), batch_size=8, eval_batch_size=4)
+    streamed = VoxVGGDataModule(
+        stream="s3://voices/voxvgg/v1",
+        storage_options=s3,
+        detector="file",
+        stream_cache_dir=str(tmp_path / "chunks"),
+        batch_size=8,
+        eval_batch_size=4,
+    )
     assert_same_data(local, streamed)
     b = next(iter(streamed.train_dataloader()))
     assert b["audio"].shape[:2] == (8, 64)
     with pytest.raises(DataError, match="s3://voices/missing: no streaming export found"):
-        VoxVGGDataModule(stream="s3://voices/missing", storage_options=s3, detector="file",
-                         stream_cache_dir=str(tmp_path / "c2")).setup()
+        VoxVGGDataModule(
+            stream="s3://voices/missing", storage_options=s3, detector="file", stream_cache_dir=str(tmp_path / "c2")
+        ).setup()
 
 
 def test_export_leaves_the_run_rng_streams_alone(shards, tmp_path):

@@ -52,9 +52,7 @@ def test_equalised_lr_scales():
     fc = G.mapping.fc0
     assert fc.weight_gain == pytest.approx(0.01 / math.sqrt(16)) and fc.bias_gain == 0.01
     assert G.synthesis.b32.conv1.affine.weight_gain == pytest.approx(1 / math.sqrt(16))
-    assert G.synthesis.b32.torgb.weight_gain == pytest.approx(
-        1 / math.sqrt(G.synthesis.b32.torgb.weight[0].numel())
-    )
+    assert G.synthesis.b32.torgb.weight_gain == pytest.approx(1 / math.sqrt(G.synthesis.b32.torgb.weight[0].numel()))
     torch.manual_seed(1)
     layer = FullyConnectedLayer(400, 300, lr_multiplier=0.01, bias_init=2.0)
     assert (layer.weight * layer.weight_gain).std().item() == pytest.approx(1 / math.sqrt(400), rel=0.05)
@@ -154,8 +152,16 @@ def test_generator_without_noise_inputs():
     from lightning_modules.stylegan2 import Generator
 
     torch.manual_seed(0)
-    G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=1, channel_base=64, channel_max=8,
-                  use_noise=False, impl="torch")
+    G = Generator(
+        z_dim=8,
+        w_dim=8,
+        img_resolution=16,
+        mapping_layers=1,
+        channel_base=64,
+        channel_max=8,
+        use_noise=False,
+        impl="torch",
+    )
     assert not any("noise" in k for k in G.state_dict())
     z = torch.randn(2, 8)
     torch.testing.assert_close(G(z, noise_mode="random"), G(z, noise_mode="const"))  # nothing random left

@@ -70,9 +70,7 @@ def _pixel(image: np.ndarray, p: np.ndarray) -> np.ndarray:
     return image[y, x]
 
 
-def _face_pixel(
-    image: np.ndarray, lm: np.ndarray, x: float, y: float, dx: int = 0, dy: int = 0
-) -> np.ndarray:
+def _face_pixel(image: np.ndarray, lm: np.ndarray, x: float, y: float, dx: int = 0, dy: int = 0) -> np.ndarray:
     """The pixel at (x, y) of the face frame: origin between the eyes, unit = eye distance, y to the chin."""
     x_axis = lm[1] - lm[0]
     y_axis = np.array([-x_axis[1], x_axis[0]])
@@ -99,11 +97,7 @@ def test_layout(corpus):
     for name, wavs in _voices(corpus).items():
         assert 4 <= len(wavs) <= 8, name
         for path in wavs:
-            assert (
-                path.parent.parent.name.startswith("id")
-                and len(path.parent.name) == 11
-                and path.stem.isdigit()
-            )
+            assert path.parent.parent.name.startswith("id") and len(path.parent.name) == 11 and path.stem.isdigit()
             audio, rate = _load_wav(path)
             assert rate == 16000 and 2.0 <= len(audio) / rate <= 8.0, path
     jpgs = sorted((corpus / "vggface").rglob("*.jpg"))
@@ -113,9 +107,7 @@ def test_layout(corpus):
     attributes = read_attributes(corpus / "attributes.csv")
     assert set(attributes) == voiced | faced
     for values in attributes.values():
-        assert all(
-            isinstance(values[k], float) == (kind == "continuous") for k, kind in ATTRIBUTE_KINDS.items()
-        )
+        assert all(isinstance(values[k], float) == (kind == "continuous") for k, kind in ATTRIBUTE_KINDS.items())
 
 
 def test_deterministic_across_workers_and_seed_sensitive(corpus, tmp_path):
@@ -151,9 +143,7 @@ def test_speaking_rate_is_heard(corpus):
             energy = np.sqrt((audio[: len(audio) // 320 * 320].reshape(-1, 320) ** 2).mean(1))
             envelope = np.convolve(energy, np.ones(3) / 3, "same")
             speech = np.nonzero(energy > 0.1 * energy.max())[0]
-            peaks, _ = find_peaks(
-                envelope, height=0.15 * envelope.max(), prominence=0.1 * envelope.max(), distance=4
-            )
+            peaks, _ = find_peaks(envelope, height=0.15 * envelope.max(), prominence=0.1 * envelope.max(), distance=4)
             per_utt.append(len(peaks) / ((speech[-1] - speech[0]) * 0.02))
         rates.append(attributes[name]["rate_wpm"])
         syllable_rates.append(np.mean(per_utt))
@@ -173,9 +163,7 @@ def test_face_traits_are_in_the_pixels(corpus):
             cheeks = [(s * 0.45, 0.5, dx, dy) for s in (-1, 1) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
             cheek_i.append(np.mean([_face_pixel(image, lm, *args) for args in cheeks]))
             crown = np.mean([_face_pixel(image, lm, x, -1.2) for x in (-0.1, 0, 0.1)], axis=0)
-            beside_neck = [
-                _face_pixel(image, lm, s * 1.2, y) for s in (-1, 1) for y in np.arange(1.0, 2.8, 0.1)
-            ]
+            beside_neck = [_face_pixel(image, lm, s * 1.2, y) for s in (-1, 1) for y in np.arange(1.0, 2.8, 0.1)]
             hair_i.append(np.mean([np.linalg.norm(p - crown) < 35 for p in beside_neck]))
         cheek.append(np.mean(cheek_i))
         hair.append(np.mean(hair_i))
@@ -195,9 +183,7 @@ def test_landmarks_hit_the_features(corpus):
         for eye in lm[:2]:  # the pupil: darker than the cheek
             assert rgb(eye).mean() < cheek.mean() - 15, path
         down = np.array([lm[0, 1] - lm[1, 1], lm[1, 0] - lm[0, 0]])  # eye-distance long, toward the chin
-        below_corners = [
-            rgb(mouth_mid + t * down) for t in np.linspace(0, 0.15, 6)
-        ]  # a smile lifts the corners
+        below_corners = [rgb(mouth_mid + t * down) for t in np.linspace(0, 0.15, 6)]  # a smile lifts the corners
         redness = cheek[0] - cheek[1]
         on_mouth = [np.linalg.norm(p - cheek) > 20 or p[0] - p[1] > redness + 12 for p in below_corners]
         assert any(on_mouth), path  # lips (redder than skin), teeth or the open mouth
@@ -205,9 +191,7 @@ def test_landmarks_hit_the_features(corpus):
 
 def test_ensure_corpus_caches(tmp_path, monkeypatch):
     first = ensure_corpus(tmp_path, identities=3, seed=5)
-    monkeypatch.setattr(
-        corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus")
-    )
+    monkeypatch.setattr(corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus"))
     assert corpus_module.ensure_corpus(tmp_path, identities=3, seed=5) == first
     assert read_meta(first / "vox1_meta.csv")
 

@@ -71,14 +71,10 @@ def test_meta_errors(tmp_path):
 
 def test_missing_folders(tmp_path):
     with pytest.raises(DataError, match="data folder not found"):
-        VoxVGGDataModule(
-            root=str(tmp_path / "absent"), cache_dir=str(tmp_path / "c"), detector="none"
-        ).prepare_data()
+        VoxVGGDataModule(root=str(tmp_path / "absent"), cache_dir=str(tmp_path / "c"), detector="none").prepare_data()
     (tmp_path / "r").mkdir()
     with pytest.raises(DataError, match="voxceleb1/wav: folder not found"):
-        VoxVGGDataModule(
-            root=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), detector="none"
-        ).prepare_data()
+        VoxVGGDataModule(root=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), detector="none").prepare_data()
 
 
 def test_fixture_tree_intersection_and_labels(tmp_path, corpus):

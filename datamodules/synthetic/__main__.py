@@ -17,9 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identities", type=int, default=120, help="identities with both voice and face")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes, one identity at a time each")
-    parser.add_argument(
-        "--contact-sheet", type=Path, metavar="PNG", help="also write a PNG of every identity's faces"
-    )
+    parser.add_argument("--contact-sheet", type=Path, metavar="PNG", help="also write a PNG of every identity's faces")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     out = generate_corpus(args.out, identities=args.identities, seed=args.seed, workers=args.workers)

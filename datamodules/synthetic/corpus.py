@@ -41,9 +41,7 @@ def _build_identity(job: tuple[Identity, str | None, str]) -> list[list[str]]:
     ident, vox_id, root = job
     voice_rng, face_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(ident.seed).spawn(2))
     if ident.has_voice:
-        videos = [
-            "".join(voice_rng.choice(list(_VIDEO_ID_CHARS), 11)) for _ in range(voice_rng.integers(1, 4))
-        ]
+        videos = ["".join(voice_rng.choice(list(_VIDEO_ID_CHARS), 11)) for _ in range(voice_rng.integers(1, 4))]
         counts = dict.fromkeys(videos, 0)
         for _ in range(voice_rng.integers(4, 9)):
             video = videos[voice_rng.integers(len(videos))]
@@ -78,9 +76,7 @@ def generate_corpus(out_dir: str | Path, identities: int = 48, seed: int = 0, wo
         raise ValueError(f"workers={workers}: need at least 1")
     people = sample_identities(identities, seed)
     voiced = sorted(p.name for p in people if p.has_voice)
-    vox_ids = {
-        name: f"id{10001 + i}" for i, name in enumerate(voiced)
-    }  # ids follow name order, as in VoxCeleb1
+    vox_ids = {name: f"id{10001 + i}" for i, name in enumerate(voiced)}  # ids follow name order, as in VoxCeleb1
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))

@@ -86,9 +86,7 @@ class _Head:
         lower = (1 - down**n) ** (1 / n) * (1 - 0.3 * (1 - jaw) * down)
         return (self.half_width + grow) * np.where(y < self.mid, np.sqrt(1 - up**2), lower)
 
-    def outline(
-        self, grow: float = 0.0, y_to: float | None = None, n: int = 60
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def outline(self, grow: float = 0.0, y_to: float | None = None, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
         """Right and left edges, crown down to `y_to` (default: the chin), of the outline grown by `grow`."""
         y_top = self.top - grow
         y_end = self.chin + grow if y_to is None else y_to
@@ -122,9 +120,7 @@ class _Canvas:
 
     def polygon(self, points: np.ndarray, rgb) -> None:
         pts = points * _SUPERSAMPLE + (_SUPERSAMPLE - 1) / 2
-        self.draw.polygon(
-            [tuple(p) for p in pts.tolist()], fill=tuple(int(round(c)) for c in np.clip(rgb, 0, 255))
-        )
+        self.draw.polygon([tuple(p) for p in pts.tolist()], fill=tuple(int(round(c)) for c in np.clip(rgb, 0, 255)))
 
     def line(self, points: np.ndarray, rgb, width: float) -> None:
         pts = points * _SUPERSAMPLE + (_SUPERSAMPLE - 1) / 2
@@ -169,18 +165,14 @@ def _eye(head: _Head, canvas: _Canvas, cx: float, iris_rgb, skin) -> np.ndarray:
         return 0.75 * half_h * np.sqrt(np.clip(1 - ((x - cx) / half_w) ** 2, 0, 1))
 
     almond = np.concatenate([np.stack([xs, upper(xs)], 1), np.stack([xs[::-1], lower(xs[::-1])], 1)])
-    canvas.polygon(
-        head.on_surface(_ellipse(cx, 0.02, half_w * 1.25, half_h * 1.6)), skin * 0.9
-    )  # eye socket shade
+    canvas.polygon(head.on_surface(_ellipse(cx, 0.02, half_w * 1.25, half_h * 1.6)), skin * 0.9)  # eye socket shade
     canvas.polygon(head.on_surface(almond), (236, 234, 228))
     iris_c = np.array([cx + head.gaze[0] * half_w, head.gaze[1] * half_h])
     for radius, rgb in ((0.5 * half_w, iris_rgb), (0.22 * half_w, (12, 10, 10))):
         ring = _ellipse(iris_c[0], iris_c[1], radius, radius, 28)
         ring[:, 1] = np.clip(ring[:, 1], upper(ring[:, 0]), lower(ring[:, 0]))  # inside the eyelids
         canvas.polygon(head.on_surface(ring), rgb)
-    canvas.line(
-        head.on_surface(np.stack([xs, upper(xs) - 0.01], 1)), (30, 22, 20), 0.9
-    )  # upper lid and lashes
+    canvas.line(head.on_surface(np.stack([xs, upper(xs) - 0.01], 1)), (30, 22, 20), 0.9)  # upper lid and lashes
     return head.on_surface(iris_c[None])[0]
 
 
@@ -198,9 +190,7 @@ def _nose(head: _Head, canvas: _Canvas, skin) -> np.ndarray:
     tip_y = 0.58 * head.face_scale
     lift = lambda p, k: head.on_surface(p, lift=k)  # noqa: E731 - nose points stand out of the surface
     side = 1.0 if head.yaw > 0 else -1.0  # the shaded flank faces away from the camera
-    bridge = np.array(
-        [[0.07 * side, 0.0], [0.13 * side, tip_y - 0.12], [0.05 * side, tip_y - 0.1], [0.02 * side, 0.0]]
-    )
+    bridge = np.array([[0.07 * side, 0.0], [0.13 * side, tip_y - 0.12], [0.05 * side, tip_y - 0.1], [0.02 * side, 0.0]])
     canvas.polygon(lift(bridge, np.array([0.15, 0.35, 0.4, 0.2])), skin * 0.86)
     canvas.polygon(lift(_ellipse(0.0, tip_y + 0.02, 0.16, 0.09), 0.3), skin * 0.9)  # alae
     canvas.polygon(lift(_ellipse(0.0, tip_y - 0.01, 0.085, 0.075), 0.42), skin * 1.04)  # tip
@@ -221,22 +211,16 @@ def _mouth(head: _Head, canvas: _Canvas, skin) -> np.ndarray:
     gap = head.mouth_open * (1 - u**2) ** 0.8
     bottom = parting + gap + 0.1 * body
     lip = (skin * 0.45 + _LIP_RGB * 0.55) * 0.85
-    canvas.polygon(
-        head.on_surface(np.concatenate([np.stack([x, top], 1), np.stack([x[::-1], bottom[::-1]], 1)])), lip
-    )
+    canvas.polygon(head.on_surface(np.concatenate([np.stack([x, top], 1), np.stack([x[::-1], bottom[::-1]], 1)])), lip)
     if head.mouth_open > 0:
         canvas.polygon(
-            head.on_surface(
-                np.concatenate([np.stack([x, parting], 1), np.stack([x[::-1], (parting + gap)[::-1]], 1)])
-            ),
+            head.on_surface(np.concatenate([np.stack([x, parting], 1), np.stack([x[::-1], (parting + gap)[::-1]], 1)])),
             (45, 18, 22),
         )
         teeth = parting + np.minimum(gap, 0.035)
         canvas.polygon(
             head.on_surface(
-                np.concatenate(
-                    [np.stack([x[4:-4], parting[4:-4]], 1), np.stack([x[4:-4][::-1], teeth[4:-4][::-1]], 1)]
-                )
+                np.concatenate([np.stack([x[4:-4], parting[4:-4]], 1), np.stack([x[4:-4][::-1], teeth[4:-4][::-1]], 1)])
             ),
             (232, 228, 214),
         )
@@ -264,14 +248,10 @@ def render_face(traits: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.
     if hair_end > head.mid + 0.15:  # shorter hair hides behind the head
         right, left = head.outline(grow=volume + 0.06, y_to=head.mid)
         flare = 0.18 + 0.25 * hair_len
-        tail = np.array(
-            [[right[-1, 0] + flare, hair_end], [0.0, hair_end + 0.08], [left[-1, 0] - flare, hair_end]]
-        )
+        tail = np.array([[right[-1, 0] + flare, hair_end], [0.0, hair_end + 0.08], [left[-1, 0] - flare, hair_end]])
         canvas.polygon(head.project(np.concatenate([right, tail, left[::-1]])), hair * 0.92)
     neck_w = 0.42 + 0.14 * traits["jaw_width"]
-    neck = np.array(
-        [[neck_w, head.chin - 0.5], [neck_w * 1.1, 2.7], [-neck_w * 1.1, 2.7], [-neck_w, head.chin - 0.5]]
-    )
+    neck = np.array([[neck_w, head.chin - 0.5], [neck_w * 1.1, 2.7], [-neck_w * 1.1, 2.7], [-neck_w, head.chin - 0.5]])
     canvas.polygon(head.project(neck), skin * 0.8)
     canvas.polygon(head.project(_ellipse(0.0, 2.85, 2.2, 0.62)), rng.uniform(20, 230, size=3))  # collar line
     for side in (-1.0, 1.0):

@@ -47,8 +47,15 @@ def shuffled_score(kind: str, pred: Tensor, target: Tensor, names: list[str], re
     return float(sum(scores) / len(scores))
 
 
-def group_bound(kind: str, values: Tensor, names: list[str], reference: Tensor, reference_names: list[str],
-                attributes: dict[str, dict], by: tuple[str, ...]) -> Tensor:
+def group_bound(
+    kind: str,
+    values: Tensor,
+    names: list[str],
+    reference: Tensor,
+    reference_names: list[str],
+    attributes: dict[str, dict],
+    by: tuple[str, ...],
+) -> Tensor:
     """Per row of `names`, the best guess from its identity's group alone (the same values of `by`, e.g. sex and
     nationality): the mode (categorical) or mean (continuous) of `reference` (encoded train values, one per
     reference identity) over the train identities of that group; the whole train set for a group with none."""
@@ -113,7 +120,8 @@ def attribute_scores(
         out[key] = _score(kind, pred, gen_y)
         if resamples > 0:
             out[f"{key}/ci95"] = bootstrap_ci(
-                lambda i, kind=kind, pred=pred, y=gen_y: _score(kind, pred[i], y[i]), groups, resamples)
+                lambda i, kind=kind, pred=pred, y=gen_y: _score(kind, pred[i], y[i]), groups, resamples
+            )
         out[f"{key}/chance"] = _score(kind, chance_pred, gen_y)
         out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
         out[f"{key}/oracle"] = oracle

@@ -63,8 +63,13 @@ class MetricsCallback(Callback):
         }
         probe_metrics = None
         if cb.pop("probe_metrics", True):  # FID / PPL are the callback's own: off inside this evaluation
-            probe_metrics = {**cfg, "fid": {"enabled": False}, "ppl": {"enabled": False},
-                             "intervals": {"resamples": 0}, "max_utterances": cb.get("max_utterances")}
+            probe_metrics = {
+                **cfg,
+                "fid": {"enabled": False},
+                "ppl": {"enabled": False},
+                "intervals": {"resamples": 0},
+                "max_utterances": cb.get("max_utterances"),
+            }
         return cls(
             fid=cfg.get("fid"),
             ppl=ppl,
@@ -117,8 +122,11 @@ class MetricsCallback(Callback):
         if self._probe is None:
             self._probe = fit_probe(trainer.datamodule, as_dict(self.probe_cfg.get("probe")))
         result = evaluate(pl_module, trainer.datamodule, self.probe_cfg, self.split, probe=self._probe)
-        return {f"{self.split}/{k}": float(v) for k, v in result.items()
-                if isinstance(v, (int, float)) and not k.startswith("_")}
+        return {
+            f"{self.split}/{k}": float(v)
+            for k, v in result.items()
+            if isinstance(v, (int, float)) and not k.startswith("_")
+        }
 
     def _fid_value(self, trainer, pl_module) -> float:
         if self._fid is None:  # Inception and the real statistics are loaded once per run

@@ -145,8 +145,7 @@ def evaluate(
     probe: a (probe, codec) pair from `fit_probe` to reuse (None: trained here when a metric needs it)."""
     cfg = as_dict(cfg)
     download = cfg.get("download", False)
-    sub = {k: {"download": download, **as_dict(cfg.get(k))}
-           for k in ("fid", "ppl", "identity", "probe", "quality")}
+    sub = {k: {"download": download, **as_dict(cfg.get(k))} for k in ("fid", "ppl", "identity", "probe", "quality")}
     resamples = as_dict(cfg.get("intervals")).get("resamples", 1000)
     result: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -185,8 +184,15 @@ def evaluate(
     if probe is not None and sub["quality"].get("enabled", True):
         real_float = normalize(real_u8)
         gen_float = normalize(quantize(gen))  # generated faces quantised as the real ones are stored
-        result.update(probe_quality(probe.predict(gen_float)[0], probe.predict(real_float)[0], real_labels,
-                                    sub["quality"].get("repeats", 10), sub["quality"].get("seed", 0)))
+        result.update(
+            probe_quality(
+                probe.predict(gen_float)[0],
+                probe.predict(real_float)[0],
+                real_labels,
+                sub["quality"].get("repeats", 10),
+                sub["quality"].get("seed", 0),
+            )
+        )
         notes["fd_probe"] = QUALITY_NOTE
 
     if id_cfg.get("enabled", True):
@@ -197,12 +203,16 @@ def evaluate(
             elif embedder == "probe":
                 embed = lambda x: probe.predict(x)[0]  # noqa: E731
             else:
-                raise ValueError(
-                    f"metrics.identity.embedder must be auto, facenet or probe, got {embedder!r}"
-                )
+                raise ValueError(f"metrics.identity.embedder must be auto, facenet or probe, got {embedder!r}")
             result.update(
                 identity_metrics(
-                    embed(gen), gen_labels, embed(normalize(real_u8)), real_labels, len(names), id_cfg, notes,
+                    embed(gen),
+                    gen_labels,
+                    embed(normalize(real_u8)),
+                    real_labels,
+                    len(names),
+                    id_cfg,
+                    notes,
                     resamples,
                 )
             )
@@ -245,8 +255,9 @@ def identity_metrics(
     sizes = sorted({min(size, num_ids) for size in cfg.get("galleries", (10, 100))} | {num_ids})
     for size in cfg.get("galleries", (10, 100)):
         if size > num_ids:
-            notes[f"recall_g{size}"] = (f"gallery of {size} asked for, but the split has {num_ids} identities: "
-                                        f"reported as _g{num_ids}")
+            notes[f"recall_g{size}"] = (
+                f"gallery of {size} asked for, but the split has {num_ids} identities: reported as _g{num_ids}"
+            )
     for g in sizes:
         kept = tuple(k for k in ks if k < g)  # recall@k >= g is 1 by construction
         hits, _ = retrieval_hits(gen_emb, gen_labels, centers, g, kept, repeats, seed)
@@ -268,15 +279,16 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
     """The few numbers that say how far the faces are: fd_probe against its real-vs-real floor, the main
     traits against shuffled, oracle and the sex+accent bound with their 95 % intervals, recall@1 in the whole
     gallery against chance. Weak traits (attr_weak/) are left out. kinds: attribute -> categorical | continuous."""
-    lines = ["| figure | value | 95 % CI | shuffled | chance | oracle / floor | sex+accent bound |",
-             "|" + " --- |" * 7]
+    lines = ["| figure | value | 95 % CI | shuffled | chance | oracle / floor | sex+accent bound |", "|" + " --- |" * 7]
 
     def row(label, key, ref):
         if key not in result:
             return
         ci = result.get(f"{key}/ci95")
-        refs = [f"{result[f'{key}/{k}']:.3f}" if f"{key}/{k}" in result else ""
-                for k in ("shuffled", "chance", ref, "group")]
+        refs = [
+            f"{result[f'{key}/{k}']:.3f}" if f"{key}/{k}" in result else ""
+            for k in ("shuffled", "chance", ref, "group")
+        ]
         ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         lines.append("| " + " | ".join([label, f"{result[key]:.3f}", ci_text, *refs]) + " |")
 
@@ -284,8 +296,10 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
         if key in result:
             floor = result[f"{key}/real"]
             ratio = f" (×{result[key] / floor:.1f})" if floor > 0 else ""
-            lines.append(f"| {key} (n={result.get('fd_probe/n')}; not Inception) | {result[key]:.4g} | | | | "
-                         f"{floor:.4g}{ratio} | |")
+            lines.append(
+                f"| {key} (n={result.get('fd_probe/n')}; not Inception) | {result[key]:.4g} | | | | "
+                f"{floor:.4g}{ratio} | |"
+            )
     for trait in MAIN_TRAITS:
         score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
         row(f"{trait} ({score})", f"attr/{trait}", "oracle")

@@ -54,9 +54,7 @@ class FID:
     ):
         if feature is None:
             if "antialias" not in inspect.signature(FrechetInceptionDistance).parameters:
-                raise MetricUnavailable(
-                    "installed torchmetrics has no antialias= for FID; need torchmetrics>=1.4"
-                )
+                raise MetricUnavailable("installed torchmetrics has no antialias= for FID; need torchmetrics>=1.4")
             weights = resolve_weights("inception", weights_path, download)
             self.metric = FrechetInceptionDistance(
                 feature=2048,
@@ -119,6 +117,4 @@ class FID:
     @staticmethod
     def _check(imgs: Tensor, what: str) -> None:
         if imgs.dtype != torch.uint8 or imgs.ndim != 4 or imgs.shape[1] != 3:
-            raise ValueError(
-                f"FID {what} images must be uint8 [N,3,H,W], got {imgs.dtype} {tuple(imgs.shape)}"
-            )
+            raise ValueError(f"FID {what} images must be uint8 [N,3,H,W], got {imgs.dtype} {tuple(imgs.shape)}")

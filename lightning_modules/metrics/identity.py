@@ -35,12 +35,8 @@ def centroids(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Mean unit embedding per label -> [num_classes, D]; every label must occur."""
     counts = torch.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(
-            f"no real faces for identity indices {torch.nonzero(counts == 0).flatten().tolist()}"
-        )
-    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype).index_add_(
-        0, labels, F.normalize(emb, dim=1)
-    )
+        raise ValueError(f"no real faces for identity indices {torch.nonzero(counts == 0).flatten().tolist()}")
+    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype).index_add_(0, labels, F.normalize(emb, dim=1))
     return sums / counts[:, None]
 
 

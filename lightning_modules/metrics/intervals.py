@@ -12,8 +12,8 @@ from torch import Tensor
 
 def bootstrap_ci(
     score: Callable[[Tensor], float],  # sample indices (with repeats) -> score of those samples
-    groups: Tensor,                    # [N] identity of each sample
-    resamples: int = 1000,             # bootstrap resamples
+    groups: Tensor,  # [N] identity of each sample
+    resamples: int = 1000,  # bootstrap resamples
     seed: int = 0,
     level: float = 0.95,
 ) -> list[float]:

@@ -56,9 +56,7 @@ class AttributeCodec:
 
 
 class FaceProbe(nn.Module):
-    def __init__(
-        self, num_classes: int, heads: dict[str, int], continuous: tuple[str, ...] = (), width: int = 16
-    ):
+    def __init__(self, num_classes: int, heads: dict[str, int], continuous: tuple[str, ...] = (), width: int = 16):
         super().__init__()
         self.continuous = frozenset(continuous)  # heads regressing a standardised value (others: classes)
         self.trunk = nn.Sequential(  # 32 -> 16 -> 8 -> 4, then global average
@@ -141,9 +139,7 @@ def _fit(probe, opt, images, labels, targets, steps, batch_size, rng):
         loss = F.cross_entropy(logits, labels[idx])
         for attr, out in heads.items():
             y = targets[attr][idx]
-            loss = loss + (
-                F.cross_entropy(out, y) if attr not in probe.continuous else F.mse_loss(out[:, 0], y)
-            )
+            loss = loss + (F.cross_entropy(out, y) if attr not in probe.continuous else F.mse_loss(out[:, 0], y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

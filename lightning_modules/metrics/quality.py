@@ -53,10 +53,10 @@ def halves(labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def probe_quality(
-    gen_feats: Tensor,    # [N, D] probe features of the generated faces
-    real_feats: Tensor,   # [M, D] probe features of the real faces of the same split
+    gen_feats: Tensor,  # [N, D] probe features of the generated faces
+    real_feats: Tensor,  # [M, D] probe features of the real faces of the same split
     real_labels: Tensor,  # [M] identity of each real face
-    repeats: int = 10,    # random equal-size subsets averaged
+    repeats: int = 10,  # random equal-size subsets averaged
     seed: int = 0,
 ) -> dict[str, float]:
     """fd_probe, fd_probe/real, kid_probe, kid_probe/real (see the module docstring) and the sample sizes."""
@@ -70,8 +70,9 @@ def probe_quality(
     r1, r2 = real_feats[i1], real_feats[i2]
     n = min(len(gen_feats), len(r2), len(r1))
     if n < 3:
-        raise ValueError(f"probe quality needs >= 3 faces per set, got {len(gen_feats)} generated and "
-                         f"{len(real_feats)} real")
+        raise ValueError(
+            f"probe quality needs >= 3 faces per set, got {len(gen_feats)} generated and {len(real_feats)} real"
+        )
     g = torch.Generator().manual_seed(seed)
     sums = dict.fromkeys(("fd_probe", "fd_probe/real", "kid_probe", "kid_probe/real"), 0.0)
     for _ in range(repeats):

@@ -53,9 +53,7 @@ def resolve_weights(name: str, path: str | os.PathLike | None = None, download: 
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise MetricUnavailable(
-                f"{name} weights: {path} does not exist (fix the configured weights_path)"
-            )
+            raise MetricUnavailable(f"{name} weights: {path} does not exist (fix the configured weights_path)")
         return path
     cached = hub_checkpoint_dir() / filename
     if cached.is_file():
