@@ -207,7 +207,6 @@ def _train(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg.model,
         num_classes=datamodule.num_classes,
         feature_dim=datamodule.feature_dim,
-        img_resolution=datamodule.face_size,
         _recursive_=False,
     )
     loggers = build_loggers(cfg)

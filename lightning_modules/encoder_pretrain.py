@@ -57,7 +57,6 @@ class EncoderPretrain(LightningModule):
         encoder: dict,  # AudioEncoder config; in_features, num_classes filled in.
         num_classes: int,  # Training speakers.
         feature_dim: int = 64,  # Audio feature bands F.
-        img_resolution: int | None = None,  # experiments.run passes it to every model; unused.
         lr: float = 1e-3,  # SGD peak learning rate (paper).
         momentum: float = 0.9,  # SGD momentum (paper).
         weight_decay: float = 1e-4,  # SGD weight decay (paper).

@@ -56,9 +56,8 @@ def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
     assert text.startswith("# @package _global_"), f"exp/{exp}.yaml must start with '# @package _global_'"
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, LightningDataModule)
-    model = hydra.utils.instantiate(
-        cfg.model, num_classes=5, feature_dim=dm.feature_dim, img_resolution=dm.face_size, _recursive_=False
-    )
+    # the face size comes from the config itself (model.img_resolution: ${data.face_size})
+    model = hydra.utils.instantiate(cfg.model, num_classes=5, feature_dim=dm.feature_dim, _recursive_=False)
     assert isinstance(model, LightningModule)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, True), logger=build_loggers(cfg))
     assert isinstance(trainer, Trainer)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from lightning import Trainer
+from conftest import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.build import register_network
@@ -75,15 +75,7 @@ def test_sgd_recipe_and_cosine_cycles():
 def test_learns_speakers_and_writes_encoder_file(tmp_path):
     torch.manual_seed(0)
     model = make(lr=0.1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=8)
     trainer.fit(model, speaker_batches())
     assert trainer.callback_metrics["train/acc"] > 0.9
     ckpt = torch.load(tmp_path / "encoder.pt", weights_only=True)
