@@ -29,7 +29,7 @@ def read_steps(folder: Path) -> dict[str, tuple[int, int, int]]:
     return {name: (int(rc), int(sec), int(limit)) for name, rc, sec, limit in rows}
 
 
-def status(rc: int, seconds: int, limit: int) -> str:
+def status(rc: int, limit: int) -> str:
     if rc in (124, 137):
         return f"timed out at {limit} s"
     return "passed" if rc == 0 else f"failed (exit {rc})"
@@ -57,7 +57,7 @@ def main(folder: Path) -> str:
     steps = read_steps(folder)
     lines = ["# GPU check", "", "| step | what | result | seconds |", "| --- | --- | --- | --- |"]
     for name, what in STEPS.items():
-        result = status(*steps[name]) if name in steps else "not run"
+        result = status(steps[name][0], steps[name][2]) if name in steps else "not run"
         seconds = str(steps[name][1]) if name in steps else "-"
         lines.append(f"| {name} | {what} | {result} | {seconds} |")
     summary = last_line(folder / "pytest_gpu.log")

@@ -55,10 +55,13 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> Voice2Fa
     return model_from(read_checkpoint(ckpt), device)
 
 
-def data_hparams(state: dict, where: str | Path, overrides: dict | None = None) -> dict:
-    """The datamodule hyper-parameters a checkpoint stores (Lightning keeps them), with `overrides` applied."""
+def data_hparams(ckpt: str | Path | dict, overrides: dict | None = None) -> dict:
+    """The datamodule hyper-parameters a checkpoint (a path, or one read by read_checkpoint) stores (Lightning keeps
+    them), with `overrides` applied."""
+    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
     hparams = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
     if hparams is None:
+        where = "the checkpoint" if isinstance(ckpt, dict) else ckpt
         raise ValueError(
             f"{where}: no datamodule hyper-parameters in this checkpoint, so its training-time "
             "data and audio features are unknown (train through experiments.run)"
@@ -69,8 +72,7 @@ def data_hparams(state: dict, where: str | Path, overrides: dict | None = None) 
 def build_datamodule(ckpt: str | Path | dict, overrides: dict | None = None, setup: bool = True) -> VoxVGGDataModule:
     """The datamodule the checkpoint (a path, or one read by read_checkpoint) was trained with, with `overrides`
     applied; prepared and set up when `setup`."""
-    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
-    dm = VoxVGGDataModule(**data_hparams(state, "the checkpoint" if isinstance(ckpt, dict) else ckpt, overrides))
+    dm = VoxVGGDataModule(**data_hparams(ckpt, overrides))
     if setup:
         dm.prepare_data()
         dm.setup("test")

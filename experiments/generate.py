@@ -24,7 +24,6 @@ from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.pipeline import VoicePipeline
 from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
-from lightning_modules.safe_load import load_data
 
 
 def list_audio(audio: str | Path) -> list[Path]:
@@ -124,8 +123,7 @@ def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> Voic
     """The training-time voice pipeline of a checkpoint (a path, or one read by read_checkpoint): load, VAD,
     features and the shards' float16 rounding as prepare stored them, short clips tiled as the held-out loaders
     tile them."""
-    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
-    return VoicePipeline.of(data_hparams(state, "the checkpoint" if isinstance(ckpt, dict) else ckpt, overrides))
+    return VoicePipeline.of(data_hparams(ckpt, overrides))
 
 
 def run(cfg: DictConfig) -> int:
