@@ -4,7 +4,8 @@ the validation split (never the test split) during and after training, then one 
     python -m experiments.recipe [only=[label,...]] [out=outputs/recipe] [seed=0]
 
 Each variant is `python -m experiments.run <base overrides> <its overrides>` in `out/<label>`; a variant whose
-run folder already holds metrics_val.json is not trained again (delete the folder to redo it). Writes
+run folder already holds metrics_val.json is not trained again (delete the folder to redo it); one that was
+interrupted resumes from its last.ckpt. Writes
 `out/table.md` and `out/curves_*.png` (against kimg and against training wall time).
 """
 
@@ -53,9 +54,12 @@ def run_variant(label: str, overrides: list[str], cfg: DictConfig) -> Path:
         f"hydra.run.dir={folder}",
         f"task_name={label}",
     ]
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():  # an interrupted variant: resuming is exact, and a fresh run into its folder is refused
+        cmd.append(f"ckpt_path={last}")
     log.info("%s: %s", label, " ".join(cmd[2:]))
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".log"), "w") as stream:
+    with open(folder.with_suffix(".log"), "a") as stream:  # an interrupted attempt's log stays above
         subprocess.run(cmd, check=True, stdout=stream, stderr=subprocess.STDOUT)
     return folder
 

@@ -175,26 +175,48 @@ def run_folder(out: Path):
 
 def save_config(cfg: DictConfig, out: Path) -> None:
     """config.yaml of this session; the one of an earlier session (a resume into the same folder) is kept as
-    config.<n>.yaml, n = 1, 2, ... in order."""
+    config.<n>.yaml, n = 1, 2, ... in order (one past the highest n present, so none is ever replaced)."""
     target = out / "config.yaml"
     if target.is_file():
-        n = 1 + sum(1 for _ in out.glob("config.*.yaml"))
+        n = 1 + max((int(p.stem[7:]) for p in out.glob("config.*.yaml") if p.stem[7:].isdigit()), default=0)
         os.replace(target, out / f"config.{n}.yaml")
     OmegaConf.save(cfg, target, resolve=False)
+
+
+def earlier_run(cfg: DictConfig, out: Path) -> list[Path]:
+    """What an earlier run left in `out` that this one would overwrite or mix with its own: checkpoints, the
+    CSV log and the stage-1 encoder (which a run in this folder would reuse as its own)."""
+    checkpoint = (cfg.get("callbacks") or {}).get("checkpoint") or {}
+    ckpt_dir = Path(checkpoint.get("dirpath") or out / "checkpoints")
+    found = [*sorted(ckpt_dir.glob("*.ckpt")), out / "csv" / "metrics.csv", out / "stage1"]
+    return [p for p in found if p.exists()]
+
+
+def check_fresh_folder(cfg: DictConfig, out: Path, ckpt_path: str | None) -> None:
+    """Refuse a run into a folder holding another run, unless it resumes that run from one of its checkpoints:
+    the new run's checkpoints would replace the earlier ones and its log rows join the earlier log."""
+    resumes_here = ckpt_path is not None and out.resolve() in Path(ckpt_path).resolve().parents
+    left = earlier_run(cfg, out)
+    if left and not resumes_here:
+        raise FileExistsError(
+            f"run folder {out} already holds an earlier run ({', '.join(str(p) for p in left[:3])}); resume it "
+            f"with ckpt_path={out}/checkpoints/last.ckpt, or give this run another folder (hydra.run.dir=...)"
+        )
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
     check_config(cfg)
     with run_folder(Path(cfg.paths.output_dir)) as out:
+        ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if is_launching_rank():
+            check_fresh_folder(cfg, out, ckpt_path)
             save_config(cfg, out)
-        return _train(cfg, out)
+        return _train(cfg, out, ckpt_path)
 
 
-def _train(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only
     datamodule.prepare_data()

@@ -50,3 +50,19 @@ def test_a_cpu_variant_is_baseline_cpu(recipe, tmp_path):
     cpu = variant_cfg(recipe, label, tmp_path)
     assert OmegaConf.to_container(cpu.model) == OmegaConf.to_container(plain.model)
     assert OmegaConf.to_container(cpu.data) == OmegaConf.to_container(plain.data)
+
+
+def test_an_interrupted_variant_resumes_and_keeps_its_log(tmp_path, monkeypatch):
+    import experiments.recipe as study
+
+    ran = []
+    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kwargs: ran.append(cmd))
+    cfg = OmegaConf.create({"out": str(tmp_path), "base": ["+exp=smoke"], "seed": 0})
+    (tmp_path / "v" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "v" / "checkpoints" / "last.ckpt").write_bytes(b"interrupted")
+    (tmp_path / "v.log").write_text("the interrupted attempt\n")
+    study.run_variant("v", ["model.lr=0.001"], cfg)
+    assert ran[0][-1] == f"ckpt_path={tmp_path / 'v' / 'checkpoints' / 'last.ckpt'}"
+    assert (tmp_path / "v.log").read_text() == "the interrupted attempt\n"
+    study.run_variant("w", [], cfg)  # never started: a fresh run
+    assert not any(a.startswith("ckpt_path=") for a in ran[1])

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from experiments.run import run_folder, save_config, train
+from experiments.run import check_fresh_folder, run_folder, save_config, train
 from lightning_modules.callbacks import KimgCheckpoint
 from lightning_modules.csv_logger import AppendingCSVLogger
 
@@ -24,6 +24,28 @@ def test_a_second_run_into_a_held_folder_is_refused(compose_cfg, tmp_path):
         pass
 
 
+@pytest.mark.parametrize("left", ["checkpoints/last.ckpt", "checkpoints/snapshot-000.050kimg.ckpt", "csv/metrics.csv"])
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused(compose_cfg, tmp_path, left):
+    out = tmp_path / "run"
+    (out / left).parent.mkdir(parents=True)
+    (out / left).write_bytes(b"the earlier run")
+    with pytest.raises(FileExistsError, match=rf"run folder {out} already holds an earlier run .*{left}.*ckpt_path="):
+        train(compose_cfg("+exp=smoke", "logger=none"))
+    assert (out / left).read_bytes() == b"the earlier run"
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock", left.split("/")[0]]  # no config.yaml either
+
+
+def test_a_stage1_encoder_of_an_earlier_run_is_not_reused(compose_cfg, tmp_path):
+    """pretrain_encoder takes <run>/stage1/encoder.pt as this run's own: only a resume of that run may."""
+    out = tmp_path / "run"
+    (out / "stage1").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="stage1"):
+        check_fresh_folder(compose_cfg("+exp=smoke"), out, None)
+    check_fresh_folder(compose_cfg("+exp=smoke"), out, str(out / "checkpoints" / "last.ckpt"))  # resumes it
+    with pytest.raises(FileExistsError, match="stage1"):  # resuming another run here would mix the two
+        check_fresh_folder(compose_cfg("+exp=smoke"), out, str(tmp_path / "other" / "checkpoints" / "last.ckpt"))
+
+
 def test_each_session_keeps_its_config(compose_cfg, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -31,6 +53,15 @@ def test_each_session_keeps_its_config(compose_cfg, tmp_path):
         save_config(compose_cfg("+exp=smoke", f"seed={seed}"), out)
     assert "seed: 3" in (out / "config.yaml").read_text()
     assert "seed: 1" in (out / "config.1.yaml").read_text() and "seed: 2" in (out / "config.2.yaml").read_text()
+
+
+def test_a_gap_in_the_kept_configs_replaces_none(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 3\n")
+    (out / "config.2.yaml").write_text("seed: 2\n")  # config.1.yaml deleted by hand
+    save_config(compose_cfg("+exp=smoke", "seed=4"), out)
+    assert (out / "config.2.yaml").read_text() == "seed: 2\n" and (out / "config.3.yaml").read_text() == "seed: 3\n"
 
 
 def test_a_resumed_logger_appends_to_metrics_csv(tmp_path):
