@@ -6,6 +6,7 @@ writes metrics_<split>.json plus a markdown summary naming every metric it could
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from datamodules.voxvgg import VoxVGGDataModule
 from lightning_modules.build import check_network_config
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data
-from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face import ENCODER_MODES, Voice2FaceGAN
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -38,13 +39,41 @@ def read_checkpoint(ckpt: str | Path) -> dict:
         raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
     for part in ("encoder", "generator", "discriminator"):
         check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
+    check_arguments(Voice2FaceGAN, state["hyper_parameters"], f"{path}: hyper_parameters")
+    mode = state["hyper_parameters"].get("encoder_mode", "joint")
+    if mode not in ENCODER_MODES:  # model_from builds every checkpoint as joint, so Voice2FaceGAN cannot check it
+        raise ValueError(
+            f"{path}: hyper_parameters: encoder_mode {mode!r} is not one of {ENCODER_MODES} (a checkpoint of "
+            "another version?); use the version that wrote it"
+        )
     return state
+
+
+def check_arguments(cls, kwargs: dict, what: str, fix: str = "use the version that wrote it") -> None:
+    """ValueError naming the arguments `cls` does not take and those it needs but lacks: a checkpoint of another
+    voice2face version would otherwise stop with a TypeError traceback."""
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else sorted(set(kwargs) - set(params))
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    missing = [n for n in missing if n not in kwargs]
+    problems = [f"does not take {unknown}"] * bool(unknown) + [f"needs {missing}"] * bool(missing)
+    if problems:
+        raise ValueError(
+            f"{what}: {cls.__name__} of this voice2face version {' and '.join(problems)} (a checkpoint of "
+            f"another version?); {fix}"
+        )
 
 
 def model_from(state: dict, device: str | torch.device = "cpu") -> Voice2FaceGAN:
     """Voice2FaceGAN of a read checkpoint, in eval mode on `device` (as Lightning's load_from_checkpoint builds it:
     the stored hyper-parameters, then on_load_checkpoint, then the weights, strictly)."""
-    model = Voice2FaceGAN(**state["hyper_parameters"])
+    hparams = state["hyper_parameters"]
+    # The checkpoint's weights include the encoder's, so its stage-1 file (encoder_ckpt) is not read: it need
+    # not exist here (a run folder moved or handed over). Built as a joint encoder, then given its own mode back.
+    model = Voice2FaceGAN(**{**hparams, "encoder_mode": "joint", "encoder_ckpt": None})
+    model.hparams.update(encoder_mode=hparams.get("encoder_mode", "joint"), encoder_ckpt=hparams.get("encoder_ckpt"))
+    model.encoder.requires_grad_(model.hparams.encoder_mode != "frozen")
     model.on_load_checkpoint(state)
     model.load_state_dict(state["state_dict"], strict=True)
     return model.to(device).eval()
@@ -60,13 +89,20 @@ def data_hparams(ckpt: str | Path | dict, overrides: dict | None = None) -> dict
     them), with `overrides` applied."""
     state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
     hparams = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
+    where = "the checkpoint" if isinstance(ckpt, dict) else ckpt
     if hparams is None:
-        where = "the checkpoint" if isinstance(ckpt, dict) else ckpt
         raise ValueError(
             f"{where}: no datamodule hyper-parameters in this checkpoint, so its training-time "
             "data and audio features are unknown (train through experiments.run)"
         )
-    return {**dict(hparams), **(overrides or {})}
+    hparams = {**dict(hparams), **(overrides or {})}
+    check_arguments(
+        VoxVGGDataModule,
+        hparams,
+        f"{where}: datamodule_hyper_parameters (with data_overrides)",
+        "use the version that wrote it, or fix data_overrides",
+    )
+    return hparams
 
 
 def build_datamodule(ckpt: str | Path | dict, overrides: dict | None = None, setup: bool = True) -> VoxVGGDataModule:

@@ -248,3 +248,62 @@ def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
     summary = (tmp_path / "run" / "metrics_test.md").read_text()
     assert "| FID |" in summary and "recall_g100: gallery of 100 asked for, but the split has 2 identities" in summary
     assert list((tmp_path / "run" / "fid_cache").glob("fid_real_test-*.pt"))
+
+
+def edited_checkpoint(path, edit, datamodule_hparams=None):
+    smoke_checkpoint(path, datamodule_hparams)
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_loads_without_its_stage1_encoder_file(tmp_path):
+    """A two-stage run's checkpoint names its stage-1 encoder.pt; moved or handed over, that file is gone, and
+    the checkpoint holds the encoder's weights anyway."""
+    from experiments.evaluate import load_model
+
+    def frozen(state):
+        state["hyper_parameters"].update(encoder_mode="frozen", encoder_ckpt=str(tmp_path / "gone" / "encoder.pt"))
+
+    ckpt = edited_checkpoint(tmp_path / "last.ckpt", frozen)
+    model = load_model(ckpt)
+    assert model.hparams.encoder_mode == "frozen" and model.hparams.encoder_ckpt.endswith("gone/encoder.pt")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[f"encoder.{k}"]) for k, v in model.encoder.state_dict().items())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (
+            lambda s: s["hyper_parameters"].update(new_knob=3),
+            r"Voice2FaceGAN .* not take \['new_knob'\]",
+        ),
+        (
+            lambda s: s["hyper_parameters"].pop("num_classes"),
+            r"Voice2FaceGAN .* needs \['num_classes'\]",
+        ),
+        (lambda s: s["hyper_parameters"].update(encoder_mode="bogus"), r"encoder_mode 'bogus' is not one of"),
+    ],
+)
+def test_a_checkpoint_of_another_version_names_its_arguments(tmp_path, edit, words):
+    """These were TypeError tracebacks in generate and evaluate."""
+    from experiments.evaluate import load_model
+
+    ckpt = edited_checkpoint(tmp_path / "last.ckpt", edit)
+    with pytest.raises(ValueError, match=rf"{ckpt}: hyper_parameters: {words}.*use the version that wrote it"):
+        load_model(ckpt)
+
+
+def test_datamodule_arguments_of_another_version_are_named(tmp_path):
+    from experiments.evaluate import data_hparams
+
+    ckpt = edited_checkpoint(tmp_path / "last.ckpt", lambda s: None, {"corpus": "small", "new_knob": 1})
+    with pytest.raises(ValueError, match=rf"{ckpt}: datamodule_hyper_parameters .* not take \['new_knob'\]"):
+        data_hparams(ckpt)
+    clean = smoke_checkpoint(tmp_path / "clean.ckpt", {"corpus": "small"})
+    assert data_hparams(clean, {"root": "/data"}) == {"corpus": "small", "root": "/data"}
+    with pytest.raises(ValueError, match=r"not take \['rooot'\].*fix data_overrides"):
+        data_hparams(clean, {"rooot": "/data"})
