@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
+from datamodules.files import write_atomic
 from datamodules.voxvgg import VoxVGGDataModule
 from lightning_modules.build import check_network_config
 from lightning_modules.metrics import evaluate, summary_markdown
@@ -115,26 +116,46 @@ def build_datamodule(ckpt: str | Path | dict, overrides: dict | None = None, set
     return dm
 
 
+def check_earlier_metrics(file: Path, meta: dict, overwrite: bool) -> None:
+    """Refuse to replace the metrics of another checkpoint, or of this file at another kimg (a later last.ckpt),
+    unless told to: evaluating each snapshot of a run into its checkpoints folder kept only the last one's."""
+    if overwrite or not file.is_file():
+        return
+    try:
+        earlier = json.loads(file.read_text()).get("_meta") or {}
+    except (ValueError, AttributeError):  # not ours, or cut short: still something a person may want
+        earlier = {}
+    if (earlier.get("ckpt"), earlier.get("kimg")) != (meta["ckpt"], meta["kimg"]):
+        source = f"{earlier['ckpt']} at {earlier.get('kimg')} kimg" if earlier.get("ckpt") else "another run"
+        raise FileExistsError(
+            f"{file}: holds the metrics of {source}; pass out=DIR (a folder of its own for this checkpoint), or "
+            "overwrite=true to replace them"
+        )
+
+
 def run(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt)
     state = read_checkpoint(ckpt)  # read once, for the model and the data
     model = model_from(state, pick_device(cfg.device))
-    dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides))
     out = Path(cfg.out) if cfg.out else ckpt.parent
-    metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
-    metrics_cfg["cache_dir"] = metrics_cfg.get("cache_dir") or str(out / "fid_cache")
-    result = evaluate(model, dm, metrics_cfg, split=cfg.split)
-    result["_meta"] = {
+    meta = {
         "ckpt": str(ckpt.resolve()),
         "split": cfg.split,
         "kimg": getattr(model, "cur_nimg", 0) / 1000,
         "generator": model.hparams.get("generator", {}).get("_target_"),
         "encoder": {k: v for k, v in model.hparams.get("encoder", {}).items() if k in ("_target_", "se", "act")},
     }
+    check_earlier_metrics(out / f"metrics_{cfg.split}.json", meta, cfg.get("overwrite", False))
+    dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides))
+    metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
+    metrics_cfg["cache_dir"] = metrics_cfg.get("cache_dir") or str(out / "fid_cache")
+    result = evaluate(model, dm, metrics_cfg, split=cfg.split)
+    result["_meta"] = meta
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"metrics_{cfg.split}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = summary_markdown(result, f"{ckpt.name} ({cfg.split})")
-    (out / f"metrics_{cfg.split}.md").write_text(markdown)
+    # the .md first: the .json, which the check above reads, then always describes a complete pair
+    write_atomic(out / f"metrics_{cfg.split}.md", lambda p: p.write_text(markdown))
+    write_atomic(out / f"metrics_{cfg.split}.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     print(markdown)
     print(f"wrote {out / f'metrics_{cfg.split}.json'}")
     return result

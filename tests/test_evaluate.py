@@ -221,15 +221,10 @@ def smoke_checkpoint(path, datamodule_hparams=None):
     return path
 
 
-def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
-    """experiments.evaluate end to end on a real (tiny) Voice2FaceGAN checkpoint; data from a stand-in."""
-    import experiments.evaluate as command
-
-    (tmp_path / "run").mkdir()
-    ckpt = smoke_checkpoint(tmp_path / "run" / "last.ckpt")
-    monkeypatch.setattr(command, "build_datamodule", lambda ckpt, overrides, setup=True: StandInData(64, 16))
+def evaluate_cfg(ckpt, *extra):
+    """The evaluate command's config for `ckpt`, with metric networks small enough for a test."""
     with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = hydra.compose(
+        return hydra.compose(
             "evaluate",
             overrides=[
                 f"ckpt={ckpt}",
@@ -239,9 +234,19 @@ def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
                 "metrics.ppl.num_samples=16",
                 "metrics.probe.steps=20",
                 "metrics.identity.repeats=2",
+                *extra,
             ],
         )
-    result = command.run(cfg)
+
+
+def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
+    """experiments.evaluate end to end on a real (tiny) Voice2FaceGAN checkpoint; data from a stand-in."""
+    import experiments.evaluate as command
+
+    (tmp_path / "run").mkdir()
+    ckpt = smoke_checkpoint(tmp_path / "run" / "last.ckpt")
+    monkeypatch.setattr(command, "build_datamodule", lambda ckpt, overrides, setup=True: StandInData(64, 16))
+    result = command.run(evaluate_cfg(ckpt))
     saved = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
     assert saved["fid"] == pytest.approx(result["fid"]) and saved["ppl_wend"] > 0
     assert saved["_meta"]["generator"] == "lightning_modules.stylegan2.Generator"
@@ -307,3 +312,21 @@ def test_datamodule_arguments_of_another_version_are_named(tmp_path):
     assert data_hparams(clean, {"root": "/data"}) == {"corpus": "small", "root": "/data"}
     with pytest.raises(ValueError, match=r"not take \['rooot'\].*fix data_overrides"):
         data_hparams(clean, {"rooot": "/data"})
+
+
+def test_evaluate_keeps_the_metrics_of_another_checkpoint(tmp_path, monkeypatch):
+    """Two snapshots of a run evaluated into their folder: the second replaced the first's metrics_test.json."""
+    import experiments.evaluate as command
+
+    (tmp_path / "run").mkdir()
+    first = smoke_checkpoint(tmp_path / "run" / "snapshot-1.ckpt")
+    second = smoke_checkpoint(tmp_path / "run" / "snapshot-2.ckpt")
+    monkeypatch.setattr(command, "build_datamodule", lambda ckpt, overrides, setup=True: StandInData(64, 16))
+    command.run(evaluate_cfg(first))
+    kept = (tmp_path / "run" / "metrics_test.json").read_bytes()
+    with pytest.raises(FileExistsError, match=rf"metrics_test.json: holds the metrics of {first} .*overwrite=true"):
+        command.run(evaluate_cfg(second))
+    assert (tmp_path / "run" / "metrics_test.json").read_bytes() == kept
+    command.run(evaluate_cfg(first))  # the same checkpoint again: its own figures, replaced
+    command.run(evaluate_cfg(second, "overwrite=true"))
+    assert json.loads((tmp_path / "run" / "metrics_test.json").read_text())["_meta"]["ckpt"] == str(second)
