@@ -71,6 +71,26 @@ def test_fid_matches_scipy_on_known_features(tmp_path):
     assert len(list(tmp_path.glob("fid_real_test-a_*.pt"))) == 1
 
 
+@pytest.mark.parametrize("bad", [b"PK\x03\x04 cut short", "other shapes"])
+def test_an_unusable_fid_cache_is_computed_again(tmp_path, bad):
+    """A truncated cache file (a killed run) stopped every later evaluation with torch's PytorchStreamReader."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (60, 3, 8, 8), generator=g, dtype=torch.uint8)
+    fake = torch.randint(0, 256, (40, 3, 8, 8), generator=g, dtype=torch.uint8)
+    fresh = FID(PixelFeatures())
+    fresh.set_real(lambda: real.split(16), key="test-a")
+    fid = FID(PixelFeatures(), cache_dir=tmp_path)
+    file = fid.cache_file("test-a")
+    if isinstance(bad, bytes):
+        file.write_bytes(bad)
+    else:
+        torch.save({n: torch.zeros(2) for n in ("real_features_sum", "real_features_cov_sum")}, file)
+    fid.set_real(lambda: real.split(16), key="test-a")
+    assert fid.compute(fake.split(7)) == pytest.approx(fresh.compute(fake.split(7)), rel=1e-6)
+    assert torch.load(file, weights_only=True)["real_features_sum"].shape == (5,)  # replaced by a good one
+    assert [p.name for p in tmp_path.iterdir()] == [file.name]  # no temporary left
+
+
 def test_fid_rejects_float_images():
     fid = FID(PixelFeatures())
     with pytest.raises(ValueError, match="uint8"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from datamodules.files import write_atomic
 from lightning_modules.metrics.weights import MetricUnavailable, resolve_weights
+
+log = logging.getLogger(__name__)
 
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
@@ -88,8 +92,8 @@ class FID:
         if key == self.real_key:
             return
         file = self.cache_file(key)
-        if file is not None and file.is_file():
-            state = torch.load(file, map_location=self.device, weights_only=True)
+        state = None if file is None or not file.is_file() else self._read_cache(file)
+        if state is not None:
             for name in _REAL_STATES:
                 setattr(self.metric, name, state[name].to(self.device))
         else:
@@ -100,8 +104,22 @@ class FID:
                 self.metric.update(imgs.to(self.device), real=True)
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({n: getattr(self.metric, n).cpu() for n in _REAL_STATES}, file)
+                real = {n: getattr(self.metric, n).cpu() for n in _REAL_STATES}
+                write_atomic(file, lambda tmp: torch.save(real, tmp))  # a killed run leaves no half-written cache
         self.real_key = key
+
+    def _read_cache(self, file: Path) -> dict | None:
+        """The real statistics of a cache file, or None (with a warning) when it cannot be used: a cache is
+        derived data, so a truncated or foreign file is computed again and replaced, never a failed run."""
+        try:
+            state = torch.load(file, map_location=self.device, weights_only=True)
+            if all(state[n].shape == getattr(self.metric, n).shape for n in _REAL_STATES):
+                return state
+            problem = "statistics of other shapes"
+        except Exception as err:  # truncated, not a torch file, entries missing: all mean "not this cache"
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        log.warning("%s: unusable FID cache (%s); computing the real statistics again", file, problem)
+        return None
 
     @torch.no_grad()
     def compute(self, fakes: Iterable[Tensor]) -> float:
