@@ -91,6 +91,25 @@ def test_an_unusable_fid_cache_is_computed_again(tmp_path, bad):
     assert [p.name for p in tmp_path.iterdir()] == [file.name]  # no temporary left
 
 
+@pytest.mark.parametrize("name", ["inception", "vgg16", "facenet"])
+@pytest.mark.parametrize("content", [b"PK\x03\x04 cut short", {"features.0.weight": torch.zeros(3)}])
+def test_unusable_metric_weights_make_the_metric_unavailable(tmp_path, name, content):
+    """A truncated or foreign weights file was a RuntimeError traceback (PytorchStreamReader, load_state_dict)
+    that named no file and stopped the evaluation; now that metric is skipped, naming the file."""
+    from lightning_modules.metrics.identity import FaceNetEmbedder
+    from lightning_modules.metrics.ppl import LPIPSDistance
+
+    build = {"inception": lambda p: FID(None, weights_path=p), "vgg16": LPIPSDistance, "facenet": FaceNetEmbedder}
+    path = tmp_path / f"{name}.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    words = "cannot be read as" if isinstance(content, bytes) else "not the .* weights"
+    with pytest.raises(MetricUnavailable, match=rf"{path}: {words}"):
+        build[name](str(path))
+
+
 def test_fid_rejects_float_images():
     fid = FID(PixelFeatures())
     with pytest.raises(ValueError, match="uint8"):

@@ -121,6 +121,26 @@ def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch, force_un
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name", ["inception", "vgg16", "facenet"])
+def test_pickled_code_in_metric_weights_never_runs(tmp_path, name):
+    """torch-fidelity reads the Inception file with weights_only=False: such a file ran its code when FID was
+    built. Every metric network's weights (weights_path or the hub cache) are refused unless they are tensors."""
+    from lightning_modules.metrics.fid import FID
+    from lightning_modules.metrics.identity import FaceNetEmbedder
+    from lightning_modules.metrics.ppl import LPIPSDistance
+    from lightning_modules.metrics.weights import MetricUnavailable
+
+    build = {"inception": lambda p: FID(None, weights_path=p), "vgg16": LPIPSDistance, "facenet": FaceNetEmbedder}
+    marker = tmp_path / "marker"
+    path = tmp_path / f"{name}.pth"
+    torch.save({"conv.weight": torch.zeros(1), "x": Touch(marker)}, path)
+    with pytest.raises(MetricUnavailable, match=rf"{path}: cannot be read as {name} weights .*never loaded"):
+        build[name](str(path))
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # read the unsafe way, the file runs its code
+    assert marker.exists()
+
+
 def test_a_streaming_export_with_pickled_items_is_refused(tmp_path):
     from litdata import StreamingDataset
 

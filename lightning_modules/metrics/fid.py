@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from datamodules.files import write_atomic
-from lightning_modules.metrics.weights import MetricUnavailable, resolve_weights
+from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, read_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,26 @@ def fingerprint(*tensors: Tensor, extra: str = "") -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def _inception_fid(weights: Path) -> FrechetInceptionDistance:
+    """torchmetrics' FID on the Inception weights in `weights`; MetricUnavailable naming the file if they cannot
+    be read as plain tensors or do not fit."""
+    # torch-fidelity reads the file with weights_only=False, which would run pickled code: it gets only a file that
+    # reads as plain tensors (then both unpicklers take the same, allow-listed steps)
+    read_weights(weights, "inception")
+    try:
+        return FrechetInceptionDistance(
+            feature=2048,
+            reset_real_features=False,
+            feature_extractor_weights_path=str(weights),
+            antialias=False,  # TF1 bilinear resize to 299 px, as torch-fidelity and NVlabs
+        )
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or other-shaped weights
+        raise MetricUnavailable(
+            f"{weights}: not the inception weights FID needs ({str(err).splitlines()[0][:120]}); put "
+            f"{KNOWN_WEIGHTS['inception'][0]} there, or fix metrics.fid.weights_path"
+        ) from None
 
 
 class FID:
@@ -59,13 +79,7 @@ class FID:
         if feature is None:
             if "antialias" not in inspect.signature(FrechetInceptionDistance).parameters:
                 raise MetricUnavailable("installed torchmetrics has no antialias= for FID; need torchmetrics>=1.4")
-            weights = resolve_weights("inception", weights_path, download)
-            self.metric = FrechetInceptionDistance(
-                feature=2048,
-                reset_real_features=False,
-                feature_extractor_weights_path=str(weights),
-                antialias=False,  # TF1 bilinear resize to 299 px, as torch-fidelity and NVlabs
-            )
+            self.metric = _inception_fid(resolve_weights("inception", weights_path, download))
         else:
             self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False)
         net = self.metric.inception

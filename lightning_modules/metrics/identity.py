@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.metrics.weights import resolve_weights
+from lightning_modules.metrics.weights import load_weights, read_weights, resolve_weights
 
 
 class FaceNetEmbedder(nn.Module):
@@ -19,8 +19,8 @@ class FaceNetEmbedder(nn.Module):
 
         file = resolve_weights("facenet", weights_path, download)
         self.net = InceptionResnetV1(pretrained=None, classify=False)
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
+        state = read_weights(file, "facenet")
+        load_weights(self.net, {k: v for k, v in state.items() if not k.startswith("logits.")}, file, "facenet")
         self.net.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> FaceNetEmbedder:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.metrics.weights import resolve_weights
+from lightning_modules.metrics.weights import load_weights, read_weights, resolve_weights
 
 Distance = Callable[[Tensor, Tensor], Tensor]  # (img0, img1) in [-1, 1] -> [N]
 
@@ -33,9 +33,7 @@ class LPIPSDistance(nn.Module):
         # pnet_rand=True builds the backbone without torchvision's download; its ImageNet weights come next.
         self.net = _NoTrainLpips(net="vgg", pretrained=True, pnet_rand=True)
         features = {
-            k[len("features.") :]: v
-            for k, v in torch.load(file, map_location="cpu", weights_only=True).items()
-            if k.startswith("features.")
+            k[len("features.") :]: v for k, v in read_weights(file, "vgg16").items() if k.startswith("features.")
         }
         slices = [range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30)]  # relu1_2 .. relu5_3
         remapped = {}
@@ -43,7 +41,7 @@ class LPIPSDistance(nn.Module):
             for key, value in features.items():
                 if int(key.split(".")[0]) in layers:
                     remapped[f"slice{s}.{key}"] = value
-        self.net.net.load_state_dict(remapped, strict=True)
+        load_weights(self.net.net, remapped, file, "vgg16")
         self.requires_grad_(False)
 
     def forward(self, img0: Tensor, img1: Tensor) -> Tensor:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from lightning_modules.safe_load import load_data
+
 log = logging.getLogger(__name__)
 
 # name -> (file name in the torch hub cache, public URL)
@@ -69,3 +71,27 @@ def resolve_weights(name: str, path: str | os.PathLike | None = None, download: 
         f"{name} weights not found: put {filename} ({url}) at {cached}, or set its weights_path, "
         f"or allow metrics.download=true"
     )
+
+
+def read_weights(file: Path, name: str) -> dict:
+    """The state dict of a weights file, read as data only (never pickled code); MetricUnavailable naming the
+    file when it cannot be read so."""
+    try:
+        state = load_data(file, f"{name} weights", fix="delete it to download it again, or fix its weights_path")
+    except ValueError as err:
+        raise MetricUnavailable(str(err)) from None
+    if not isinstance(state, dict):
+        raise MetricUnavailable(f"{file}: not {name} weights (a {type(state).__name__}, not a state dict)")
+    return state
+
+
+def load_weights(module: torch.nn.Module, state: dict, file: Path, name: str) -> None:
+    """module.load_state_dict(state), strictly; MetricUnavailable naming the file if they do not fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip()[:160] if "\n" in str(err) else str(err)[:160]
+        raise MetricUnavailable(
+            f"{file}: not the {name} weights this metric needs ({first}); put {KNOWN_WEIGHTS[name][0]} "
+            f"({KNOWN_WEIGHTS[name][1]}) there, or fix its weights_path"
+        ) from None
