@@ -197,6 +197,14 @@ def normalize(faces: torch.Tensor) -> torch.Tensor:
     return (faces.float() - 127.5) / 127.5
 
 
+def mean_face(faces: dict[str, torch.Tensor], mirror: bool = False) -> torch.Tensor:
+    """{name: uint8 [K, 3, S, S]} -> the mean of every face in [-1, 1], [3, S, S]; `mirror` also averages each
+    face's mirror image (for training with x-flip, whose faces are mirrored half the time)."""
+    total = sum(normalize(f).sum(0) for f in faces.values())
+    mean = total / sum(len(f) for f in faces.values())
+    return (mean + mean.flip(-1)) / 2 if mirror else mean
+
+
 class SkipReport:
     """Skipped inputs with their reasons, for the preprocessing manifest."""
 

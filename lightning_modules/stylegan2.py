@@ -14,6 +14,7 @@ from torch import nn
 
 import kernels
 from kernels.bias_act import ACTIVATIONS
+from kernels.shapes import assert_shape
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
 
@@ -262,7 +263,17 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim, img_resolution, img_channels, channels, conv_clamp=None, impl="auto", use_noise=True):
+    def __init__(
+        self,
+        w_dim,
+        img_resolution,
+        img_channels,
+        channels,
+        conv_clamp=None,
+        impl="auto",
+        use_noise=True,
+        img_bias=False,  # A learned per-pixel output bias [C, S, S] (not in NVlabs; zero until set).
+    ):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = sorted(channels)
@@ -272,6 +283,17 @@ class SynthesisNetwork(nn.Module):
             block = SynthesisBlock(in_channels, channels[res], w_dim, res, img_channels, conv_clamp, impl, use_noise)
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
             setattr(self, f"b{res}", block)
+        # An image-sized bias lets the output start at the data's mean face (set_img_bias), as one starts a
+        # regressor's last bias at the target mean: the blocks then learn deviations from a face, not a face.
+        self.img_bias = nn.Parameter(torch.zeros([img_channels, img_resolution, img_resolution])) if img_bias else None
+
+    @torch.no_grad()
+    def set_img_bias(self, image):
+        """Start the output bias at `image` [C, S, S] (e.g. the mean training face, in [-1, 1])."""
+        assert_shape(image, [self.img_channels, self.img_resolution, self.img_resolution], "set_img_bias: image")
+        if self.img_bias is None:
+            raise ValueError("lightning_modules/stylegan2.py: set_img_bias needs a synthesis built with img_bias=True")
+        self.img_bias.copy_(image)
 
     def forward(self, ws, noise_mode="random"):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
@@ -290,7 +312,7 @@ class SynthesisNetwork(nn.Module):
             block = getattr(self, f"b{res}")
             x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), noise_mode)
             w_idx += block.num_conv
-        return img
+        return img if self.img_bias is None else img + self.img_bias.to(img.dtype)
 
 
 class Generator(nn.Module):
@@ -309,6 +331,7 @@ class Generator(nn.Module):
         mapping_lr_multiplier=0.01,  # Learning-rate multiplier of the mapping network.
         w_avg_beta=0.995,  # Decay of the tracked mean w.
         use_noise=True,  # Per-pixel noise inputs (NVlabs); False: none (no noise_const/strength).
+        img_bias=False,  # Learned per-pixel output bias, started at the mean face by the GAN module.
     ):
         super().__init__()
         _check_resolution(img_resolution, "Generator")
@@ -326,7 +349,9 @@ class Generator(nn.Module):
                 f"lightning_modules/stylegan2.py: channels must name every resolution 4..."
                 f"{img_resolution}, got {sorted(channels)}"
             )
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channels, conv_clamp, impl, use_noise)
+        self.synthesis = SynthesisNetwork(
+            w_dim, img_resolution, img_channels, channels, conv_clamp, impl, use_noise, img_bias
+        )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(
             z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta, impl

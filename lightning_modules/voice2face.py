@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from datamodules.faces import mean_face
 from lightning_modules.build import build_network
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.losses import (
@@ -402,6 +403,17 @@ class Voice2FaceGAN(LightningModule):
         return [opt_G, opt_D]
 
     # ------------------------------------------------------------------ progress, checkpoints, samples
+    def setup(self, stage):
+        # A fresh fit starts G's output bias (model.generator.img_bias) at the train split's mean face; a resumed
+        # fit restores the trained bias from its checkpoint right after this hook.
+        bias = getattr(getattr(self.G, "synthesis", None), "img_bias", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage != "fit" or bias is None or not hasattr(dm, "faces"):
+            return
+        mean = mean_face(dm.faces("train"), mirror=self.hparams.xflip).to(bias.device)
+        for G in (self.G, self.G_ema):
+            G.synthesis.set_img_bias(mean)
+
     def on_train_start(self):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and is_overridden("val_dataloader", dm) and self.hparams.sample_count > 0:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from datamodules.faces import FaceAligner, FaceError, load_image, normalize, template, umeyama, warp
+from datamodules.faces import FaceAligner, FaceError, load_image, mean_face, normalize, template, umeyama, warp
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
@@ -91,6 +91,17 @@ def test_file_detector_without_landmarks_row(tmp_path):
 def test_normalize_range():
     x = torch.tensor([0, 255], dtype=torch.uint8)
     assert normalize(x).tolist() == [-1.0, 1.0]
+
+
+def test_mean_face_over_every_face_and_mirrored():
+    a = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)  # black
+    b = torch.full((3, 3, 2, 2), 255, dtype=torch.uint8)  # three white faces of another identity
+    b[:, :, :, 0] = 0  # ... with a black left column
+    mean = mean_face({"a": a, "b": b})
+    assert mean.shape == (3, 2, 2)
+    torch.testing.assert_close(mean[:, :, 0], torch.full((3, 2), -1.0))  # every face weighs the same
+    torch.testing.assert_close(mean[:, :, 1], torch.full((3, 2), 0.5))  # (-1 + 3 * 1) / 4
+    torch.testing.assert_close(mean_face({"a": a, "b": b}, mirror=True), torch.full((3, 2, 2), -0.25))
 
 
 def test_warp_identity_keeps_image():

@@ -148,6 +148,29 @@ def test_1024_px_has_18_ws():
     assert G(torch.randn(1, 8), noise_mode="const").shape == (1, 3, 1024, 1024)
 
 
+def test_output_bias_adds_to_the_image_and_learns():
+    from lightning_modules.stylegan2 import Generator
+
+    kw = dict(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=64, channel_max=8, impl="torch")
+    torch.manual_seed(0)
+    plain = Generator(**kw)
+    torch.manual_seed(0)
+    G = Generator(img_bias=True, **kw)
+    assert set(G.state_dict()) - set(plain.state_dict()) == {"synthesis.img_bias"}
+    z = torch.randn(2, 8)
+    torch.testing.assert_close(G(z, noise_mode="const"), plain(z, noise_mode="const"))  # zero until set
+    face = torch.rand(3, 8, 8) * 2 - 1
+    G.synthesis.set_img_bias(face)
+    torch.testing.assert_close(G(z, noise_mode="const"), plain(z, noise_mode="const") + face)
+    upstream = torch.randn(2, 3, 8, 8)
+    (G(z, noise_mode="const") * upstream).sum().backward()
+    torch.testing.assert_close(G.synthesis.img_bias.grad, upstream.sum(0))
+    with pytest.raises(ValueError, match=r"set_img_bias: image must be \[3, 8, 8\], got \[3, 4, 4\]"):
+        G.synthesis.set_img_bias(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="img_bias=True"):
+        plain.synthesis.set_img_bias(face)
+
+
 def test_generator_without_noise_inputs():
     from lightning_modules.stylegan2 import Generator
 

@@ -111,7 +111,7 @@ def _cfg(cls, **kwargs):
 def make_model(generator=TinyGenerator, **kwargs):
     args = dict(
         encoder=_cfg(TinyEncoder, embed_dim=8),
-        generator=_cfg(generator),
+        generator=_cfg(generator) if isinstance(generator, type) else generator,
         discriminator=_cfg(TinyDiscriminator),
         num_classes=CLASSES,
         feature_dim=FEAT,
@@ -331,6 +331,47 @@ class HeldOutVoices(LightningDataModule):
         voices = VoiceFaceSet(6)
         voices.label = torch.arange(6)
         return DataLoader(voices, batch_size=3)
+
+
+class FacesOfTrainSpeakers(HeldOutVoices):
+    def faces(self, split):
+        g = torch.Generator().manual_seed(1)
+        return {name: torch.randint(0, 256, (3, 3, RES, RES), generator=g, dtype=torch.uint8) for name in "ab"}
+
+
+def test_output_bias_starts_at_the_mean_face_and_resumes_trained(tmp_path):
+    from datamodules.faces import mean_face
+
+    generator = dict(
+        _target_="lightning_modules.stylegan2.Generator",
+        w_dim=8,
+        mapping_layers=1,
+        channel_base=64,
+        channel_max=8,
+        impl="torch",
+        img_bias=True,
+    )
+    dm = FacesOfTrainSpeakers()
+    settings = dict(generator=generator, sample_count=0, r1_gamma=0, pl_weight=0)
+    model = make_model(lr=0.0, **settings)
+    quiet_trainer(tmp_path / "a", max_epochs=1).fit(model, datamodule=dm)  # lr 0: the bias stays where it started
+    for G in (model.G, model.G_ema):
+        torch.testing.assert_close(G.synthesis.img_bias, mean_face(dm.faces("train")))
+
+    trained = make_model(lr=1e-2, **settings)
+    trainer = quiet_trainer(tmp_path / "b", max_epochs=1)
+    trainer.fit(trained, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "b.ckpt")
+    bias = trained.G.synthesis.img_bias.detach().clone()
+    assert not torch.allclose(bias, mean_face(dm.faces("train")))  # it learned
+
+    seen = []
+    resumed = make_model(lr=1e-2, **settings)
+    grab = type("Grab", (Callback,), {"on_train_start": lambda self, t, m: seen.append(m.G.synthesis.img_bias.clone())})
+    quiet_trainer(tmp_path / "c", max_epochs=2, callbacks=[grab()]).fit(
+        resumed, datamodule=dm, ckpt_path=tmp_path / "b.ckpt"
+    )
+    torch.testing.assert_close(seen[0], bias)  # the checkpoint's bias, not the mean face again
 
 
 def test_generate_and_sample_grid(tmp_path):
