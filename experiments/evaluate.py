@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from datamodules.voxvgg import VoxVGGDataModule
+from experiments.run import check_command_config
 from lightning_modules.build import check_network_config
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data
@@ -134,6 +135,7 @@ def check_earlier_metrics(file: Path, meta: dict, overwrite: bool) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
+    check_command_config(cfg, "evaluate")
     ckpt = Path(cfg.ckpt)
     state = read_checkpoint(ckpt)  # read once, for the model and the data
     model = model_from(state, pick_device(cfg.device))

@@ -24,6 +24,7 @@ from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.pipeline import VoicePipeline
 from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
+from experiments.run import check_command_config
 
 
 def list_audio(audio: str | Path) -> list[Path]:
@@ -127,6 +128,7 @@ def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> Voic
 
 
 def run(cfg: DictConfig) -> int:
+    check_command_config(cfg, "generate")
     files = list_audio(cfg.audio)
     check_out(Path(cfg.out), cfg.get("overwrite", False))
     state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline

@@ -330,3 +330,10 @@ def test_evaluate_keeps_the_metrics_of_another_checkpoint(tmp_path, monkeypatch)
     command.run(evaluate_cfg(first))  # the same checkpoint again: its own figures, replaced
     command.run(evaluate_cfg(second, "overwrite=true"))
     assert json.loads((tmp_path / "run" / "metrics_test.json").read_text())["_meta"]["ckpt"] == str(second)
+
+
+def test_evaluate_values_outside_their_domain_are_named_before_any_work(tmp_path):
+    import experiments.evaluate as command
+
+    with pytest.raises(ValueError, match=r"config: device: 'gpu' does not match .*; split: 'train' is not one of"):
+        command.run(evaluate_cfg(tmp_path / "x.ckpt", "device=gpu", "split=train"))  # device: a RuntimeError

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import soundfile as sf
@@ -139,3 +140,30 @@ def test_a_long_clip_is_embedded_in_windows_with_bounded_memory():
     windowed = embed_in_windows(model, feats, 600)
     assert calls == [600, 600, 800]  # one window at a time; the 200-frame tail joins the last
     assert torch.nn.functional.cosine_similarity(windowed, whole).item() > 0.98
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("window_seconds=-1", "window_seconds: -1 is less than or equal to the minimum of 0"),  # ZeroDivisionError
+        ("window_seconds=0", "window_seconds: 0 is less than or equal"),  # range() arg 3 must not be zero
+        ("device=bogus", "device: 'bogus' does not match"),  # torch's RuntimeError
+        ("truncation_psi=abc", "truncation_psi: 'abc' is not of type 'number'"),  # lerp() TypeError
+        ("grid_columns=0", "grid_columns: 0 is less than the minimum of 1"),
+    ],
+)
+def test_generate_values_outside_their_domain_are_named_before_any_work(audio_dir, tmp_path, override, words):
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose(
+            "generate", [f"ckpt={tmp_path / 'x.ckpt'}", f"audio={audio_dir}", f"out={tmp_path / 'out'}", override]
+        )
+    with pytest.raises(ValueError, match=rf"config: {words}.*commands_schema.yaml"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_without_a_checkpoint_says_what_to_pass(audio_dir):
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose("generate", [f"audio={audio_dir}"])
+    with pytest.raises(ValueError, match=r"config: ckpt must be given: python -m experiments.generate ckpt=\.\.\."):
+        run(cfg)  # was omegaconf's MissingMandatoryValue traceback

@@ -47,3 +47,17 @@ def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg,
         plain = OmegaConf.to_container(cfg[section], resolve=True)
         missing = uncovered(plain, schema["properties"][section], section)
         assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_every_command_value_has_a_domain(command):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.run import COMMANDS_SCHEMA, check_command_config
+
+    with initialize_config_dir(str(SCHEMA.parent), version_base="1.3"):
+        cfg = compose(command, ["ckpt=x.ckpt", "audio=x.wav"] if command == "generate" else ["ckpt=x.ckpt"])
+    check_command_config(cfg, command)
+    schema = OmegaConf.to_container(OmegaConf.load(COMMANDS_SCHEMA))["properties"][command]
+    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "metrics"}
+    assert set(plain) <= set(schema["properties"]), f"no domain in {COMMANDS_SCHEMA.name} for some {command} keys"
