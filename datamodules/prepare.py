@@ -29,6 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from datamodules.audio import AUDIO_SUFFIXES, AudioError
@@ -234,13 +235,22 @@ def _write_manifest(out: Path, root: Path, digest: str, names, no_face, no_voice
     return manifest
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "schema.yaml"
+
+
+def face_sizes() -> list[int]:
+    """The face sizes the networks build (data.face_size's domain in the config schema): shards of another size
+    could never be trained on, and a size below 1 px failed deep in the warp with "Singular matrix"."""
+    return list(OmegaConf.load(SCHEMA)["$defs"]["resolution"]["enum"])
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", required=True, help="folder with vox1_meta.csv, voxceleb1/wav, vggface")
     ap.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     ap.add_argument("--detector", default="mtcnn", choices=("mtcnn", "file", "none"))
-    ap.add_argument("--face-size", type=int, default=64)
+    ap.add_argument("--face-size", type=int, default=64, choices=face_sizes(), metavar="{4,8,...,1024}")
     ap.add_argument("--features", default="logmel", choices=("logmel", "mfcc"))
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)

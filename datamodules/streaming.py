@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from datamodules.pipeline import VoicePipeline
 from datamodules.shards import read_config, read_manifest, read_shard
 
 STREAM_VERSION = "1"  # bump when the item layout changes
+CHUNK_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([kmgt]b?|b)\s*", re.IGNORECASE)  # what litdata's optimize() reads
 SPLITS = ("train", "val", "test")
 
 
@@ -94,6 +96,7 @@ def export(
     source: str | None = None,  # what the shards were made from (the prepared folder's hash), kept in meta
 ) -> dict:
     """Write the streaming datasets and return the meta record; an interrupted export is redone whole."""
+    check_export_options(chunk_bytes, faces_per_clip)
     shard_dir = Path(shard_dir)
     missing = [n for names in split.values() for n in names if not (shard_dir / f"{n}.pt").is_file()]
     if missing:
@@ -136,6 +139,20 @@ def export(
     meta["attributes"] = attributes
     _optimize(_meta_item, [json.dumps(meta, sort_keys=True)], join(out, "meta"), chunk_bytes, options, progress)
     return meta
+
+
+def check_export_options(chunk_bytes, faces_per_clip) -> None:
+    """Before anything is written: litdata's error for a bad chunk size named no option and came after the first
+    dataset; a train clip with k < 1 faces carried one fixed face (k = 0) or none (k < 0)."""
+    if not (isinstance(chunk_bytes, int) and chunk_bytes > 0) and not (
+        isinstance(chunk_bytes, str) and CHUNK_SIZE.fullmatch(chunk_bytes)
+    ):
+        raise ValueError(f"chunk_bytes={chunk_bytes!r} (--chunk-bytes): not a size; write it as 64MB, 512KB or 1GB")
+    if not isinstance(faces_per_clip, int) or faces_per_clip < 1:
+        raise ValueError(
+            f"faces_per_clip={faces_per_clip!r} (--faces-per-clip): each training clip needs at least 1 face to "
+            "draw from (8 is the default)"
+        )
 
 
 def _optimize(fn, inputs, output_dir, chunk_bytes, storage_options, progress) -> None:

@@ -176,3 +176,13 @@ def test_folders_prepared_before_the_shards_module_are_still_found():
     assert SHARD_VERSION == "1"
     assert config_hash(preprocessing_config("file", 64, {"kind": "logmel"}, {})) == "08512f9ae299d080"
     assert config_hash({**preprocessing_config("mtcnn", 64, None, None), "root": "/data/vox"}) == "fb8fdc81ae57b54f"
+
+
+@pytest.mark.parametrize("size", ["0", "-8", "33"])
+def test_a_face_size_the_networks_cannot_build_is_refused_before_any_work(tmp_path, capsys, size):
+    """0 and -8 failed after the first identities with "Singular matrix"; 33 prepared shards no run can use."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--face-size", size])
+    assert exit_info.value.code == 2
+    assert f"argument --face-size: invalid choice: {size} (choose from 4, 8, 16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

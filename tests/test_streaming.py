@@ -217,3 +217,19 @@ def test_export_leaves_the_run_rng_streams_alone(shards, tmp_path):
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     datamodule(tmp / "corpus", tmp / "cache", stream=str(tmp_path / "export")).prepare_data()
     assert (random.random(), np.random.rand(), torch.rand(())) == before
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"chunk_bytes": "abc"}, r"chunk_bytes='abc' \(--chunk-bytes\): not a size"),  # litdata's, after a dataset
+        ({"faces_per_clip": 0}, r"faces_per_clip=0 \(--faces-per-clip\): each training clip needs at least 1"),
+        ({"faces_per_clip": -2}, r"faces_per_clip=-2"),  # train clips without a face
+    ],
+)
+def test_bad_export_options_are_refused_before_anything_is_written(tmp_path, options, words):
+    from datamodules.streaming import export
+
+    with pytest.raises(ValueError, match=words):
+        export(tmp_path / "shards", {"train": ["a"]}, str(tmp_path / "export"), {}, **options)
+    assert not (tmp_path / "export").exists()
