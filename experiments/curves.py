@@ -22,19 +22,31 @@ log = logging.getLogger(__name__)
 
 
 def read_curves(run: str | Path, keys: list[str]) -> dict[str, list[tuple[float, float, float]]]:
-    """{key: [(kimg, train seconds, value), ...]} of the rows of `run`/csv/metrics.csv that logged the key."""
+    """{key: [(kimg, train seconds, value), ...]} of the rows of `run`/csv/metrics.csv that logged the key.
+
+    A resumed run appends to the log from its checkpoint's kimg, after the rows its killed session wrote past
+    that checkpoint: where kimg goes back, the earlier rows from there on are dropped (the resumed run redid
+    those images), so a curve never doubles back."""
     file = Path(run) / "csv" / "metrics.csv"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no CSV log (train with logger=csv or logger=many)")
     with open(file, newline="") as f:
         rows = list(csv.DictReader(f))
     out: dict[str, list[tuple[float, float, float]]] = {k: [] for k in keys}
-    for row in rows:
+    last = float("-inf")
+    for line, row in enumerate(rows, start=2):
         if not row.get("progress/kimg") or not row.get("perf/train_s"):
             continue
-        for key in keys:
-            if row.get(key):
-                out[key].append((float(row["progress/kimg"]), float(row["perf/train_s"]), float(row[key])))
+        try:
+            kimg, seconds = float(row["progress/kimg"]), float(row["perf/train_s"])
+            values = {key: float(row[key]) for key in keys if row.get(key)}
+        except ValueError as err:
+            raise ValueError(f"{file}: line {line}: not a number ({err})") from None
+        if kimg < last:  # a resume: its rows replace those of the killed session from this kimg on
+            out = {key: [p for p in points if p[0] < kimg] for key, points in out.items()}
+        last = kimg
+        for key, value in values.items():
+            out[key].append((kimg, seconds, value))
     return out
 
 
@@ -44,6 +56,8 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not runs or not keys:
+        raise ValueError("curves: no runs or no keys given; pass runs=[DIR,...] labels=[...] (and keys=[...])")
     if len(labels) != len(runs):
         raise ValueError(f"curves: {len(runs)} runs but {len(labels)} labels")
     fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False)
@@ -83,10 +97,15 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, t
     return out
 
 
+def run(cfg: DictConfig) -> Path:
+    # cfg["keys"], not cfg.keys: that is DictConfig's keys() method (the command failed with a TypeError)
+    return plot(list(cfg.runs), list(cfg.labels), list(cfg["keys"]), cfg.out, cfg.get("title", ""))
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="curves")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    print(plot(list(cfg.runs), list(cfg.labels), list(cfg.keys), cfg.out, cfg.get("title", "")))
+    print(run(cfg))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import types
+from pathlib import Path
 
 import pytest
 
 from experiments.run import check_fresh_folder, run_folder, save_config, train
 from lightning_modules.callbacks import KimgCheckpoint
 from lightning_modules.csv_logger import AppendingCSVLogger
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_second_run_into_a_held_folder_is_refused(compose_cfg, tmp_path):
@@ -73,6 +76,43 @@ def test_a_resumed_logger_appends_to_metrics_csv(tmp_path):
     second.save()
     rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
     assert [(r["step"], r["loss"], r["val/fd_probe"]) for r in rows] == [("0", "1.0", ""), ("1", "0.5", "9.0")]
+
+
+def test_curves_of_a_resumed_log_do_not_double_back(tmp_path):
+    """Killed at 3 kimg after a checkpoint at 2, resumed: the log holds 2.5 and 3 twice, and the curve went back."""
+    from experiments.curves import read_curves
+
+    (tmp_path / "csv").mkdir()
+    rows = [(1, 10, 9.0), (2, 20, 8.0), (2.5, 25, 7.5), (3, 30, 7.0), (2.5, 26, 7.4), (3, 31, 6.9), (4, 41, 6.0)]
+    lines = ["step,progress/kimg,perf/train_s,val/fd_probe,loss", "0,1,10,,0.5"]  # a row without the key
+    lines += [f"{i},{k},{t},{v}," for i, (k, t, v) in enumerate(rows, start=1)]
+    (tmp_path / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    curve = read_curves(tmp_path, ["val/fd_probe"])["val/fd_probe"]
+    assert curve == [(1, 10, 9.0), (2, 20, 8.0), (2.5, 26, 7.4), (3, 31, 6.9), (4, 41, 6.0)]
+
+
+def test_the_curves_command_plots_a_run_and_refuses_none(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.curves import run
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("progress/kimg,perf/train_s,val/fd_probe\n1,10,2.0\n2,20,1.5\n")
+    with initialize_config_dir(str(ROOT / "experiments" / "conf"), version_base="1.3"):
+        cfg = compose("curves", [f"runs=[{tmp_path}]", "labels=[a]", f"out={tmp_path / 'c.png'}"])
+        empty = compose("curves")
+    assert run(cfg).is_file()  # was TypeError: 'method' object is not iterable (cfg.keys)
+    with pytest.raises(ValueError, match=r"curves: no runs or no keys given; pass runs="):
+        run(empty)  # wrote an empty figure
+
+
+def test_a_log_cell_that_is_not_a_number_is_named(tmp_path):
+    from experiments.curves import read_curves
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("progress/kimg,perf/train_s,val/fd_probe\n1,10,2.0\n2,20,abc\n")
+    with pytest.raises(ValueError, match=r"metrics.csv: line 3: not a number .*'abc'"):
+        read_curves(tmp_path, ["val/fd_probe"])
 
 
 def test_a_failed_checkpoint_save_leaves_the_previous_one(tmp_path):
