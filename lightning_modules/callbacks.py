@@ -31,6 +31,24 @@ def remove_dead_temporaries(folder: Path, name: str) -> None:
             continue  # a live process of another user
 
 
+class BadStepsError(FloatingPointError):
+    """Too many optimizer steps in a row had non-finite losses or gradients. The module raises it; the checkpoint
+    callback saves the last good state (the skipped steps left it untouched) in `on_exception` and names it."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(what)
+        self.what, self.fix = what, fix
+        self.checkpoint: Path | None = None  # set by KimgCheckpoint.on_exception
+
+    def __str__(self):
+        if self.checkpoint is None:
+            return f"{self.what} No checkpoint callback ran, so no state was saved. {self.fix}."
+        return (
+            f"{self.what} The last good state is in {self.checkpoint}. {self.fix}, then resume with "
+            f"ckpt_path={self.checkpoint}."
+        )
+
+
 class KimgCheckpoint(Callback):
     """`last.ckpt` every `last_every_kimg` and `snapshot-<kimg>.ckpt` every `every_kimg`, plus `last.ckpt` at the
     end; each written to a temporary file and renamed, so a crash never leaves a half-written checkpoint.
@@ -144,6 +162,10 @@ class KimgCheckpoint(Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.save(trainer, "last.ckpt")
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, BadStepsError):  # still inside the batch: state_dict keeps the RNG streams apart
+            exception.checkpoint = self.save(trainer, "last-good.ckpt")
 
     def save(self, trainer, name: str) -> Path:
         """Every rank calls save_checkpoint (it is collective under DDP); rank 0 writes and renames."""

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.faces import mean_face
 from lightning_modules.build import build_network
+from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.losses import (
     ema_beta,
@@ -221,22 +222,12 @@ class Voice2FaceGAN(LightningModule):
             self.bad_streak,
         )
         if self.bad_streak >= self.hparams.max_bad_steps:
-            self._stop_on_bad_steps(phase)
-
-    def _stop_on_bad_steps(self, phase):
-        """Save the last good state (the skipped steps left it untouched) and stop with an error that says why."""
-        from lightning_modules.callbacks import KimgCheckpoint
-
-        saver = next((c for c in self.trainer.callbacks if isinstance(c, KimgCheckpoint)), None)
-        if saver is None:
-            saver = KimgCheckpoint(os.path.join(self.trainer.default_root_dir, "checkpoints"))
-        path = saver.save(self.trainer, "last-good.ckpt")
-        raise FloatingPointError(
-            f"voice2face: {self.bad_streak} optimizer steps in a row had non-finite losses or gradients (the last "
-            f"in phase {phase}, iteration {self.iteration}); stopped. The last good state is in {path}. Lower "
-            f"model.lr or raise model.r1_gamma, check the data for NaN, then resume with ckpt_path={path} "
-            f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)."
-        )
+            raise BadStepsError(
+                f"voice2face: {self.bad_streak} optimizer steps in a row had non-finite losses or gradients (the "
+                f"last in phase {phase}, iteration {self.iteration}); stopped.",
+                f"Lower model.lr or raise model.r1_gamma and check the data for NaN "
+                f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)",
+            )
 
     def _phase_Gmain(self, opt, z, real, label):
         self.toggle_optimizer(opt)

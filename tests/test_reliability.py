@@ -254,3 +254,12 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path, data):
     assert_same(r0, r1)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["voice2face_progress"]["cur_nimg"] == 3 * 16 * 2  # global batch = per-rank batch x 2 ranks
+
+
+def test_bad_steps_error_says_whether_a_state_was_saved(tmp_path):
+    from lightning_modules.callbacks import BadStepsError
+
+    err = BadStepsError("voice2face: 3 optimizer steps in a row were bad; stopped.", "Lower model.lr")
+    assert "No checkpoint callback ran, so no state was saved. Lower model.lr." in str(err)
+    err.checkpoint = tmp_path / "last-good.ckpt"
+    assert str(err).endswith(f"Lower model.lr, then resume with ckpt_path={tmp_path / 'last-good.ckpt'}.")
