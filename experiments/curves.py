@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from datamodules.cli_errors import one_line_errors
+from experiments.schema import check_command_config
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path, t
 
 
 def run(cfg: DictConfig) -> Path:
+    check_command_config(cfg, "curves")
     # cfg["keys"], not cfg.keys: that is DictConfig's keys() method (the command failed with a TypeError)
     return plot(list(cfg.runs), list(cfg.labels), list(cfg["keys"]), cfg.out, cfg.get("title", ""))
 

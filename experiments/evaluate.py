@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from datamodules.voxvgg import VoxVGGDataModule
-from experiments.run import check_command_config
+from experiments.schema import check_command_config
 from lightning_modules.build import check_network_config
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data

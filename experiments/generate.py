@@ -24,7 +24,7 @@ from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.pipeline import VoicePipeline
 from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
-from experiments.run import check_command_config
+from experiments.schema import check_command_config
 
 
 def list_audio(audio: str | Path) -> list[Path]:

@@ -13,22 +13,30 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
+from experiments.schema import check_command_config
 
 NAMES = {"fid": "FID ↓", "ppl_wend": "Path length ↓", "id_cosine": "ID cosine ↑"}
 
 
 def find_metrics(run_dir: str | Path, split: str = "test") -> Path:
-    """The newest metrics_<split>.json under a run folder."""
+    """The one metrics_<split>.json under a run folder. Several (the end of training's, an evaluation of a
+    snapshot, ...) are refused: the newest was taken, so a snapshot's figures could stand for the run's."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run folder not found")
-    found = sorted(run_dir.rglob(f"metrics_{split}.json"), key=lambda p: p.stat().st_mtime)
+    found = sorted(run_dir.rglob(f"metrics_{split}.json"))
     if not found:
         raise FileNotFoundError(
             f"{run_dir}: no metrics_{split}.json (run python -m experiments.evaluate "
             f"ckpt=<a checkpoint of this run> split={split} first)"
         )
-    return found[-1]
+    if len(found) > 1:
+        where = ", ".join(str(p.relative_to(run_dir)) for p in found[:4])
+        raise ValueError(
+            f"{run_dir}: {len(found)} metrics_{split}.json files ({where}); pass the folder that holds the one to "
+            "report in runs=[...]"
+        )
+    return found[0]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -60,6 +68,7 @@ def make_table(rows: list[tuple[str, dict]], columns: list[str], paper: dict, ti
 
 
 def run(cfg: DictConfig) -> str:
+    check_command_config(cfg, "report")
     runs = list(cfg.runs)
     labels = list(cfg.labels) if cfg.labels else [Path(r).name for r in runs]
     if len(labels) != len(runs):

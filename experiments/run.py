@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import jsonschema
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import kernels
 from datamodules.cli_errors import one_line_errors
+from experiments.schema import check_config
 from lightning_modules.legacy import compare_state_dict
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
@@ -44,60 +43,6 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
-
-
-SCHEMA = Path(__file__).resolve().parent / "conf" / "schema.yaml"  # the domain of every config value
-COMMANDS_SCHEMA = SCHEMA.with_name("commands_schema.yaml")  # the same for generate and evaluate
-
-
-def _ascending(validator, wanted, instance, schema):
-    """JSON Schema keyword `ascending: true`: a list in strictly increasing order (e.g. crop_frames [min, max])."""
-    if wanted and isinstance(instance, list) and any(a >= b for a, b in zip(instance, instance[1:])):
-        yield jsonschema.ValidationError(f"{instance} must be in increasing order ([min, max])")
-
-
-@functools.cache
-def schema_validator(path: Path = SCHEMA, section: str | None = None):
-    """The validator of the schema in `path`, or of its top-level property `section` (with the shared $defs)."""
-    base = jsonschema.Draft202012Validator
-    validator = jsonschema.validators.extend(base, {"ascending": _ascending})
-    schema = OmegaConf.to_container(OmegaConf.load(path))
-    if section is not None:
-        schema = {**schema["properties"][section], "$defs": schema.get("$defs", {})}
-    return validator(schema)
-
-
-def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | None = None) -> None:
-    """The values of `keys` in `cfg` against their domains in `schema` (its `section`), before any work; every
-    bad one is named with its key and the problem."""
-    plain = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-        for k in keys
-        if k in cfg
-    }
-    validator = schema_validator(schema, section)
-    errors = sorted(validator.iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
-        raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {schema})")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Every training value against its domain in conf/schema.yaml."""
-    check_values(cfg, ("seed", "eval_split", "evaluate", "data", "model", "metrics", "callbacks"))
-
-
-def check_command_config(cfg: DictConfig, command: str) -> None:
-    """Every value of the generate or evaluate command against its domain in conf/commands_schema.yaml (the
-    metrics section of evaluate against the training schema's)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ValueError(
-            f"config: {', '.join(missing)} must be given: python -m experiments.{command} "
-            + " ".join(f"{k}=..." for k in missing)
-        )
-    check_values(cfg, [k for k in cfg if k != "metrics"], COMMANDS_SCHEMA, command)
-    check_values(cfg, ["metrics"])
 
 
 def check_checkpoint(path: str, model: L.LightningModule) -> None:

@@ -337,3 +337,20 @@ def test_evaluate_values_outside_their_domain_are_named_before_any_work(tmp_path
 
     with pytest.raises(ValueError, match=r"config: device: 'gpu' does not match .*; split: 'train' is not one of"):
         command.run(evaluate_cfg(tmp_path / "x.ckpt", "device=gpu", "split=train"))  # device: a RuntimeError
+
+
+def test_report_refuses_a_run_folder_with_several_metrics(tmp_path):
+    """The newest metrics_test.json was taken: a snapshot evaluated after training stood for the whole run."""
+    from experiments.report import run
+
+    for folder, fid in [(tmp_path / "run", 20.0), (tmp_path / "run" / "checkpoints" / "snap50", 90.0)]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics_test.json").write_text(json.dumps({"fid": fid, "_skipped": {}}))
+    cfg = OmegaConf.load("experiments/conf/report.yaml")
+    cfg.runs = [str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"run: 2 metrics_test.json files \(checkpoints/snap50/metrics_test.json, "):
+        run(cfg)
+    cfg.runs = [str(tmp_path / "run" / "checkpoints" / "snap50")]
+    assert "| snap50 | 90.0 |" in run(cfg)
+    with pytest.raises(ValueError, match=r"config: runs must be given: python -m experiments.report runs=\.\.\."):
+        run(OmegaConf.load("experiments/conf/report.yaml"))  # was omegaconf's MissingMandatoryValue

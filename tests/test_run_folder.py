@@ -94,7 +94,7 @@ def test_curves_of_a_resumed_log_do_not_double_back(tmp_path):
 def test_the_curves_command_plots_a_run_and_refuses_none(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from experiments.curves import run
+    from experiments.curves import plot, run
 
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text("progress/kimg,perf/train_s,val/fd_probe\n1,10,2.0\n2,20,1.5\n")
@@ -102,8 +102,10 @@ def test_the_curves_command_plots_a_run_and_refuses_none(tmp_path):
         cfg = compose("curves", [f"runs=[{tmp_path}]", "labels=[a]", f"out={tmp_path / 'c.png'}"])
         empty = compose("curves")
     assert run(cfg).is_file()  # was TypeError: 'method' object is not iterable (cfg.keys)
-    with pytest.raises(ValueError, match=r"curves: no runs or no keys given; pass runs="):
+    with pytest.raises(ValueError, match=r"config: runs: \[\] should be non-empty"):
         run(empty)  # wrote an empty figure
+    with pytest.raises(ValueError, match=r"curves: no runs or no keys given; pass runs="):
+        plot([], [], ["val/fd_probe"], tmp_path / "c.png")
 
 
 def test_a_log_cell_that_is_not_a_number_is_named(tmp_path):

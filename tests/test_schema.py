@@ -7,7 +7,7 @@ import pytest
 from conftest import EXPERIMENTS
 from omegaconf import OmegaConf
 
-from experiments.run import SCHEMA, check_config
+from experiments.schema import SCHEMA, check_config
 
 
 def properties(schema: dict) -> dict:
@@ -49,14 +49,17 @@ def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg,
         assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate"])
+REQUIRED = {"generate": ["ckpt=x.ckpt", "audio=x.wav"], "evaluate": ["ckpt=x.ckpt"], "report": ["runs=[x]"]}
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves"])
 def test_every_command_value_has_a_domain(command):
     from hydra import compose, initialize_config_dir
 
-    from experiments.run import COMMANDS_SCHEMA, check_command_config
+    from experiments.schema import COMMANDS_SCHEMA, check_command_config
 
     with initialize_config_dir(str(SCHEMA.parent), version_base="1.3"):
-        cfg = compose(command, ["ckpt=x.ckpt", "audio=x.wav"] if command == "generate" else ["ckpt=x.ckpt"])
+        cfg = compose(command, REQUIRED.get(command, ["runs=[x]", "labels=[a]"]))
     check_command_config(cfg, command)
     schema = OmegaConf.to_container(OmegaConf.load(COMMANDS_SCHEMA))["properties"][command]
     plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "metrics"}

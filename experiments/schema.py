@@ -1,0 +1,63 @@
+"""The domain of every config value, checked before any work: training against conf/schema.yaml, the other
+commands against conf/commands_schema.yaml (JSON Schema both, plus an `ascending` keyword)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jsonschema
+from omegaconf import DictConfig, OmegaConf
+
+SCHEMA = Path(__file__).resolve().parent / "conf" / "schema.yaml"  # the domain of every config value
+COMMANDS_SCHEMA = SCHEMA.with_name("commands_schema.yaml")  # the same for generate, evaluate, report, curves
+
+
+def _ascending(validator, wanted, instance, schema):
+    """JSON Schema keyword `ascending: true`: a list in strictly increasing order (e.g. crop_frames [min, max])."""
+    if wanted and isinstance(instance, list) and any(a >= b for a, b in zip(instance, instance[1:])):
+        yield jsonschema.ValidationError(f"{instance} must be in increasing order ([min, max])")
+
+
+@functools.cache
+def schema_validator(path: Path = SCHEMA, section: str | None = None):
+    """The validator of the schema in `path`, or of its top-level property `section` (with the shared $defs)."""
+    base = jsonschema.Draft202012Validator
+    validator = jsonschema.validators.extend(base, {"ascending": _ascending})
+    schema = OmegaConf.to_container(OmegaConf.load(path))
+    if section is not None:
+        schema = {**schema["properties"][section], "$defs": schema.get("$defs", {})}
+    return validator(schema)
+
+
+def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | None = None) -> None:
+    """The values of `keys` in `cfg` against their domains in `schema` (its `section`), before any work; every
+    bad one is named with its key and the problem."""
+    plain = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in keys
+        if k in cfg
+    }
+    validator = schema_validator(schema, section)
+    errors = sorted(validator.iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {schema})")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every training value against its domain in conf/schema.yaml."""
+    check_values(cfg, ("seed", "eval_split", "evaluate", "data", "model", "metrics", "callbacks"))
+
+
+def check_command_config(cfg: DictConfig, command: str) -> None:
+    """Every value of a command (generate, evaluate, report, curves) against its domain in
+    conf/commands_schema.yaml (evaluate's metrics section against the training schema's)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"config: {', '.join(missing)} must be given: python -m experiments.{command} "
+            + " ".join(f"{k}=..." for k in missing)
+        )
+    check_values(cfg, [k for k in cfg if k != "metrics"], COMMANDS_SCHEMA, command)
+    check_values(cfg, ["metrics"])
