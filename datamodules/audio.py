@@ -32,6 +32,8 @@ from datamodules.files import unreadable_reason
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what libsndfile reads (VoxCeleb2's .m4a is AAC: convert it first)
 INT16_SCALE = 32768.0  # float sample -> int16 units
 MIN_SAMPLE_RATE = 8000  # below this there is no speech band left to resample
+MAX_SAMPLE_RATE = 768000  # the highest rate recorders write; above it a header is damaged, and the bounded
+# resampling ratio (resample_ratio) of 16 kHz to it would round to 0
 
 
 class AudioError(ValueError):
@@ -92,6 +94,8 @@ def load_audio(path, sample_rate: int = 16000) -> Tensor:
         raise AudioError(path, "samples contain NaN or infinity")
     if rate < MIN_SAMPLE_RATE:
         raise AudioError(path, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz")
+    if rate > MAX_SAMPLE_RATE:
+        raise AudioError(path, f"sample rate {rate} Hz is above {MAX_SAMPLE_RATE} Hz (a damaged header?)")
     wav = torch.from_numpy(data.mean(axis=1))  # mono mix-down
     if rate != sample_rate:
         wav = AF.resample(wav, *resample_ratio(rate, sample_rate))

@@ -99,6 +99,11 @@ AUDIO_IMAGE_META = {
     "audio_truncated": (lambda d: truncated_wav(d / "cut.wav"), load_audio, ["truncated WAV"]),
     "audio_nan_samples": (lambda d: nan_wav(d / "nan.wav"), load_audio, ["NaN or infinity"]),
     "audio_low_rate": (lambda d: wav(d / "low.wav", np.zeros(4000), rate=4000), load_audio, ["below 8000 Hz"]),
+    "audio_high_rate": (  # torchaudio's "frequency should be positive", naming no file
+        lambda d: wav(d / "high.wav", np.zeros(1000), rate=100_000_000, subtype="FLOAT"),
+        load_audio,
+        ["sample rate 100000000 Hz is above 768000 Hz"],
+    ),
     "image_missing": (lambda d: d / "none.jpg", load_image, ["file not found"]),
     "image_corrupt": (lambda d: write(d / "bad.jpg", b"\xff\xd8\xff garbage"), load_image, ["corrupt image"]),
     "image_tiny": (lambda d: png(d / "tiny.png", 16), load_image, ["smaller than 32 px"]),
