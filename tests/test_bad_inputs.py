@@ -135,6 +135,16 @@ AUDIO_IMAGE_META = {
         read_meta,
         ["only a header"],
     ),
+    "meta_not_utf8": (  # was UnicodeDecodeError naming no file
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tRen\xe9e\n".encode("latin-1")),
+        read_meta,
+        ["not UTF-8 text", "save it as UTF-8"],
+    ),
+    "meta_duplicate_after_blank_lines": (  # the line numbers did not count blank lines
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n\n\nid2\tBob_B\nid1\tCid_C\n"),
+        read_meta,
+        ["'id1' on lines [2, 6]"],
+    ),
     "meta_duplicate_voxceleb_id": (
         lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\nid2\tBob_B\nid1\tCid_C\n"),
         read_meta,
@@ -196,6 +206,12 @@ def test_images_are_read_as_displayed(tmp_path):
     assert load_image(tmp_path / "rotated.jpg").shape == (40, 64, 3)
     Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert abs(int(load_image(tmp_path / "deep.png")[0, 0, 0]) - 128) <= 1
+
+
+def test_a_meta_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Saved from Excel or Notepad, the file starts with a UTF-8 BOM: it was refused as missing 'VoxCeleb1 ID'."""
+    meta = write(tmp_path / "vox1_meta.csv", "\ufeffVoxCeleb1 ID\tVGGFace1 ID\tGender\nid1\tAnn_A\tf\n".encode())
+    assert read_meta(meta) == [{"VoxCeleb1 ID": "id1", "VGGFace1 ID": "Ann_A", "Gender": "f"}]
 
 
 def test_meta_quotes_are_read_literally_and_unsplit_names_are_reported(tmp_path, caplog):
