@@ -29,6 +29,42 @@ from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 log = logging.getLogger(__name__)
 
 
+SAME_RUN_KEYS = (  # what a checkpoint of another experiment differs in, even where its weights have our shapes
+    "model.encoder",
+    "model.generator",
+    "model.discriminator",
+    "data.root",
+    "data.corpus",
+    "data.face_size",
+    "data.features",
+)
+
+
+def check_last_is_this_run(ckpt: str, cfg: DictConfig) -> None:
+    """`ckpt_path=last` takes the newest last.ckpt of every run: one of another experiment whose weights have the
+    same shapes (with and without noise inputs, say) would be resumed under this config without a word. Refuse
+    it when its run's config.yaml differs from this one in the networks or the data."""
+    config = Path(ckpt).resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        log.info("ckpt_path=last: resuming %s (no config.yaml beside it to compare)", ckpt)
+        return
+    # unresolved on both sides: the saved config's ${hydra:...} values cannot be resolved outside its run
+    saved, this = (OmegaConf.to_container(c, resolve=False) for c in (OmegaConf.load(config), cfg))
+    differ = [k for k in SAME_RUN_KEYS if _dotted(saved, k) != _dotted(this, k)]
+    if differ:
+        raise ValueError(
+            f"ckpt_path=last: the newest run ({ckpt}) has other {', '.join(differ)} than this config (see {config}); "
+            "pass ckpt_path=<the checkpoints/last.ckpt of the run to resume>"
+        )
+    log.info("ckpt_path=last: resuming %s", ckpt)
+
+
+def _dotted(plain: dict, key: str):
+    for part in key.split("."):
+        plain = plain.get(part) if isinstance(plain, dict) else None
+    return plain
+
+
 def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     """`last` = the newest `last.ckpt` under the run folders; a path must exist."""
     if ckpt_path in (None, ""):
@@ -177,6 +213,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_config(cfg)
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
+        if cfg.get("ckpt_path") == "last":
+            check_last_is_this_run(ckpt_path, cfg)
         if is_launching_rank():
             check_fresh_folder(cfg, out, ckpt_path)
             save_config(cfg, out)

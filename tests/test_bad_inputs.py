@@ -296,6 +296,29 @@ def test_resume_last_without_any_run_says_what_to_pass(tmp_path):
         resolve_ckpt("last", str(tmp_path))
 
 
+def test_resume_last_refuses_the_newest_run_of_another_experiment(compose_cfg, tmp_path):
+    """`ckpt_path=last` took the newest last.ckpt of any run: one of other networks with the same shapes (here
+    another channel_max) was resumed under this config without a word."""
+    from omegaconf import OmegaConf
+
+    from experiments.run import check_last_is_this_run
+
+    log_dir = tmp_path / "outputs"
+    for run, extra in (("mine", []), ("other", ["model.generator.channel_max=4"])):
+        (log_dir / run / "checkpoints").mkdir(parents=True)
+        OmegaConf.save(compose_cfg(*SMOKE, *extra), log_dir / run / "config.yaml")
+        write(log_dir / run / "checkpoints" / "last.ckpt", run)
+    os.utime(log_dir / "mine" / "checkpoints" / "last.ckpt", (1e9, 1e9))  # the older one
+    cfg = compose_cfg(*SMOKE, f"paths.log_dir={log_dir}", "ckpt_path=last")
+    newest = resolve_ckpt("last", str(log_dir))
+    assert newest.endswith("other/checkpoints/last.ckpt")
+    with pytest.raises(ValueError, match=r"ckpt_path=last: the newest run .*other.* has other model.generator than"):
+        check_last_is_this_run(newest, cfg)
+    check_last_is_this_run(str(log_dir / "mine" / "checkpoints" / "last.ckpt"), cfg)  # its own run: fine
+    with pytest.raises(ValueError, match=r"ckpt_path=last: the newest run"):
+        train(cfg)
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
