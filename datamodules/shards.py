@@ -115,24 +115,46 @@ def write_shard(
 def claim(prepared: Path, config: dict, root: Path) -> str:
     """Create `prepared` for this config and root, or check that it was made for them; returns the config hash."""
     digest = config_hash(config)
-    (prepared / "shards").mkdir(parents=True, exist_ok=True)
     cfg_file = prepared / "config.json"
-    if cfg_file.is_file():
-        earlier = json.loads(cfg_file.read_text())
-        if earlier["hash"] != digest:
-            raise DataError(f"{cfg_file}: {prepared} was prepared with another config; choose a new `out` or delete it")
-        if earlier.get("root") != str(root.resolve()):
-            raise DataError(
-                f"{cfg_file}: {prepared} was prepared from another root ({earlier.get('root')}, not "
-                f"{root.resolve()}); choose a new `out` or delete it"
-            )
+    if not cfg_file.is_file():
+        check_nothing_else(prepared)
+    elif (earlier := read_claim(cfg_file))["hash"] != digest:
+        raise DataError(f"{cfg_file}: {prepared} was prepared with another config; choose a new `out` or delete it")
+    elif earlier.get("root") != str(root.resolve()):
+        raise DataError(
+            f"{cfg_file}: {prepared} was prepared from another root ({earlier.get('root')}, not "
+            f"{root.resolve()}); choose a new `out` or delete it"
+        )
+    (prepared / "shards").mkdir(parents=True, exist_ok=True)
     write_json(cfg_file, {"hash": digest, "config": config, "root": str(root.resolve())})
     return digest
 
 
+def check_nothing_else(prepared: Path) -> None:
+    """A folder without config.json is not a prepared one: refuse it unless it is empty (or holds only the empty
+    shards/ of a run killed at once), so that its own manifest.json or files never mix with shards."""
+    if not prepared.is_dir():
+        return
+    entries = [p for p in prepared.iterdir() if not (p.name == "shards" and p.is_dir() and not any(p.iterdir()))]
+    if entries:
+        shown = ", ".join(sorted(p.name for p in entries)[:5])
+        raise DataError(f"{prepared}: holds files ({shown}) but is not a prepared folder; choose a new or empty `out`")
+
+
+def read_claim(cfg_file: Path) -> dict:
+    """config.json of a prepared folder ({hash, config, root}); DataError when it is another program's file."""
+    try:
+        claim = json.loads(cfg_file.read_text())
+        if isinstance(claim, dict) and isinstance(claim.get("hash"), str) and isinstance(claim.get("config"), dict):
+            return claim
+    except ValueError:  # not JSON, or not UTF-8
+        pass
+    raise DataError(f"{cfg_file}: not the config.json of a prepared folder; choose a new or empty `out`")
+
+
 def read_config(prepared: Path) -> dict:
     """The preprocessing config a prepared folder was made with."""
-    return json.loads((Path(prepared) / "config.json").read_text())["config"]
+    return read_claim(Path(prepared) / "config.json")["config"]
 
 
 def write_manifest(prepared: Path, manifest: dict) -> None:

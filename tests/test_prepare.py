@@ -186,3 +186,35 @@ def test_a_face_size_the_networks_cannot_build_is_refused_before_any_work(tmp_pa
     assert exit_info.value.code == 2
     assert f"argument --face-size: invalid choice: {size} (choose from 4, 8, 16" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ({"manifest.json": '{"faces": {}}'}, r"holds files \(manifest.json\) but is not a prepared folder"),
+        ({"config.json": "not json"}, r"config.json: not the config.json of a prepared folder"),
+        ({"config.json": '{"name": "another program"}'}, r"config.json: not the config.json of a prepared folder"),
+    ],
+)
+def test_an_out_folder_of_something_else_is_left_alone(tmp_path, content, words):
+    """A generate run's folder as --out: its manifest.json was replaced; another program's config.json was a
+    KeyError or a JSON error naming no file."""
+    from datamodules.shards import claim
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in content.items():
+        (out / name).write_text(text)
+    with pytest.raises(DataError, match=words):
+        claim(out, {"features": "logmel"}, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == sorted(content)  # no shards/ made in it
+    assert all((out / name).read_text() == text for name, text in content.items())
+
+
+def test_a_killed_claim_leaves_a_folder_that_is_claimed_again(tmp_path):
+    from datamodules.shards import claim
+
+    (tmp_path / "out" / "shards").mkdir(parents=True)  # killed between the two first steps
+    assert claim(tmp_path / "out", {"features": "logmel"}, tmp_path) == claim(
+        tmp_path / "out", {"features": "logmel"}, tmp_path
+    )
