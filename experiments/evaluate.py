@@ -20,8 +20,8 @@ from datamodules.voxvgg import VoxVGGDataModule
 from experiments.schema import check_command_config
 from lightning_modules.build import check_network_config
 from lightning_modules.metrics import evaluate, summary_markdown
-from lightning_modules.safe_load import load_data
-from lightning_modules.voice2face import ENCODER_MODES, Voice2FaceGAN
+from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.voice2face import ENCODER_MODES, RETIRED_HPARAMS, Voice2FaceGAN
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -34,11 +34,15 @@ def read_checkpoint(ckpt: str | Path) -> dict:
     """A voice2face training checkpoint, read once as data (weights_only), its networks' configs checked before
     anything is built from them."""
     path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)")
+    refuse_unreadable(
+        path,
+        f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)",
+        "ckpt= must name a .ckpt written by training (a run's checkpoints/last.ckpt)",
+    )
     state = load_data(path, "a voice2face checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
         raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
+    state["hyper_parameters"] = {k: v for k, v in state["hyper_parameters"].items() if k not in RETIRED_HPARAMS}
     for part in ("encoder", "generator", "discriminator"):
         check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
     check_arguments(Voice2FaceGAN, state["hyper_parameters"], f"{path}: hyper_parameters")

@@ -23,7 +23,7 @@ import kernels
 from datamodules.cli_errors import one_line_errors
 from experiments.schema import check_config
 from lightning_modules.legacy import compare_state_dict
-from lightning_modules.safe_load import load_data
+from lightning_modules.safe_load import load_data, refuse_unreadable
 from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,11 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
                 f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}; pass ckpt_path=<path to a .ckpt> instead"
             )
         return str(found[-1])
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    refuse_unreadable(
+        ckpt_path,
+        f"ckpt_path={ckpt_path}: no such checkpoint file",
+        "ckpt_path= must name a .ckpt file (a run's checkpoints/last.ckpt or snapshot-*.ckpt)",
+    )
     return ckpt_path
 
 

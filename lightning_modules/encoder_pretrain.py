@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.build import build_network
 from lightning_modules.legacy import compare_state_dict
-from lightning_modules.safe_load import load_data
+from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ def load_encoder_weights(encoder, path):
     Entries the target lacks (the speaker-classification head) are ignored; missing or mis-shaped ones raise.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`"
-        )
+    refuse_unreadable(
+        path,
+        f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`",
+        "model.encoder_ckpt must name the encoder.pt (or .ckpt) written by +exp=encoder_pretrain",
+    )
     ckpt = load_data(path, "an encoder file (encoder.pt or an encoder_pretrain .ckpt)")
     if isinstance(ckpt, dict) and "encoder" in ckpt:
         state = ckpt["encoder"]

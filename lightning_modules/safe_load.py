@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from datamodules.files import unreadable_reason
+
 
 def load_data(path, what: str, map_location="cpu", fix: str = ""):
     """torch.load(weights_only=True) of `path`; ValueError naming the file, `what` it should have been and `fix`
@@ -19,3 +21,13 @@ def load_data(path, what: str, map_location="cpu", fix: str = ""):
             "truncated, from another program, or hold pickled objects (never loaded: they can run "
             "code)" + (f"; {fix}" if fix else "")
         ) from err
+
+
+def refuse_unreadable(path, not_found: str, fix: str) -> None:
+    """FileNotFoundError(`not_found`) when nothing is at `path`; ValueError naming what else is there (a folder, a
+    FIFO, a symlink loop, an unreadable file: all were "not found") and `fix`."""
+    reason = unreadable_reason(path)
+    if reason == "no such file":
+        raise FileNotFoundError(not_found)
+    if reason:
+        raise ValueError(f"{os.fspath(path)}: {reason}; {fix}")

@@ -291,6 +291,25 @@ def test_missing_required_path_names_it(compose_cfg, overrides, words):
         assert word in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink_loop"])
+@pytest.mark.parametrize("loader", ["ckpt_path", "ckpt", "encoder_ckpt"])
+def test_a_checkpoint_path_that_is_no_file_says_what_it_is(tmp_path, kind, loader):
+    """A run folder given as the checkpoint (or a FIFO, a symlink loop) was "not found" / "no such checkpoint"."""
+    from experiments.evaluate import read_checkpoint
+    from lightning_modules.encoder_pretrain import load_encoder_weights
+
+    path = tmp_path / "last.ckpt"
+    what = {"folder": "a folder, not a file", "fifo": "a FIFO (named pipe)", "symlink_loop": "a symlink loop"}
+    {"folder": path.mkdir, "fifo": lambda: os.mkfifo(path), "symlink_loop": lambda: os.symlink(path, path)}[kind]()
+    load = {
+        "ckpt_path": lambda p: resolve_ckpt(str(p), str(tmp_path)),
+        "ckpt": read_checkpoint,
+        "encoder_ckpt": lambda p: load_encoder_weights(None, p),
+    }[loader]
+    with pytest.raises(ValueError, match=rf"{path}: {re.escape(what[kind])}.*; .*{loader}.* must name"):
+        load(path)
+
+
 def test_resume_last_without_any_run_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoints/last.ckpt under .*ckpt_path=<path"):
         resolve_ckpt("last", str(tmp_path))
