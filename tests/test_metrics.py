@@ -110,6 +110,13 @@ def test_unusable_metric_weights_make_the_metric_unavailable(tmp_path, name, con
         build[name](str(path))
 
 
+def test_a_weights_path_that_is_a_folder_says_so(tmp_path):
+    from lightning_modules.metrics.weights import resolve_weights
+
+    with pytest.raises(MetricUnavailable, match=rf"vgg16 weights: {tmp_path}: a folder, not a file; the weights_path"):
+        resolve_weights("vgg16", tmp_path)  # was "does not exist"
+
+
 def test_fid_rejects_float_images():
     fid = FID(PixelFeatures())
     with pytest.raises(ValueError, match="uint8"):

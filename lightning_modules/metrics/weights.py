@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from datamodules.files import unreadable_reason
 from lightning_modules.safe_load import load_data
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,11 @@ def resolve_weights(name: str, path: str | os.PathLike | None = None, download: 
     filename, url = KNOWN_WEIGHTS[name]
     if path is not None:
         path = Path(path).expanduser()
-        if not path.is_file():
+        reason = unreadable_reason(path)
+        if reason == "no such file":
             raise MetricUnavailable(f"{name} weights: {path} does not exist (fix the configured weights_path)")
+        if reason:  # a folder, a FIFO, a symlink loop: each named, not "does not exist"
+            raise MetricUnavailable(f"{name} weights: {path}: {reason}; the weights_path must name the file")
         return path
     cached = hub_checkpoint_dir() / filename
     if cached.is_file():
