@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
+from datamodules.files import unreadable_reason
 from datamodules.pipeline import VoicePipeline
 from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
 from experiments.schema import check_command_config
@@ -36,6 +37,9 @@ def list_audio(audio: str | Path) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"{path}: no {'/'.join(AUDIO_SUFFIXES)} files in this folder")
         return files
+    reason = unreadable_reason(path)
+    if reason != "no such file":  # a FIFO, a symlink loop, a broken link: each named, not "no such file"
+        raise ValueError(f"{path}: {reason}; audio= must name an audio file or a folder of them")
     raise FileNotFoundError(f"{path}: no such audio file or folder")
 
 

@@ -167,3 +167,18 @@ def test_generate_without_a_checkpoint_says_what_to_pass(audio_dir):
         cfg = hydra.compose("generate", [f"audio={audio_dir}"])
     with pytest.raises(ValueError, match=r"config: ckpt must be given: python -m experiments.generate ckpt=\.\.\."):
         run(cfg)  # was omegaconf's MissingMandatoryValue traceback
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink_loop", "broken_symlink"])
+def test_an_audio_path_that_is_no_file_says_what_it_is(tmp_path, kind):
+    import os
+
+    path = tmp_path / "voice.wav"
+    {
+        "fifo": lambda: os.mkfifo(path),
+        "symlink_loop": lambda: os.symlink(path, path),
+        "broken_symlink": lambda: os.symlink(tmp_path / "gone.wav", path),
+    }[kind]()
+    words = {"fifo": "a FIFO", "symlink_loop": "a symlink loop", "broken_symlink": "a broken symlink"}[kind]
+    with pytest.raises(ValueError, match=rf"{path}: {words}.*audio= must name"):
+        list_audio(path)  # was "no such audio file or folder"
