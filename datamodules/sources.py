@@ -85,9 +85,9 @@ class ShardSource:
             return ensure_corpus(self.corpus_dir, **self.corpus)
         root = Path(self.raw)
         if not root.is_dir():
+            problem = "a file, not the data folder" if root.exists() else "data folder not found"
             raise DataError(
-                f"{root}: data folder not found; set data.root to the folder holding vox1_meta.csv, "
-                "voxceleb1/wav and vggface"
+                f"{root}: {problem}; set data.root to the folder holding vox1_meta.csv, voxceleb1/wav and vggface"
             )
         return root
 

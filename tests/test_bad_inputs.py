@@ -160,6 +160,11 @@ AUDIO_IMAGE_META = {
         lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p)).setup(),
         ["data folder not found", "data.root"],
     ),
+    "data_root_a_file": (  # was "data folder not found"
+        lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n"),
+        lambda p: VoxVGGDataModule(root=str(p), cache_dir=str(p.parent / "cache")).setup(),
+        ["a file, not the data folder", "data.root"],
+    ),
 }
 
 
