@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import kernels
@@ -137,6 +138,20 @@ def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
     return callbacks
 
 
+def build_trainer(cfg: DictConfig, loggers: list) -> L.Trainer:
+    """The configured Trainer; a setting Lightning refuses (devices=0, an unknown precision, ...) is a config error
+    named by its section, not Hydra's InstantiationException traceback."""
+    callbacks = build_callbacks(cfg, bool(loggers))
+    try:
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ValueError(
+            f"config: trainer: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]}; fix the "
+            "trainer override(s)"
+        ) from err
+
+
 def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
@@ -241,9 +256,7 @@ def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str,
         _recursive_=False,
     )
     loggers = build_loggers(cfg)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False
-    )
+    trainer = build_trainer(cfg, loggers)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
     trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)

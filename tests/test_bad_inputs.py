@@ -281,6 +281,19 @@ def test_wrong_type_in_config_names_the_key(compose_cfg, tmp_path, override, key
 
 
 @pytest.mark.parametrize(
+    "override, words",
+    [
+        ("trainer.devices=0", "MisconfigurationException: `Trainer(devices=0)` value is not a valid input"),
+        ("trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1"),
+    ],
+)
+def test_a_trainer_setting_lightning_refuses_is_one_config_error(compose_cfg, override, words):
+    """Was Hydra's InstantiationException, a traceback on the command line."""
+    with pytest.raises(ValueError, match=rf"config: trainer: .*{re.escape(words)}.*; fix the trainer override"):
+        train(compose_cfg(*SMOKE, override))
+
+
+@pytest.mark.parametrize(
     "overrides, words",
     [
         (["model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
