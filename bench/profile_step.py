@@ -30,6 +30,7 @@ import datamodules.items as items  # noqa: E402
 import datamodules.sources as sources  # noqa: E402
 import lightning_modules.callbacks as callbacks  # noqa: E402
 import lightning_modules.metrics.callback as metrics_callback  # noqa: E402
+import lightning_modules.samples as samples  # noqa: E402
 import lightning_modules.voice2face as voice2face  # noqa: E402
 from experiments.run import train  # noqa: E402
 
@@ -73,7 +74,7 @@ def install(timers: Timers, warmup: int) -> None:
         (voice2face.Voice2FaceGAN, "_phase_Dreg", "Dreg (R1)"),
         (voice2face.Voice2FaceGAN, "update_ema", "EMA"),
         (voice2face.Voice2FaceGAN, "log_dict", "logging"),
-        (voice2face.Voice2FaceGAN, "save_samples", "sample grids"),
+        (samples.SampleGrids, "save", "sample grids"),
         (callbacks.KimgCheckpoint, "save", "checkpoints"),
         (metrics_callback.MetricsCallback, "run", "in-training metrics"),
     ]

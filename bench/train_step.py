@@ -94,8 +94,6 @@ def build(overrides: str, tmp: Path, bf16: bool):
         feature_dim=FEATURES,
         img_resolution=cfg.data.face_size,
         encoder_ckpt=None if encoder_file is None else str(encoder_file),
-        sample_every_kimg=0,
-        sample_count=0,
         bf16=bf16,
         _recursive_=False,
     )

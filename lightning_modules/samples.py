@@ -5,9 +5,16 @@ appear in the first rows."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
+
+from lightning_modules.schedule import next_due
 
 
 def speaker_order(names: list[str], info: dict[str, dict]) -> list[str]:
@@ -68,3 +75,70 @@ def speaker_grid(real: Tensor, fake: Tensor, pad: int = 2) -> Tensor:
             x = pad + c * (size + pad) + (2 * pad if c > 0 else 0)
             grid[:, y : y + size, x : x + size] = tiles[r, c]
     return grid
+
+
+class SampleGrids(Callback):
+    """`speaker_grid`s of held-out speakers from G_ema, when training starts, every `every_kimg` and at the end,
+    into <run dir>/samples/samples_<kimg>kimg.png and W&B. The module needs `generate(audio, lengths)` and a
+    `cur_nimg` counter. Without a held-out loader the grid shows the first training batch's voices, one face each."""
+
+    def __init__(
+        self,
+        every_kimg: float = 5.0,  # Grid interval in thousands of images (0 = only at start and end).
+        count: int = 16,  # Held-out speakers (rows); 0 = no grids.
+        utterances: int = 3,  # Faces per speaker, each from another utterance.
+    ):
+        self.every, self.count, self.utterances = every_kimg * 1000, count, utterances
+        self.batch = None
+        self._next = 0
+
+    def on_train_start(self, trainer, pl_module):
+        dm = getattr(trainer, "datamodule", None)
+        if self.count > 0 and dm is not None and is_overridden("val_dataloader", dm):
+            info = dm.speaker_info() if hasattr(dm, "speaker_info") else {}
+            with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the data stream intact
+                loader = dm.val_dataloader()
+                names = dm.identities("val") if hasattr(dm, "identities") else None
+                names = names or [str(i) for i in range(len(loader.dataset))]
+                self.batch = collect_speakers(loader, names, info, self.count, self.utterances)
+        self._next = next_due(pl_module.cur_nimg, self.every)
+        self.save(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.batch is None and self.count > 0:
+            n = self.count
+            self.batch = {
+                **{k: batch[k][:n].detach().cpu() for k in ("audio", "audio_lengths", "face")},
+                "names": [str(int(v)) for v in batch["label"][:n]],
+            }
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.cur_nimg >= self._next:
+            self.save(trainer, pl_module)
+            self._next = next_due(pl_module.cur_nimg, self.every)
+
+    def on_train_end(self, trainer, pl_module):
+        self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> str | None:
+        """Write the grid at the module's current kimg; returns its path (None on other ranks or with no grid)."""
+        if self.batch is None or not trainer.is_global_zero:
+            return None
+        import torchvision.utils as vutils
+
+        was_training = pl_module.training
+        pl_module.eval()  # the encoder's batch norm in inference mode
+        with torch.random.fork_rng(devices=[]):  # sampling must not shift the RNG streams (exact resume)
+            audio, lengths = self.batch["audio"].to(pl_module.device), self.batch["audio_lengths"].to(pl_module.device)
+            fake = pl_module.generate(audio, lengths, noise_mode="const").float().cpu()
+        pl_module.train(was_training)
+        grid = speaker_grid(self.batch["face"], fake)
+        kimg = pl_module.cur_nimg / 1000
+        path = os.path.join(trainer.default_root_dir, "samples", f"samples_{kimg:08.3f}kimg.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        vutils.save_image(grid, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                caption = f"real | generated from held-out utterances, {kimg:.2f} kimg"
+                logger.log_image(key="samples", images=[grid], caption=[caption])
+        return path

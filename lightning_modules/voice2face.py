@@ -14,14 +14,11 @@ optimizer step under manual optimisation.
 import contextlib
 import copy
 import logging
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.faces import mean_face
@@ -36,14 +33,15 @@ from lightning_modules.losses import (
     path_lengths,
     r1_penalty,
 )
-from lightning_modules.samples import collect_speakers, speaker_grid
-from lightning_modules.schedule import next_due
 
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("joint", "frozen", "finetune")
 MIXING_SOURCES = ("batch", "self")
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
+# Hyper-parameters that earlier checkpoints store but that never shaped the networks: the sample-grid settings,
+# now callbacks.samples (lightning_modules.samples.SampleGrids). Dropped when such a checkpoint is read.
+RETIRED_HPARAMS = ("sample_every_kimg", "sample_count", "sample_utterances")
 
 
 def _plain(cfg):
@@ -85,9 +83,6 @@ class Voice2FaceGAN(LightningModule):
         ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.
         ema_rampup: float | None = 0.05,  # Half-life capped at cur_nimg * ema_rampup (None = off).
         total_kimg: float | None = None,  # Stop after this many thousand images (None = trainer limits).
-        sample_every_kimg: float = 5.0,  # Sample grid interval (0 = only at start and end).
-        sample_count: int = 16,  # Held-out speakers (grid rows) in the sample grid (0 = no samples).
-        sample_utterances: int = 3,  # Faces per speaker in the grid, each from another utterance.
         bf16: bool = False,  # bf16 autocast of the forward passes on CUDA.
         max_bad_steps: int = 8,  # Stop after this many consecutive steps with non-finite loss/grads.
     ):
@@ -133,8 +128,6 @@ class Voice2FaceGAN(LightningModule):
         self._clock = None
         self.skipped_steps = 0  # optimizer steps skipped for non-finite losses or gradients
         self.bad_streak = 0  # ... of which consecutive, up to now
-        self._sample_batch = None
-        self._next_sample_nimg = 0
 
     # ------------------------------------------------------------------ inference
     def train(self, mode: bool = True):
@@ -333,12 +326,6 @@ class Voice2FaceGAN(LightningModule):
                 f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
                 f"{self.hparams.img_resolution}, got {list(real.shape)}"
             )
-        if self._sample_batch is None:  # no held-out loader: a grid of training voices, one face each
-            n = self.hparams.sample_count
-            self._sample_batch = {
-                **{k: batch[k][:n].detach().cpu() for k in ("audio", "audio_lengths", "face")},
-                "names": [str(int(v)) for v in batch["label"][:n]],
-            }
         if self.hparams.xflip:
             flip = torch.rand(real.shape[0], device=real.device) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
@@ -406,29 +393,11 @@ class Voice2FaceGAN(LightningModule):
             G.synthesis.set_img_bias(mean)
 
     def on_train_start(self):
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and is_overridden("val_dataloader", dm) and self.hparams.sample_count > 0:
-            names = dm.identities("val") if hasattr(dm, "identities") else None
-            info = dm.speaker_info() if hasattr(dm, "speaker_info") else {}
-            with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the data stream intact
-                loader = dm.val_dataloader()
-                names = names or [str(i) for i in range(len(loader.dataset))]
-                self._sample_batch = collect_speakers(
-                    loader, names, info, self.hparams.sample_count, self.hparams.sample_utterances
-                )
-        self._next_sample_nimg = next_due(self.cur_nimg, self.hparams.sample_every_kimg * 1000)
-        self.save_samples()
         self._clock = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.cur_nimg >= self._next_sample_nimg:
-            self.save_samples()
-            self._next_sample_nimg = next_due(self.cur_nimg, self.hparams.sample_every_kimg * 1000)
         if self.hparams.total_kimg is not None and self.cur_nimg >= self.hparams.total_kimg * 1000:
             self.trainer.should_stop = True
-
-    def on_train_end(self):
-        self.save_samples()
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["voice2face_format"] = CHECKPOINT_FORMAT
@@ -445,39 +414,3 @@ class Voice2FaceGAN(LightningModule):
             self.cur_nimg, self.iteration = int(progress["cur_nimg"]), int(progress["iteration"])
             self.train_seconds = float(progress.get("train_seconds", 0.0))
         self.skipped_steps = int(checkpoint.get("voice2face_skipped_steps", 0))
-
-    @property
-    def run_dir(self):
-        return self.trainer.default_root_dir
-
-    def save_samples(self):
-        """A row per held-out speaker: their real face, then the faces G_ema makes from their utterances."""
-        if self._sample_batch is None or self.hparams.sample_count <= 0 or not self.trainer.is_global_zero:
-            return None
-        import torchvision.utils as vutils
-
-        batch = self._sample_batch
-        was_training = self.encoder.training
-        self.encoder.eval()
-        with torch.random.fork_rng(devices=[]):  # sampling must not shift the RNG streams (exact resume)
-            fake = (
-                self.generate(
-                    batch["audio"].to(self.device), batch["audio_lengths"].to(self.device), noise_mode="const"
-                )
-                .float()
-                .cpu()
-            )
-        self.encoder.train(was_training and self.hparams.encoder_mode != "frozen")
-        grid = speaker_grid(batch["face"], fake)
-        kimg = self.cur_nimg / 1000
-        path = os.path.join(self.run_dir, "samples", f"samples_{kimg:08.3f}kimg.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        vutils.save_image(grid, path)
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="samples",
-                    images=[grid],
-                    caption=[f"real | generated from held-out utterances, {kimg:.2f} kimg"],
-                )
-        return path

@@ -30,7 +30,7 @@ FAST = [
     "++trainer.enable_progress_bar=false",
     "++trainer.enable_model_summary=false",
     f"data.batch_size={BATCH}",
-    "model.sample_every_kimg=0",
+    "callbacks.samples.every_kimg=0",
     "trainer.deterministic=true",
 ]
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_modules.build import register_network
 from lightning_modules.encoder_pretrain import EncoderPretrain
 from lightning_modules.losses import ema_beta, lazy_adam_kwargs, path_lengths, r1_penalty
+from lightning_modules.samples import SampleGrids
 from lightning_modules.voice2face import Voice2FaceGAN
 
 FEAT, FRAMES, RES, CLASSES = 6, 12, 8, 3
@@ -116,7 +117,6 @@ def make_model(generator=TinyGenerator, **kwargs):
         num_classes=CLASSES,
         feature_dim=FEAT,
         img_resolution=RES,
-        sample_every_kimg=0,
     )
     args.update(kwargs)
     return Voice2FaceGAN(**args)
@@ -352,7 +352,7 @@ def test_output_bias_starts_at_the_mean_face_and_resumes_trained(tmp_path):
         img_bias=True,
     )
     dm = FacesOfTrainSpeakers()
-    settings = dict(generator=generator, sample_count=0, r1_gamma=0, pl_weight=0)
+    settings = dict(generator=generator, r1_gamma=0, pl_weight=0)
     model = make_model(lr=0.0, **settings)
     quiet_trainer(tmp_path / "a", max_epochs=1).fit(model, datamodule=dm)  # lr 0: the bias stays where it started
     for G in (model.G, model.G_ema):
@@ -375,9 +375,9 @@ def test_output_bias_starts_at_the_mean_face_and_resumes_trained(tmp_path):
 
 
 def test_generate_and_sample_grid(tmp_path):
-    model = make_model(sample_every_kimg=0.008, sample_count=5, noise_z_dim=2)
+    model = make_model(noise_z_dim=2)
     assert model.G.z_dim == 10  # embedding ‖ noise
-    trainer = quiet_trainer(tmp_path)
+    trainer = quiet_trainer(tmp_path, callbacks=[SampleGrids(every_kimg=0.008, count=5)])
     trainer.fit(model, datamodule=HeldOutVoices())
     grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
     assert grids == [f"samples_{k:08.3f}kimg.png" for k in (0, 0.008, 0.016)]
@@ -389,6 +389,16 @@ def test_generate_and_sample_grid(tmp_path):
     torch.testing.assert_close(img, model.generate(audio, torch.tensor([20, 15, 9]), noise=torch.zeros(3, 2)))
     with pytest.raises(ValueError, match="audio must be"):
         model.generate(torch.randn(3, FEAT + 1, 20))
+
+
+def test_sample_grid_of_training_voices_without_a_held_out_loader(tmp_path):
+    grids = SampleGrids(every_kimg=0, count=3)
+    fit(make_model(), n=8, tmp_path=tmp_path, callbacks=[grids])
+    written = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert written == ["samples_0000.008kimg.png"]  # no grid at the start: the first batch gives the voices
+    assert grids.batch["names"] == ["0", "1", "2"]  # the labels of the first training batch
+    with Image.open(tmp_path / "samples" / written[0]) as grid:  # one face per voice
+        assert grid.size == (2 * (RES + 2) + 2 * 2, 3 * (RES + 2) + 2)
 
 
 def test_bad_config_raises():
@@ -480,7 +490,7 @@ def test_smoke_experiment_trains_real_networks(tmp_path):
                 "label": torch.tensor(i % CLASSES),
             }
 
-    trainer = quiet_trainer(tmp_path, max_epochs=-1)
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, callbacks=[hydra.utils.instantiate(cfg.callbacks.samples)])
     trainer.fit(model, DataLoader(Batches(), batch_size=8))
     assert (model.iteration, model.cur_nimg) == (4, 32)  # stopped by total_kimg = 0.032
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
