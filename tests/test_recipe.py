@@ -40,14 +40,15 @@ def test_previous_pins_the_recipe_before_the_study(recipe, tmp_path):
     today = variant_cfg(recipe, "today", tmp_path)
     assert today.data.face_size == 64 and today.model.r1_gamma == 10 and today.model.style_mixing_prob == 0.9
     assert today.model.generator.use_noise and not today.model.encoder.stem_pool and today.model.recon_weight == 0
+    assert not today.model.generator.img_bias
     px32 = variant_cfg(recipe, "px32", tmp_path)  # its own overrides win over the pins
     assert px32.data.face_size == 32 and px32.model.r1_gamma == 0.0064 and px32.model.generator.use_noise
 
 
 def test_a_cpu_variant_is_baseline_cpu(recipe, tmp_path):
     plain = compose_train(["+exp=baseline_cpu"], tmp_path / "plain")
-    label = "cpu_noise" if plain.model.generator.use_noise else "cpu_nonoise"
-    cpu = variant_cfg(recipe, label, tmp_path)
+    labels = {(False, False): "cpu_nonoise", (True, False): "cpu_noise", (False, True): "cpu_meanface"}
+    cpu = variant_cfg(recipe, labels[plain.model.generator.use_noise, plain.model.generator.img_bias], tmp_path)
     assert OmegaConf.to_container(cpu.model) == OmegaConf.to_container(plain.model)
     assert OmegaConf.to_container(cpu.data) == OmegaConf.to_container(plain.data)
 
