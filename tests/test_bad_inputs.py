@@ -271,6 +271,9 @@ def test_unknown_config_name_lists_the_choices(override, words):
         ("model.betas=[0.5,1.5]", "model.betas.1", "greater than or equal to the maximum of 1"),
         ("model.ema_kimg=-1", "model.ema_kimg", "less than the minimum of 0"),
         ("data.face_size=48", "data.face_size", "48 is not one of"),
+        ("metrics.ppl.num_samples=-4", "metrics.ppl.num_samples", "less than the minimum of 1"),
+        ("metrics.identity.galleries=[1]", "metrics.identity.galleries.0", "less than the minimum of 2"),
+        ("callbacks.samples.count=-1", "callbacks.samples.count", "less than the minimum of 0"),
     ],
 )
 def test_wrong_type_in_config_names_the_key(compose_cfg, tmp_path, override, key, problem):

@@ -1,5 +1,5 @@
-"""conf/schema.yaml: every shipped experiment validates, and every numeric or boolean value under data and model
-of each has a domain there (a new key without one fails here, not silently at run time)."""
+"""conf/schema.yaml: every shipped experiment validates, and every numeric or boolean value under data, model,
+metrics and callbacks of each has a domain there (a new key without one fails here, not silently at run time)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg,
     cfg = compose_cfg(f"+exp={exp}")
     check_config(cfg)
     schema = OmegaConf.to_container(OmegaConf.load(SCHEMA))
-    for section in ("data", "model"):
+    for section in ("data", "model", "metrics", "callbacks"):
         plain = OmegaConf.to_container(cfg[section], resolve=True)
         missing = uncovered(plain, schema["properties"][section], section)
         assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
