@@ -71,6 +71,15 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.concatenate([scale * R, (mu_d - scale * R @ mu_s)[:, None]], axis=1)
 
 
+def box_blur(img: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, C, H, W] -> the mean over each k×k window (odd k), edges replicated; same size.
+
+    A column pass then a row pass: H·W·2k operations instead of H·W·k² (a 4000² photo aligned to 64 px took
+    minutes in one k×k pass)."""
+    img = torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate")
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.avg_pool2d(img, (k, 1), stride=1), (1, k), stride=1)
+
+
 def warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
     """The size×size crop whose pixel (x, y) shows image at M⁻¹(x, y); bilinear, edges replicated.
 
@@ -83,8 +92,7 @@ def warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
     scale = 1.0 / max(abs(np.linalg.det(M[:, :2])) ** 0.5, 1e-8)  # input pixels per output pixel
     img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     if scale > 1.5:  # shrinking: pre-blur so the bilinear taps do not alias
-        k = int(scale) | 1
-        img = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1)
+        img = box_blur(img, int(scale) | 1)
     grid = torch.from_numpy(np.stack([src[0] / (W - 1), src[1] / (H - 1)], -1) * 2 - 1).float()
     out = torch.nn.functional.grid_sample(
         img, grid.view(1, size, size, 2), mode="bilinear", padding_mode="border", align_corners=True

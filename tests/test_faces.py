@@ -3,7 +3,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from datamodules.faces import FaceAligner, FaceError, load_image, mean_face, normalize, template, umeyama, warp
+from datamodules.faces import (
+    FaceAligner,
+    FaceError,
+    box_blur,
+    load_image,
+    mean_face,
+    normalize,
+    template,
+    umeyama,
+    warp,
+)
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
@@ -102,6 +112,14 @@ def test_mean_face_over_every_face_and_mirrored():
     torch.testing.assert_close(mean[:, :, 0], torch.full((3, 2), -1.0))  # every face weighs the same
     torch.testing.assert_close(mean[:, :, 1], torch.full((3, 2), 0.5))  # (-1 + 3 * 1) / 4
     torch.testing.assert_close(mean_face({"a": a, "b": b}, mirror=True), torch.full((3, 2, 2), -0.25))
+
+
+def test_separable_box_blur_equals_one_k_by_k_pass():
+    """The pre-blur of a shrinking warp, against the single k×k pass it replaced."""
+    img = torch.rand(1, 3, 40, 36) * 255
+    for k in (3, 9):
+        full = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(img, (k // 2,) * 4, mode="replicate"), k, 1)
+        torch.testing.assert_close(box_blur(img, k), full, atol=1e-3, rtol=0)
 
 
 def test_warp_identity_keeps_image():
