@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-KIMG ?= 6                 # training budget (thousands of images) for ablations / table2
-SEED ?= 0
+KIMG ?= 6                 # training budget (thousands of images) of each sweep run (ablations, table2, frontends)
+SEEDS ?= 0                # seeds of each sweep row, e.g. SEEDS="0 1 2" (mean ± sd in the table)
+BASE ?= baseline          # the experiment the ablations and front ends change; baseline_cpu for the CPU size
+SWEEP_ARGS ?=             # more experiments.sweep overrides, e.g. "run_args=['data.num_workers=4']"
 EXP ?= baseline_cpu       # the main job's experiment (baseline at CPU width); EXP=baseline for the paper's width
 RUN_ARGS ?=
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run test test-full ablations table2 recipe bench gpu-check lint clean
+.PHONY: help install run test test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,11 +38,14 @@ test: install  ## the CI test set (slow tests excluded)
 test-full: install  ## every test, slow ones included
 	$(PY) -m pytest -q $(TEST_ARGS)
 
-ablations: install  ## baseline / no-SE / ReLU at KIMG, then the ablation table (paper Table 3)
-	$(call sweep,ablations,baseline nose relu,BaseModel$(comma)NoSE$(comma)ReLU)
+ablations: install  ## baseline / no-SE / ReLU of BASE at KIMG over SEEDS, then the table (paper Table 3)
+	$(call sweep,ablations)
 
-table2: install  ## DCGAN / StyleGAN / StyleGAN2 at KIMG, then the comparison table (paper Table 2)
-	$(call sweep,table2,dcgan stylegan baseline,DCGAN$(comma)StyleGAN$(comma)StyleGAN2)
+table2: install  ## DCGAN / StyleGAN / StyleGAN2 at the paper's size, KIMG, SEEDS, then the table (paper Table 2)
+	$(call sweep,table2)
+
+frontends: install  ## log-mel against MFCC + deltas on BASE at KIMG over SEEDS, then the table
+	$(call sweep,frontends)
 
 recipe: install  ## the recipe study of docs/recipe.md (about 2 h on 2 cores): variants, table, curves
 	$(PY) -m experiments.recipe $(RUN_ARGS)
@@ -60,11 +65,10 @@ clean:  ## remove caches and run folders (keeps .venv)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
 
 comma := ,
-# $(1): sweep name, $(2): experiments, $(3): their row labels. Each run writes to outputs/$(1)/<exp>; the report reads them all.
+empty :=
+space := $(empty) $(empty)
+# $(1): the sweep of experiments/conf/sweep.yaml; runs in outputs/$(1)/<row>/seed<N>, table in outputs/$(1)/table.md
 define sweep
-	set -e; runs=""; for e in $(2); do \
-	  $(PY) -m experiments.run +exp=$$e model.total_kimg=$(strip $(KIMG)) seed=$(SEED) \
-	    hydra.run.dir=outputs/$(1)/$$e task_name=$$e $(RUN_ARGS); \
-	  runs="$$runs,outputs/$(1)/$$e"; done; \
-	$(PY) -m experiments.report "runs=[$${runs#,}]" "labels=[$(3)]" out=outputs/$(1)/table.md
+	$(PY) -m experiments.sweep name=$(1) "seeds=[$(subst $(space),$(comma),$(strip $(SEEDS)))]" kimg=$(strip $(KIMG)) \
+	  base=$(strip $(BASE)) $(SWEEP_ARGS)
 endef

@@ -3,7 +3,7 @@
     python bench/audio_features.py [--clips 200] [--seconds 8] [--batch 4] [--threads 1 2] [--repeats 3]
 
 Both sides compute the same thing (checked: the features agree), normalisation included:
-- logmel: 64 bands 20-7200 Hz, 25 ms Hamming, 10 ms hop, nfft 1024, pre-emphasis 0.97;
+- logmel: 64 bands 20-7200 Hz, 25 ms Hamming, 10 ms hop, nfft 1024, pre-emphasis 0.95;
   psf: log(fbank(winfunc=numpy.hamming)), then per-band mean/variance normalisation in numpy.
 - mfcc: 13 cepstra of 40 bands, 20 ms Hamming, nfft 512, pre-emphasis 0.95 + Δ + ΔΔ (K = 2);
   psf: mfcc(ceplifter=0, appendEnergy=False) + delta + delta, then normalisation.
@@ -44,7 +44,7 @@ def normalise(f: np.ndarray) -> np.ndarray:
 
 
 def psf_logmel(x):
-    return normalise(np.log(psf.fbank(32768 * x, SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.97, np.hamming)[0]))
+    return normalise(np.log(psf.fbank(32768 * x, SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.95, np.hamming)[0]))
 
 
 def psf_mfcc(x):

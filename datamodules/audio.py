@@ -190,11 +190,11 @@ def _hold_last(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(2, index[:, None].expand_as(x))
 
 
-# Per-kind defaults: log-mel as Wen et al. (64 bands, 25 ms, nfft 1024, 0.97); MFCC as the paper's method
-# section (pre-emphasis 0.95, 20 ms frames overlapping by half) with 40 bands and 13 cepstra.
+# Per-kind defaults, as experiments/conf/data/features states them: log-mel as the paper (64 bands, 25 ms) with
+# Wen et al.'s nfft 1024; MFCC as the paper's method section (20 ms frames overlapping by half) with 40 bands.
 KIND_DEFAULTS = {
-    "logmel": dict(n_mels=64, win_ms=25.0, n_fft=1024, preemphasis=0.97),
-    "mfcc": dict(n_mels=40, win_ms=20.0, n_fft=512, preemphasis=0.95),
+    "logmel": dict(n_mels=64, win_ms=25.0, n_fft=1024),
+    "mfcc": dict(n_mels=40, win_ms=20.0, n_fft=512),
 }
 
 
@@ -215,7 +215,7 @@ class AudioFeatures(nn.Module):
         n_fft: int | None = None,  # FFT size, frames zero-padded (None: 1024 logmel, 512 mfcc)
         f_min: float = 20.0,
         f_max: float = 7200.0,
-        preemphasis: float | None = None,  # y[n] = x[n] − a·x[n−1] (None: 0.97 logmel, 0.95 mfcc)
+        preemphasis: float = 0.95,  # y[n] = x[n] − a·x[n−1]: the paper's 0.95 (Wen et al. 0.97)
         window: str = "hamming",  # "hamming" (symmetric, as numpy.hamming) or "rectangular"
         n_mfcc: int = 13,  # cepstra kept (mfcc only)
         delta_width: int = 2,  # K: Δ over t±K frames (mfcc only)
@@ -234,7 +234,7 @@ class AudioFeatures(nn.Module):
         self.win = round(sample_rate * (win_ms or d["win_ms"]) / 1000)
         self.hop = round(sample_rate * hop_ms / 1000)
         self.n_fft = n_fft or d["n_fft"]
-        self.preemphasis = d["preemphasis"] if preemphasis is None else preemphasis
+        self.preemphasis = preemphasis
         self.n_mfcc, self.delta_width = n_mfcc, delta_width
         self.log_floor, self.normalize, self.eps = log_floor, normalize, eps
         if self.win > self.n_fft:

@@ -15,6 +15,18 @@ from torch import Tensor
 
 from datamodules.audio import AudioFeatures, AudioFrontEnd, tile_to_min
 
+WEN_PREEMPHASIS = 0.97  # the log-mel pre-emphasis before it became the paper's 0.95
+
+
+def stored_features(features: dict | None) -> dict:
+    """The AudioFeatures kwargs a checkpoint was trained with. Its datamodule stores the pre-emphasis since that
+    default moved from Wen et al.'s 0.97 to the paper's 0.95 (VoxVGGDataModule); a log-mel config without one was
+    written before, so it meant 0.97."""
+    features = dict(features or {"kind": "logmel"})
+    if features.get("kind", "logmel") == "logmel" and "preemphasis" not in features:
+        features["preemphasis"] = WEN_PREEMPHASIS
+    return features
+
 
 class VoicePipeline:
     def __init__(
@@ -30,7 +42,7 @@ class VoicePipeline:
     @classmethod
     def of(cls, hparams: dict) -> VoicePipeline:
         """The pipeline of a datamodule's hyper-parameters (as stored in a checkpoint)."""
-        return cls(hparams.get("features"), hparams.get("vad"), hparams.get("eval_min_frames", 1000))
+        return cls(stored_features(hparams.get("features")), hparams.get("vad"), hparams.get("eval_min_frames", 1000))
 
     @property
     def n_features(self) -> int:

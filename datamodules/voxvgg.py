@@ -7,11 +7,13 @@ datamodules.items; file -> features: datamodules.pipeline.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from datamodules.audio import AudioFeatures
 from datamodules.files import DataError
 from datamodules.pipeline import VoicePipeline
 from datamodules.shards import preprocessing_config
@@ -55,7 +57,11 @@ class VoxVGGDataModule(L.LightningDataModule):
                 "give exactly one of `root` (your data folder) or `corpus` (the embedded corpus), or only "
                 "`stream` (an exported dataset)"
             )
-        self.face_size, self.features, self.vad = face_size, dict(features or {"kind": "logmel"}), dict(vad or {})
+        # the pre-emphasis always stored: a checkpoint without one predates the paper's 0.95 (pipeline.stored_features)
+        preemphasis = inspect.signature(AudioFeatures).parameters["preemphasis"].default
+        features = {"preemphasis": preemphasis, **dict(features or {"kind": "logmel"})}
+        self.hparams["features"] = features
+        self.face_size, self.features, self.vad = face_size, features, dict(vad or {})
         self.crop_frames, self.eval_min_frames = tuple(crop_frames), eval_min_frames
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.stream = stream

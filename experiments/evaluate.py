@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
+from datamodules.pipeline import stored_features
 from datamodules.voxvgg import VoxVGGDataModule
 from experiments.schema import check_command_config
 from lightning_modules.build import check_network_config
@@ -101,7 +102,7 @@ def data_hparams(ckpt: str | Path | dict, overrides: dict | None = None) -> dict
             f"{where}: no datamodule hyper-parameters in this checkpoint, so its training-time "
             "data and audio features are unknown (train through experiments.run)"
         )
-    hparams = {**dict(hparams), **(overrides or {})}
+    hparams = {**dict(hparams), "features": stored_features(hparams.get("features")), **(overrides or {})}
     check_arguments(
         VoxVGGDataModule,
         hparams,

@@ -3,9 +3,8 @@ the validation split (never the test split) during and after training, then one 
 
     python -m experiments.recipe [only=[label,...]] [out=outputs/recipe] [seed=0]
 
-Each variant is `python -m experiments.run <base overrides> <its overrides>` in `out/<label>`; a variant whose
-run folder already holds metrics_val.json is not trained again (delete the folder to redo it); one that was
-interrupted resumes from its last.ckpt. Writes
+Each variant is `python -m experiments.run <base overrides> <its overrides>` in `out/<label>` (experiments.launch:
+a finished variant is not trained again, an interrupted one resumes). Writes
 `out/table.md` and `out/curves_*.png` (against kimg and against training wall time).
 """
 
@@ -13,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -22,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
 from experiments.curves import plot, read_curves
+from experiments.launch import train_in
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +38,9 @@ def flatten(overrides: list) -> list[str]:
 
 
 def run_variant(label: str, overrides: list[str], cfg: DictConfig) -> Path:
-    folder = Path(cfg.out) / label
-    if (folder / "metrics_val.json").is_file():
-        log.info("%s: already trained (%s)", label, folder)
-        return folder
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.run",
-        *cfg.base,
-        *overrides,
-        f"seed={cfg.seed}",
-        f"hydra.run.dir={folder}",
-        f"task_name={label}",
-    ]
-    last = folder / "checkpoints" / "last.ckpt"
-    if last.is_file():  # an interrupted variant: resuming is exact, and a fresh run into its folder is refused
-        cmd.append(f"ckpt_path={last}")
-    log.info("%s: %s", label, " ".join(cmd[2:]))
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".log"), "a") as stream:  # an interrupted attempt's log stays above
-        subprocess.run(cmd, check=True, stdout=stream, stderr=subprocess.STDOUT)
-    return folder
+    """The variant trained at the study's seed, scored on the validation split, in `out/<label>`."""
+    run = [*cfg.base, *overrides, f"seed={cfg.seed}", f"task_name={label}"]
+    return train_in(Path(cfg.out) / label, run, split="val")
 
 
 def recall_key(result: dict) -> str | None:

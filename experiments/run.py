@@ -139,11 +139,15 @@ def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
 
 
 def build_trainer(cfg: DictConfig, loggers: list) -> L.Trainer:
-    """The configured Trainer; a setting Lightning refuses (devices=0, an unknown precision, ...) is a config error
-    named by its section, not Hydra's InstantiationException traceback."""
-    callbacks = build_callbacks(cfg, bool(loggers))
+    """The configured Trainer with the configured callbacks and `loggers`."""
+    return instantiate_trainer(cfg, callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False)
+
+
+def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    """cfg.trainer with `kwargs` on top; a setting Lightning refuses (devices=0, an unknown precision, ...) is a
+    config error named by its section, not Hydra's InstantiationException traceback."""
     try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        return hydra.utils.instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ValueError(
@@ -229,6 +233,11 @@ def check_fresh_folder(cfg: DictConfig, out: Path, ckpt_path: str | None) -> Non
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
     check_config(cfg)
+    if cfg.get("pretrain_encoder") and cfg.model.get("encoder_ckpt"):
+        raise ValueError(
+            f"config: model.encoder_ckpt={cfg.model.encoder_ckpt} is given, and pretrain_encoder would train the "
+            "encoder again (stage 1); pass ~pretrain_encoder to start from your file"
+        )
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if cfg.get("ckpt_path") == "last":
@@ -245,7 +254,7 @@ def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str,
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if cfg.get("pretrain_encoder"):
+    if cfg.get("pretrain_encoder") and cfg.model._target_.endswith("Voice2FaceGAN"):  # else this run is stage 1
         encoder_file = pretrain_encoder(cfg, datamodule, out, ckpt_path)
         with open_dict(cfg):
             cfg.model.encoder_ckpt = str(encoder_file)
@@ -285,7 +294,7 @@ def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str,
 
 def pretrain_encoder(cfg: DictConfig, datamodule, out: Path, resume: str | None) -> Path:
     """Stage 1: the GAN's own encoder trained alone on speaker classification of the training identities
-    (`cfg.pretrain_encoder`: steps, batch_size, and the EncoderPretrain optimiser settings under `model`).
+    (`cfg.pretrain_encoder`, conf/pretrain_encoder/: steps, batch_size, and EncoderPretrain's SGD under `model`).
     Returns its encoder.pt for stage 2 (`model.encoder_ckpt`). A run that resumes keeps its stage-1 file."""
     from lightning.pytorch.loggers import CSVLogger
 
@@ -301,8 +310,8 @@ def pretrain_encoder(cfg: DictConfig, datamodule, out: Path, resume: str | None)
         feature_dim=datamodule.feature_dim,
         **OmegaConf.to_container(stage.model, resolve=True),
     )
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
+    trainer = instantiate_trainer(
+        cfg,
         default_root_dir=str(out / "stage1"),
         max_steps=stage.steps,
         logger=CSVLogger(str(out / "stage1"), name="csv", version=""),

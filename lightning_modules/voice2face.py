@@ -97,8 +97,9 @@ class Voice2FaceGAN(LightningModule):
             )
         if encoder_mode != "joint" and not encoder_ckpt:
             raise ValueError(
-                f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH "
-                "(the encoder.pt written by `python -m experiments.run +exp=encoder_pretrain`)"
+                f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt written "
+                "by `python -m experiments.run +exp=encoder_pretrain`), or stage 1 in this run "
+                "(pretrain_encoder=sgd), or model.encoder_mode=joint"
             )
         self.save_hyperparameters()
         self.automatic_optimization = False

@@ -60,8 +60,8 @@ def features(kind, x, **kw):
     return feats[0, :, : int(lengths[0])].T.double().numpy()  # [frames, F]
 
 
-def psf_logmel(x, winfunc=np.hamming):
-    return np.log(psf.fbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.97, winfunc)[0])
+def psf_logmel(x, winfunc=np.hamming, preemph=0.95):
+    return np.log(psf.fbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, preemph, winfunc)[0])
 
 
 def psf_mfcc(x):
@@ -103,8 +103,10 @@ def test_logmel_matches_psf(name):
     mask = energetic(x, 0.025)
     assert mask.mean() > 0.5
     assert max_rel_err(features("logmel", x, normalize=False), psf_logmel(x), mask) <= 1e-3
+    wen = features("logmel", x, normalize=False, preemphasis=0.97)  # data/features=logmel_wen
+    assert max_rel_err(wen, psf_logmel(x, preemph=0.97), mask) <= 1e-3
     # psf.logfbank itself has no window argument: compare with a rectangular window.
-    ref = psf.logfbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.97)
+    ref = psf.logfbank(32768 * x.astype(np.float64), SR, 0.025, 0.01, 64, 1024, 20, 7200, 0.95)
     assert max_rel_err(features("logmel", x, normalize=False, window="rectangular"), ref, mask) <= 1e-3
 
 

@@ -299,8 +299,12 @@ def test_a_trainer_setting_lightning_refuses_is_one_config_error(compose_cfg, ov
 @pytest.mark.parametrize(
     "overrides, words",
     [
-        (["model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
-        (["model.encoder_mode=finetune", "model.encoder_ckpt=/no/encoder.pt"], ["/no/encoder.pt", "encoder_pretrain"]),
+        (["~pretrain_encoder", "model.encoder_mode=frozen"], ["model.encoder_ckpt", "encoder_pretrain"]),
+        (
+            ["~pretrain_encoder", "model.encoder_mode=finetune", "model.encoder_ckpt=/no/encoder.pt"],
+            ["/no/encoder.pt", "encoder_pretrain"],
+        ),
+        (["model.encoder_ckpt=/my/encoder.pt"], ["/my/encoder.pt", "~pretrain_encoder"]),  # stage 1 would replace it
         (["ckpt_path=/no/such/last.ckpt"], ["/no/such/last.ckpt", "no such checkpoint"]),
     ],
 )

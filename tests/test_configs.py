@@ -57,7 +57,9 @@ def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, LightningDataModule)
     # the face size comes from the config itself (model.img_resolution: ${data.face_size})
-    model = hydra.utils.instantiate(cfg.model, num_classes=5, feature_dim=dm.feature_dim, _recursive_=False)
+    # stage 2 of a two-stage experiment reads the encoder file stage 1 writes at run time (tests/test_run.py)
+    stage2 = {"encoder_mode": "joint"} if cfg.get("pretrain_encoder") and "encoder_ckpt" in cfg.model else {}
+    model = hydra.utils.instantiate(cfg.model, num_classes=5, feature_dim=dm.feature_dim, _recursive_=False, **stage2)
     assert isinstance(model, LightningModule)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, True), logger=build_loggers(cfg))
     assert isinstance(trainer, Trainer)

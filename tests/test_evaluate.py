@@ -58,14 +58,22 @@ class StandInModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.G_ema = LinearG()
+        self.hparams = {"noise_z_dim": 0}
 
     @property
     def device(self):
         return torch.device("cpu")
 
+    def embed(self, audio, lengths):
+        """[B, 6]: the colour in the first 3 bands, then zeros (LinearG's z_dim, for the path length's voices)."""
+        colour = audio[:, :3].mean(-1)
+        return torch.cat([colour, torch.zeros_like(colour)], dim=1)
+
+    def generate_from(self, emb, noise_mode="const", truncation_psi=1.0, ema=True):
+        return emb[:, :3, None, None].expand(-1, 3, 8, 8).clone()
+
     def generate(self, audio, lengths, noise_mode="const", truncation_psi=1.0, ema=True):
-        colour = audio[:, :3].mean(-1)  # [B, 3]
-        return colour[:, :, None, None].expand(-1, 3, 8, 8).clone()
+        return self.generate_from(self.embed(audio, lengths))
 
 
 @pytest.fixture
@@ -103,6 +111,7 @@ def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
     for key in (
         "fid",
         "ppl_wend",
+        "ppl_zend",
         "id_cosine",
         "recall@1_g2",
         "recall@1_g2/shuffled",
@@ -134,16 +143,29 @@ def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
     result = evaluate(StandInModel(), StandInData(), cfg, split="test")
     assert "fid" not in result and "weights-inception" in result["_skipped"]["fid"]
     assert "vgg16" in result["_skipped"]["ppl_wend"] and "vggface2" in result["_skipped"]["identity"]
+    assert "vgg16" in result["_skipped"]["ppl_zend"]
     assert "attr/colour" in result  # the probe does not need downloaded weights
 
 
-def test_evaluate_skips_path_length_without_mapping():
+class ZOnlyG(nn.Module):
+    """A generator without a mapping network (as DCGAN): z [N, 6] -> img [N, 3, 2, 2]."""
+
+    def __init__(self):
+        super().__init__()
+        self.z_dim, self.fc = 6, nn.Linear(6, 12)
+
+    def forward(self, z, truncation_psi=1.0, noise_mode="const"):
+        return self.fc(z).reshape(-1, 3, 2, 2)
+
+
+def test_evaluate_measures_only_z_space_without_mapping():
     model = StandInModel()
-    model.G_ema = nn.Linear(2, 2)
+    model.G_ema = ZOnlyG()
     cfg = metrics_cfg()
     cfg["ppl"]["distance"] = MSE()
     result = evaluate(model, StandInData(), cfg, split="test")
-    assert "mapping" in result["_skipped"]["ppl_wend"]
+    assert "mapping" in result["_skipped"]["ppl_wend"] and result["ppl_zend"] > 0
+    assert "pairs of different test utterances' voice embeddings (of 6)" in result["_notes"]["ppl"]
 
 
 def test_evaluate_rejects_train_split():
@@ -151,29 +173,49 @@ def test_evaluate_rejects_train_split():
         evaluate(StandInModel(), StandInData(), metrics_cfg(), split="train")
 
 
+def report_run(folder, **result):
+    (folder / "ckpt").mkdir(parents=True)
+    result = {"_skipped": {}, "num_generated": 148, "num_real": 240, "kimg": 6.0, **result}
+    result["_notes"] = {"ppl": "endpoints (t = 0), latents: voices"}
+    (folder / "ckpt" / "metrics_test.json").write_text(json.dumps(result))
+
+
 def test_report_table_layout(tmp_path):
     from experiments.report import run
 
-    for name, fid, ppl in [("BaseModel", 30.5, 120.0), ("NoSE", 35.0, None)]:
-        (tmp_path / name / "ckpt").mkdir(parents=True)
-        result = {"fid": fid, "id_cosine": 0.5, "_skipped": {}}
-        if ppl is None:
-            result["_skipped"]["ppl_wend"] = "vgg16 weights not found"
-        else:
-            result["ppl_wend"] = ppl
-        (tmp_path / name / "ckpt" / "metrics_test.json").write_text(json.dumps(result))
+    report_run(tmp_path / "BaseModel", fid=30.5, ppl_zend=120.0, id_cosine=0.5)
+    report_run(tmp_path / "NoSE", fid=35.0, id_cosine=0.5, _skipped={"ppl_zend": "vgg16 weights not found"})
     cfg = OmegaConf.load("experiments/conf/report.yaml")
     cfg.runs = [str(tmp_path / "BaseModel"), str(tmp_path / "NoSE")]
     cfg.out = str(tmp_path / "table.md")
     table = run(cfg)
     assert "| BaseModel | 30.5 | 120.0 | 28.9 | 131.0 | 0.500 |" in table
     assert "| NoSE | 35.0 | — | 34.0 | 154.0 | 0.500 |" in table
-    assert "NoSE, ppl_wend: vgg16 weights not found" in table
+    assert "- ppl_zend (NoSE): vgg16 weights not found" in table
+    # the paper's numbers come only with what stands behind ours
+    for line in ("seeds per row: 1", "budget: 6.0 kimg", "(generated / real faces): 148 / 240", "ppl_zend, endpoints"):
+        assert line in table.split("| Model")[0], line
+    assert "its path-length variant is not stated" in table
     assert (tmp_path / "table.md").read_text() == table
     cfg.runs = [str(tmp_path)]
     cfg.labels = None
     with pytest.raises(FileNotFoundError, match="no metrics_val.json"):
         run(OmegaConf.merge(cfg, {"split": "val"}))
+
+
+def test_report_rows_over_seeds_are_mean_and_sd(tmp_path):
+    from experiments.report import run
+
+    for seed, (fid, recall) in enumerate([(30.0, 0.2), (34.0, 0.4), (32.0, 0.3)]):
+        report_run(tmp_path / "BaseModel" / f"seed{seed}", fid=fid, **{"recall@1_g30": recall, "recall@1_g10": 0.9})
+    report_run(tmp_path / "ReLU" / "seed0", fid=40.0)
+    report_run(tmp_path / "ReLU" / "seed1", fid=44.0, kimg=8.0)
+    cfg = OmegaConf.load("experiments/conf/report.yaml")
+    cfg.runs = [str(tmp_path / "BaseModel"), str(tmp_path / "ReLU")]
+    table = run(cfg)
+    assert "| BaseModel | 32.0 ± 2.0 | — | 28.9 | 131.0 | 0.300 ± 0.100 |" in table  # recall@1_all: the g30 one
+    assert "| ReLU | 42.0 ± 2.8 | — | 42.0 | 178.0 | — |" in table
+    assert "seeds per row: 2 / 3" in table and "budget: 6.0 / 8.0 kimg" in table  # rows that differ say so
 
 
 SMOKE = {
@@ -320,7 +362,8 @@ def test_datamodule_arguments_of_another_version_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf"{ckpt}: datamodule_hyper_parameters .* not take \['new_knob'\]"):
         data_hparams(ckpt)
     clean = smoke_checkpoint(tmp_path / "clean.ckpt", {"corpus": "small"})
-    assert data_hparams(clean, {"root": "/data"}) == {"corpus": "small", "root": "/data"}
+    legacy = {"kind": "logmel", "preemphasis": 0.97}  # a log-mel config without one predates the 0.95 default
+    assert data_hparams(clean, {"root": "/data"}) == {"corpus": "small", "root": "/data", "features": legacy}
     with pytest.raises(ValueError, match=r"not take \['rooot'\].*fix data_overrides"):
         data_hparams(clean, {"rooot": "/data"})
 

@@ -111,12 +111,17 @@ def test_front_end_of_a_checkpoint_is_the_training_audio_path(audio_dir, tmp_pat
 
     hparams = {
         "corpus": {"identities": 48, "seed": 0},
-        "features": {"kind": "logmel"},
+        "features": {"kind": "logmel", "preemphasis": 0.95},
         "vad": {"vad_mode": 3},
         "eval_min_frames": 1000,
     }
     front = front_end_of(smoke_checkpoint(tmp_path / "last.ckpt", datamodule_hparams=hparams))
     assert front.front.vad_mode == 3 and front.front.features.kind == "logmel"
+    # a checkpoint written while log-mel's pre-emphasis defaulted to Wen et al.'s 0.97 stored none: it meant 0.97
+    legacy = {**hparams, "features": {"kind": "logmel"}}
+    legacy_front = front_end_of(smoke_checkpoint(tmp_path / "legacy.ckpt", datamodule_hparams=legacy))
+    assert legacy_front.front.features.preemphasis == 0.97
+    assert front.front.features.preemphasis == 0.95
     wav = audio_dir / "a_voice.wav"
     plain = audio.AudioFrontEnd(audio.AudioFeatures("logmel"), vad_mode=3)(wav)
     feats = front(wav)

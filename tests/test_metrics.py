@@ -158,6 +158,9 @@ class LinearG(nn.Module):
         assert noise_mode == "const"
         return (ws[:, 0] @ self.B).reshape(-1, 3, 2, 2) + self.noise_const.sum()
 
+    def forward(self, z, truncation_psi=1.0, noise_mode="const"):
+        return self.synthesis(self.mapping(z), noise_mode=noise_mode)
+
 
 def test_trimmed_mean_drops_the_outer_percentiles():
     d = np.concatenate([[1e6, -1e6], np.arange(1.0, 199.0)])  # 200 values, one outlier on each side

@@ -46,7 +46,13 @@ def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
     model.cur_nimg = 12
     cb.on_train_batch_end(trainer, model, None, None, 1)
     ((step, logged),) = trainer.loggers[0].records
-    assert step == 7 and set(logged) == {"metrics/fid", "metrics/ppl", "progress/kimg", "perf/train_s"}
+    assert step == 7 and set(logged) == {
+        "metrics/fid",
+        "metrics/ppl_zend",
+        "metrics/ppl_wend",
+        "progress/kimg",
+        "perf/train_s",
+    }
     assert logged["progress/kimg"] == 0.012
     assert list((tmp_path / "fid_cache").glob("fid_real_val-*.pt"))
 
@@ -58,7 +64,7 @@ def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  
     with caplog.at_level(logging.WARNING):
         cb.run(trainer, model)
         cb.run(trainer, model)
-    logged = [{"metrics/ppl", "progress/kimg", "perf/train_s"}] * 2
+    logged = [{"metrics/ppl_zend", "metrics/ppl_wend", "progress/kimg", "perf/train_s"}] * 2
     assert [set(r) for _, r in trainer.loggers[0].records] == logged
     assert sum("fid skipped" in m for m in caplog.messages) == 1
 

@@ -54,10 +54,11 @@ def test_a_cpu_variant_is_baseline_cpu(recipe, tmp_path):
 
 
 def test_an_interrupted_variant_resumes_and_keeps_its_log(tmp_path, monkeypatch):
+    import experiments.launch
     import experiments.recipe as study
 
     ran = []
-    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kwargs: ran.append(cmd))
+    monkeypatch.setattr(experiments.launch.subprocess, "run", lambda cmd, **kwargs: ran.append(cmd))
     cfg = OmegaConf.create({"out": str(tmp_path), "base": ["+exp=smoke"], "seed": 0})
     (tmp_path / "v" / "checkpoints").mkdir(parents=True)
     (tmp_path / "v" / "checkpoints" / "last.ckpt").write_bytes(b"interrupted")

@@ -60,9 +60,9 @@ def test_cli_fast_dev_run(tmp_path):
 def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path):
     """pretrain_encoder: stage 1 trains the GAN's own encoder on speaker classification, stage 2 loads and
     freezes it; a resume finds the stage-1 file instead of training it again."""
-    stage1 = "+pretrain_encoder={steps: 3, batch_size: 8, model: {lr: 0.05, cycle_steps: 3}}"
+    stage1 = ["pretrain_encoder.steps=3", "pretrain_encoder.model.lr=0.05", "pretrain_encoder.model.cycle_steps=3"]
     cfg = compose_cfg(
-        *SMALL, stage1, "model.encoder_mode=frozen", "evaluate=false", f"paths.cache_dir={tmp_path / 'cache'}"
+        *SMALL, *stage1, "model.encoder_mode=frozen", "evaluate=false", f"paths.cache_dir={tmp_path / 'cache'}"
     )
     _, objects = train(cfg)
     encoder_file = tmp_path / "run" / "stage1" / "encoder.pt"
@@ -74,7 +74,7 @@ def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path)
     mtime = encoder_file.stat().st_mtime
     cfg = compose_cfg(
         *SMALL,
-        stage1,
+        *stage1,
         "model.encoder_mode=frozen",
         "evaluate=false",
         "model.total_kimg=0.064",

@@ -1,5 +1,6 @@
 """conf/schema.yaml: every shipped experiment validates, and every numeric or boolean value under data, model,
-metrics and callbacks of each has a domain there (a new key without one fails here, not silently at run time)."""
+pretrain_encoder, metrics and callbacks of each has a domain there (a new key without one fails here, not
+silently at run time)."""
 
 from __future__ import annotations
 
@@ -43,16 +44,21 @@ def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg,
     cfg = compose_cfg(f"+exp={exp}")
     check_config(cfg)
     schema = OmegaConf.to_container(OmegaConf.load(SCHEMA))
-    for section in ("data", "model", "metrics", "callbacks"):
-        plain = OmegaConf.to_container(cfg[section], resolve=True)
+    for section in ("data", "model", "pretrain_encoder", "metrics", "callbacks"):
+        plain = OmegaConf.to_container(cfg.get(section), resolve=True) if cfg.get(section) is not None else None
         missing = uncovered(plain, schema["properties"][section], section)
         assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
 
 
-REQUIRED = {"generate": ["ckpt=x.ckpt", "audio=x.wav"], "evaluate": ["ckpt=x.ckpt"], "report": ["runs=[x]"]}
+REQUIRED = {
+    "generate": ["ckpt=x.ckpt", "audio=x.wav"],
+    "evaluate": ["ckpt=x.ckpt"],
+    "report": ["runs=[x]"],
+    "sweep": ["name=ablations"],
+}
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves"])
+@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves", "sweep"])
 def test_every_command_value_has_a_domain(command):
     from hydra import compose, initialize_config_dir
 

@@ -474,8 +474,8 @@ def test_smoke_experiment_trains_real_networks(tmp_path):
     import hydra
 
     cfg = compose_exp("smoke")
-    model = hydra.utils.instantiate(
-        cfg.model, num_classes=CLASSES, feature_dim=64, img_resolution=64, _recursive_=False
+    model = hydra.utils.instantiate(  # joint: no stage 1 here to write the encoder file (tests/test_run.py has it)
+        cfg.model, num_classes=CLASSES, feature_dim=64, img_resolution=64, encoder_mode="joint", _recursive_=False
     )
 
     class Batches(Dataset):

@@ -130,3 +130,13 @@ def test_embedded_corpus_split_and_batches(tmp_path, corpus):
     info = dm.speaker_info()  # from vox1_meta.csv: Gender, Nationality (what the sample grids order by)
     for name in dm.identities("test"):
         assert info[name] == {"sex": dm.attributes[name]["sex"], "nationality": dm.attributes[name]["nationality"]}
+
+
+def test_datamodule_stores_its_pre_emphasis(tmp_path):
+    """The pre-emphasis is always in the stored hyper-parameters, so a checkpoint's inference path cannot take a
+    later default (datamodules.pipeline.stored_features reads a log-mel config without one as 0.97)."""
+    dm = VoxVGGDataModule(corpus={"identities": 4, "seed": 0}, cache_dir=str(tmp_path), detector="file")
+    assert dm.hparams.features == {"kind": "logmel", "preemphasis": 0.95} == dm.features
+    assert dm.pipeline.front.features.preemphasis == 0.95
+    wen = VoxVGGDataModule(corpus={"identities": 4, "seed": 0}, cache_dir=str(tmp_path), features={"preemphasis": 0.97})
+    assert wen.hparams.features["preemphasis"] == 0.97 == wen.pipeline.front.features.preemphasis

@@ -12,9 +12,12 @@ from lightning import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.metrics.evaluate import (
+    PPL_KEYS,
     as_dict,
     build_distance,
     build_fid,
+    check_ppl_space,
+    embed_split,
     evaluate,
     fid_metric,
     fit_probe,
@@ -33,7 +36,7 @@ class MetricsCallback(Callback):
         every_kimg: float = 50.0,  # Interval in thousands of training images (cur_nimg); 0 = only at the end.
         split: str = "val",  # Held-out split whose voices and faces are scored.
         fid: dict | None = None,  # metrics.fid config (enabled, weights_path, batch_size, download).
-        ppl: dict | None = None,  # metrics.ppl config (enabled, num_samples, vgg_path, ...).
+        ppl: dict | None = None,  # metrics.ppl config (enabled, spaces, latents, num_samples, vgg_path, ...).
         probe_metrics: dict | None = None,  # metrics config for the probe metrics (None = not computed).
         max_utterances: int | None = 2000,  # Generated faces per FID evaluation.
         table_rows: int = 8,  # Speakers in the W&B table (0 = no table).
@@ -103,8 +106,11 @@ class MetricsCallback(Callback):
         metrics: dict[str, float | None] = {}
         if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
             metrics["metrics/fid"] = self._try("fid", self._fid_value, trainer, pl_module)
-        if self.ppl_cfg.get("enabled", True) and "ppl" not in self._unavailable:
-            metrics["metrics/ppl"] = self._try("ppl", self._ppl_value, pl_module)
+        if self.ppl_cfg.get("enabled", True):
+            for space in self.ppl_cfg.get("spaces", ["z", "w"]):
+                name = PPL_KEYS[space]
+                if name not in self._unavailable:
+                    metrics[f"metrics/{name}"] = self._try(name, self._ppl_value, trainer, pl_module, space)
         metrics = {k: v for k, v in metrics.items() if v is not None}
         if self.probe_cfg is not None and getattr(trainer.datamodule, "faces", None) is not None:
             metrics.update(self._probe_metrics(trainer, pl_module))
@@ -136,10 +142,14 @@ class MetricsCallback(Callback):
         real_u8, _, _ = real_faces(trainer.datamodule, self.split)
         return fid_metric(self._fid, quantize(fakes), real_u8, self.split, self.fid_cfg.get("batch_size", 64))
 
-    def _ppl_value(self, pl_module) -> float:
-        if self._distance is None and hasattr(pl_module.G_ema, "mapping"):
+    def _ppl_value(self, trainer, pl_module, space: str) -> float:
+        check_ppl_space(pl_module.G_ema, space)
+        if self._distance is None:
             self._distance = build_distance(self.ppl_cfg)
-        return ppl_metric(pl_module, self.ppl_cfg, self._distance)
+        voices = None
+        if self.ppl_cfg.get("latents", "voices") == "voices":
+            voices, _ = embed_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
+        return ppl_metric(pl_module, self.ppl_cfg, space, self._distance, voices)
 
     def _try(self, name, fn, *args):
         try:

@@ -25,14 +25,15 @@ from lightning_modules.metrics.identity import (
     shuffled_recall,
 )
 from lightning_modules.metrics.intervals import bootstrap_ci
-from lightning_modules.metrics.ppl import LPIPSDistance, path_length
+from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
 from lightning_modules.metrics.probe import train_probe
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 LABELS = {  # display names in the summary; other keys are shown as they are
     "fid": "FID",
-    "ppl_wend": "Path length (ppl2_wend)",
+    "ppl_wend": "Path length in W (ppl2_wend)",
+    "ppl_zend": "Path length in Z (ppl_zend)",
     "id_cosine": "Identity cosine",
 }
 
@@ -44,29 +45,37 @@ def as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def generate_split(model, datamodule, split: str = "test", max_utterances: int | None = None):
-    """One generated face per utterance of `split`: ([-1, 1] float [N,3,S,S] on CPU, identity labels [N])."""
+def embed_split(model, datamodule, split: str = "test", max_utterances: int | None = None):
+    """The voice embedding of every utterance of `split` ([N, embed_dim] float on CPU) and identity labels [N]."""
     if split not in ("val", "test"):
         raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
     loader = getattr(datamodule, f"{split}_dataloader")
     was_training = model.training
     model.eval()
-    imgs, labels, n = [], [], 0
+    embs, labels, n = [], [], 0
     for batch in loader():
-        audio = batch["audio"].to(model.device)
-        lengths = batch["audio_lengths"].to(model.device)
-        imgs.append(model.generate(audio, lengths, noise_mode="const", ema=True).float().cpu())
+        embs.append(model.embed(batch["audio"].to(model.device), batch["audio_lengths"].to(model.device)).float().cpu())
         labels.append(batch["label"].cpu())
-        n += len(audio)
+        n += len(embs[-1])
         if max_utterances is not None and n >= max_utterances:
             break
     model.train(was_training)
-    if not imgs:
+    if not embs:
         raise ValueError(f"evaluate: the {split} loader yielded no batches")
-    imgs, labels = torch.cat(imgs), torch.cat(labels)
-    if max_utterances is not None:
-        imgs, labels = imgs[:max_utterances], labels[:max_utterances]
-    return imgs, labels
+    return torch.cat(embs)[:max_utterances], torch.cat(labels)[:max_utterances]
+
+
+@torch.no_grad()
+def generate_split(model, datamodule, split: str = "test", max_utterances: int | None = None, embedded=None):
+    """One generated face per utterance of `split` (EMA generator, constant noise): ([-1, 1] float [N,3,S,S] on
+    CPU, identity labels [N]). embedded: the split's (embeddings, labels) from embed_split, if already made."""
+    emb, labels = embedded if embedded is not None else embed_split(model, datamodule, split, max_utterances)
+    was_training = model.training
+    model.eval()
+    size = getattr(datamodule, "eval_batch_size", 16)
+    imgs = [model.generate_from(e.to(model.device), noise_mode="const").float().cpu() for e in emb.split(size)]
+    model.train(was_training)
+    return torch.cat(imgs), labels
 
 
 def real_faces(datamodule, split: str) -> tuple[Tensor, Tensor, list[str]]:
@@ -108,11 +117,26 @@ def build_distance(cfg: dict) -> torch.nn.Module:
     return _module(cfg.get("distance")) or LPIPSDistance(cfg.get("vgg_path"), cfg.get("download", False))
 
 
-def ppl_metric(model, cfg: dict, distance: torch.nn.Module | None = None) -> float:
-    """ppl2_wend of the EMA generator; `distance` None builds the configured one."""
+PPL_KEYS = {"w": "ppl_wend", "z": "ppl_zend"}  # metrics.ppl.spaces -> result key
+
+
+def check_ppl_space(G, space: str) -> None:
+    """MetricUnavailable where G has no such latent space: W needs a mapping network (DCGAN has none)."""
+    if space == "w" and not hasattr(G, "mapping"):
+        raise MetricUnavailable("path length in W needs a StyleGAN generator (.mapping); this one has none")
+
+
+def ppl_metric(model, cfg: dict, space: str, distance: torch.nn.Module | None = None, voices: Tensor | None = None):
+    """Endpoint path length of the EMA generator in `space` (w: ppl2_wend, z: ppl_zend); `distance` None builds
+    the configured one. Latents: pairs of held-out voices (`voices`, the split's embeddings) when
+    cfg["latents"] is `voices`, else N(0, I)."""
     G = model.G_ema
-    if not hasattr(G, "mapping"):
-        raise MetricUnavailable("path length needs a StyleGAN generator (.mapping); this one has none")
+    check_ppl_space(G, space)
+    latents = None
+    if cfg.get("latents", "voices") == "voices":
+        if voices is None:
+            raise ValueError("ppl_metric: metrics.ppl.latents=voices needs the held-out voice embeddings")
+        latents = pair_latents(voices.to(model.device), model.hparams.get("noise_z_dim", 0))
     distance = build_distance(cfg) if distance is None else distance
     return path_length(
         G,
@@ -120,7 +144,26 @@ def ppl_metric(model, cfg: dict, distance: torch.nn.Module | None = None) -> flo
         cfg.get("num_samples", 50_000),
         cfg.get("batch_size", 32),
         cfg.get("epsilon", 1e-4),
+        latents=latents,
         seed=cfg.get("seed", 0),
+        space=space,
+    )
+
+
+def ppl_note(cfg: dict, split: str, num_voices: int) -> str:
+    """How the path lengths were measured, for the report's header."""
+    latents = (
+        f"pairs of different {split} utterances' voice embeddings (of {num_voices})"
+        if cfg.get("latents", "voices") == "voices"
+        else "N(0, I)"
+    )
+    distance = cfg.get("distance")
+    if isinstance(distance, Mapping):
+        distance = distance.get("_target_")
+    distance = "LPIPS-VGG16" if distance is None else distance if isinstance(distance, str) else type(distance).__name__
+    return (
+        f"endpoints (t = 0), eps {cfg.get('epsilon', 1e-4):g}, {cfg.get('num_samples', 50_000)} samples, "
+        f"1st-99th percentile mean; latents: {latents}; distance: {distance}"
     )
 
 
@@ -155,9 +198,12 @@ def evaluate(
         skipped[name] = reason
         say_once(f"{name} skipped: {reason}")
 
-    gen, gen_labels = generate_split(model, datamodule, split, cfg.get("max_utterances"))
+    voices, gen_labels = embed_split(model, datamodule, split, cfg.get("max_utterances"))
+    gen, _ = generate_split(model, datamodule, split, embedded=(voices, gen_labels))
     real_u8, real_labels, names = real_faces(datamodule, split)
     result["num_generated"], result["num_real"] = len(gen), len(real_u8)
+    if hasattr(model, "cur_nimg"):
+        result["kimg"] = model.cur_nimg / 1000  # the training budget behind these figures
 
     if sub["fid"].get("enabled", True):
         try:
@@ -166,10 +212,15 @@ def evaluate(
         except MetricUnavailable as err:
             skip("fid", str(err))
     if sub["ppl"].get("enabled", True):
-        try:
-            result["ppl_wend"] = ppl_metric(model, sub["ppl"])
-        except MetricUnavailable as err:
-            skip("ppl_wend", str(err))
+        distance = None
+        for space in sub["ppl"].get("spaces", ["z", "w"]):
+            try:
+                check_ppl_space(model.G_ema, space)
+                distance = build_distance(sub["ppl"]) if distance is None else distance
+                result[PPL_KEYS[space]] = ppl_metric(model, sub["ppl"], space, distance, voices)
+            except MetricUnavailable as err:
+                skip(PPL_KEYS[space], str(err))
+        notes["ppl"] = ppl_note(sub["ppl"], split, len(voices))
 
     attributes = getattr(datamodule, "attributes", None)
     id_cfg = sub["identity"]

@@ -1,7 +1,10 @@
-"""Perceptual path length, NVlabs `ppl2_wend`: W space, endpoints (t = 0), no crop, ε = 1e-4.
+"""Perceptual path length at the endpoints (t = 0, NVlabs' `end` sampling), no crop, ε = 1e-4, in one of two spaces:
 
-    d = LPIPS_VGG16(G.synthesis(w0), G.synthesis(lerp(w0, w1, ε))) / ε²,  w0, w1 = mapping(z0), mapping(z1)
-    PPL = mean of d over the samples between its 1st ('lower') and 99th ('higher') percentiles.
+    ppl_wend (NVlabs ppl2_wend): d = LPIPS(G.synthesis(w0), G.synthesis(lerp(w0, w1, ε))) / ε², w = mapping(z)
+    ppl_zend (NVlabs ppl_zend):  d = LPIPS(G(z0), G(slerp(z0, z1, ε))) / ε²
+PPL = mean of d over the samples between its 1st ('lower') and 99th ('higher') percentiles. Only z space exists
+for a generator without a mapping network (DCGAN), so only ppl_zend fills every row of the paper's Table 2.
+The latent pairs (z0, z1) are two held-out voices' generator inputs by default, or N(0, I) as NVlabs draws them.
 Constant-noise buffers are redrawn per batch and shared by both ends, as NVlabs does.
 """
 
@@ -55,6 +58,20 @@ def trimmed_mean(dist: np.ndarray, lo_pct: float = 1, hi_pct: float = 99) -> flo
     return float(dist[(dist >= lo) & (dist <= hi)].mean())
 
 
+def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """Spherical interpolation of the directions of a and b [N, D], with their norms interpolated linearly: a at
+    t = 0, b at t = 1. For unit vectors it is NVlabs' slerp; a StyleGAN mapping normalises z, so there the norm
+    does not matter, and for a generator fed raw voice embeddings (DCGAN) the path keeps their scale."""
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    ua, ub = a / na, b / nb
+    omega = torch.acos((ua * ub).sum(1, keepdim=True).clamp(-1, 1))
+    parallel = torch.sin(omega).abs() < 1e-7  # sin(t·ω)/sin(ω) -> t: the chord of the directions
+    so = torch.where(parallel, 1.0, torch.sin(omega))
+    wa = torch.where(parallel, 1.0 - t, torch.sin((1 - t) * omega) / so)
+    wb = torch.where(parallel, t, torch.sin(t * omega) / so)
+    return (wa * ua + wb * ub) * (na + t * (nb - na))
+
+
 @torch.no_grad()
 def path_length(
     G: nn.Module,
@@ -64,11 +81,14 @@ def path_length(
     epsilon: float = 1e-4,
     latents: Callable[[int, torch.Generator], Tensor] | None = None,
     seed: int = 0,
+    space: str = "w",  # w: ppl2_wend (needs .mapping / .synthesis) | z: ppl_zend (any G(z))
 ) -> float:
-    """ppl2_wend of a StyleGAN generator (`.mapping`, `.synthesis`, `.z_dim`).
+    """Endpoint path length of a generator in `space`.
 
-    latents: (n, torch.Generator) -> mapping inputs [n, z_dim] on G's device; default N(0, I) as NVlabs.
+    latents: (n, torch.Generator) -> [n, z_dim] on G's device, the pairs as [z0s; z1s] (n even); default N(0, I)
+    as NVlabs.
     """
+    assert space in ("w", "z"), space
     device = next(G.parameters()).device
     G = copy.deepcopy(G).eval()  # noise buffers are redrawn below: never touch the caller's generator
     rng = torch.Generator(device=device).manual_seed(seed)
@@ -81,11 +101,32 @@ def path_length(
     dists = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
-        w0, w1 = G.mapping(latents(2 * n, rng)).chunk(2)  # [n, num_ws, w_dim] each
-        wt1 = w0.lerp(w1, epsilon)  # t = 0 ('end' sampling): w at t is w0 itself
+        z0, z1 = latents(2 * n, rng).chunk(2)  # [n, z_dim] each
         for buf in noise_bufs:
             buf.copy_(torch.randn(buf.shape, generator=rng, device=device))
-        img = G.synthesis(torch.cat([w0, wt1]), noise_mode="const").float()
-        d = distance(*img.chunk(2)).reshape(n).double() / epsilon**2
+        if space == "w":
+            w0, w1 = G.mapping(torch.cat([z0, z1])).chunk(2)  # [n, num_ws, w_dim] each
+            img = G.synthesis(torch.cat([w0, w0.lerp(w1, epsilon)]), noise_mode="const")
+        else:
+            img = G(torch.cat([z0, slerp(z0, z1, epsilon)]), noise_mode="const")
+        d = distance(*img.float().chunk(2)).reshape(n).double() / epsilon**2
         dists.append(d.cpu())
     return trimmed_mean(torch.cat(dists).numpy())
+
+
+def pair_latents(pool: Tensor, noise_dim: int = 0) -> Callable[[int, torch.Generator], Tensor]:
+    """Latents for path_length drawn from `pool` [U, D] (held-out voice embeddings): pairs of two different rows,
+    each with `noise_dim` fresh N(0, 1) values appended (the generator input of a model with noise_z_dim)."""
+    if len(pool) < 2:
+        raise ValueError(f"path length from voices needs >= 2 held-out utterances, got {len(pool)}")
+
+    def latents(n: int, g: torch.Generator) -> Tensor:
+        assert n % 2 == 0, n
+        first = torch.randint(len(pool), [n // 2], generator=g, device=g.device)
+        second = (first + torch.randint(1, len(pool), [n // 2], generator=g, device=g.device)) % len(pool)
+        z = pool.to(g.device)[torch.cat([first, second])]
+        if noise_dim:
+            z = torch.cat([z, torch.randn([n, noise_dim], generator=g, device=g.device, dtype=z.dtype)], dim=1)
+        return z
+
+    return latents
