@@ -205,6 +205,8 @@ class AudioFeatures(nn.Module):
     clip's own length are zero and never enter its statistics, so a padded batch equals each clip alone.
     """
 
+    KIND_DEFAULTS = KIND_DEFAULTS  # what None means for n_mels, win_ms and n_fft
+
     def __init__(
         self,
         kind: str = "logmel",  # "logmel" or "mfcc"

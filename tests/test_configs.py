@@ -10,6 +10,7 @@ import hydra
 import pytest
 from conftest import DATASETS, EXPERIMENTS, ROOT
 from lightning import LightningDataModule, LightningModule, Trainer
+from omegaconf import OmegaConf
 
 from experiments.run import build_callbacks, build_loggers
 
@@ -98,3 +99,101 @@ def test_cli_unknown_experiment_names_the_choices():
     )
     assert out.returncode != 0
     assert "no_such_exp" in out.stderr and "baseline" in out.stderr
+
+
+def exp_parent_overrides(exp: str) -> list[str]:
+    """The overrides that compose what `exp` starts from: its parent experiment and the groups it selects."""
+    defaults = OmegaConf.load(ROOT / "experiments/conf/exp" / f"{exp}.yaml").get("defaults", [])
+    overrides = []
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":
+            overrides.append(f"+exp={entry}")
+        elif not isinstance(entry, str):
+            ((key, value),) = OmegaConf.to_container(entry).items()
+            group = key.removeprefix("override ").removeprefix("/")
+            overrides.append(f"~{group}" if value is None else f"{group}={value}")
+    return overrides
+
+
+def leaves(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, f"{path}.{key}" if path else key)
+    else:
+        yield path, node
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_experiments_hold_deltas_only(compose_cfg, exp):
+    """Every value an experiment sets differs from what it starts from (its parent and the groups it selects):
+    a restated value would silently win over a group override on the command line."""
+    own = OmegaConf.to_container(OmegaConf.load(ROOT / "experiments/conf/exp" / f"{exp}.yaml"))
+    own.pop("defaults", None)
+    parent = OmegaConf.to_container(compose_cfg(*exp_parent_overrides(exp)), resolve=False)
+    for key, value in leaves(own):
+        node = parent
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        assert node != value, f"exp/{exp}.yaml restates {key}: {value!r} (the value it starts from)"
+
+
+def option_files():
+    conf = ROOT / "experiments/conf"
+    for path in sorted(conf.rglob("*.yaml")):
+        group = path.parent.relative_to(conf).as_posix()
+        if group != ".":
+            yield group, path.stem
+
+
+@pytest.mark.parametrize("group, option", list(option_files()))
+def test_every_yaml_is_used(group, option):
+    """Each option of a config group is selected somewhere: a defaults list, an experiment, the sweeps, the
+    Makefile, CI, README or the docs (a YAML nothing names is dead config)."""
+    conf = ROOT / "experiments/conf"
+    short = group.split("/")[-1]
+    forms = [f"{group}={option}", f"{short}={option}", f"{short}: {option}", f"- {option}", f"+exp={option}"]
+    forms += [f"/{group}: {option}", f"{group}: {option}"]
+    texts = [p.read_text() for p in conf.rglob("*.yaml") if p != conf / group / f"{option}.yaml"]
+    texts += [(ROOT / f).read_text() for f in ("Makefile", "README.md", ".ci/run")]
+    texts += [p.read_text() for p in [*(ROOT / "docs").glob("*.md"), *(ROOT / "tests").glob("*.py")]]
+    texts = [t for t in texts if "def test_every_yaml_is_used" not in t]
+    assert any(form in text for text in texts for form in forms), f"{group}/{option}.yaml is used by nothing"
+
+
+OUR_CONFIGS = [  # composed sections whose _target_ is one of our classes, under each option of their group
+    ([], "model"),
+    ([], "model.encoder"),
+    ([], "model.generator"),
+    ([], "model.discriminator"),
+    (["model/generator=dcgan", "model/discriminator=dcgan"], "model.generator"),
+    (["model/generator=dcgan", "model/discriminator=dcgan"], "model.discriminator"),
+    (["model/generator=stylegan"], "model.generator"),
+    (["+exp=encoder_pretrain"], "model"),
+    ([], "callbacks.samples"),
+    ([], "callbacks.checkpoint"),
+    ([], "data.features"),  # the default option only: the others are deltas from it
+]
+
+
+@pytest.mark.parametrize("overrides, section", OUR_CONFIGS)
+def test_constructor_defaults_agree_with_the_yaml(compose_cfg, overrides, section):
+    """A YAML default and the constructor's default of the same argument are one value (e.g. a sample count of
+    16 in the YAML and 8 in the code would make the code's users and the YAML's users disagree)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    node = OmegaConf.select(compose_cfg(*overrides), section)
+    plain = OmegaConf.to_container(node, resolve=False)
+    target = get_class(plain.get("_target_", "datamodules.audio.AudioFeatures"))
+    params = inspect.signature(target).parameters
+    for key, value in plain.items():
+        if key.startswith("_") or key not in params or isinstance(value, (dict, str)) and "${" in str(value):
+            continue
+        default = params[key].default
+        if default is None and hasattr(target, "KIND_DEFAULTS"):  # AudioFeatures: None means the kind's own
+            default = target.KIND_DEFAULTS[plain["kind"]].get(key)
+        if default is inspect.Parameter.empty:
+            continue
+        default = list(default) if isinstance(default, tuple) else default
+        assert default == value, f"{section}.{key}: YAML {value!r}, {target.__name__} default {default!r}"

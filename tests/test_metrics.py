@@ -17,6 +17,7 @@ from lightning_modules.metrics import (
     trimmed_mean,
 )
 from lightning_modules.metrics.attributes import attribute_scores, r2_score, shuffled_score
+from lightning_modules.metrics.ppl import pair_latents
 from lightning_modules.metrics.probe import AttributeCodec, train_probe
 from lightning_modules.metrics.weights import resolve_weights
 
@@ -183,6 +184,84 @@ def test_path_length_equals_hand_computed_value():
     assert 0 < ((d < lo) | (d > hi)).sum() < 10  # the trimming is exercised
     assert got == pytest.approx(d[(d >= lo) & (d <= hi)].mean(), rel=1e-3)  # float32 images: eps cancellation
     assert G.noise_const.abs().sum() == 0  # the caller's noise buffers are untouched
+
+
+def unit(z):
+    return z / z.norm(dim=1, keepdim=True)
+
+
+def test_ppl_zend_equals_hand_computed_value():
+    """z space: d = |G(slerp(z0, z1, eps)) - G(z0)|^2 / eps^2. For a linear G and unit latents (NVlabs' slerp),
+    G(slerp) - G(z0) = eps * v A B + O(eps^2), v = omega / sin(omega) * (z1 - cos(omega) z0) the slerp's
+    derivative at t = 0."""
+    G = LinearG()
+    g = torch.Generator().manual_seed(4)
+    sizes = [64, 36]
+    batches = [unit(torch.randn(2 * n, G.z_dim, generator=g, dtype=torch.float64)) for n in sizes]
+    feed = iter(batches)
+    mse = lambda a, b: (a - b).square().mean(dim=(1, 2, 3))  # noqa: E731
+    got = path_length(G, mse, 100, 64, 1e-4, latents=lambda n, rng: next(feed), space="z")
+    z0 = torch.cat([b[:n] for b, n in zip(batches, sizes)])
+    z1 = torch.cat([b[n:] for b, n in zip(batches, sizes)])
+    cos = (z0 * z1).sum(1, keepdim=True)
+    omega = torch.acos(cos)
+    v = omega / torch.sin(omega) * (z1 - cos * z0)
+    d = ((v @ G.A @ G.B) ** 2).mean(1).detach().numpy()
+    lo, hi = np.percentile(d, 1, method="lower"), np.percentile(d, 99, method="higher")
+    assert got == pytest.approx(d[(d >= lo) & (d <= hi)].mean(), rel=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "stylegan2"])
+def test_ppl_zend_of_real_generators_against_a_direct_loop(kind):
+    """DCGAN (no W space) and StyleGAN2 in z space: path_length equals the formula written out here with
+    NVlabs' slerp on unit latents; W space exists for StyleGAN2 only."""
+    from lightning_modules.baselines import DCGANGenerator
+    from lightning_modules.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    if kind == "dcgan":
+        G = DCGANGenerator(z_dim=8, img_resolution=8, channel_base=64, channel_max=16)
+    else:
+        G = Generator(
+            z_dim=8,
+            w_dim=8,
+            img_resolution=8,
+            mapping_layers=2,
+            channel_base=64,
+            channel_max=8,
+            impl="torch",
+            use_noise=False,
+        )
+    dtype = torch.float64 if kind == "dcgan" else torch.float32  # our StyleGAN2 synthesis runs in float32
+    G = G.to(dtype).eval()
+    pairs = unit(torch.randn(2 * 16, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    eps = 1e-2  # both sides take the same finite step, so a large one keeps float32 rounding out of the way
+    mse = lambda a, b: (a - b).square().mean(dim=(1, 2, 3))  # noqa: E731
+    got = path_length(G, mse, 16, 16, eps, latents=lambda n, rng: pairs.to(dtype), space="z")
+    z0, z1 = pairs.chunk(2)
+    cos = (z0 * z1).sum(1, keepdim=True)
+    p = torch.acos(cos) * eps
+    c = unit(z1 - cos * z0)
+    zt = z0 * torch.cos(p) + c * torch.sin(p)  # NVlabs' slerp(z0, z1, eps)
+    with torch.no_grad():
+        img0, img1 = G(z0.to(dtype), noise_mode="const"), G(zt.to(dtype), noise_mode="const")
+    d = mse(img0.double(), img1.double()).numpy() / eps**2
+    lo, hi = np.percentile(d, 1, method="lower"), np.percentile(d, 99, method="higher")
+    assert got == pytest.approx(d[(d >= lo) & (d <= hi)].mean(), rel=1e-3)
+    assert got > 0
+    if kind == "stylegan2":
+        assert path_length(G, mse, 16, 16, eps, latents=lambda n, rng: pairs.to(dtype), space="w") > 0
+
+
+def test_voice_pairs_are_two_different_utterances():
+    pool = torch.arange(5, dtype=torch.float64)[:, None].repeat(1, 3)  # row i = (i, i, i)
+    latents = pair_latents(pool, noise_dim=2)
+    z = latents(400, torch.Generator().manual_seed(0))
+    first, second = z[:200, 0], z[200:, 0]
+    assert z.shape == (400, 5) and (first != second).all() and set(first.tolist()) == set(range(5))
+    assert z[:, 3:].std() > 0.5  # the noise inputs are fresh N(0, 1)
+    with pytest.raises(ValueError, match=">= 2 held-out utterances"):
+        pair_latents(pool[:1])
 
 
 def test_identity_cosine_hand_value():
