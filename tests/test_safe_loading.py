@@ -37,6 +37,7 @@ def smoke_checkpoint(tmp_path) -> tuple[dict, pathlib.Path]:
         num_classes=4,
         feature_dim=64,
         img_resolution=16,
+        encoder_mode="joint",  # no stage 1 here to write the encoder file
         _recursive_=False,
     )
     ckpt = {
