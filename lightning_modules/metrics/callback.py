@@ -107,10 +107,14 @@ class MetricsCallback(Callback):
         if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
             metrics["metrics/fid"] = self._try("fid", self._fid_value, trainer, pl_module)
         if self.ppl_cfg.get("enabled", True):
+            voices = None  # the split's embeddings, made once for every space
             for space in self.ppl_cfg.get("spaces", ["z", "w"]):
                 name = PPL_KEYS[space]
-                if name not in self._unavailable:
-                    metrics[f"metrics/{name}"] = self._try(name, self._ppl_value, trainer, pl_module, space)
+                if name in self._unavailable:
+                    continue
+                if voices is None and self.ppl_cfg.get("latents", "voices") == "voices":
+                    voices, _ = embed_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
+                metrics[f"metrics/{name}"] = self._try(name, self._ppl_value, pl_module, space, voices)
         metrics = {k: v for k, v in metrics.items() if v is not None}
         if self.probe_cfg is not None and getattr(trainer.datamodule, "faces", None) is not None:
             metrics.update(self._probe_metrics(trainer, pl_module))
@@ -142,13 +146,10 @@ class MetricsCallback(Callback):
         real_u8, _, _ = real_faces(trainer.datamodule, self.split)
         return fid_metric(self._fid, quantize(fakes), real_u8, self.split, self.fid_cfg.get("batch_size", 64))
 
-    def _ppl_value(self, trainer, pl_module, space: str) -> float:
+    def _ppl_value(self, pl_module, space: str, voices) -> float:
         check_ppl_space(pl_module.G_ema, space)
         if self._distance is None:
             self._distance = build_distance(self.ppl_cfg)
-        voices = None
-        if self.ppl_cfg.get("latents", "voices") == "voices":
-            voices, _ = embed_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
         return ppl_metric(pl_module, self.ppl_cfg, space, self._distance, voices)
 
     def _try(self, name, fn, *args):

@@ -220,7 +220,8 @@ def evaluate(
                 result[PPL_KEYS[space]] = ppl_metric(model, sub["ppl"], space, distance, voices)
             except MetricUnavailable as err:
                 skip(PPL_KEYS[space], str(err))
-        notes["ppl"] = ppl_note(sub["ppl"], split, len(voices))
+        if any(PPL_KEYS[space] in result for space in PPL_KEYS):  # the note describes figures that exist
+            notes["ppl"] = ppl_note(sub["ppl"], split, len(voices))
 
     attributes = getattr(datamodule, "attributes", None)
     id_cfg = sub["identity"]
