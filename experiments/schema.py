@@ -47,7 +47,9 @@ def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | No
 
 def check_config(cfg: DictConfig) -> None:
     """Every training value against its domain in conf/schema.yaml."""
-    check_values(cfg, ("seed", "eval_split", "evaluate", "data", "model", "pretrain_encoder", "metrics", "callbacks"))
+    check_values(
+        cfg, ("seed", "eval_split", "evaluate", "data", "model", "pretrain_encoder", "metrics", "callbacks", "trainer")
+    )
 
 
 def check_command_config(cfg: DictConfig, command: str) -> None:

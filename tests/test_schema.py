@@ -1,6 +1,6 @@
-"""conf/schema.yaml: every shipped experiment validates, and every numeric or boolean value under data, model,
-pretrain_encoder, metrics and callbacks of each has a domain there (a new key without one fails here, not
-silently at run time)."""
+"""conf/schema.yaml: every shipped experiment and trainer option validates, and every numeric or boolean value
+under data, model, pretrain_encoder, metrics, callbacks and trainer of each has a domain there (a new key without
+one fails here, not silently at run time)."""
 
 from __future__ import annotations
 
@@ -39,15 +39,60 @@ def has_number(value) -> bool:
     return isinstance(value, (int, float, bool))
 
 
-@pytest.mark.parametrize("exp", EXPERIMENTS)
-def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg, exp):
-    cfg = compose_cfg(f"+exp={exp}")
+SECTIONS = ("data", "model", "pretrain_encoder", "metrics", "callbacks", "trainer")
+TRAINERS = sorted(p.stem for p in (SCHEMA.parent / "trainer").glob("*.yaml"))
+
+
+def assert_every_value_has_a_domain(cfg, what: str) -> None:
     check_config(cfg)
     schema = OmegaConf.to_container(OmegaConf.load(SCHEMA))
-    for section in ("data", "model", "pretrain_encoder", "metrics", "callbacks"):
+    for section in SECTIONS:
         plain = OmegaConf.to_container(cfg.get(section), resolve=True) if cfg.get(section) is not None else None
         missing = uncovered(plain, schema["properties"][section], section)
-        assert not missing, f"+exp={exp}: no domain in {SCHEMA.name} for {missing}"
+        assert not missing, f"{what}: no domain in {SCHEMA.name} for {missing}"
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_validates_and_has_a_domain_for_each_value(compose_cfg, exp):
+    assert_every_value_has_a_domain(compose_cfg(f"+exp={exp}"), f"+exp={exp}")
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_validates_and_has_a_domain_for_each_value(compose_cfg, trainer):
+    assert_every_value_has_a_domain(compose_cfg(f"trainer={trainer}"), f"trainer={trainer}")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.devices=0", "trainer.devices"),
+        ("trainer.max_epochs=-2", "trainer.max_epochs"),
+        ("trainer.precision=bf32", "trainer.precision"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+        ("+trainer.num_nodes=0", "trainer.num_nodes"),
+        ("trainer.deterministic=maybe", "trainer.deterministic"),
+        ("trainer.limit_val_batches=-1", "trainer.limit_val_batches"),
+    ],
+)
+def test_a_bad_trainer_value_is_refused_with_its_key(compose_cfg, override, key):
+    with pytest.raises(ValueError, match=rf"^config: {key}: "):
+        check_config(compose_cfg(override))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.devices=2",
+        "trainer.devices=-1",
+        "trainer.devices=auto",
+        "trainer.devices=[0,1]",
+        "trainer.precision=bf16-mixed",
+        "trainer.deterministic=warn",
+        "+trainer.benchmark=null",
+    ],
+)
+def test_lightning_values_stay_accepted(compose_cfg, override):
+    check_config(compose_cfg(override))
 
 
 REQUIRED = {
