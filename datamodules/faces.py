@@ -9,7 +9,6 @@ corpus writes), `none` (pre-aligned folders: resize only). Faces are stored as u
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from datamodules.files import unreadable_reason
+from datamodules.files import read_table, refuse_repeats, unreadable_reason
 
 # ArcFace's five-point template for a 112×112 crop; scaled to any crop size.
 TEMPLATE_112 = np.array(
@@ -136,21 +135,22 @@ def load_image(path) -> np.ndarray:
 
 
 def read_landmarks(csv_path) -> dict[str, np.ndarray]:
-    """landmarks.csv -> {relative image path: [5, 2]}; a bad column or number names the file and line."""
+    """landmarks.csv -> {relative image path: [5, 2]}; read as `files.read_table` reads (byte order mark, encoding,
+    unbalanced quotes); a bad column or number, or an image on two lines, names the file and line(s)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FaceError(csv_path, "landmarks file not found (detector=file needs one; use mtcnn or none otherwise)")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("path",) + LANDMARK_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise FaceError(csv_path, f"missing columns {missing}")
-        out = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                out[row["path"]] = np.array([float(row[c]) for c in LANDMARK_COLUMNS]).reshape(5, 2)
-            except (TypeError, ValueError):
-                raise FaceError(csv_path, f"line {line}: landmarks are not numbers") from None
+    _, numbered, columns = read_table(csv_path)
+    missing = [c for c in ("path",) + LANDMARK_COLUMNS if c not in columns]
+    if missing:
+        raise FaceError(csv_path, f"missing columns {missing}")
+    refuse_repeats(csv_path, numbered, "path", "image")
+    out = {}
+    for line, row in numbered:
+        try:
+            out[row["path"]] = np.array([float(row[c]) for c in LANDMARK_COLUMNS]).reshape(5, 2)
+        except (TypeError, ValueError):
+            raise FaceError(csv_path, f"line {line}: landmarks are not numbers") from None
     return out
 
 

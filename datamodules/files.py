@@ -1,7 +1,8 @@
-"""Files of the data layer: the data error, why a path cannot be read, atomic writes."""
+"""Files of the data layer: the data error, why a path cannot be read, the table reader, atomic writes."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -31,6 +32,48 @@ def unreadable_reason(path) -> str | None:
     if not os.access(path, os.R_OK):
         return "permission denied (not readable by this user)"
     return None
+
+
+def read_table(path: Path, literal_quotes: bool = False) -> tuple[str, list[tuple[int, dict]], list[str]]:
+    """(header line, [(line number, row)], column names) of a tab- or comma-separated text file, as a hand-edited
+    CSV can come: a UTF-8 byte order mark (Excel, Notepad) is dropped, not taken into the first column's name;
+    non-UTF-8 text is refused with the byte; line numbers count blank lines. With `literal_quotes` a `"` is an
+    ordinary character; otherwise quoting is csv's, and a field that spans lines (an unbalanced quote, which would
+    swallow the rows after it into one value) is refused with its lines."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            head = f.readline()
+            f.seek(0)
+            quoting = csv.QUOTE_NONE if literal_quotes else csv.QUOTE_MINIMAL
+            reader = csv.DictReader(f, delimiter="\t" if "\t" in head else ",", quoting=quoting)
+            numbered, first = [], 2
+            for row in reader:
+                if any("\n" in v or "\r" in v for v in row.values() if isinstance(v, str)):
+                    raise DataError(
+                        f"{path}: lines {first}-{reader.line_num} are one row (an unbalanced quote \"); "
+                        "close or remove the quote"
+                    )
+                numbered.append((reader.line_num, row))
+                first = reader.line_num + 1
+            columns = [c.strip() for c in reader.fieldnames or []]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    return head, numbered, columns
+
+
+def refuse_repeats(path: Path, numbered: list[tuple[int, dict]], column: str, what: str) -> None:
+    """A `column` value on two lines of the table `path` (the later row would silently win) is refused with
+    the lines of the first five repeated values."""
+    lines: dict[str, list[int]] = {}
+    for line, row in numbered:
+        lines.setdefault((row.get(column) or "").strip(), []).append(line)
+    repeated = {v: ls for v, ls in lines.items() if len(ls) > 1}
+    if repeated:
+        shown = "; ".join(f"{v!r} on lines {ls}" for v, ls in list(repeated.items())[:5])
+        raise DataError(
+            f"{path}: {len(repeated)} {column} value(s) appear more than once ({shown}); each {what} must be "
+            "on exactly one line"
+        )
 
 
 def write_atomic(path: Path, write) -> None:

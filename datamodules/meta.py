@@ -6,11 +6,10 @@ F–Z train, A–B validation, C–E test; labels index the sorted names of a sp
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
-from datamodules.files import DataError
+from datamodules.files import DataError, read_table, refuse_repeats
 from datamodules.synthetic.traits import ATTRIBUTE_KINDS, read_attributes
 
 log = logging.getLogger(__name__)
@@ -27,9 +26,9 @@ def read_meta(meta_csv) -> list[dict]:
     meta_csv = Path(meta_csv)
     if not meta_csv.is_file():
         raise DataError(f"{meta_csv}: meta file not found; copy VoxCeleb1's vox1_meta.csv there")
-    head, numbered, columns = _read_table(meta_csv)
-    line_of = [line for line, _ in numbered]
-    rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for _, r in numbered]
+    head, numbered, columns = read_table(meta_csv, literal_quotes=True)
+    numbered = [(line, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for line, r in numbered]
+    rows = [r for _, r in numbered]
     missing = [c for c in META_COLUMNS if c not in columns]
     if missing:
         raise DataError(
@@ -39,32 +38,8 @@ def read_meta(meta_csv) -> list[dict]:
     if not rows:
         raise DataError(f"{meta_csv}: only a header, no identities; expected one line per VoxCeleb1 identity")
     for column in META_COLUMNS:
-        lines: dict[str, list[int]] = {}
-        for line, r in zip(line_of, rows):
-            lines.setdefault(r[column], []).append(line)
-        repeated = {v: ls for v, ls in lines.items() if len(ls) > 1}
-        if repeated:
-            shown = "; ".join(f"{v!r} on lines {ls}" for v, ls in list(repeated.items())[:5])
-            raise DataError(
-                f"{meta_csv}: {len(repeated)} {column} value(s) appear more than once ({shown}); each "
-                "identity must be on exactly one line"
-            )
+        refuse_repeats(meta_csv, numbered, column, "identity")
     return rows
-
-
-def _read_table(meta_csv: Path) -> tuple[str, list[tuple[int, dict]], list[str]]:
-    """(header line, [(line number, row)], column names) of a tab- or comma-separated file. A UTF-8 byte order
-    mark (Excel, Notepad) is dropped, not taken into the first column's name; line numbers count blank lines."""
-    try:
-        with open(meta_csv, newline="", encoding="utf-8-sig") as f:
-            head = f.readline()
-            f.seek(0)
-            reader = csv.DictReader(f, delimiter="\t" if "\t" in head else ",", quoting=csv.QUOTE_NONE)
-            numbered = [(reader.line_num, r) for r in reader]
-            columns = [c.strip() for c in reader.fieldnames or []]
-    except UnicodeDecodeError as err:
-        raise DataError(f"{meta_csv}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    return head, numbered, columns
 
 
 def identity_split(meta_csv, face_names) -> dict[str, list[str]]:

@@ -18,8 +18,9 @@ from hydra.errors import HydraException, InstantiationException
 from PIL import Image
 
 from datamodules.audio import load_audio
-from datamodules.faces import load_image, read_landmarks
+from datamodules.faces import LANDMARK_COLUMNS, load_image, read_landmarks
 from datamodules.meta import read_meta
+from datamodules.synthetic.traits import ATTRIBUTE_KINDS, read_attributes
 from datamodules.voxvgg import VoxVGGDataModule
 from experiments.run import check_checkpoint, resolve_ckpt, train
 from lightning_modules.callbacks import KimgCheckpoint
@@ -74,6 +75,16 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
+LANDMARKS_HEAD = "path," + ",".join(LANDMARK_COLUMNS) + "\n"
+
+
+def attributes(path: Path, names: list[str]) -> Path:
+    """attributes.csv with one row per name (a repeated name gives a repeated row)."""
+    values = {k: "brown" if kind == "categorical" else "0.5" for k, kind in ATTRIBUTE_KINDS.items()}
+    rows = [",".join([n, *values.values()]) for n in names]
+    return write(path, "\n".join([",".join(["VGGFace1 ID", *values]), *rows]) + "\n")
+
+
 def meta_missing_columns(path: Path) -> Path:
     return write(path, "VoxCeleb1 ID\tGender\nid10001\tm\n")
 
@@ -123,6 +134,31 @@ AUDIO_IMAGE_META = {
         ),
         read_landmarks,
         ["line 2", "not numbers"],
+    ),
+    "landmarks_not_utf8": (  # was UnicodeDecodeError naming no file
+        lambda d: write(d / "landmarks.csv", (LANDMARKS_HEAD + "Ren\xe9e/1.jpg" + ",1" * 10 + "\n").encode("latin-1")),
+        read_landmarks,
+        ["not UTF-8 text", "save it as UTF-8"],
+    ),
+    "landmarks_repeated_image": (  # the later row silently won
+        lambda d: write(d / "landmarks.csv", LANDMARKS_HEAD + ("a/1.jpg" + ",1" * 10 + "\n") * 2),
+        read_landmarks,
+        ["'a/1.jpg' on lines [2, 3]", "each image"],
+    ),
+    "landmarks_unbalanced_quote": (  # swallowed the next row into one path
+        lambda d: write(d / "landmarks.csv", LANDMARKS_HEAD + '"a/1.jpg' + ",1" * 10 + "\nb/2.jpg" + ",2" * 10 + "\n"),
+        read_landmarks,
+        ["lines 2-3 are one row", "unbalanced quote"],
+    ),
+    "attributes_repeated_name": (  # the later row silently won
+        lambda d: attributes(d / "attributes.csv", ["Ann_A", "Bob_B", "Ann_A"]),
+        read_attributes,
+        ["'Ann_A' on lines [2, 4]", "each identity"],
+    ),
+    "attributes_not_utf8": (
+        lambda d: write(d / "attributes.csv", "VGGFace1 ID\nRen\xe9e\n".encode("latin-1")),
+        read_attributes,
+        ["not UTF-8 text"],
     ),
     "meta_missing": (lambda d: d / "vox1_meta.csv", read_meta, ["not found", "vox1_meta.csv"]),
     "meta_missing_columns": (
@@ -217,6 +253,16 @@ def test_a_meta_file_with_a_byte_order_mark_is_read(tmp_path):
     """Saved from Excel or Notepad, the file starts with a UTF-8 BOM: it was refused as missing 'VoxCeleb1 ID'."""
     meta = write(tmp_path / "vox1_meta.csv", "\ufeffVoxCeleb1 ID\tVGGFace1 ID\tGender\nid1\tAnn_A\tf\n".encode())
     assert read_meta(meta) == [{"VoxCeleb1 ID": "id1", "VGGFace1 ID": "Ann_A", "Gender": "f"}]
+
+
+def test_landmarks_and_attributes_with_a_byte_order_mark_are_read(tmp_path):
+    """Hand-edited in Excel or Notepad, both files start with a UTF-8 BOM: the first column was named
+    '\\ufeffpath' ('\\ufeffVGGFace1 ID') and refused as missing."""
+    landmarks = write(tmp_path / "landmarks.csv", ("\ufeff" + LANDMARKS_HEAD + "a/1.jpg" + ",3" * 10 + "\n").encode())
+    assert list(read_landmarks(landmarks)) == ["a/1.jpg"] and read_landmarks(landmarks)["a/1.jpg"].shape == (5, 2)
+    plain = attributes(tmp_path / "plain.csv", ["Ann_A"])
+    marked = write(tmp_path / "attributes.csv", b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_attributes(marked) == read_attributes(plain) and list(read_attributes(marked)) == ["Ann_A"]
 
 
 def test_meta_quotes_are_read_literally_and_unsplit_names_are_reported(tmp_path, caplog):

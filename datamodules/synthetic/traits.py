@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.files import read_table, refuse_repeats
+
 # Accent table: nationality -> (eSpeak language, skin-tone mean, skin-tone sd, hair-colour probabilities).
 # Non-English eSpeak languages read the English sentences with their own letter-to-sound rules: an accent.
 ACCENTS: dict[str, tuple[str, float, float, dict[str, float]]] = {
@@ -183,27 +185,28 @@ def write_attributes(path: Path, identities: list[Identity]) -> None:
 
 
 def read_attributes(path: str | Path) -> dict[str, dict[str, float | str]]:
-    """attributes.csv -> {VGGFace1 ID: {trait: float (continuous) | str (categorical)}}."""
+    """attributes.csv -> {VGGFace1 ID: {trait: float (continuous) | str (categorical)}}; read as
+    `files.read_table` reads, and a name on two lines (the later row would win) is refused with its lines."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no attributes file (generate the corpus with python -m datamodules.synthetic)"
         )
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"VGGFace1 ID", *ATTRIBUTE_KINDS} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        out: dict[str, dict[str, float | str]] = {}
-        for line, row in enumerate(reader, start=2):
-            values: dict[str, float | str] = {}
-            for key, kind in ATTRIBUTE_KINDS.items():
-                if kind == "categorical":
-                    values[key] = row[key]
-                    continue
-                try:
-                    values[key] = float(row[key])
-                except (TypeError, ValueError):  # TypeError: a short row leaves None
-                    raise ValueError(f"{path}: line {line}: {key}={row[key]!r} is not a number") from None
-            out[row["VGGFace1 ID"]] = values
+    _, numbered, columns = read_table(path)
+    missing = {"VGGFace1 ID", *ATTRIBUTE_KINDS} - set(columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    refuse_repeats(path, numbered, "VGGFace1 ID", "identity")
+    out: dict[str, dict[str, float | str]] = {}
+    for line, row in numbered:
+        values: dict[str, float | str] = {}
+        for key, kind in ATTRIBUTE_KINDS.items():
+            if kind == "categorical":
+                values[key] = row[key]
+                continue
+            try:
+                values[key] = float(row[key])
+            except (TypeError, ValueError):  # TypeError: a short row leaves None
+                raise ValueError(f"{path}: line {line}: {key}={row[key]!r} is not a number") from None
+        out[row["VGGFace1 ID"]] = values
     return out
