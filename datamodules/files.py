@@ -50,7 +50,7 @@ def read_table(path: Path, literal_quotes: bool = False) -> tuple[str, list[tupl
             for row in reader:
                 if any("\n" in v or "\r" in v for v in row.values() if isinstance(v, str)):
                     raise DataError(
-                        f"{path}: lines {first}-{reader.line_num} are one row (an unbalanced quote \"); "
+                        f'{path}: lines {first}-{reader.line_num} are one row (an unbalanced quote "); '
                         "close or remove the quote"
                     )
                 numbered.append((reader.line_num, row))

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from datamodules.files import DataError, write_atomic, write_json
 
-SHARD_VERSION = "1"  # bump when the shard bytes change for a given config: old folders are then made anew
+SHARD_VERSION = "2"  # bump when the shard bytes change for a given config: old folders are then made anew
+# 2: faces warped from the window they sample, a shrink of 4 or more first an integer one (datamodules/faces.warp)
 
 
 def preprocessing_config(detector: str, face_size: int, features: dict | None, vad: dict | None) -> dict:

@@ -249,6 +249,23 @@ def test_images_are_read_as_displayed(tmp_path):
     assert abs(int(load_image(tmp_path / "deep.png")[0, 0, 0]) - 128) <= 1
 
 
+@pytest.mark.parametrize("top", [1.0, 255.0, 65535.0])
+def test_float_tiffs_are_scaled_by_their_range(tmp_path, top):
+    """A float TIFF storing 0-1 came out as 0/1 (black): it was scaled as if it stored 0-255."""
+    ramp = np.tile(np.linspace(0.0, top, 64, dtype=np.float32), (40, 1))
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float.tif")
+    grey = load_image(tmp_path / "float.tif")[0, :, 0].astype(int)
+    assert grey[0] == 0 and grey[-1] == 255 and abs(grey[32] - round(32 / 63 * 255)) <= 1
+
+
+def test_a_float_tiff_with_nan_is_refused(tmp_path):
+    image = np.zeros((40, 40), np.float32)
+    image[3, 3] = np.nan
+    Image.fromarray(image, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match="nan.tif: F image holds NaN or infinity"):
+        load_image(tmp_path / "nan.tif")
+
+
 def test_a_meta_file_with_a_byte_order_mark_is_read(tmp_path):
     """Saved from Excel or Notepad, the file starts with a UTF-8 BOM: it was refused as missing 'VoxCeleb1 ID'."""
     meta = write(tmp_path / "vox1_meta.csv", "\ufeffVoxCeleb1 ID\tVGGFace1 ID\tGender\nid1\tAnn_A\tf\n".encode())

@@ -122,6 +122,49 @@ def test_separable_box_blur_equals_one_k_by_k_pass():
         torch.testing.assert_close(box_blur(img, k), full, atol=1e-3, rtol=0)
 
 
+def whole_image_warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
+    """The warp as it was: the whole image blurred by a box of the full shrink, then sampled."""
+    H, W, _ = image.shape
+    inv = np.linalg.inv(np.vstack([M, [0.0, 0.0, 1.0]]))[:2]
+    ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
+    src = inv @ np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])
+    scale = 1.0 / abs(np.linalg.det(M[:, :2])) ** 0.5
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    if scale > 1.5:
+        img = box_blur(img, int(scale) | 1)
+    grid = torch.from_numpy(np.stack([src[0] / (W - 1), src[1] / (H - 1)], -1) * 2 - 1).float()
+    out = torch.nn.functional.grid_sample(img, grid.view(1, size, size, 2), padding_mode="border", align_corners=True)
+    return out[0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize(
+    "scale, shift",
+    [(1.0, (100.0, 80.0)), (2.3, (40.0, 70.0)), (3.7, (0.0, 0.0)), (2.0, (-60.0, 150.0)), (1.2, (230.0, -40.0))],
+)
+def test_warp_of_a_window_equals_the_whole_image_warp(scale, shift):
+    """Below a shrink of 4 only the window the crop samples is read; the result is the whole image's up to one
+    level of float rounding in a few pixels, inside the image and where the crop runs past its edges."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 300, 3), dtype=np.uint8)
+    M = np.array([[1 / scale, 0.0, -shift[0] / scale], [0.0, 1 / scale, -shift[1] / scale]])
+    got, want = warp(image, M, 64).astype(int), whole_image_warp(image, M, 64).astype(int)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.01  # noise: the worst case for rounding
+
+
+def test_a_large_shrink_is_an_integer_one_without_aliasing():
+    """A 1280² photo to 64 px (shrink 20): pooled 10×10 first, then the remaining ×2. A 2-pixel checkerboard
+    must come out flat grey (unfiltered bilinear taps would give black and white), and a smooth image as its
+    20×20 block means."""
+    board = (np.indices((1280, 1280)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    M = np.array([[1 / 20, 0.0, -0.5 + 0.5 / 20], [0.0, 1 / 20, -0.5 + 0.5 / 20]])  # pixel edges onto edges
+    flat = warp(board, M, 64).astype(int)
+    assert np.abs(flat - 127.5).max() <= 1
+    y, x = np.indices((1280, 1280)) / 1280
+    smooth = np.stack([255 * x, 255 * y, 127 + 100 * np.sin(6 * x) * np.cos(4 * y)], -1).round().astype(np.uint8)
+    means = smooth.reshape(64, 20, 64, 20, 3).mean((1, 3)).transpose(2, 0, 1)
+    assert np.abs(warp(smooth, M, 64) - means).max() <= 2.5
+
+
 def test_warp_identity_keeps_image():
     img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     out = warp(img, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 16)
