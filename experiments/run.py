@@ -125,17 +125,12 @@ def check_checkpoint(path: str, model: L.LightningModule) -> None:
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool) -> list[L.Callback]:
-    callbacks = [
+    """Every configured callback (conf/callbacks, in its order; null ones are off)."""
+    return [
         hydra.utils.instantiate(c)
         for name, c in (cfg.get("callbacks") or {}).items()
         if c and "_target_" in c and (with_logger or name != "lr_monitor")  # the monitor needs a logger
     ]
-    metrics_cfg = cfg.get("metrics")
-    if metrics_cfg and cfg.model._target_.endswith("Voice2FaceGAN"):
-        from lightning_modules.metrics.callback import MetricsCallback
-
-        callbacks.append(MetricsCallback.from_config(metrics_cfg))
-    return callbacks
 
 
 def build_trainer(cfg: DictConfig, loggers: list) -> L.Trainer:

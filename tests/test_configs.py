@@ -66,6 +66,24 @@ def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
     assert isinstance(trainer, Trainer)
 
 
+def test_callbacks_are_built_from_their_config_alone(compose_cfg):
+    """run.py builds whatever conf/callbacks lists, in its order: the resume state first, the metrics callback
+    from the `metrics` section; encoder pretraining has no generator, so neither grids nor metrics."""
+    from lightning_modules.callbacks import KimgCheckpoint
+    from lightning_modules.metrics.callback import MetricsCallback
+    from lightning_modules.resume import ExactResume
+    from lightning_modules.samples import SampleGrids
+
+    built = build_callbacks(compose_cfg("+exp=smoke", "metrics.callback.every_kimg=3"), True)
+    kinds = [type(c) for c in built]
+    assert kinds[0] is ExactResume and kinds.index(ExactResume) < kinds.index(KimgCheckpoint)
+    assert {MetricsCallback, SampleGrids} <= set(kinds)
+    assert next(c for c in built if isinstance(c, MetricsCallback)).every_nimg == 3000
+    pretrain = {type(c) for c in build_callbacks(compose_cfg("+exp=encoder_pretrain"), True)}
+    assert MetricsCallback not in pretrain and SampleGrids not in pretrain and ExactResume in pretrain
+    assert MetricsCallback not in {type(c) for c in build_callbacks(compose_cfg("callbacks.metrics=null"), True)}
+
+
 def test_ablations_differ_from_baseline_only_where_they_should(compose_cfg):
     base, nose, relu = (compose_cfg(f"+exp={e}").model for e in ("baseline", "nose", "relu"))
     assert base.encoder.se and base.encoder.act == "mish"

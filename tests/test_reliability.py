@@ -122,6 +122,32 @@ def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path, data):
     assert straight.lightning_module.cur_nimg == resumed.lightning_module.cur_nimg == 8 * BATCH
 
 
+def test_a_checkpoint_from_before_the_resume_callback_resumes_exactly(compose_cfg, tmp_path):
+    """Until ExactResume had its own class, its state was saved under the checkpoint callback's key."""
+    run(compose_cfg, tmp_path / "straight", 8)
+    run(compose_cfg, tmp_path / "first", 4)
+    new = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=True)
+    old = {**new, "callbacks": {"KimgCheckpoint": new["callbacks"]["ExactResume"]}}
+    torch.save(old, tmp_path / "old.ckpt")
+    run(compose_cfg, tmp_path / "resumed", 8, f"ckpt_path={tmp_path / 'old.ckpt'}")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert_same(a["state_dict"], b["state_dict"])
+    assert counters(a) == counters(b)
+
+
+def test_the_resume_callback_must_come_before_the_checkpoints(compose_cfg, tmp_path):
+    """After the checkpoint callback, a last.ckpt written at a batch's end would not count that batch."""
+    from omegaconf import open_dict
+
+    cfg = compose_cfg(*FAST, "logger=none", kimg(2))
+    with open_dict(cfg):
+        resume = cfg.callbacks.pop("resume")
+        cfg.callbacks.resume = resume  # now last in the list
+    with pytest.raises(ValueError, match="ExactResume must come before KimgCheckpoint.*list `resume` first"):
+        train(cfg)
+
+
 def counters(ckpt) -> dict:
     """The checkpoint's progress without its wall-clock train_seconds (the one field a rerun may not repeat)."""
     progress = dict(ckpt["voice2face_progress"])
@@ -146,7 +172,7 @@ def test_checkpoint_opens_as_data_and_holds_the_full_state(compose_cfg, tmp_path
     assert {"pl_mean"} <= keys and any(k.startswith("G_ema.") for k in keys)
     assert len(ckpt["optimizer_states"]) == 2  # G (+ encoder) and D
     assert ckpt["voice2face_progress"]["iteration"] == 2 and ckpt["voice2face_format"] == v2f.CHECKPOINT_FORMAT
-    resume = ckpt["callbacks"]["KimgCheckpoint"]
+    resume = ckpt["callbacks"]["ExactResume"]
     assert {"train_rng", "epoch_rng", "data_rng", "batches_done"} <= resume.keys()
     assert isinstance(ckpt["hyper_parameters"]["generator"], dict)  # plain types, no DictConfig
 

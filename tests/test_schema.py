@@ -47,7 +47,8 @@ def assert_every_value_has_a_domain(cfg, what: str) -> None:
     check_config(cfg)
     schema = OmegaConf.to_container(OmegaConf.load(SCHEMA))
     for section in SECTIONS:
-        plain = OmegaConf.to_container(cfg.get(section), resolve=True) if cfg.get(section) is not None else None
+        # unresolved: an interpolated value (callbacks.metrics.metrics_cfg: ${metrics}) has its domain where it is set
+        plain = OmegaConf.to_container(cfg.get(section), resolve=False) if cfg.get(section) is not None else None
         missing = uncovered(plain, schema["properties"][section], section)
         assert not missing, f"{what}: no domain in {SCHEMA.name} for {missing}"
 
