@@ -28,6 +28,18 @@ def stored_features(features: dict | None) -> dict:
     return features
 
 
+def checkpoint_data_hparams(state: dict, where) -> dict:
+    """The datamodule hyper-parameters a training checkpoint (read as data) stores, as Lightning keeps them, with
+    its features read as they were trained (`stored_features`)."""
+    hparams = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
+    if hparams is None:
+        raise ValueError(
+            f"{where}: no datamodule hyper-parameters in this checkpoint, so its training-time "
+            "data and audio features are unknown (train through experiments.run)"
+        )
+    return {**dict(hparams), "features": stored_features(hparams.get("features"))}
+
+
 class VoicePipeline:
     def __init__(
         self,
@@ -39,9 +51,11 @@ class VoicePipeline:
         self.eval_min_frames = eval_min_frames
         self.front = AudioFrontEnd(AudioFeatures(**self.features), **self.vad)
 
+    DATA_ARGS = ("features", "vad", "eval_min_frames")  # the datamodule hyper-parameters it is built from
+
     @classmethod
     def of(cls, hparams: dict) -> VoicePipeline:
-        """The pipeline of a datamodule's hyper-parameters (as stored in a checkpoint)."""
+        """The pipeline of a datamodule's hyper-parameters (as stored in a checkpoint; `DATA_ARGS` of them)."""
         return cls(stored_features(hparams.get("features")), hparams.get("vad"), hparams.get("eval_min_frames", 1000))
 
     @property

@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import unreadable_reason
-from datamodules.pipeline import VoicePipeline
-from experiments.evaluate import data_hparams, model_from, pick_device, read_checkpoint
+from datamodules.pipeline import VoicePipeline, checkpoint_data_hparams
 from experiments.schema import check_command_config
+from lightning_modules.safe_load import load_data
+from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
 
 def list_audio(audio: str | Path) -> list[Path]:
@@ -127,8 +128,16 @@ def generate_faces(
 def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> VoicePipeline:
     """The training-time voice pipeline of a checkpoint (a path, or one read by read_checkpoint): load, VAD,
     features and the shards' float16 rounding as prepare stored them, short clips tiled as the held-out loaders
-    tile them."""
-    return VoicePipeline.of(data_hparams(ckpt, overrides))
+    tile them. `overrides` may replace only the datamodule arguments the pipeline is built from."""
+    state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
+    ignored = sorted(set(overrides or {}) - set(VoicePipeline.DATA_ARGS))
+    if ignored:
+        raise ValueError(
+            f"config: data_overrides: {ignored} do not change what generate does (only "
+            f"{list(VoicePipeline.DATA_ARGS)} shape its voice pipeline); drop them"
+        )
+    where = "the checkpoint" if isinstance(ckpt, dict) else ckpt
+    return VoicePipeline.of({**checkpoint_data_hparams(state, where), **(overrides or {})})
 
 
 def run(cfg: DictConfig) -> int:
@@ -136,7 +145,7 @@ def run(cfg: DictConfig) -> int:
     files = list_audio(cfg.audio)
     check_out(Path(cfg.out), cfg.get("overwrite", False))
     state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
-    model = model_from(state, pick_device(cfg.device))
+    model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
     front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
     written, errors = generate_faces(
         model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns, round(cfg.window_seconds * 100)

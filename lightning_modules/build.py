@@ -8,6 +8,8 @@ the checkpoint builds them. A handed file could name any importable callable the
 
 from __future__ import annotations
 
+import inspect
+
 import hydra
 
 NETWORKS = {  # every class a network config may name: the project's own, plus those registered in code
@@ -54,3 +56,19 @@ def build_network(cfg, what: str, **fill):
     """The network of `cfg` with the values the data decides filled in, after `check_network_config`."""
     check_network_config(cfg, what)
     return hydra.utils.instantiate({**cfg, **fill}, _convert_="all", _recursive_=False)
+
+
+def check_arguments(cls, kwargs: dict, what: str, fix: str = "use the version that wrote it") -> None:
+    """ValueError naming the arguments `cls` does not take and those it needs but lacks: a checkpoint of another
+    voice2face version would otherwise stop with a TypeError traceback."""
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else sorted(set(kwargs) - set(params))
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    missing = [n for n in missing if n not in kwargs]
+    problems = [f"does not take {unknown}"] * bool(unknown) + [f"needs {missing}"] * bool(missing)
+    if problems:
+        raise ValueError(
+            f"{what}: {cls.__name__} of this voice2face version {' and '.join(problems)} (a checkpoint of "
+            f"another version?); {fix}"
+        )

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.faces import mean_face
-from lightning_modules.build import build_network
+from lightning_modules.build import build_network, check_arguments, check_network_config
 from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.losses import (
@@ -33,6 +34,7 @@ from lightning_modules.losses import (
     path_lengths,
     r1_penalty,
 )
+from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,32 @@ def _plain(cfg):
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return copy.deepcopy(cfg)
+
+
+def read_checkpoint(ckpt: str | Path) -> dict:
+    """A voice2face training checkpoint, read once as data (weights_only), its networks' configs checked before
+    anything is built from them (`Voice2FaceGAN.from_checkpoint` builds the model, the datamodule hyper-parameters
+    give the voice pipeline)."""
+    path = Path(ckpt)
+    refuse_unreadable(
+        path,
+        f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)",
+        "ckpt= must name a .ckpt written by training (a run's checkpoints/last.ckpt)",
+    )
+    state = load_data(path, "a voice2face checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
+        raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
+    state["hyper_parameters"] = {k: v for k, v in state["hyper_parameters"].items() if k not in RETIRED_HPARAMS}
+    for part in ("encoder", "generator", "discriminator"):
+        check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
+    check_arguments(Voice2FaceGAN, state["hyper_parameters"], f"{path}: hyper_parameters")
+    mode = state["hyper_parameters"].get("encoder_mode", "joint")
+    if mode not in ENCODER_MODES:  # from_checkpoint builds every checkpoint as joint, so __init__ cannot check it
+        raise ValueError(
+            f"{path}: hyper_parameters: encoder_mode {mode!r} is not one of {ENCODER_MODES} (a checkpoint of "
+            "another version?); use the version that wrote it"
+        )
+    return state
 
 
 class Voice2FaceGAN(LightningModule):
@@ -408,6 +436,24 @@ class Voice2FaceGAN(LightningModule):
             "train_seconds": float(self.train_seconds),
         }
         checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, device: str | torch.device = "cpu") -> "Voice2FaceGAN":
+        """The model of a checkpoint read by `read_checkpoint`, in eval mode on `device` ("auto": CUDA where there
+        is one), built as Lightning's load_from_checkpoint builds it: the stored hyper-parameters, then
+        on_load_checkpoint, then the weights, strictly."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        hparams = state["hyper_parameters"]
+        # The checkpoint's weights include the encoder's, so its stage-1 file (encoder_ckpt) is not read: it need
+        # not exist here (a run folder moved or handed over). Built as a joint encoder, then given its mode back.
+        model = cls(**{**hparams, "encoder_mode": "joint", "encoder_ckpt": None})
+        mode, encoder_ckpt = hparams.get("encoder_mode", "joint"), hparams.get("encoder_ckpt")
+        model.hparams.update(encoder_mode=mode, encoder_ckpt=encoder_ckpt)
+        model.encoder.requires_grad_(model.hparams.encoder_mode != "frozen")
+        model.on_load_checkpoint(state)
+        model.load_state_dict(state["state_dict"], strict=True)
+        return model.to(device).eval()
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")

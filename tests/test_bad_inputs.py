@@ -388,8 +388,8 @@ def test_missing_required_path_names_it(compose_cfg, overrides, words):
 @pytest.mark.parametrize("loader", ["ckpt_path", "ckpt", "encoder_ckpt"])
 def test_a_checkpoint_path_that_is_no_file_says_what_it_is(tmp_path, kind, loader):
     """A run folder given as the checkpoint (or a FIFO, a symlink loop) was "not found" / "no such checkpoint"."""
-    from experiments.evaluate import read_checkpoint
     from lightning_modules.encoder_pretrain import load_encoder_weights
+    from lightning_modules.voice2face import read_checkpoint
 
     path = tmp_path / "last.ckpt"
     what = {"folder": "a folder, not a file", "fifo": "a FIFO (named pipe)", "symlink_loop": "a symlink loop"}

@@ -187,3 +187,69 @@ def test_an_audio_path_that_is_no_file_says_what_it_is(tmp_path, kind):
     words = {"fifo": "a FIFO", "symlink_loop": "a symlink loop", "broken_symlink": "a broken symlink"}[kind]
     with pytest.raises(ValueError, match=rf"{path}: {words}.*audio= must name"):
         list_audio(path)  # was "no such audio file or folder"
+
+
+# Files a reader need not open to follow a voice to a face: the networks (their own contracts, docs/architecture.md)
+# and leaf helpers every command shares (one-line errors, the config schema, path checks).
+NOT_ON_THE_PATH = {
+    "lightning_modules/audio_encoder.py",
+    "lightning_modules/stylegan2.py",
+    "lightning_modules/baselines.py",
+    "lightning_modules/losses.py",
+    "datamodules/cli_errors.py",
+    "datamodules/files.py",
+    "experiments/schema.py",
+}
+
+
+def test_a_voice_to_a_face_visits_six_project_files_and_reads_the_checkpoint_once(audio_dir, tmp_path, monkeypatch):
+    """wav -> face through `python -m experiments.generate`: every project file whose functions run (networks and
+    shared leaf helpers aside) is one of six, and the checkpoint file is opened once, for the model and the
+    voice pipeline both."""
+    import sys
+
+    import experiments.generate as command
+
+    root = Path(__file__).resolve().parents[1]
+    hparams = {"features": {"kind": "logmel", "preemphasis": 0.95}, "vad": {}, "eval_min_frames": 1000}
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt", datamodule_hparams=hparams)
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(Path(f)) or load(f, *a, **k))
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose(
+            "generate", [f"ckpt={ckpt}", f"audio={audio_dir / 'a_voice.wav'}", f"out={tmp_path / 'out'}", "device=cpu"]
+        )
+    visited = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            visited.add(frame.f_code.co_filename)
+
+    sys.setprofile(profile)
+    try:
+        status = command.run(cfg)
+    finally:
+        sys.setprofile(None)
+    assert status == 0 and (tmp_path / "out" / "a_voice.wav.png").is_file()
+    ours = [f for f in visited if f.startswith(str(root)) and not {"tests", ".venv"} & set(Path(f).parts)]
+    project = {str(Path(f).relative_to(root)) for f in ours}
+    on_path = {f for f in project if not f.startswith("kernels/")} - NOT_ON_THE_PATH
+    assert on_path == {
+        "experiments/generate.py",
+        "lightning_modules/voice2face.py",
+        "lightning_modules/safe_load.py",
+        "lightning_modules/build.py",
+        "datamodules/pipeline.py",
+        "datamodules/audio.py",
+    }, sorted(project)
+    assert reads == [ckpt]
+
+
+def test_generate_refuses_data_overrides_that_would_do_nothing(tmp_path):
+    """Only the voice pipeline's arguments change what generate does; a data root or batch size was ignored."""
+    from experiments.generate import front_end_of
+
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt", datamodule_hparams={"features": {"kind": "logmel"}})
+    with pytest.raises(ValueError, match=r"data_overrides: \['root'\] do not change what generate does"):
+        front_end_of(ckpt, {"root": "/moved/data"})
+    assert front_end_of(ckpt, {"eval_min_frames": 300}).eval_min_frames == 300
