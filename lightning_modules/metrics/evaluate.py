@@ -27,6 +27,7 @@ from lightning_modules.metrics.identity import (
 from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
 from lightning_modules.metrics.probe import train_probe
+from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
@@ -256,18 +257,29 @@ def evaluate(
                 embed = lambda x: probe.predict(x)[0]  # noqa: E731
             else:
                 raise ValueError(f"metrics.identity.embedder must be auto, facenet or probe, got {embedder!r}")
-            result.update(
-                identity_metrics(
-                    embed(gen),
-                    gen_labels,
-                    embed(normalize(real_u8)),
-                    real_labels,
-                    len(names),
-                    id_cfg,
-                    notes,
-                    resamples,
+            protocols = check_protocols(id_cfg.get("protocol", "ours"))
+            gen_emb, real_emb = embed(gen), embed(normalize(real_u8))
+            if "ours" in protocols:
+                result.update(
+                    identity_metrics(gen_emb, gen_labels, real_emb, real_labels, len(names), id_cfg, notes, resamples)
                 )
-            )
+            if "sf2f" in protocols:
+                sf2f_cfg = as_dict(id_cfg.get("sf2f"))
+                if sf2f_cfg.get("generation", "utterance") == "average":  # one face from each speaker's mean voice
+                    ids = torch.unique(gen_labels)
+                    mean_voice = torch.stack([voices[gen_labels == i].mean(0) for i in ids])
+                    query = embed(generate_split(model, datamodule, split, embedded=(mean_voice, ids))[0])
+                    query_labels = ids
+                else:  # one face per speaker, from one of its utterances (drawn with the identity seed)
+                    pick = one_per_identity(gen_labels, id_cfg.get("seed", 0))
+                    query, query_labels = gen_emb[pick], gen_labels[pick]
+                centers = centroids(real_emb, real_labels, len(names))
+                result.update(sf2f_metrics(query, query_labels, centers, sf2f_cfg, notes, resamples))
+            if "wen" in protocols:
+                info = datamodule.speaker_info() if hasattr(datamodule, "speaker_info") else {}
+                sexes = [info.get(n, {}).get("sex", "") for n in names]
+                wen_cfg = as_dict(id_cfg.get("wen"))
+                result.update(wen_metrics(gen_emb, gen_labels, real_emb, real_labels, sexes, wen_cfg, notes, resamples))
             notes["identity_embedder"] = embedder
         except MetricUnavailable as err:
             skip("identity", str(err))
@@ -324,6 +336,85 @@ def identity_metrics(
     return out
 
 
+def check_protocols(protocol) -> list[str]:
+    """metrics.identity.protocol: one name or a list of ours | sf2f | wen."""
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise ValueError(f"metrics.identity.protocol must be one or more of {list(PROTOCOLS)}, got {protocol!r}")
+    return protocols
+
+
+def sf2f_metrics(query, query_labels, centers, cfg: dict, notes: dict, resamples: int = 1000) -> dict:
+    """The SF2F table's figures (`lightning_modules.metrics.protocols`): `sf2f/cosine`, `sf2f/L1`, `sf2f/L2` (mean
+    over identities) and `sf2f/recall@k` in the fixed gallery blocks, each with its `/ci95` over identities;
+    recall's `/chance` is k / block. `sf2f/block` and `sf2f/blocks` say which galleries were used."""
+    block, ks = cfg.get("block", 100), tuple(cfg.get("ks", (1, 2, 5, 10, 20, 50)))
+    scores, pair_labels, size = sf2f_scores(query, query_labels, centers, block, ks)
+    num_ids = centers.shape[0]
+    out = {"sf2f/block": size, "sf2f/blocks": len(gallery_blocks(num_ids, block)), "sf2f/n": len(query)}
+    for name, values in scores.items():
+        key, groups = f"sf2f/{name}", pair_labels if name.startswith("recall") else query_labels
+        out[key] = float(values.mean())
+        if resamples > 0:
+            out[f"{key}/ci95"] = bootstrap_ci(lambda i, v=values: float(v[i].mean()), groups, resamples)
+        if name.startswith("recall"):
+            out[f"{key}/chance"] = int(name.split("@")[1]) / size
+    dropped = [k for k in ks if k >= size]
+    notes["sf2f"] = (
+        f"{len(query)} identities, one face each ({cfg.get('generation', 'utterance')}), ranked in "
+        f"{out['sf2f/blocks']} fixed block(s) of {size} sorted identities"
+        + (f" (asked for {block}; the split has {num_ids})" if size < block else "")
+        + (f"; recall@{dropped} left out (k >= block)" if dropped else "")
+    )
+    return out
+
+
+def wen_metrics(gen_emb, gen_labels, real_emb, real_labels, sexes, cfg: dict, notes: dict, resamples: int = 1000):
+    """Wen et al.'s 1:2 matching accuracy of every generated face, `wen/match`, and with impostors of the
+    speaker's sex, `wen/match_sex` (where every identity's sex is known), each with `/ci95` over identities and
+    `/chance` 0.5."""
+    repeats, seed = cfg.get("repeats", 10), cfg.get("seed", 0)
+    out = {}
+    variants = {"wen/match": None}
+    if all(sexes):
+        variants["wen/match_sex"] = sexes
+    else:
+        notes["wen/match_sex"] = "not computed: the sex of some identities is unknown"
+    for key, by_sex in variants.items():
+        wins = wen_matches(gen_emb, gen_labels, real_emb, real_labels, by_sex, repeats, seed)
+        kept = ~torch.isnan(wins)  # faces whose speaker has an impostor (of the same sex)
+        if not kept.any():
+            notes[key] = "not computed: no speaker has an impostor" + (" of the same sex" if by_sex else "")
+            continue
+        if not kept.all():
+            notes[key] = f"{int((~kept).sum())} faces left out: their speaker has no impostor of the same sex"
+        out[key] = float(wins[kept].mean())
+        if resamples > 0:
+            out[f"{key}/ci95"] = bootstrap_ci(lambda i, w=wins[kept]: float(w[i].mean()), gen_labels[kept], resamples)
+        out[f"{key}/chance"] = 0.5
+    notes["wen"] = f"{len(gen_emb)} generated faces, {repeats} impostor draws each (seed {seed}); ties lose"
+    return out
+
+
+def sf2f_markdown(result: dict) -> str:
+    """The SF2F paper's table layout: cosine, L1, L2 to the mean real embedding, then R@k in fixed galleries."""
+    recalls = sorted((int(k.split("@")[1]), k) for k in result if k.startswith("sf2f/recall@") and "/" not in k[12:])
+    head = ["cosine ↑", "L1 ↓", "L2 ↓", *[f"R@{k} ↑" for k, _ in recalls]]
+    values = [result[f"sf2f/{m}"] for m in ("cosine", "L1", "L2")] + [result[key] for _, key in recalls]
+    chance = ["", "", ""] + [f"{result[f'{key}/chance']:.3f}" for _, key in recalls]
+    lines = [
+        f"SF2F protocol: {result['sf2f/n']} identities, {result['sf2f/blocks']} gallery block(s) of "
+        f"{result['sf2f/block']}",
+        "",
+        "| | " + " | ".join(head) + " |",
+        "|" + " --- |" * (len(head) + 1),
+        "| this model | " + " | ".join(f"{v:.3f}" for v in values) + " |",
+        "| chance | " + " | ".join(chance) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 MAIN_TRAITS = ("sex", "nationality", "skin_tone", "hair_colour", "hair_length")  # the headline's traits
 
 
@@ -370,7 +461,10 @@ def _fmt(value) -> str:
 
 
 def summary_markdown(result: dict, title: str) -> str:
-    lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+    lines = [f"# {title}", ""]
+    if "sf2f/cosine" in result:
+        lines += [sf2f_markdown(result)]
+    lines += ["| metric | value |", "| --- | --- |"]
     for key, value in result.items():
         if not key.startswith("_"):
             lines.append(f"| {LABELS.get(key, key)} | {_fmt(value)} |")
