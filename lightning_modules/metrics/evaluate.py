@@ -18,6 +18,7 @@ from datamodules.faces import normalize
 from lightning_modules.metrics.attributes import attribute_scores
 from lightning_modules.metrics.fid import FID, fingerprint, quantize
 from lightning_modules.metrics.identity import (
+    DlibEmbedder,
     FaceNetEmbedder,
     centroids,
     identity_cosine,
@@ -228,8 +229,8 @@ def evaluate(
     id_cfg = sub["identity"]
     probe, codec = probe if probe is not None else (None, None)
     embedder = id_cfg.get("embedder", "auto")
-    if embedder == "auto":
-        embedder = "probe" if attributes is not None else "facenet"
+    if embedder == "auto":  # real data: FaceNet where its weights are, else dlib where it is installed
+        embedder = "probe" if attributes is not None else "auto"
     wants_attributes = attributes is not None and cfg.get("attributes", {}).get("enabled", True)
     if probe is None and (embedder == "probe" or wants_attributes or sub["quality"].get("enabled", True)):
         probe, codec = fit_probe(datamodule, sub["probe"])
@@ -250,13 +251,10 @@ def evaluate(
 
     if id_cfg.get("enabled", True):
         try:
-            if embedder == "facenet":
-                net = FaceNetEmbedder(id_cfg.get("weights_path"), download).to(model.device)
-                embed = lambda x: torch.cat([net(b.to(model.device)).cpu() for b in x.split(64)])  # noqa: E731
-            elif embedder == "probe":
+            if embedder == "probe":
                 embed = lambda x: probe.predict(x)[0]  # noqa: E731
             else:
-                raise ValueError(f"metrics.identity.embedder must be auto, facenet or probe, got {embedder!r}")
+                embedder, embed = face_embedder(embedder, id_cfg.get("weights_path"), download, model.device)
             protocols = check_protocols(id_cfg.get("protocol", "ours"))
             gen_emb, real_emb = embed(gen), embed(normalize(real_u8))
             if "ours" in protocols:
@@ -334,6 +332,27 @@ def identity_metrics(
             out[f"{key}/shuffled"] = shuffled[k]
             out[f"{key}/chance"] = k / g
     return out
+
+
+def face_embedder(name: str, weights_path, download: bool, device):
+    """(the embedder used, faces -> embeddings on the CPU) for `facenet`, `dlib` or `auto` (FaceNet, else dlib);
+    MetricUnavailable naming what is missing for each."""
+    if name not in ("auto", "facenet", "dlib"):
+        raise ValueError(f"metrics.identity.embedder must be auto, facenet, dlib or probe, got {name!r}")
+    reasons = []
+    if name in ("auto", "facenet"):
+        try:
+            net = FaceNetEmbedder(weights_path, download).to(device)
+            return "facenet", lambda x: torch.cat([net(b.to(device)).cpu() for b in x.split(64)])
+        except MetricUnavailable as err:
+            reasons.append(str(err))
+    if name in ("auto", "dlib"):
+        try:
+            dlib_net = DlibEmbedder()
+            return "dlib", lambda x: torch.cat([dlib_net(b) for b in x.split(64)])
+        except MetricUnavailable as err:
+            reasons.append(str(err))
+    raise MetricUnavailable("; ".join(reasons))
 
 
 def check_protocols(protocol) -> list[str]:
