@@ -4,7 +4,8 @@ One row per entry of `runs`: a run folder, or a folder of one run per seed (`see
 SEEDS=...` writes them), shown as mean ± sd over the seeds. FID and path length first, then the `columns` asked
 for. A header states what stands behind the numbers (seeds, kimg, FID sample counts, the path-length variant and
 its latents); the paper's FID and path length are printed beside rows whose label the paper reports, and only
-with that header. A value a run could not compute shows as "—" with its reason below.
+with that header. A value a run could not compute shows as "—" with its reason below. With `out`, the training
+curves, each row's sample grids over kimg and a report.html showing them go beside it (`experiments.figures`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
+from experiments.figures import write_report
 from experiments.schema import check_command_config
 
 NAMES = {
@@ -156,6 +158,8 @@ def run(cfg: DictConfig) -> str:
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(table)
+        if cfg.get("figures", True):  # the curves, contact sheets and report.html beside the table
+            print(write_report(list(zip(labels, runs)), table, Path(cfg.out).parent, cfg.title))
     return table
 
 
