@@ -30,6 +30,7 @@ LOSS_PANELS = {
 }
 METRIC_PANELS = {
     "metrics/fid": "FID (Inception)",
+    "metrics/kid": "KID (Inception)",
     "metrics/ppl_zend": "path length (Z)",
     "metrics/ppl_wend": "path length (W)",
     "val/fd_probe": "fd_probe (probe features, not Inception)",

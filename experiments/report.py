@@ -20,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.cli_errors import one_line_errors
 from experiments.figures import write_report
 from experiments.schema import check_command_config
+from lightning_modules.metrics.evaluate import FID_FLOOR
 
 NAMES = {
     "fid": "FID ↓",
+    "kid": "KID ↓",
     "ppl_zend": "Path length (Z) ↓",
     "ppl_wend": "Path length (W) ↓",
     "id_cosine": "ID cosine ↑",
@@ -130,7 +132,8 @@ def make_table(
     lines += ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     reasons: dict[tuple[str, str], list[str]] = {}  # (metric, why) -> the rows it holds for
     for label, results in rows:
-        cells = [label, cell(results, "fid"), cell(results, ppl_key)]
+        few = any(r.get("fid/n_gen", FID_FLOOR) < FID_FLOOR for r in results if "fid" in r)
+        cells = [label, cell(results, "fid") + (" ⚠" if few else ""), cell(results, ppl_key)]
         if with_paper:
             ref = paper.get(label)
             cells += [fmt(ref[0]), fmt(ref[1])] if ref else ["", ""]
@@ -138,6 +141,8 @@ def make_table(
         lines.append("| " + " | ".join(cells) + " |")
         for key, why in {k: v for r in results for k, v in (r.get("_skipped") or {}).items()}.items():
             reasons.setdefault((key, why), []).append(label)
+    if any(r.get("fid/n_gen", FID_FLOOR) < FID_FLOOR for r in every if "fid" in r):
+        lines += ["", f"⚠ FID of fewer than {FID_FLOOR} generated faces: biased upward, comparable only at equal n."]
     if reasons:
         lines += ["", "Not computed:", ""] + [
             f"- {k} ({', '.join(labels)}): {why}" for (k, why), labels in reasons.items()

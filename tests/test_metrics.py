@@ -72,6 +72,52 @@ def test_fid_matches_scipy_on_known_features(tmp_path):
     assert len(list(tmp_path.glob("fid_real_test-a_*.pt"))) == 1
 
 
+def nvlabs_kid(gen: np.ndarray, real: np.ndarray) -> float:
+    """NVlabs' kid50k written out for sets no larger than a subset: every subset is the whole set."""
+    n, m = gen.shape[1], len(gen)
+    a = (gen @ gen.T / n + 1) ** 3 + (real @ real.T / n + 1) ** 3
+    b = (gen @ real.T / n + 1) ** 3
+    return float(((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m)
+
+
+def test_kid_beside_fid_uses_the_same_features_and_the_cache(tmp_path):
+    from lightning_modules.metrics.evaluate import fid_metric
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
+    fake = (torch.randint(0, 180, (50, 3, 8, 8), generator=g) + 40).to(torch.uint8)
+    feats = lambda x: x[:, 0, 0, :5].double().numpy()  # noqa: E731  (PixelFeatures)
+    fid = FID(PixelFeatures(), cache_dir=tmp_path)
+    result = fid_metric(fid, fake, real, "test", batch_size=16)
+    assert result["kid"] == pytest.approx(nvlabs_kid(feats(fake), feats(real)), rel=1e-6)
+    assert result["fid"] == pytest.approx(frechet_reference(feats(real), feats(fake)), rel=1e-5)
+    assert {k: result[k] for k in ("fid/n_gen", "fid/n_real", "kid/n_gen", "kid/n_real")} == dict.fromkeys(
+        ("fid/n_gen", "fid/n_real", "kid/n_gen", "kid/n_real"), 50
+    )
+    cached = FID(PixelFeatures(), cache_dir=tmp_path)  # real features come back from the cache file
+    cached.set_real(lambda: (_ for _ in ()).throw(AssertionError("cache not used")), key=fid.real_key)
+    cached.compute([fake])
+    assert cached.kid() == pytest.approx(result["kid"], rel=1e-9)
+
+
+def test_an_fid_of_few_faces_comes_with_a_warning():
+    from lightning_modules.metrics.evaluate import FID_FLOOR, fid_note
+
+    assert fid_note(FID_FLOOR) is None and "148 generated faces (< 2000)" in fid_note(148)
+
+
+def test_the_evaluation_subset_is_balanced_over_identities():
+    from lightning_modules.metrics.evaluate import balanced_subset
+
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 7)
+    keep = balanced_subset(labels, 9, seed=0)
+    assert torch.bincount(labels[keep]).tolist() == [3, 3, 3] and torch.equal(keep, keep.sort().values)
+    assert torch.equal(keep, balanced_subset(labels, 9, seed=0)) and not torch.equal(
+        keep, balanced_subset(labels, 9, 1)
+    )
+    assert torch.bincount(labels[balanced_subset(labels, 15)]).tolist() == [5, 3, 5]  # identity 1 has only 3
+
+
 @pytest.mark.parametrize("bad", [b"PK\x03\x04 cut short", "other shapes"])
 def test_an_unusable_fid_cache_is_computed_again(tmp_path, bad):
     """A truncated cache file (a killed run) stopped every later evaluation with torch's PytorchStreamReader."""

@@ -48,6 +48,7 @@ def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
     ((step, logged),) = trainer.loggers[0].records
     assert step == 7 and set(logged) == {
         "metrics/fid",
+        "metrics/kid",  # from the same Inception features as FID
         "metrics/ppl_zend",
         "metrics/ppl_wend",
         "progress/kimg",

@@ -105,7 +105,8 @@ class MetricsCallback(Callback):
     def _run(self, trainer, pl_module) -> dict[str, float]:
         metrics: dict[str, float | None] = {}
         if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
-            metrics["metrics/fid"] = self._try("fid", self._fid_value, trainer, pl_module)
+            scores = self._try("fid", self._fid_value, trainer, pl_module) or {}
+            metrics.update({f"metrics/{k}": v for k, v in scores.items() if k in ("fid", "kid")})
         if self.ppl_cfg.get("enabled", True):
             voices = None  # the split's embeddings, made once for every space
             for space in self.ppl_cfg.get("spaces", ["z", "w"]):
@@ -138,7 +139,7 @@ class MetricsCallback(Callback):
             if isinstance(v, (int, float)) and not k.startswith("_")
         }
 
-    def _fid_value(self, trainer, pl_module) -> float:
+    def _fid_value(self, trainer, pl_module) -> dict[str, float]:
         if self._fid is None:  # Inception and the real statistics are loaded once per run
             cache = self.cache_dir or f"{trainer.default_root_dir}/fid_cache"
             self._fid = build_fid(self.fid_cfg, pl_module.device, cache)

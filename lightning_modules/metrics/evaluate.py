@@ -46,25 +46,41 @@ def as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
+def balanced_subset(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Sorted indices of about `n` samples with the same number from every identity (n // identities each, at
+    least one; all of an identity that has fewer), drawn with `seed`: a budget spread over the speakers rather
+    than the first n of a name-sorted loader."""
+    ids = torch.unique(labels)
+    per = max(1, n // len(ids))
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for i in ids:
+        members = torch.nonzero(labels == i).flatten()
+        picks.append(members[torch.randperm(len(members), generator=g)[:per]])
+    return torch.cat(picks).sort().values
+
+
 @torch.no_grad()
-def embed_split(model, datamodule, split: str = "test", max_utterances: int | None = None):
-    """The voice embedding of every utterance of `split` ([N, embed_dim] float on CPU) and identity labels [N]."""
+def embed_split(model, datamodule, split: str = "test", max_utterances: int | None = None, seed: int = 0):
+    """The voice embedding of every utterance of `split` ([N, embed_dim] float on CPU) and identity labels [N];
+    with `max_utterances`, a subset balanced over identities (`balanced_subset`, drawn with `seed`)."""
     if split not in ("val", "test"):
         raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
     loader = getattr(datamodule, f"{split}_dataloader")
     was_training = model.training
     model.eval()
-    embs, labels, n = [], [], 0
+    embs, labels = [], []
     for batch in loader():
         embs.append(model.embed(batch["audio"].to(model.device), batch["audio_lengths"].to(model.device)).float().cpu())
         labels.append(batch["label"].cpu())
-        n += len(embs[-1])
-        if max_utterances is not None and n >= max_utterances:
-            break
     model.train(was_training)
     if not embs:
         raise ValueError(f"evaluate: the {split} loader yielded no batches")
-    return torch.cat(embs)[:max_utterances], torch.cat(labels)[:max_utterances]
+    embs, labels = torch.cat(embs), torch.cat(labels)
+    if max_utterances is not None and max_utterances < len(labels):
+        keep = balanced_subset(labels, max_utterances, seed)
+        embs, labels = embs[keep], labels[keep]
+    return embs, labels
 
 
 @torch.no_grad()
@@ -109,9 +125,26 @@ def build_fid(cfg: dict, device, cache_dir) -> FID:
     return FID(feature, cfg.get("weights_path"), cfg.get("download", False), cache_dir).to(device)
 
 
-def fid_metric(fid: FID, fake_u8: Tensor, real_u8: Tensor, split: str, batch_size: int = 64) -> float:
+FID_FLOOR = 2000  # generated faces below which FID (biased upward at small n) comes with a warning
+
+
+def fid_metric(fid: FID, fake_u8: Tensor, real_u8: Tensor, split: str, batch_size: int = 64) -> dict[str, float]:
+    """`fid` and `kid` (NVlabs fid50k_full / kid50k semantics on these sets) with their sample counts
+    (`fid/n_gen`, `fid/n_real`, `kid/n_gen`, `kid/n_real`)."""
     fid.set_real(lambda: batches(real_u8, batch_size), key=f"{split}-{fingerprint(real_u8)}")
-    return fid.compute(batches(fake_u8, batch_size))
+    counts = {"n_gen": len(fake_u8), "n_real": len(real_u8)}
+    out = {"fid": fid.compute(batches(fake_u8, batch_size)), "kid": fid.kid()}
+    return out | {f"{m}/{k}": v for m in ("fid", "kid") for k, v in counts.items()}
+
+
+def fid_note(n_gen: int) -> str | None:
+    """The warning that goes beside an FID of fewer than FID_FLOOR generated faces, else None."""
+    if n_gen >= FID_FLOOR:
+        return None
+    return (
+        f"FID from {n_gen} generated faces (< {FID_FLOOR}): biased upward at this size and not comparable with "
+        "FIDs of other sample sizes (the paper's 50k included); KID is unbiased"
+    )
 
 
 def build_distance(cfg: dict) -> torch.nn.Module:
@@ -210,7 +243,10 @@ def evaluate(
     if sub["fid"].get("enabled", True):
         try:
             fid = build_fid(sub["fid"], model.device, cfg.get("cache_dir"))
-            result["fid"] = fid_metric(fid, quantize(gen), real_u8, split, sub["fid"].get("batch_size", 64))
+            result.update(fid_metric(fid, quantize(gen), real_u8, split, sub["fid"].get("batch_size", 64)))
+            if fid_note(len(gen)):
+                notes["fid"] = fid_note(len(gen))
+                say_once(f"warning: {notes['fid']}")
         except MetricUnavailable as err:
             skip("fid", str(err))
     if sub["ppl"].get("enabled", True):

@@ -1,8 +1,10 @@
-"""Fréchet Inception Distance of generated versus real faces (NVlabs fid50k_full semantics).
+"""Fréchet Inception Distance and KID of generated versus real faces (NVlabs fid50k_full and kid50k semantics).
 
 torchmetrics' FrechetInceptionDistance holds the running sums; this wrapper adds what the paper's protocol
 needs: NVlabs quantisation of generated images, TF1-style resizing (`antialias=False`, as torch-fidelity),
-a local Inception file, and real-set statistics computed once per split and feature network, then cached.
+a local Inception file, and real-set statistics and features computed once per split and feature network, then
+cached. KID reuses the same Inception features (one pass per image): NVlabs' unbiased MMD² with the cubic kernel,
+averaged over 100 random subsets of at most 1000 of each set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, 
 log = logging.getLogger(__name__)
 
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # NVlabs kid50k: num_subsets, max_subset_size
 
 
 def quantize(img: Tensor) -> Tensor:
@@ -86,6 +89,7 @@ class FID:
         self.feature_tag = f"{type(net).__name__}-{fingerprint(*net.state_dict().values())}"
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.real_key: str | None = None
+        self.real_features = self.fake_features = None  # [N, D] float32 of the last real set and generated set
 
     def to(self, device: torch.device | str) -> FID:
         self.metric.to(device)
@@ -110,24 +114,37 @@ class FID:
         if state is not None:
             for name in _REAL_STATES:
                 setattr(self.metric, name, state[name].to(self.device))
+            self.real_features = state["real_features"]
         else:
             for name in _REAL_STATES:
                 getattr(self.metric, name).zero_()
-            for imgs in batches():
-                self._check(imgs, "real")
-                self.metric.update(imgs.to(self.device), real=True)
+            self.real_features = self._update(batches(), real=True)
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
-                real = {n: getattr(self.metric, n).cpu() for n in _REAL_STATES}
+                real = {n: getattr(self.metric, n).cpu() for n in _REAL_STATES} | {"real_features": self.real_features}
                 write_atomic(file, lambda tmp: torch.save(real, tmp))  # a killed run leaves no half-written cache
         self.real_key = key
+
+    def _update(self, batches: Iterable[Tensor], real: bool) -> Tensor:
+        """Feed uint8 image batches to the FID sums; returns the features [N, D] the network gave them (for KID)."""
+        seen = []
+        hook = self.metric.inception.register_forward_hook(
+            lambda _module, _inputs, out: seen.append(out.detach().float().cpu().reshape(-1, out.shape[-1]))
+        )
+        try:
+            for imgs in batches:
+                self._check(imgs, "real" if real else "generated")
+                self.metric.update(imgs.to(self.device), real=real)
+        finally:
+            hook.remove()
+        return torch.cat(seen) if seen else torch.zeros(0, 0)
 
     def _read_cache(self, file: Path) -> dict | None:
         """The real statistics of a cache file, or None (with a warning) when it cannot be used: a cache is
         derived data, so a truncated or foreign file is computed again and replaced, never a failed run."""
         try:
             state = torch.load(file, map_location=self.device, weights_only=True)
-            if all(state[n].shape == getattr(self.metric, n).shape for n in _REAL_STATES):
+            if all(state[n].shape == getattr(self.metric, n).shape for n in _REAL_STATES) and "real_features" in state:
                 return state
             problem = "statistics of other shapes"
         except Exception as err:  # truncated, not a torch file, entries missing: all mean "not this cache"
@@ -141,10 +158,24 @@ class FID:
         if self.real_key is None:
             raise RuntimeError("FID.compute before FID.set_real")
         self.metric.reset()  # clears generated statistics only (reset_real_features=False)
-        for imgs in fakes:
-            self._check(imgs, "generated")
-            self.metric.update(imgs.to(self.device), real=False)
+        self.fake_features = self._update(fakes, real=False)
         return float(self.metric.compute())
+
+    def kid(self, seed: int = 0) -> float:
+        """KID of the images of the last `compute` against the real set: NVlabs' kid50k, the unbiased MMD² with
+        the kernel (x·y/D + 1)³ over KID_SUBSETS random subsets of m = min(|gen|, |real|, KID_SUBSET_SIZE) each."""
+        if self.real_key is None or getattr(self, "fake_features", None) is None:
+            raise RuntimeError("FID.kid before FID.set_real and FID.compute")
+        gen, real = self.fake_features.double(), self.real_features.double()
+        n, m = gen.shape[1], min(len(gen), len(real), KID_SUBSET_SIZE)
+        g, total = torch.Generator().manual_seed(seed), 0.0
+        for _ in range(KID_SUBSETS):
+            x = gen[torch.randperm(len(gen), generator=g)[:m]]
+            y = real[torch.randperm(len(real), generator=g)[:m]]
+            a = (x @ x.T / n + 1) ** 3 + (y @ y.T / n + 1) ** 3
+            b = (x @ y.T / n + 1) ** 3
+            total += float((a.sum() - a.diagonal().sum()) / (m - 1) - b.sum() * 2 / m)
+        return total / KID_SUBSETS / m
 
     @staticmethod
     def _check(imgs: Tensor, what: str) -> None:
