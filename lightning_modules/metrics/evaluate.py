@@ -244,9 +244,10 @@ def evaluate(
         try:
             fid = build_fid(sub["fid"], model.device, cfg.get("cache_dir"))
             result.update(fid_metric(fid, quantize(gen), real_u8, split, sub["fid"].get("batch_size", 64)))
-            if fid_note(len(gen)):
-                notes["fid"] = fid_note(len(gen))
-                say_once(f"warning: {notes['fid']}")
+            warning = fid_note(len(gen))
+            if warning:
+                notes["fid"] = warning
+                say_once(f"warning: {warning}")
         except MetricUnavailable as err:
             skip("fid", str(err))
     if sub["ppl"].get("enabled", True):
