@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def plot_rows(rows: list[tuple[str, list[Path]]], panels: dict[str, str], out: P
         if "fd" in key or "fid" in key:
             ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(textwrap.fill(title, int(12 * 4.4 * len(drawn))), fontsize=11)  # a narrow figure wraps it
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
