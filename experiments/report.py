@@ -18,9 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
-from experiments.figures import write_report
+from experiments.figures import row_folders, write_report
 from experiments.schema import check_command_config
-from lightning_modules.metrics.evaluate import FID_FLOOR
 
 NAMES = {
     "fid": "FID ↓",
@@ -56,12 +55,12 @@ def find_metrics(run_dir: str | Path, split: str = "test") -> Path:
 
 def read_row(run_dir: str | Path, split: str = "test") -> list[dict]:
     """The metrics of a row: one run, or one per `seed<N>/` subfolder (in seed order)."""
-    run_dir = Path(run_dir)
-    seeds = sorted(
-        (p for p in run_dir.glob("seed*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:])
-    )
-    folders = seeds or [run_dir]
-    return [json.loads(find_metrics(f, split).read_text()) for f in folders]
+    return [json.loads(find_metrics(f, split).read_text()) for f in row_folders(run_dir)]
+
+
+def few_faces(result: dict) -> bool:
+    """Whether the evaluation noted that its FID rests on too few generated faces (`_notes.fid`)."""
+    return "fid" in result and "fid" in (result.get("_notes") or {})
 
 
 def column_key(results: list[dict], column: str) -> str:
@@ -132,8 +131,7 @@ def make_table(
     lines += ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     reasons: dict[tuple[str, str], list[str]] = {}  # (metric, why) -> the rows it holds for
     for label, results in rows:
-        few = any(r.get("fid/n_gen", FID_FLOOR) < FID_FLOOR for r in results if "fid" in r)
-        cells = [label, cell(results, "fid") + (" ⚠" if few else ""), cell(results, ppl_key)]
+        cells = [label, cell(results, "fid") + (" ⚠" if any(map(few_faces, results)) else ""), cell(results, ppl_key)]
         if with_paper:
             ref = paper.get(label)
             cells += [fmt(ref[0]), fmt(ref[1])] if ref else ["", ""]
@@ -141,8 +139,9 @@ def make_table(
         lines.append("| " + " | ".join(cells) + " |")
         for key, why in {k: v for r in results for k, v in (r.get("_skipped") or {}).items()}.items():
             reasons.setdefault((key, why), []).append(label)
-    if any(r.get("fid/n_gen", FID_FLOOR) < FID_FLOOR for r in every if "fid" in r):
-        lines += ["", f"⚠ FID of fewer than {FID_FLOOR} generated faces: biased upward, comparable only at equal n."]
+    warned = next((r["_notes"]["fid"] for r in every if few_faces(r)), None)
+    if warned:
+        lines += ["", f"⚠ {warned}"]
     if reasons:
         lines += ["", "Not computed:", ""] + [
             f"- {k} ({', '.join(labels)}): {why}" for (k, why), labels in reasons.items()

@@ -11,6 +11,7 @@ from test_metrics import LinearG, PixelFeatures
 from torch import nn
 
 from lightning_modules.metrics import evaluate
+from lightning_modules.metrics.evaluate import fid_note
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 PALETTE = {"red": (0.8, -0.8, -0.8), "blue": (-0.8, -0.8, 0.8), "green": (-0.8, 0.8, -0.8)}
@@ -201,6 +202,18 @@ def test_report_table_layout(tmp_path):
     cfg.labels = None
     with pytest.raises(FileNotFoundError, match="no metrics_val.json"):
         run(OmegaConf.merge(cfg, {"split": "val"}))
+
+
+def test_report_marks_an_fid_the_evaluation_warned_about(tmp_path):
+    """The evaluation notes an FID of too few generated faces (_notes.fid); the table marks that row and quotes it."""
+    from experiments.report import make_table
+
+    note = fid_note(148)
+    warned = {"fid": 40.0, "num_generated": 148, "_notes": {"fid": note}}
+    plenty = {"fid": 20.0, "num_generated": 5000, "_notes": {}}
+    table = make_table([("Few", [warned]), ("Many", [plenty])], [], {}, "t", "ppl_zend")
+    assert "| Few | 40.0 ⚠ |" in table and "| Many | 20.0 |" in table and f"⚠ {note}" in table
+    assert "⚠" not in make_table([("Many", [plenty])], [], {}, "t", "ppl_zend")
 
 
 def test_report_rows_over_seeds_are_mean_and_sd(tmp_path):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from datamodules.files import write_atomic
+from lightning_modules.metrics.quality import kid
 from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, read_weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -164,18 +165,16 @@ class FID:
     def kid(self, seed: int = 0) -> float:
         """KID of the images of the last `compute` against the real set: NVlabs' kid50k, the unbiased MMD² with
         the kernel (x·y/D + 1)³ over KID_SUBSETS random subsets of m = min(|gen|, |real|, KID_SUBSET_SIZE) each."""
-        if self.real_key is None or getattr(self, "fake_features", None) is None:
+        if self.real_key is None or self.fake_features is None:
             raise RuntimeError("FID.kid before FID.set_real and FID.compute")
-        gen, real = self.fake_features.double(), self.real_features.double()
-        n, m = gen.shape[1], min(len(gen), len(real), KID_SUBSET_SIZE)
-        g, total = torch.Generator().manual_seed(seed), 0.0
-        for _ in range(KID_SUBSETS):
-            x = gen[torch.randperm(len(gen), generator=g)[:m]]
-            y = real[torch.randperm(len(real), generator=g)[:m]]
-            a = (x @ x.T / n + 1) ** 3 + (y @ y.T / n + 1) ** 3
-            b = (x @ y.T / n + 1) ** 3
-            total += float((a.sum() - a.diagonal().sum()) / (m - 1) - b.sum() * 2 / m)
-        return total / KID_SUBSETS / m
+        gen, real = self.fake_features, self.real_features
+        m = min(len(gen), len(real), KID_SUBSET_SIZE)
+        g = torch.Generator().manual_seed(seed)
+        subsets = [
+            kid(gen[torch.randperm(len(gen), generator=g)[:m]], real[torch.randperm(len(real), generator=g)[:m]])
+            for _ in range(KID_SUBSETS)
+        ]
+        return sum(subsets) / KID_SUBSETS
 
     @staticmethod
     def _check(imgs: Tensor, what: str) -> None:
