@@ -300,11 +300,10 @@ def evaluate(
                 )
             if "sf2f" in protocols:
                 sf2f_cfg = as_dict(id_cfg.get("sf2f"))
-                if sf2f_cfg.get("generation", "utterance") == "average":  # one face from each speaker's mean voice
-                    ids = torch.unique(gen_labels)
-                    mean_voice = torch.stack([voices[gen_labels == i].mean(0) for i in ids])
-                    query = embed(generate_split(model, datamodule, split, embedded=(mean_voice, ids))[0])
-                    query_labels = ids
+                if sf2f_cfg.get("generation", "utterance") == "average":
+                    query_labels = torch.unique(gen_labels)
+                    faces = generate_split(model, datamodule, split, embedded=mean_voices(voices, gen_labels))[0]
+                    query = embed(faces)
                 else:  # one face per speaker, from one of its utterances (drawn with the identity seed)
                     pick = one_per_identity(gen_labels, id_cfg.get("seed", 0))
                     query, query_labels = gen_emb[pick], gen_labels[pick]
@@ -369,6 +368,12 @@ def identity_metrics(
             out[f"{key}/shuffled"] = shuffled[k]
             out[f"{key}/chance"] = k / g
     return out
+
+
+def mean_voices(voices: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(the mean voice embedding of each identity [I, D], its identity [I]): SF2F's average-voice generation."""
+    ids = torch.unique(labels)
+    return torch.stack([voices[labels == i].mean(0) for i in ids]), ids
 
 
 def face_embedder(name: str, weights_path, download: bool, device):
