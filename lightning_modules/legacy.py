@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 import kernels
+from lightning_modules.build import check_network_config
+from lightning_modules.latent import unconditional
+from lightning_modules.safe_load import load_data, refuse_unreadable
 from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator
 
 SHOWN = 5  # keys named per kind of mismatch; the counts say how many there are in all
@@ -64,8 +67,10 @@ def _check_filter(tensor, source, key):
 def import_rosinality(src, w_avg_samples=10000, impl="auto"):
     """A Generator from a rosinality/stylegan2-pytorch checkpoint (path or loaded dict; `g_ema`, else `g`).
 
-    Resolution, style dim, mapping depth and channels are read off the tensors. rosinality stores no mean w,
-    so `mapping.w_avg` is estimated from `w_avg_samples` z drawn with a fixed seed (0 = leave it at zero)."""
+    Resolution, style dim, mapping depth and channels are read off the tensors, the mapping's lr multiplier off
+    `args.lr_mlp` where the file has it (a constructor argument, 0.01 unless set). rosinality's training stores
+    no mean w: `mapping.w_avg` is the file's `latent_avg` (pSp-style files, experiments.export) where it has one,
+    else estimated from `w_avg_samples` z drawn with a fixed seed (0 = leave it at zero)."""
     source = str(src) if isinstance(src, (str, Path)) else "rosinality checkpoint"
     if isinstance(src, (str, Path)):
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -80,6 +85,8 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
     num_blocks = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
     img_resolution = 2 ** (num_blocks + 2)
     style_dim = sd["style.1.weight"].shape[1]
+    args = src.get("args")  # rosinality's train.py saves an argparse.Namespace, our exports a dict
+    args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
     channels = {4: sd["conv1.conv.weight"].shape[1]}
     channels.update({2 ** (k + 3): sd[f"convs.{2 * k}.conv.weight"].shape[1] for k in range(num_blocks)})
 
@@ -126,9 +133,15 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
         mapping_layers=n_mlp,
         channels=channels,
         impl=impl,
+        mapping_lr_multiplier=float(args.get("lr_mlp", 0.01)),
     )
     _load_generator(G, state, source)
-    if w_avg_samples:
+    latent_avg = src.get("latent_avg")
+    if latent_avg is not None:
+        if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() != style_dim:
+            raise ValueError(f"{source}: latent_avg is {_shape(latent_avg)}, expected a mean w [{style_dim}]")
+        G.mapping.w_avg.copy_(latent_avg.reshape(-1))
+    elif w_avg_samples:
         z = torch.randn([w_avg_samples, style_dim], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(dim=0))
@@ -258,13 +271,8 @@ def import_nvlabs(src, impl="auto"):
     an unpickler that only rebuilds tensors and containers; or from a dict {"state_dict", "init_kwargs"}."""
     source = str(src) if isinstance(src, (str, Path)) else "NVlabs generator dict"
     if isinstance(src, (str, Path)):
-        try:
-            with open(src, "rb") as f:
-                data = _RestrictedUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{source}: not a loadable NVlabs network pickle: {first_line}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("G_ema", data.get("G")), _Persistent):
+        data = _unpickle_nvlabs_dict(src)
+        if not isinstance(data.get("G_ema", data.get("G")), _Persistent):
             raise ValueError(f"{source}: expected an NVlabs pickle with a 'G_ema' (or 'G') network")
         net = data.get("G_ema", data.get("G"))
         if net.class_name != "Generator":
@@ -277,3 +285,298 @@ def import_nvlabs(src, impl="auto"):
     if not isinstance(src, dict) or "state_dict" not in src or "init_kwargs" not in src:
         raise ValueError(f"{source}: expected a path or a dict with 'state_dict' and 'init_kwargs'")
     return _generator_from_nvlabs(src["state_dict"], src["init_kwargs"], source, impl)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One entry point for a generator file a user hands us (model.generator_init, the projector, export).
+# ----------------------------------------------------------------------------------------------------
+
+GENERATOR_FORMATS = (
+    "an NVlabs network pickle (.pkl)",
+    "a rosinality checkpoint (.pt with g_ema)",
+    "an NVlabs state-dict export ({state_dict, init_kwargs}, experiments.export)",
+    "a voice2face training checkpoint (.ckpt: its G_ema)",
+)
+
+
+def _prefixed(state, prefix):
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _is_torch_zip(path):
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # torch.save's zip container; NVlabs pickles are plain pickle streams
+
+
+def load_generator(path, impl="auto") -> Generator:
+    """The Generator in `path`, any of GENERATOR_FORMATS, read as data only (weights_only torch.load or the
+    restricted unpickler). The format is told by the content, not the suffix; anything else is a ValueError
+    naming the file and the formats it may be."""
+    path = Path(path)
+    refuse_unreadable(path, f"{path}: generator file not found", f"give one of: {'; '.join(GENERATOR_FORMATS)}")
+    if not _is_torch_zip(path):
+        try:
+            return import_nvlabs(path, impl=impl)
+        except ValueError as err:
+            raise ValueError(f"{err}; a generator file is one of: {'; '.join(GENERATOR_FORMATS)}") from None
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = load_data(path, "a generator file", fix=f"give one of: {'; '.join(GENERATOR_FORMATS)}")
+    if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
+        return import_rosinality(data, impl=impl)
+    if isinstance(data, dict) and "init_kwargs" in data and "state_dict" in data:
+        return import_nvlabs(data, impl=impl)
+    if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
+        return _generator_from_checkpoint(data, path, impl)
+    raise ValueError(f"{path}: not a generator file; give one of: {'; '.join(GENERATOR_FORMATS)}")
+
+
+def _generator_from_checkpoint(data, path, impl):
+    """G_ema of a voice2face checkpoint, built from the generator config its hyper-parameters store."""
+    cfg = data["hyper_parameters"].get("generator")
+    check_network_config(cfg, f"{path}: model.generator")
+    if cfg["_target_"] != "lightning_modules.stylegan2.Generator":
+        raise ValueError(f"{path}: its generator is a {cfg['_target_']}, not a StyleGAN2 Generator")
+    state = _prefixed(data["state_dict"], "G_ema.")
+    if "mapping.prior.w_avg" in state:  # G under a W / W+ voice head (latent.VoiceLatent): its own mapping
+        state = {_unhead(k): v for k, v in state.items() if k.startswith(("mapping.prior.", "synthesis."))}
+    z_dim = state["mapping.fc0.weight"].shape[1] if "mapping.fc0.weight" in state else None
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    kwargs.update(z_dim=kwargs.get("z_dim", z_dim), img_resolution=data["hyper_parameters"]["img_resolution"])
+    G = Generator(**{**kwargs, "impl": impl})
+    return _load_generator(G, state, f"{path} (G_ema)")
+
+
+def _unhead(key):
+    return "mapping." + key[len("mapping.prior.") :] if key.startswith("mapping.prior.") else key
+
+
+def load_discriminator_trunk(path) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(Discriminator arguments, weights) of the D that comes with a generator file, for our `Discriminator`
+    (identity head excluded: its classes are this run's); ({}, None) where the file has no D (rosinality's
+    g_ema-only files, exports). NVlabs' resnet D names its layers as ours does; its filters are checked, not
+    loaded."""
+    path = Path(path)
+    if not _is_torch_zip(path):
+        data = _unpickle_nvlabs_dict(path)
+        net = data.get("D")
+        if not isinstance(net, _Persistent):
+            return {}, None
+        if net.class_name != "Discriminator":
+            raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
+        kwargs = dict(net.state.get("_init_kwargs", {}))
+        if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("c_dim", 0):
+            raise ValueError(f"{path}: only an unconditional 'resnet' NVlabs D can seed ours")
+        state = _module_state(net, "", {})
+        for key in [k for k in state if k.endswith("resample_filter")]:
+            _check_filter(state.pop(key), path, key)
+        epilogue = dict(kwargs.get("epilogue_kwargs", {}))
+        if epilogue.get("mbstd_num_channels", 1) != 1:
+            raise ValueError(f"{path}: its D has {epilogue['mbstd_num_channels']} minibatch-std channels; ours has 1")
+        d_kwargs = {
+            "channel_base": kwargs.get("channel_base", 32768),
+            "channel_max": kwargs.get("channel_max", 512),
+            "mbstd_group_size": epilogue.get("mbstd_group_size", 4),
+            "conv_clamp": kwargs.get("conv_clamp"),
+        }
+        return d_kwargs, state
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = load_data(path, "a generator file")
+    if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
+        cfg = data["hyper_parameters"].get("discriminator")
+        check_network_config(cfg, f"{path}: model.discriminator")
+        if cfg["_target_"] != "lightning_modules.stylegan2.Discriminator":
+            return {}, None  # a baseline's D: the run builds its own
+        state = {k: v for k, v in _prefixed(data["state_dict"], "D.").items() if not k.startswith("classifier.")}
+        return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
+    return {}, None
+
+
+def _unpickle_nvlabs_dict(path):
+    try:
+        with open(path, "rb") as f:
+            data = _RestrictedUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a loadable NVlabs network pickle: {first_line}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an NVlabs network pickle (a dict of networks)")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# Exporters, the importers' inverses: a G for the public code's own loaders (experiments.export).
+# ----------------------------------------------------------------------------------------------------
+
+
+def _exportable(G, fmt, source):
+    """(mapping, synthesis, architecture) of `G` as a public format can hold it: the G's own mapping where a
+    voice head replaced it (the head maps voices, which no public loader has). The architecture is read off
+    the modules that are exported, not the arguments G was built with. A feature neither format has is refused,
+    naming `source` and the feature."""
+
+    if not isinstance(G, Generator):
+        raise ValueError(f"{source}: its generator is a {type(G).__name__}; only a StyleGAN2 Generator exports")
+    if G.synthesis.img_bias is not None:
+        raise ValueError(
+            f"{source}: its generator has a learned per-pixel output bias (img_bias=True), which {fmt} has no "
+            "place for; only a G trained with model.generator.img_bias=false exports"
+        )
+    mapping, synthesis = unconditional(G), G.synthesis
+    layer = synthesis.b4.conv1
+    arch = dict(
+        z_dim=mapping.z_dim,
+        w_dim=mapping.w_dim,
+        img_resolution=synthesis.img_resolution,
+        img_channels=synthesis.img_channels,
+        num_layers=mapping.num_layers,
+        lr_multiplier=mapping.fc0.bias_gain if mapping.num_layers else 0.01,  # bias_gain is the multiplier itself
+        w_avg_beta=mapping.w_avg_beta,
+        conv_clamp=layer.conv_clamp,
+        use_noise=layer.use_noise,
+        channels={r: getattr(synthesis, f"b{r}").conv1.weight.shape[0] for r in synthesis.block_resolutions},
+    )
+    return mapping, synthesis, arch
+
+
+def _exported(tensor):
+    return tensor.detach().to("cpu", torch.float32).clone()  # the file's own copy, whatever device G is on
+
+
+def rosinality_channel_multiplier(channels: dict[int, int]) -> int | None:
+    """The `channel_multiplier` m with which rosinality's fixed table (512 up to 32 px, then 256·m at 64 px
+    halving per resolution to 16·m at 1024 px) gives `channels`, or None where no m does."""
+    if max(channels) > 1024:
+        return None  # the table stops at 1024 px
+    m = channels[64] // 256 if 64 in channels else 2  # below 64 px every m gives 512: rosinality's default
+    table = {r: 512 if r <= 32 else 16384 * m // r for r in channels}
+    return m if m >= 1 and table == channels else None
+
+
+def export_rosinality(G, source="generator") -> dict:
+    """{"g_ema", "latent_avg", "args"}: `G` as rosinality/stylegan2-pytorch's `Generator` names, shapes and orders
+    its state dict (a strict load_state_dict fits), parameters unscaled as both store them; the inverse of
+    import_rosinality. `latent_avg` is the mean w, `args` the constructor arguments: size, latent (style_dim),
+    n_mlp, lr_mlp, and channel_multiplier where one reproduces the channels (rosinality_channel_multiplier;
+    otherwise stock rosinality code needs its `channels` table set to args["channels"]).
+
+    Without noise inputs (use_noise=False) the noise strengths and buffers are zeros: the same images. Refused:
+    conv_clamp (rosinality never clamps), img_channels other than 3 and z_dim other than w_dim (both fixed in
+    rosinality's Generator)."""
+    mapping, synthesis, arch = _exportable(G, "rosinality", source)
+    for bad, feature in (
+        (arch["conv_clamp"] is not None, f"conv_clamp={arch['conv_clamp']} (rosinality's convs never clamp)"),
+        (arch["img_channels"] != 3, f"img_channels={arch['img_channels']} (rosinality's ToRGB writes 3)"),
+        (arch["z_dim"] != arch["w_dim"], f"z_dim={arch['z_dim']} != w_dim={arch['w_dim']} (its z is w_dim wide)"),
+    ):
+        if bad:
+            raise ValueError(f"{source}: its generator has {feature}, which rosinality cannot express")
+    blur = kernels.setup_filter(RESAMPLE_FILTER) * 4  # rosinality's make_kernel([1,3,3,1]) × up-factor²
+    sd, noises = {}, []
+
+    def styled(dst, layer):
+        sd[f"{dst}.conv.weight"] = layer.weight[None]
+        if layer.up > 1:
+            sd[f"{dst}.conv.blur.kernel"] = blur
+        sd[f"{dst}.conv.modulation.weight"] = layer.affine.weight
+        sd[f"{dst}.conv.modulation.bias"] = layer.affine.bias
+        sd[f"{dst}.noise.weight"] = layer.noise_strength.reshape(1) if layer.use_noise else torch.zeros([1])
+        sd[f"{dst}.activate.bias"] = layer.bias
+        res = layer.resolution
+        noises.append((layer.noise_const if layer.use_noise else torch.zeros([res, res]))[None, None])
+
+    def to_rgb(dst, layer, up):
+        sd[f"{dst}.bias"] = layer.bias.reshape(1, -1, 1, 1)
+        if up:
+            sd[f"{dst}.upsample.kernel"] = blur
+        sd[f"{dst}.conv.weight"] = layer.weight[None]
+        sd[f"{dst}.conv.modulation.weight"] = layer.affine.weight
+        sd[f"{dst}.conv.modulation.bias"] = layer.affine.bias
+
+    for i in range(arch["num_layers"]):
+        fc = getattr(mapping, f"fc{i}")
+        sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"] = fc.weight, fc.bias  # style.0 is the PixelNorm
+    sd["input.input"] = synthesis.b4.const[None]
+    styled("conv1", synthesis.b4.conv1)
+    to_rgb("to_rgb1", synthesis.b4.torgb, up=False)
+    blocks = [getattr(synthesis, f"b{r}") for r in synthesis.block_resolutions[1:]]
+    for k, block in enumerate(blocks):  # rosinality registers all convs, then all ToRGBs, then the noises
+        styled(f"convs.{2 * k}", block.conv0)
+        styled(f"convs.{2 * k + 1}", block.conv1)
+    for k, block in enumerate(blocks):
+        to_rgb(f"to_rgbs.{k}", block.torgb, up=True)
+    sd.update({f"noises.noise_{i}": noise for i, noise in enumerate(noises)})
+    args = dict(size=arch["img_resolution"], latent=arch["w_dim"], n_mlp=arch["num_layers"])
+    args.update(lr_mlp=arch["lr_multiplier"], channels=arch["channels"])
+    multiplier = rosinality_channel_multiplier(arch["channels"])
+    if multiplier is not None:
+        args["channel_multiplier"] = multiplier
+    g_ema = {k: _exported(v) for k, v in sd.items()}
+    return {"g_ema": g_ema, "latent_avg": _exported(mapping.w_avg), "args": args}
+
+
+def nvlabs_channel_rule(channels: dict[int, int]) -> tuple[int, int] | None:
+    """(channel_base, channel_max) with min(channel_base // r, channel_max) == channels[r] at every resolution r,
+    NVlabs' only way to set channels, or None where none gives them."""
+    channel_max = max(channels.values())  # a larger max caps nothing more: the largest count is the max
+    below = [r for r in sorted(channels) if channels[r] < channel_max]
+    # channel_base // r falls with r, so the first resolution under the max pins channel_base to [c·r, c·r + r)
+    # (with none under it, any channel_base >= max·r at the last one); the round c·r is NVlabs' kind of value.
+    r = below[0] if below else max(channels)
+    for channel_base in range(channels[r] * r, (channels[r] + 1) * r):
+        if {r: min(channel_base // r, channel_max) for r in channels} == channels:
+            return channel_base, channel_max
+    return None
+
+
+def export_nvlabs_state_dict(G, source="generator") -> dict:
+    """{"state_dict", "init_kwargs"}: `G` as NVlabs stylegan2-ada-pytorch's `training.networks.Generator`
+    (`Generator(**init_kwargs).load_state_dict(state_dict)` fits, its persistent resample filters included);
+    what import_nvlabs reads back. Without noise inputs (use_noise=False) the noise strengths and buffers are
+    zeros: the same images, in NVlabs' default layer. Refused: channels that no channel_base / channel_max give."""
+    mapping, synthesis, arch = _exportable(G, "nvlabs-state-dict", source)
+    rule = nvlabs_channel_rule(arch["channels"])
+    if rule is None:
+        raise ValueError(
+            f"{source}: its generator's channels {arch['channels']} follow no min(channel_base // r, channel_max), "
+            "the only way NVlabs' Generator sets them; export format=rosinality instead"
+        )
+    f = kernels.setup_filter(RESAMPLE_FILTER)
+    state = {}  # in NVlabs' order (a module's parameters, its buffers, then its children), as its state_dict has it
+
+    def synthesis_layer(dst, src):
+        res = src.resolution
+        state[f"{dst}.weight"] = src.weight
+        state[f"{dst}.noise_strength"] = src.noise_strength if src.use_noise else torch.zeros([])
+        state[f"{dst}.bias"] = src.bias
+        state[f"{dst}.resample_filter"] = f  # NVlabs' layer keeps one (persistent) even where up=1
+        state[f"{dst}.noise_const"] = src.noise_const if src.use_noise else torch.zeros([res, res])
+        state[f"{dst}.affine.weight"], state[f"{dst}.affine.bias"] = src.affine.weight, src.affine.bias
+
+    for res in synthesis.block_resolutions:
+        b, block = f"synthesis.b{res}", getattr(synthesis, f"b{res}")
+        if res == 4:
+            state[f"{b}.const"] = block.const
+        state[f"{b}.resample_filter"] = f
+        for name in ("conv0", "conv1") if res > 4 else ("conv1",):
+            synthesis_layer(f"{b}.{name}", getattr(block, name))
+        rgb = block.torgb
+        state[f"{b}.torgb.weight"], state[f"{b}.torgb.bias"] = rgb.weight, rgb.bias
+        state[f"{b}.torgb.affine.weight"], state[f"{b}.torgb.affine.bias"] = rgb.affine.weight, rgb.affine.bias
+    state["mapping.w_avg"] = mapping.w_avg
+    for i in range(arch["num_layers"]):
+        fc = getattr(mapping, f"fc{i}")
+        state[f"mapping.fc{i}.weight"], state[f"mapping.fc{i}.bias"] = fc.weight, fc.bias
+    init_kwargs = dict(
+        z_dim=arch["z_dim"],
+        c_dim=0,
+        w_dim=arch["w_dim"],
+        img_resolution=arch["img_resolution"],
+        img_channels=arch["img_channels"],
+        mapping_kwargs=dict(
+            num_layers=arch["num_layers"], lr_multiplier=arch["lr_multiplier"], w_avg_beta=arch["w_avg_beta"]
+        ),
+        synthesis_kwargs=dict(
+            channel_base=rule[0], channel_max=rule[1], conv_clamp=arch["conv_clamp"], architecture="skip"
+        ),
+    )
+    return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}

@@ -335,6 +335,24 @@ class Generator(nn.Module):
     ):
         super().__init__()
         _check_resolution(img_resolution, "Generator")
+        # The arguments, kept as NVlabs' persistence keeps them: a G built from a file (model.generator_init)
+        # records them in the run's hyper-parameters, so its checkpoint rebuilds it without that file.
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            mapping_layers=mapping_layers,
+            conv_clamp=conv_clamp,
+            channels={
+                int(r): int(c)
+                for r, c in (channels or channels_per_resolution(img_resolution, channel_base, channel_max)).items()
+            },
+            mapping_lr_multiplier=mapping_lr_multiplier,
+            w_avg_beta=w_avg_beta,
+            use_noise=use_noise,
+            img_bias=img_bias,
+        )
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = (
             z_dim,
             w_dim,

@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
@@ -26,6 +27,8 @@ from datamodules.faces import mean_face
 from lightning_modules.build import build_network, check_arguments, check_network_config
 from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
+from lightning_modules.latent import LATENT_SPACES, VoiceLatent
+from lightning_modules.legacy import compare_state_dict, load_discriminator_trunk, load_generator
 from lightning_modules.losses import (
     ema_beta,
     lazy_adam_kwargs,
@@ -34,12 +37,14 @@ from lightning_modules.losses import (
     path_lengths,
     r1_penalty,
 )
+from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("joint", "frozen", "finetune")
 MIXING_SOURCES = ("batch", "self")
+GENERATOR_TRAIN = ("frozen", "finetune")
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
 # Hyper-parameters that earlier checkpoints store but that never shaped the networks: the sample-grid settings,
 # now callbacks.samples (lightning_modules.samples.SampleGrids). Dropped when such a checkpoint is read.
@@ -89,6 +94,13 @@ class Voice2FaceGAN(LightningModule):
         feature_dim: int = 64,  # Audio feature bands F of the [B, F, T] input.
         img_resolution: int = 64,  # Face size S.
         noise_z_dim: int = 0,  # Extra Gaussian noise appended to the voice embedding (0 = none).
+        latent_space: str = "z",  # z: the voice is the mapping's input | w: a head gives one w | wplus: one w
+        # per synthesis layer (lightning_modules/latent.py).
+        latent_layers: int = 2,  # FC layers of the w / wplus head.
+        generator_init: str | None = None,  # A pretrained G (NVlabs .pkl, rosinality .pt, export, .ckpt): its
+        # architecture replaces model.generator's, and D's trunk comes from the file where it holds one.
+        generator_train: str = "finetune",  # finetune | frozen (the synthesis and the G's own mapping).
+        accumulate: int = 1,  # Micro-batches per optimizer step (gradient accumulation; the batch divides).
         encoder_mode: str = "joint",  # joint | frozen | finetune (the last two load `encoder_ckpt`).
         encoder_ckpt: str | None = None,  # File written by `+exp=encoder_pretrain` (encoder.pt or a .ckpt).
         lr: float = 2e-4,  # Adam learning rate of G and D (paper).
@@ -108,6 +120,11 @@ class Voice2FaceGAN(LightningModule):
         recon_weight: float = 0.0,  # L1 between G(voice) and the speaker's real face in Gmain (a
         # deviation from the paper; 0 = off, as the paper trains).
         xflip: bool = False,  # Mirror each real face with probability 1/2 (D and L1 targets).
+        latent_weight: float = 0.0,  # Squared distance between the voice's ws and its speaker's projected W+
+        # (a deviation from the paper, as recon_weight; needs latent_targets and latent_space w | wplus).
+        latent_targets: str | None = None,  # experiments.project output: identity_<name>.npy [num_ws, w_dim].
+        perceptual_weight: float = 0.0,  # LPIPS between G(voice) and the speaker's real face (deviation).
+        perceptual_vgg: str | None = None,  # torchvision vgg16-397923af.pth for LPIPS (None: the hub cache).
         ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.
         ema_rampup: float | None = 0.05,  # Half-life capped at cur_nimg * ema_rampup (None = off).
         total_kimg: float | None = None,  # Stop after this many thousand images (None = trainer limits).
@@ -123,6 +140,19 @@ class Voice2FaceGAN(LightningModule):
             raise ValueError(
                 f"voice2face: style_mixing_source must be one of {MIXING_SOURCES}, got {style_mixing_source!r}"
             )
+        for name, value, allowed in (
+            ("latent_space", latent_space, LATENT_SPACES),
+            ("generator_train", generator_train, GENERATOR_TRAIN),
+        ):
+            if value not in allowed:
+                raise ValueError(f"voice2face: {name} must be one of {allowed}, got {value!r}")
+        if latent_weight > 0 and (latent_space == "z" or not latent_targets):
+            raise ValueError(
+                "voice2face: latent_weight > 0 pulls the head's ws toward projected W+ targets: it needs "
+                "model.latent_space=wplus (or w) and model.latent_targets=DIR (python -m experiments.project)"
+            )
+        if accumulate < 1:
+            raise ValueError(f"voice2face: accumulate must be >= 1 micro-batches, got {accumulate}")
         if encoder_mode != "joint" and not encoder_ckpt:
             raise ValueError(
                 f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt written "
@@ -138,18 +168,47 @@ class Voice2FaceGAN(LightningModule):
         if encoder_mode == "frozen":
             self.encoder.requires_grad_(False).eval()
         self.embed_dim = int(encoder.get("embed_dim", 512))
-        self.G = build_network(
-            generator, "model.generator", z_dim=self.embed_dim + noise_z_dim, img_resolution=img_resolution
-        )
+        trunk = None
+        if generator_init:
+            # The file's G, its arguments written into the hyper-parameters: the run's checkpoints rebuild it
+            # (from_checkpoint) without the file. D takes the file's trunk where the file has a D.
+            impl = generator.get("impl", "auto")
+            init_G = load_generator(generator_init, impl=impl)
+            if init_G.img_resolution != img_resolution:
+                raise ValueError(
+                    f"{generator_init}: a {init_G.img_resolution} px generator, but the faces are {img_resolution} "
+                    f"px; prepare them at its size (data.face_size={init_G.img_resolution})"
+                )
+            generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
+            d_kwargs, trunk = load_discriminator_trunk(generator_init)
+            discriminator = {**discriminator, **d_kwargs}
+            self.hparams.update(generator=generator, discriminator=discriminator)
+        z_fill = {} if "z_dim" in generator else {"z_dim": self.embed_dim + noise_z_dim}
+        self.G = build_network(generator, "model.generator", img_resolution=img_resolution, **z_fill)
+        if generator_init:
+            self.G.load_state_dict(init_G.state_dict())
         self.D = build_network(
             discriminator, "model.discriminator", img_resolution=img_resolution, num_classes=num_classes
         )
+        if trunk is not None:
+            own = {k: v for k, v in self.D.state_dict().items() if not k.startswith("classifier.")}
+            compare_state_dict(own, trunk, f"{generator_init}: its discriminator does not fit model.discriminator")
+            self.D.load_state_dict(trunk, strict=False)  # the identity head (this run's classes) starts fresh
+        self._place_voice(latent_space, latent_layers, generator_train, generator_init)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.register_buffer("pl_mean", torch.zeros([]))
+        # The speakers' projected W+ (filled from latent_targets in setup) and which speakers have one.
+        self.register_buffer("w_targets", torch.zeros([0]), persistent=False)
+        self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
+        # A loss, not part of the model: kept out of the state dict (a checkpoint need not carry VGG16).
+        self._perceptual = [LPIPSDistance(perceptual_vgg)] if perceptual_weight > 0 else []
 
         # Path length needs the mapping/synthesis split; baselines without `.mapping` skip Greg and mixing.
         self.has_mapping = hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")
         self.pl_active = pl_weight > 0 and self.has_mapping and G_reg_interval > 0
+        if self.pl_active and not any(p.requires_grad for p in self.G.parameters()):
+            log.info("voice2face: path length off: nothing in G trains (frozen G, voice through its own mapping)")
+            self.pl_active = False
         self.r1_active = r1_gamma > 0 and D_reg_interval > 0
         self.cur_nimg = 0
         self.iteration = 0
@@ -157,6 +216,31 @@ class Voice2FaceGAN(LightningModule):
         self._clock = None
         self.skipped_steps = 0  # optimizer steps skipped for non-finite losses or gradients
         self.bad_streak = 0  # ... of which consecutive, up to now
+
+    def _place_voice(self, latent_space, latent_layers, generator_train, generator_init):
+        """Put the voice where latent_space says, and freeze what generator_train freezes."""
+        z_dim = self.embed_dim + self.hparams.noise_z_dim
+        if latent_space != "z" or generator_init:
+            if not isinstance(getattr(self.G, "mapping", None), torch.nn.Module) or not hasattr(self.G, "synthesis"):
+                raise ValueError(
+                    f"voice2face: latent_space={latent_space!r} / generator_init need a StyleGAN2 generator "
+                    f"(mapping + synthesis); model.generator is {self.hparams.generator['_target_']}"
+                )
+        if latent_space == "z" and generator_init and self.G.mapping.z_dim != z_dim:
+            raise ValueError(
+                f"{generator_init}: its mapping takes a {self.G.mapping.z_dim}-d z, but the voice embedding "
+                f"(+ noise) is {z_dim}-d; set model.encoder.embed_dim={self.G.mapping.z_dim - self.hparams.noise_z_dim}"
+                " or drive it through model.latent_space=wplus (or w)"
+            )
+        if generator_train == "frozen":
+            self.G.requires_grad_(False)
+        if latent_space != "z":
+            # The G's own mapping stays as the head's prior, unused in training, hence frozen; the head, built
+            # after any freeze, is the part of G that always trains.
+            impl = self.hparams.generator.get("impl", "auto")
+            self.G.mapping = VoiceLatent(
+                self.G.mapping.requires_grad_(False), z_dim, latent_space, latent_layers, impl=impl
+            )
 
     # ------------------------------------------------------------------ inference
     def train(self, mode: bool = True):
@@ -217,14 +301,27 @@ class Voice2FaceGAN(LightningModule):
             ws[:, cutoff:] = self.G.mapping(z2, update_emas=False)[:, cutoff:]
         return self.G.synthesis(ws), ws
 
-    def _step(self, opt, loss, phase):
-        """zero_grad -> backward -> step, unless the loss or a gradient is non-finite: then the step is skipped
-        (weights and Adam moments unchanged) and counted; `max_bad_steps` in a row stop the run."""
+    def _chunks(self, *tensors):
+        """Each tensor (or None) split into `accumulate` micro-batches: a list of tuples, one per micro-batch."""
+        k = self.hparams.accumulate
+        if tensors[0].shape[0] % k:
+            raise ValueError(f"voice2face: a batch of {tensors[0].shape[0]} does not split into accumulate={k} parts")
+        parts = [t.chunk(k) if t is not None else (None,) * k for t in tensors]
+        return list(zip(*parts))
+
+    def _step(self, opt, losses, phase):
+        """zero_grad -> backward of each micro-batch's loss (an iterable, each / accumulate) -> step, unless a loss
+        or a gradient is non-finite: then the step is skipped (weights and Adam moments unchanged) and counted;
+        `max_bad_steps` in a row stop the run."""
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)  # always: under DDP every rank must join the gradient all-reduce
+        bad = torch.zeros([], dtype=torch.bool, device=self.device)
+        for loss in losses:
+            # always: under DDP every rank must join the gradient all-reduce
+            self.manual_backward(loss / self.hparams.accumulate if self.hparams.accumulate > 1 else loss)
+            bad = bad | ~torch.isfinite(loss.detach()).all()
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm(grads)) if grads else loss.new_zeros(1)
-        bad = (~torch.isfinite(loss.detach()).all() | ~torch.isfinite(norms).all()).float()
+        norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1, device=self.device)
+        bad = (bad | ~torch.isfinite(norms).all()).float()
         if self._distributed():  # one rank's bad loss stops the step on all ranks
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         finite = not bool(bad)
@@ -251,77 +348,150 @@ class Voice2FaceGAN(LightningModule):
                 f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)",
             )
 
-    def _phase_Gmain(self, opt, z, real, label):
+    def latent_loss(self, ws, label):
+        """Mean squared distance per w between `ws` [B, num_ws, w_dim] and the speakers' targets, over the
+        speakers that have one (zero where none in the batch has)."""
+        has = self.w_target_mask[label]
+        if not bool(has.any()):
+            return ws.sum() * 0
+        return (ws.float()[has] - self.w_targets[label[has]]).square().sum(-1).mean()
+
+    def load_latent_targets(self, names: list[str]) -> None:
+        """w_targets [num_classes, num_ws, w_dim] from latent_targets/identity_<name>.npy for the training
+        identities `names` (label order); a speaker without a file is left out of the latent loss."""
+        folder = Path(self.hparams.latent_targets)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: model.latent_targets must be a folder written by experiments.project")
+        shape = (self.G.num_ws, self.G.mapping.w_dim)
+        targets, mask = torch.zeros([len(names), *shape]), torch.zeros(len(names), dtype=torch.bool)
+        for i, name in enumerate(names):
+            path = folder / f"identity_{name}.npy"
+            if path.is_file():
+                w = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+                if tuple(w.shape) != shape:
+                    raise ValueError(f"{path}: a W+ of shape {list(w.shape)}, but this G takes {list(shape)}")
+                targets[i], mask[i] = w, True
+        if not mask.any():
+            raise FileNotFoundError(f"{folder}: no identity_<name>.npy for any of the {len(names)} training identities")
+        log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
+        self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _mean_stats(per_chunk):
+        return {k: torch.stack([s[k] for s in per_chunk]).mean() for k in per_chunk[0]}
+
+    def _phase_Gmain(self, opt, audio, lengths, real, label):
+        """Returns (stats, z): z, the generator inputs of the whole batch, detached for the phases after."""
         self.toggle_optimizer(opt)
-        with self._autocast():
-            img, _ = self.run_G(z)
-            logits, class_logits = self.D(img)
-        loss_adv = ns_generator_loss(logits.float()).mean()
-        loss = loss_adv
-        stats = {"loss/G_adv": loss_adv.detach()}
-        if self.hparams.recon_weight > 0:
-            loss_rec = (img.float() - real).abs().mean()
-            loss = loss + self.hparams.recon_weight * loss_rec
-            stats["loss/G_recon"] = loss_rec.detach()
-        if class_logits is not None and self.hparams.id_weight > 0:
-            loss_id = F.cross_entropy(class_logits.float(), label)
-            loss = loss + self.hparams.id_weight * loss_id
-            stats["loss/G_id"] = loss_id.detach()
-        self._step(opt, loss, "Gmain")
+        per_chunk, zs = [], []
+
+        def losses():
+            for audio_i, lengths_i, real_i, label_i in self._chunks(audio, lengths, real, label):
+                with self._autocast():
+                    emb = self.embed(audio_i, lengths_i)
+                z = self.latent(emb.float())
+                zs.append(z.detach())
+                with self._autocast():
+                    img, ws = self.run_G(z)
+                    logits, class_logits = self.D(img)
+                loss_adv = ns_generator_loss(logits.float()).mean()
+                loss = loss_adv
+                stats = {"loss/G_adv": loss_adv.detach()}
+                if self.hparams.recon_weight > 0:
+                    loss_rec = (img.float() - real_i).abs().mean()
+                    loss = loss + self.hparams.recon_weight * loss_rec
+                    stats["loss/G_recon"] = loss_rec.detach()
+                if self._perceptual:
+                    lpips = self._perceptual[0] = self._perceptual[0].to(img.device)
+                    loss_lpips = lpips(img.float(), real_i).mean()
+                    loss = loss + self.hparams.perceptual_weight * loss_lpips
+                    stats["loss/G_lpips"] = loss_lpips.detach()
+                if self.hparams.latent_weight > 0:
+                    loss_w = self.latent_loss(ws, label_i)
+                    loss = loss + self.hparams.latent_weight * loss_w
+                    stats["loss/G_latent"] = loss_w.detach()
+                if class_logits is not None and self.hparams.id_weight > 0:
+                    loss_id = F.cross_entropy(class_logits.float(), label_i)
+                    loss = loss + self.hparams.id_weight * loss_id
+                    stats["loss/G_id"] = loss_id.detach()
+                per_chunk.append(stats)
+                yield loss
+
+        self._step(opt, losses(), "Gmain")
         self.untoggle_optimizer(opt)
-        return stats
+        return self._mean_stats(per_chunk), torch.cat(zs)
 
     def _phase_Greg(self, opt, z):
         self.toggle_optimizer(opt)
-        n = max(z.shape[0] // self.hparams.pl_batch_shrink, 1)
-        with self._autocast():
-            img, ws = self.run_G(z[:n].detach())
-        lengths = path_lengths(img.float(), ws)
-        batch_mean = lengths.mean().detach()
-        if self._distributed():
-            torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
-            batch_mean /= torch.distributed.get_world_size()
-        pl_mean = self.pl_mean.lerp(batch_mean, self.hparams.pl_decay)
-        # A non-finite batch (its step is skipped) must not poison the running mean.
-        self.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean, self.pl_mean).detach())
-        penalty = (lengths - pl_mean).square()
-        # img[:, 0, 0, 0] * 0 ties every synthesis parameter into the graph (as NVlabs does for DDP).
-        loss = (img[:, 0, 0, 0].float() * 0 + penalty * self.hparams.pl_weight).mean()
-        loss = loss * self.hparams.G_reg_interval
-        self._step(opt, loss, "Greg")
+        k = self.hparams.accumulate
+        n = max(z.shape[0] // self.hparams.pl_batch_shrink // k, 1) * k  # whole micro-batches
+        per_chunk = []
+
+        def losses():
+            for (z_i,) in self._chunks(z[:n]):
+                with self._autocast():
+                    img, ws = self.run_G(z_i)
+                lengths = path_lengths(img.float(), ws)
+                batch_mean = lengths.mean().detach()
+                if self._distributed():
+                    torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
+                    batch_mean /= torch.distributed.get_world_size()
+                pl_mean = self.pl_mean.lerp(batch_mean, self.hparams.pl_decay)
+                # A non-finite batch (its step is skipped) must not poison the running mean.
+                self.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean, self.pl_mean).detach())
+                penalty = (lengths - pl_mean).square()
+                # img[:, 0, 0, 0] * 0 ties every synthesis parameter into the graph (as NVlabs does for DDP).
+                loss = (img[:, 0, 0, 0].float() * 0 + penalty * self.hparams.pl_weight).mean()
+                per_chunk.append({"reg/pl_penalty": penalty.mean().detach()})
+                yield loss * self.hparams.G_reg_interval
+
+        self._step(opt, losses(), "Greg")
         self.untoggle_optimizer(opt)
-        return {"reg/pl_penalty": penalty.mean().detach(), "reg/pl_mean": self.pl_mean.detach().clone()}
+        return {**self._mean_stats(per_chunk), "reg/pl_mean": self.pl_mean.detach().clone()}
 
     def _phase_Dmain(self, opt, z, real, label):
         self.toggle_optimizer(opt)
-        with torch.no_grad(), self._autocast():
-            fake, _ = self.run_G(z.detach(), update_emas=True)
-        with self._autocast():
-            fake_logits, _ = self.D(fake)
-            real_logits, class_logits = self.D(real)
-        loss_real, loss_fake = ns_discriminator_loss(real_logits.float(), fake_logits.float())
-        loss = loss_real.mean() + loss_fake.mean()
-        stats = {"loss/D_real": loss_real.mean().detach(), "loss/D_fake": loss_fake.mean().detach()}
-        if class_logits is not None and self.hparams.cls_weight > 0:
-            loss_cls = F.cross_entropy(class_logits.float(), label)
-            loss = loss + self.hparams.cls_weight * loss_cls
-            stats["loss/D_cls"] = loss_cls.detach()
-            stats["acc/D_cls_real"] = (class_logits.argmax(1) == label).float().mean()
-        self._step(opt, loss, "Dmain")
+        per_chunk = []
+
+        def losses():
+            for z_i, real_i, label_i in self._chunks(z, real, label):
+                with torch.no_grad(), self._autocast():
+                    fake, _ = self.run_G(z_i, update_emas=True)
+                with self._autocast():
+                    fake_logits, _ = self.D(fake)
+                    real_logits, class_logits = self.D(real_i)
+                loss_real, loss_fake = ns_discriminator_loss(real_logits.float(), fake_logits.float())
+                loss = loss_real.mean() + loss_fake.mean()
+                stats = {"loss/D_real": loss_real.mean().detach(), "loss/D_fake": loss_fake.mean().detach()}
+                if class_logits is not None and self.hparams.cls_weight > 0:
+                    loss_cls = F.cross_entropy(class_logits.float(), label_i)
+                    loss = loss + self.hparams.cls_weight * loss_cls
+                    stats["loss/D_cls"] = loss_cls.detach()
+                    stats["acc/D_cls_real"] = (class_logits.argmax(1) == label_i).float().mean()
+                per_chunk.append(stats)
+                yield loss
+
+        self._step(opt, losses(), "Dmain")
         self.untoggle_optimizer(opt)
-        return stats
+        return self._mean_stats(per_chunk)
 
     def _phase_Dreg(self, opt, real):
         self.toggle_optimizer(opt)
-        real = real.detach().requires_grad_(True)
-        with self._autocast():
-            logits, _ = self.D(real)
-        penalty = r1_penalty(real, logits.float())
-        loss = (logits.float() * 0 + penalty * (self.hparams.r1_gamma / 2)).mean()
-        loss = loss * self.hparams.D_reg_interval
-        self._step(opt, loss, "Dreg")
+        per_chunk = []
+
+        def losses():
+            for (real_i,) in self._chunks(real):
+                real_i = real_i.detach().requires_grad_(True)
+                with self._autocast():
+                    logits, _ = self.D(real_i)
+                penalty = r1_penalty(real_i, logits.float())
+                loss = (logits.float() * 0 + penalty * (self.hparams.r1_gamma / 2)).mean()
+                per_chunk.append({"reg/r1": penalty.mean().detach()})
+                yield loss * self.hparams.D_reg_interval
+
+        self._step(opt, losses(), "Dreg")
         self.untoggle_optimizer(opt)
-        return {"reg/r1": penalty.mean().detach()}
+        return self._mean_stats(per_chunk)
 
     @staticmethod
     def _distributed():
@@ -359,11 +529,7 @@ class Voice2FaceGAN(LightningModule):
             flip = torch.rand(real.shape[0], device=real.device) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
         opt_G, opt_D = self.optimizers()
-        with self._autocast():
-            emb = self.embed(batch["audio"], batch.get("audio_lengths"))
-        z = self.latent(emb.float())
-
-        stats = self._phase_Gmain(opt_G, z, real, label)
+        stats, z = self._phase_Gmain(opt_G, batch["audio"], batch.get("audio_lengths"), real, label)
         if self.pl_active and self.iteration % self.hparams.G_reg_interval == 0:
             stats.update(self._phase_Greg(opt_G, z))
         stats.update(self._phase_Dmain(opt_D, z, real, label))
@@ -395,7 +561,7 @@ class Voice2FaceGAN(LightningModule):
         hp = self.hparams
         g_kwargs = lazy_adam_kwargs(hp.lr, hp.betas, hp.G_reg_interval if self.pl_active else None)
         d_kwargs = lazy_adam_kwargs(hp.lr, hp.betas, hp.D_reg_interval if self.r1_active else None)
-        g_groups = [{"params": list(self.G.parameters())}]
+        g_groups = [{"params": [p for p in self.G.parameters() if p.requires_grad]}]
         if hp.encoder_mode != "frozen":
             # The encoder only gets Gmain gradients (Greg sees detached embeddings): no lazy re-scaling.
             g_groups.append(
@@ -415,7 +581,10 @@ class Voice2FaceGAN(LightningModule):
         # fit restores the trained bias from its checkpoint right after this hook.
         bias = getattr(getattr(self.G, "synthesis", None), "img_bias", None)
         dm = getattr(self.trainer, "datamodule", None)
-        if stage != "fit" or bias is None or not hasattr(dm, "faces"):
+        if stage == "fit" and self.hparams.latent_weight > 0:
+            self.load_latent_targets(dm.identities("train"))
+        # A pretrained G (generator_init) keeps its own trained bias.
+        if stage != "fit" or bias is None or not hasattr(dm, "faces") or self.hparams.generator_init:
             return
         mean = mean_face(dm.faces("train"), mirror=self.hparams.xflip).to(bias.device)
         for G in (self.G, self.G_ema):
@@ -447,9 +616,13 @@ class Voice2FaceGAN(LightningModule):
         hparams = state["hyper_parameters"]
         # The checkpoint's weights include the encoder's, so its stage-1 file (encoder_ckpt) is not read: it need
         # not exist here (a run folder moved or handed over). Built as a joint encoder, then given its mode back.
-        model = cls(**{**hparams, "encoder_mode": "joint", "encoder_ckpt": None})
-        mode, encoder_ckpt = hparams.get("encoder_mode", "joint"), hparams.get("encoder_ckpt")
-        model.hparams.update(encoder_mode=mode, encoder_ckpt=encoder_ckpt)
+        # Likewise its generator_init (the stored generator/discriminator configs already are the file's) and
+        # the files of the training-only losses.
+        files = {"encoder_ckpt": None, "generator_init": None, "latent_weight": 0.0, "perceptual_weight": 0.0}
+        model = cls(**{**hparams, "encoder_mode": "joint", **files})
+        model.hparams.update({k: hparams.get(k, v) for k, v in files.items()})
+        mode = hparams.get("encoder_mode", "joint")
+        model.hparams.update(encoder_mode=mode)
         model.encoder.requires_grad_(model.hparams.encoder_mode != "frozen")
         model.on_load_checkpoint(state)
         model.load_state_dict(state["state_dict"], strict=True)

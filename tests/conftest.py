@@ -1,8 +1,12 @@
 """Shared test helpers: compose the real Hydra configs the way `python -m experiments.run` does, and a quiet
-Lightning Trainer for tests and benches that fit a module directly."""
+Lightning Trainer for tests and benches that fit a module directly, and NVlabs network pickles written without
+NVlabs' code."""
 
 from __future__ import annotations
 
+import collections
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,52 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# An NVlabs network pickle is written with `torch_utils.persistence`: each module pickles as
+# `_reconstruct_persistent_obj(meta)` with its source code in meta["module_src"]. These stand-ins let the
+# tests write such a pickle without NVlabs' code; the importer must rebuild it without running anything
+# from it.
+
+
+def _reconstruct_persistent_obj(meta):
+    raise AssertionError("only used to name the global when pickling")
+
+
+class Persisted:
+    """A module pickled as NVlabs' persistence pickles it (its source in meta['module_src'], never run)."""
+
+    def __init__(self, module, init_kwargs=None, module_src="raise SystemExit('module_src was executed')"):
+        self.module, self.init_kwargs, self.module_src = module, init_kwargs, module_src
+
+    def __reduce__(self):
+        m = self.module
+        state = {
+            "training": False,
+            "_parameters": collections.OrderedDict(m._parameters),
+            "_buffers": collections.OrderedDict(m._buffers),  # NVlabs keeps resample filters persistent
+            "_modules": collections.OrderedDict(
+                (k, Persisted(c, None, self.module_src)) for k, c in m._modules.items()
+            ),
+            "_init_args": (),
+            "_init_kwargs": self.init_kwargs or {},
+        }
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(m).__name__, state=state)
+        return _reconstruct_persistent_obj, (meta,)
+
+
+@pytest.fixture
+def nvlabs_modules(monkeypatch):
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    for name, mod in (
+        ("torch_utils", types.ModuleType("torch_utils")),
+        ("torch_utils.persistence", persistence),
+        ("dnnlib", types.ModuleType("dnnlib")),
+        ("dnnlib.util", util),
+    ):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return util

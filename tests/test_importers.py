@@ -1,14 +1,12 @@
 """The rosinality and NVlabs importers: agreement with the public code's outputs, and a safe unpickler."""
 
 import argparse
-import collections
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Persisted
 
 from lightning_modules.legacy import compare_state_dict, import_nvlabs, import_rosinality
 from lightning_modules.stylegan2 import Generator
@@ -68,53 +66,6 @@ def test_nvlabs_state_dict_images_and_truncation():
     assert _max_diff(G.synthesis(ws, noise_mode="const"), ref["img_trunc"]) <= TOL
 
 
-# An NVlabs network pickle is written with `torch_utils.persistence`: each module pickles as
-# `_reconstruct_persistent_obj(meta)` with its source code in meta["module_src"]. These stand-ins let the
-# tests write such a pickle without NVlabs' code; the importer must rebuild it without running anything
-# from it.
-
-
-def _reconstruct_persistent_obj(meta):
-    raise AssertionError("only used to name the global when pickling")
-
-
-class _Persisted:
-    def __init__(self, module, init_kwargs=None, module_src="raise SystemExit('module_src was executed')"):
-        self.module, self.init_kwargs, self.module_src = module, init_kwargs, module_src
-
-    def __reduce__(self):
-        m = self.module
-        state = {
-            "training": False,
-            "_parameters": collections.OrderedDict(m._parameters),
-            "_buffers": collections.OrderedDict(m._buffers),  # NVlabs keeps resample filters persistent
-            "_modules": collections.OrderedDict(
-                (k, _Persisted(c, None, self.module_src)) for k, c in m._modules.items()
-            ),
-            "_init_args": (),
-            "_init_kwargs": self.init_kwargs or {},
-        }
-        meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(m).__name__, state=state)
-        return _reconstruct_persistent_obj, (meta,)
-
-
-@pytest.fixture
-def nvlabs_modules(monkeypatch):
-    persistence = types.ModuleType("torch_utils.persistence")
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    util = types.ModuleType("dnnlib.util")
-    util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
-    for name, mod in (
-        ("torch_utils", types.ModuleType("torch_utils")),
-        ("torch_utils.persistence", persistence),
-        ("dnnlib", types.ModuleType("dnnlib")),
-        ("dnnlib.util", util),
-    ):
-        monkeypatch.setitem(sys.modules, name, mod)
-    return util
-
-
 def test_nvlabs_pickle_is_rebuilt_without_running_its_code(tmp_path, nvlabs_modules):
     torch.manual_seed(0)
     kwargs = dict(
@@ -134,9 +85,9 @@ def test_nvlabs_pickle_is_rebuilt_without_running_its_code(tmp_path, nvlabs_modu
     with open(path, "wb") as f:
         pickle.dump(
             {
-                "G": _Persisted(G, kwargs),
+                "G": Persisted(G, kwargs),
                 "D": None,
-                "G_ema": _Persisted(G, kwargs),
+                "G_ema": Persisted(G, kwargs),
                 "augment_pipe": None,
                 "training_set_kwargs": nvlabs_modules.EasyDict(resolution=16),
             },

@@ -1,0 +1,152 @@
+"""A trained generator for the public StyleGAN2 code:
+`python -m experiments.export ckpt=PATH format=rosinality|nvlabs-state-dict out=FILE`.
+
+`ckpt` is a voice2face training checkpoint (its G_ema) or any generator file that
+`lightning_modules.legacy.load_generator` reads, so a rosinality .pt and an NVlabs state-dict export convert
+into each other. The formats, and the public loader each fits:
+
+    rosinality         {"g_ema", "latent_avg", "args"}: rosinality/stylegan2-pytorch's
+                       `Generator(args["size"], args["latent"], args["n_mlp"], channel_multiplier=...,
+                       lr_mlp=args["lr_mlp"]).load_state_dict(ckpt["g_ema"])`; `latent_avg` is the mean w.
+    nvlabs-state-dict  {"state_dict", "init_kwargs"}: NVlabs stylegan2-ada-pytorch's
+                       `training.networks.Generator(**init_kwargs).load_state_dict(state_dict)`.
+
+rosinality sets channels from `channel_multiplier` and a fixed table, NVlabs from channel_base / channel_max:
+a G whose channels fit no channel_base / channel_max is refused for NVlabs; for rosinality the tensors are
+exact whatever the channels, and `args` holds the channel_multiplier only where one gives them (otherwise
+stock rosinality code needs its `channels` table set to args["channels"]; our importer reads them off the
+tensors). A G without noise inputs exports as zero noise strengths and buffers; what a format cannot express
+is refused by name (lightning_modules/legacy.py, the exporters). Under a W / W+ voice head the export is the
+unconditional G (its own mapping and the synthesis): the head maps voices, which no public loader has.
+
+The file is written under a temporary name, read back by our importer and renamed to `out` only when its
+images equal the G's bit for bit (fixed z, noise_mode="const", truncation 1) and its mean w equals the G's:
+a refused or failed export leaves nothing at `out`. An existing `out` is refused unless overwrite=true.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from datamodules.cli_errors import one_line_errors
+from experiments.schema import check_command_config
+from lightning_modules.latent import VoiceLatent, unconditional
+from lightning_modules.legacy import (
+    GENERATOR_FORMATS,
+    export_nvlabs_state_dict,
+    export_rosinality,
+    load_generator,
+)
+from lightning_modules.safe_load import refuse_unreadable
+from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+
+EXPORTERS = {"rosinality": export_rosinality, "nvlabs-state-dict": export_nvlabs_state_dict}
+CHECK_IMAGES = 4  # images compared bit for bit after the round trip
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    try:  # mmap: only the dict's layout is read, not its tensors
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an NVlabs pickle, a .pt with argparse args, no torch file at all: load_generator names it
+        return False
+    return isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data
+
+
+def read_generator(path: str | Path) -> torch.nn.Module:
+    """G_ema of a voice2face checkpoint (as from_checkpoint builds it, a voice head included), else the G of any
+    generator file load_generator reads; on the CPU."""
+    path = Path(path)
+    refuse_unreadable(path, f"{path}: no such file (ckpt=)", f"ckpt= names one of: {'; '.join(GENERATOR_FORMATS)}")
+    if _is_training_checkpoint(path):
+        return Voice2FaceGAN.from_checkpoint(read_checkpoint(path), "cpu").G_ema
+    return load_generator(path, impl="torch").eval()
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: out= must name a file, and this is a folder")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another out= or pass overwrite=true to replace it")
+
+
+@torch.no_grad()
+def _images(mapping, synthesis) -> torch.Tensor:
+    device = mapping.w_avg.device
+    z = torch.randn([CHECK_IMAGES, mapping.z_dim], generator=torch.Generator().manual_seed(0)).to(device)
+    return synthesis(mapping(z), noise_mode="const").cpu()  # truncation 1: the images do not depend on w_avg
+
+
+def export_generator(G, fmt: str, out: str | Path, source: str = "generator", overwrite: bool = False) -> dict:
+    """Write `G` (its unconditional part under a voice head) to `out` in `fmt` (EXPORTERS), checked by reading
+    the written file back; return what was written. `source` names G in errors (the file it came from)."""
+    if fmt not in EXPORTERS:
+        raise ValueError(f"export: format must be one of {list(EXPORTERS)}, got {fmt!r}")
+    out = Path(out)
+    check_out(out, overwrite)
+    data = EXPORTERS[fmt](G, source)  # refuses what the format cannot express, before anything is written
+    mapping, synthesis = unconditional(G), G.synthesis
+    expected = _images(mapping, synthesis)
+    if not torch.isfinite(expected).all():
+        raise ValueError(f"{source}: its generator gives non-finite images (NaN or inf weights?); nothing exported")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
+    try:
+        torch.save(data, tmp)
+        back = load_generator(tmp, impl="torch")
+        same_w_avg = torch.equal(back.mapping.w_avg, mapping.w_avg.cpu())
+        if not (same_w_avg and torch.equal(_images(back.mapping, back.synthesis), expected)):
+            raise RuntimeError(
+                f"{out}: the {fmt} export does not read back as {source}'s generator ("
+                + ("images" if same_w_avg else "mean w")
+                + " differ); a bug in lightning_modules/legacy.py's exporters or importers; nothing was written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return data
+
+
+def run(cfg: DictConfig) -> int:
+    check_command_config(cfg, "export")
+    out = Path(cfg.out)
+    check_out(out, cfg.overwrite)  # before the checkpoint is read: a refusal costs nothing
+    G = read_generator(cfg.ckpt)
+    data = export_generator(G, cfg.format, out, source=str(cfg.ckpt), overwrite=cfg.overwrite)
+    if isinstance(getattr(G, "mapping", None), VoiceLatent):
+        print(
+            f"note: {cfg.ckpt}: the voice head (latent_space={G.mapping.space}) is not part of the export: "
+            "the file holds the G's own mapping and the synthesis, an unconditional generator"
+        )
+    if cfg.format == "rosinality":
+        args = data["args"]
+        multiplier = args.get("channel_multiplier")
+        print(
+            f"rosinality: Generator(size={args['size']}, style_dim={args['latent']}, n_mlp={args['n_mlp']}, "
+            f"channel_multiplier={multiplier if multiplier is not None else '<none fits>'}, lr_mlp={args['lr_mlp']})"
+            ".load_state_dict(ckpt['g_ema'])"
+        )
+        if multiplier is None:
+            print(
+                f"note: no rosinality channel_multiplier gives channels {args['channels']}: stock rosinality "
+                "code needs its Generator.channels table set to args['channels'] before it loads the file"
+            )
+    else:
+        print("NVlabs: training.networks.Generator(**ckpt['init_kwargs']).load_state_dict(ckpt['state_dict'])")
+    print(f"{out}: written and read back bit for bit ({CHECK_IMAGES} images, noise_mode=const; mean w)")
+    return 0
+
+
+@hydra.main(config_path="conf", config_name="export", version_base="1.3")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    sys.exit(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

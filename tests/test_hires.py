@@ -1,0 +1,231 @@
+"""The voice through W / W+ of a pretrained generator (model.latent_space, model.generator_init,
+model.generator_train) and gradient accumulation (model.accumulate), on the public rosinality reference G and
+an NVlabs-layout pickle written here."""
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import Persisted, quiet_trainer
+from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncoder, VoiceFaceSet, _cfg, fit, make_model
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_modules.latent import VoiceLatent
+from lightning_modules.stylegan2 import Discriminator, Generator
+from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+
+ROS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ros_g64.pt"
+SMALL_D = {"_target_": "lightning_modules.stylegan2.Discriminator", "channel_base": 256, "channel_max": 16}
+STYLEGAN2 = {"_target_": "lightning_modules.stylegan2.Generator", "impl": "torch"}
+
+
+class Faces(Dataset):
+    """VoiceFaceSet's voices with faces at `res` px."""
+
+    def __init__(self, n, res):
+        self.voices, self.res = VoiceFaceSet(n), res
+        self.faces = torch.rand(n, 3, res, res, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def __len__(self):
+        return len(self.voices)
+
+    def __getitem__(self, i):
+        return {**self.voices[i], "face": self.faces[i]}
+
+
+def ros_copy(tmp_path):
+    if not ROS.is_file():
+        pytest.skip(f"{ROS} is absent (the shared reference tensors are not checked out)")
+    checkpoint = torch.load(ROS, weights_only=False)["checkpoint"]
+    path = tmp_path / "ros_g64.pt"
+    torch.save({"g_ema": checkpoint["g_ema"]}, path)
+    return path
+
+
+def hires_model(init, res, **kwargs):
+    args = dict(
+        encoder=_cfg(TinyEncoder, embed_dim=8),
+        generator=STYLEGAN2,
+        discriminator=SMALL_D,
+        num_classes=CLASSES,
+        feature_dim=FEAT,
+        img_resolution=res,
+        generator_init=str(init),
+        latent_space="wplus",
+        style_mixing_prob=0.5,
+        D_reg_interval=2,
+        G_reg_interval=2,
+    )
+    return Voice2FaceGAN(**{**args, **kwargs})
+
+
+def train(model, res, tmp_path, n=8, batch=4):
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, DataLoader(Faces(n, res), batch_size=batch))
+    return trainer
+
+
+def synthesis_and_prior(G):
+    return {k: v.clone() for k, v in G.state_dict().items() if k.startswith(("synthesis.", "mapping.prior."))}
+
+
+def test_ros_g64_wplus_trains_and_frozen_g_stays_bit_identical(tmp_path):
+    init = ros_copy(tmp_path)
+    model = hires_model(init, 64, generator_train="frozen")
+    assert isinstance(model.G.mapping, VoiceLatent) and model.G.num_ws == 10
+    ws = model.G.mapping(torch.randn(3, 8))
+    assert list(ws.shape) == [3, 10, 64]
+    # Offsets start small around the pretrained mean w: the first faces are near G's average face.
+    assert (ws - model.G.mapping.prior.w_avg).abs().mean() < 0.5 * model.G.mapping.prior.w_avg.abs().mean() + 0.5
+    before, head = synthesis_and_prior(model.G), model.G.mapping.out.weight.clone()
+    before_ema = synthesis_and_prior(model.G_ema)
+    train(model, 64, tmp_path)
+    assert model.iteration == 2
+    after = synthesis_and_prior(model.G)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a frozen G changed"
+    assert all(torch.equal(before_ema[k], v) for k, v in synthesis_and_prior(model.G_ema).items())
+    assert not torch.equal(head, model.G.mapping.out.weight), "the W+ head did not train"
+
+
+def test_finetune_changes_g_and_the_checkpoint_rebuilds_without_the_file(tmp_path):
+    init = ros_copy(tmp_path)
+    model = hires_model(init, 64, generator_train="finetune")
+    before = synthesis_and_prior(model.G)
+    trainer = train(model, 64, tmp_path)
+    after = synthesis_and_prior(model.G)
+    changed = [k for k in before if k.startswith("synthesis.") and not torch.equal(before[k], after[k])]
+    assert changed, "finetune left the synthesis unchanged"
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("mapping.prior."))
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    init.unlink()  # a handed-over run folder: the pretrained file is not there
+    state = read_checkpoint(ckpt)
+    assert state["hyper_parameters"]["generator"]["channels"] == model.G.init_kwargs["channels"]
+    rebuilt = Voice2FaceGAN.from_checkpoint(state)
+    assert rebuilt.hparams.generator_init == str(init)
+    voice = torch.randn(2, FEAT, FRAMES)
+    torch.testing.assert_close(rebuilt.generate(voice), model.eval().generate(voice), rtol=0, atol=0)
+
+
+def test_voice_through_z_needs_the_mapping_width(tmp_path):
+    init = ros_copy(tmp_path)
+    with pytest.raises(ValueError, match=r"ros_g64.pt: its mapping takes a 64-d z.*embed_dim=64.*wplus"):
+        hires_model(init, 64, latent_space="z")
+    model = hires_model(init, 64, latent_space="z", encoder=_cfg(TinyEncoder, embed_dim=64), generator_train="frozen")
+    assert not model.pl_active  # nothing in G trains: the penalty would have no parameter to move
+
+
+def test_resolution_and_format_refusals(tmp_path):
+    init = ros_copy(tmp_path)
+    with pytest.raises(ValueError, match=r"ros_g64.pt: a 64 px generator, but the faces are 32 px.*face_size=64"):
+        hires_model(init, 32)
+    other = tmp_path / "notes.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match=r"notes.pt: not a generator file; give one of"):
+        hires_model(other, 64)
+    text = tmp_path / "readme.pkl"
+    text.write_text("not a pickle")
+    with pytest.raises(ValueError, match=r"readme.pkl: not a loadable NVlabs network pickle"):
+        hires_model(text, 64)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (shutil.rmtree, ("/nonexistent-voice2face-test",))
+
+
+def test_a_pickle_that_imports_other_names_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"G_ema": _Evil()}, f)
+    with pytest.raises(ValueError, match=r"evil.pkl: .*refusing to load global shutil.rmtree"):
+        hires_model(path, 64)
+
+
+def nvlabs_pickle(path, res, with_d=True):
+    """An NVlabs-layout network pickle of small channels at `res` px (G and, if asked, D), as
+    `torch_utils.persistence` writes one; our networks stand in for NVlabs' (same parameter names)."""
+    g_kwargs = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=res, img_channels=3)
+    g_kwargs.update(mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 2048, "channel_max": 8})
+    G = Generator(z_dim=8, w_dim=8, img_resolution=res, mapping_layers=2, channel_base=2048, channel_max=8)
+    G.mapping.w_avg.normal_()
+    D = Discriminator(img_resolution=res, channel_base=2048, channel_max=8)
+    d_kwargs = dict(c_dim=0, img_resolution=res, img_channels=3, architecture="resnet", channel_base=2048)
+    d_kwargs.update(channel_max=8, epilogue_kwargs={"mbstd_group_size": 2})
+    nets = {
+        "G": Persisted(G, g_kwargs),
+        "G_ema": Persisted(G, g_kwargs),
+        "D": Persisted(D, d_kwargs) if with_d else None,
+    }
+    with open(path, "wb") as f:
+        pickle.dump(nets, f)
+    return G, D
+
+
+def test_nvlabs_1024_pickle_gives_18_ws_and_seeds_d(tmp_path, nvlabs_modules):
+    path = tmp_path / "network-snapshot.pkl"
+    G, D = nvlabs_pickle(path, 1024)
+    model = hires_model(path, 1024, discriminator={"_target_": "lightning_modules.stylegan2.Discriminator"})
+    assert model.G.num_ws == 18 and list(model.G.mapping(torch.randn(2, 8)).shape) == [2, 18, 8]
+    torch.testing.assert_close(model.G.mapping.w_anchor, G.mapping.w_avg)
+    assert model.hparams.discriminator["channel_base"] == 2048 and model.D.b4.mbstd.group_size == 2
+    trunk = {k: v for k, v in model.D.state_dict().items() if not k.startswith("classifier.")}
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in trunk.items())
+    assert model.D.classifier is not None  # the identity head of this run's classes, on the file's trunk
+
+
+def test_a_voice2face_checkpoint_seeds_a_new_run(tmp_path):
+    """The make-run route of the issue: a trained 64 px checkpoint as generator_init (its G_ema and D trunk)."""
+    init = ros_copy(tmp_path)
+    first = hires_model(init, 64, generator_train="finetune", latent_space="wplus")
+    trainer = train(first, 64, tmp_path)
+    ckpt = tmp_path / "first.ckpt"
+    trainer.save_checkpoint(ckpt)
+    second = hires_model(ckpt, 64, latent_space="wplus")
+    theirs = {k: v for k, v in first.G_ema.state_dict().items() if k.startswith("synthesis.")}
+    assert all(torch.equal(v, second.G.state_dict()[k]) for k, v in theirs.items())
+    assert all(
+        torch.equal(v, second.D.state_dict()[k]) for k, v in first.D.state_dict().items() if "classifier" not in k
+    )
+
+
+def test_accumulation_gives_the_full_batch_step(tmp_path):
+    """accumulate=2 splits each phase into two micro-batches and steps once: with no batch statistics in the
+    networks and no random draws that depend on the batch split, the weights match accumulate=1."""
+    models = []
+    for k in (1, 2):
+        torch.manual_seed(0)
+        model = make_model(accumulate=k, pl_weight=0, style_mixing_prob=0, D_reg_interval=1)
+        fit(model, n=16, batch=8, tmp_path=tmp_path / str(k), max_epochs=1)
+        models.append(model)
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} differs under accumulation")
+    with pytest.raises(ValueError, match="accumulate must be >= 1"):
+        make_model(accumulate=0)
+    model = make_model(accumulate=3, discriminator=_cfg(TinyDiscriminator))
+    with pytest.raises(ValueError, match="a batch of 8 does not split into accumulate=3"):
+        fit(model, n=8, batch=8, tmp_path=tmp_path / "3")
+
+
+def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
+    init = ros_copy(tmp_path)
+    targets = tmp_path / "projected"
+    targets.mkdir()
+    goal = torch.randn(CLASSES, 10, 64)
+    for i in range(CLASSES - 1):  # the last speaker has no projection: it is left out of the loss
+        np.save(targets / f"identity_id{i}.npy", goal[i].numpy())
+    model = hires_model(init, 64, latent_weight=1.0, latent_targets=str(targets), generator_train="frozen")
+    model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+    assert model.w_target_mask.tolist() == [True] * (CLASSES - 1) + [False]
+    label = torch.tensor([0, 1, 2, 0])
+    ws = model.G.mapping(torch.randn(4, 8))
+    expected = (torch.cat([ws[:2], ws[3:]]) - goal[[0, 1, 0]]).square().sum(-1).mean()  # label 2 has none
+    torch.testing.assert_close(model.latent_loss(ws, label), expected)
+    with pytest.raises(ValueError, match="latent_space=wplus"):
+        hires_model(init, 64, latent_weight=1.0, latent_space="z", encoder=_cfg(TinyEncoder, embed_dim=64))
+    np.save(targets / "identity_id2.npy", np.zeros((14, 64), np.float32))
+    with pytest.raises(ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\], but this G takes \[10, 64\]"):
+        model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
