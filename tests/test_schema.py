@@ -101,10 +101,12 @@ REQUIRED = {
     "evaluate": ["ckpt=x.ckpt"],
     "report": ["runs=[x]"],
     "sweep": ["name=ablations"],
+    "export": ["ckpt=x.ckpt", "format=rosinality", "out=x.pt"],
+    "project": ["G=g.pt", "images=faces"],
 }
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves", "sweep"])
+@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves", "sweep", "export", "project"])
 def test_every_command_value_has_a_domain(command):
     from hydra import compose, initialize_config_dir
 
