@@ -7,7 +7,7 @@ Times `datamodules.prepare.prepare` (VAD + log-mel features per clip, file-landm
 splitting the wall time between clips and faces in proportion to their single-process cost; clip rates
 are rescaled from the corpus' mean clip duration to VoxCeleb1's (352 h / 153,516 clips ≈ 8.25 s). The
 one-off start of the worker pool (spawned processes importing torch) is timed apart and left out of the rates.
-MTCNN (real data) is timed separately per image on 128×128 inputs when facenet-pytorch is importable.
+MTCNN (real data) is timed separately per image on the corpus images (256×256) when facenet-pytorch is importable.
 """
 
 import argparse

@@ -1,4 +1,8 @@
-"""Face alignment: five landmarks -> least-squares similarity (Umeyama) -> a size×size uint8 RGB crop.
+"""Face alignment: five landmarks -> a similarity transform -> a size×size uint8 RGB crop.
+
+Two crops (`align`): `arcface`, the least-squares similarity (Umeyama) onto ArcFace's five-point template, a tight
+face; `ffhq`, the oriented square of NVlabs' FFHQ (ffhq-dataset's `recreate_aligned_images`), the whole head with
+some background, as a StyleGAN2 pretrained on FFHQ draws it.
 
 Landmarks are (x, y) in pixel-centre coordinates (pixel i covers [i-0.5, i+0.5]), ordered left eye,
 right eye, nose, mouth left, mouth right ("left" = image-left, as MTCNN returns them).
@@ -36,6 +40,7 @@ LANDMARK_COLUMNS = (
     "mouth_right_y",
 )
 DETECTORS = ("mtcnn", "file", "none")
+ALIGNS = ("arcface", "ffhq")
 MIN_IMAGE_SIDE = 32  # smaller images hold no usable face at any crop size we train on
 MAX_IMAGE_PIXELS = 40_000_000  # larger ones (a 10000² photo: > 600 s and 4.7 GB in the blur) are refused per file
 
@@ -68,6 +73,39 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     R = U @ D @ Vt
     scale = (S * np.diag(D)).sum() / var_s
     return np.concatenate([scale * R, (mu_d - scale * R @ mu_s)[:, None]], axis=1)
+
+
+def ffhq_quad(points: np.ndarray) -> np.ndarray:
+    """FFHQ's crop square of five landmarks [5, 2]: its corners [4, 2], top-left, bottom-left, bottom-right,
+    top-right, in the landmarks' coordinates. From the eye centres and the mouth corners, which dlib's 68 points
+    give FFHQ (eye contour means, outer mouth corners) and our five points give directly."""
+    eye_left, eye_right, _, mouth_left, mouth_right = np.asarray(points, np.float64)
+    eye_avg = (eye_left + eye_right) * 0.5
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (mouth_left + mouth_right) * 0.5
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]  # the eye line and the face axis turned onto it, summed
+    if np.hypot(*x) < 1e-9:  # an upside-down face whose eye line and axis cancel: no direction
+        raise ValueError("landmarks give no crop direction")
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)  # half the side
+    y = np.flipud(x) * [-1, 1]  # x turned by 90°, toward the chin (y points down)
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+
+
+def ffhq_transform(points: np.ndarray, size: int) -> np.ndarray:
+    """The similarity M [2, 3] taking FFHQ's crop square onto a size×size crop: its corners onto the crop's outer
+    pixel edges, as ffhq-dataset's PIL QUAD transform of `quad + 0.5` (pixel centres to PIL's pixel edges) does.
+    The square maps exactly, so the least-squares fit is the map.
+
+    Where the square leaves the image, FFHQ pads with the image reflected, blurred (σ = 2 % of the square) and faded
+    to its median colour; we replicate the edge pixels (warp samples with padding_mode="border"), so the crop stays
+    a pass over the window it samples (FFHQ's padding is a reflection and a Gaussian over the whole padded photo)
+    and no pixel inside the image changes. Crops differ from FFHQ's only past the image's edges: streaks of the edge
+    colour there, not a blurred mirror. Tight photos (VGGFace's, the embedded corpus') show them at the corners."""
+    lo, hi = -0.5, size - 0.5
+    return umeyama(ffhq_quad(points), np.array([[lo, lo], [lo, hi], [hi, hi], [hi, lo]]))
 
 
 def box_blur(img: torch.Tensor, k: int) -> torch.Tensor:
@@ -181,12 +219,22 @@ def read_landmarks(csv_path) -> dict[str, np.ndarray]:
 class FaceAligner:
     """aligner(path, key=None) -> uint8 [3, size, size]; raises FaceError when no face can be had.
 
-    `key` is the image's path relative to the face root, the lookup key of `detector="file"`."""
+    `key` is the image's path relative to the face root, the lookup key of `detector="file"`. detector=none
+    only resizes, whatever `align`: its images are aligned already (`align` then names how, for the config)."""
 
-    def __init__(self, detector: str = "mtcnn", size: int = 64, landmarks_csv=None, min_face_prob: float = 0.9):
+    def __init__(
+        self,
+        detector: str = "mtcnn",  # DETECTORS: where the landmarks come from; none: pre-aligned, only resized
+        size: int = 64,  # crop side, pixels
+        landmarks_csv=None,  # the landmarks file of detector=file
+        min_face_prob: float = 0.9,  # mtcnn: weaker detections count as no face
+        align: str = "arcface",  # ALIGNS: the crop the landmarks are mapped to (see the module docstring)
+    ):
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-        self.detector, self.size, self.min_face_prob = detector, size, min_face_prob
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+        self.detector, self.size, self.min_face_prob, self.align = detector, size, min_face_prob, align
         self.template = template(size)
         self.landmarks = read_landmarks(landmarks_csv) if detector == "file" else None
         self._mtcnn = None
@@ -215,13 +263,19 @@ class FaceAligner:
             return self.landmarks[k]
         return self._mtcnn_points(image, path)
 
+    def transform(self, points: np.ndarray) -> np.ndarray:
+        """The similarity M [2, 3] from image to crop coordinates for these landmarks."""
+        if self.align == "ffhq":
+            return ffhq_transform(points, self.size)
+        return umeyama(points, self.template)
+
     def __call__(self, path, key=None) -> np.ndarray:
         image = load_image(path)
         if self.detector == "none":  # pre-aligned: only resize
             H, W, _ = image.shape
             M = np.array([[self.size / W, 0, 0.5 * self.size / W - 0.5], [0, self.size / H, 0.5 * self.size / H - 0.5]])
             return warp(image, M, self.size)
-        return warp(image, umeyama(self.points(image, path, key), self.template), self.size)
+        return warp(image, self.transform(self.points(image, path, key)), self.size)
 
 
 def normalize(faces: torch.Tensor) -> torch.Tensor:

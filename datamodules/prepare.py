@@ -1,7 +1,7 @@
 """Raw VoxCeleb1 + VGGFace folders -> a cached dataset of one shard per identity.
 
     python -m datamodules.prepare --root DIR --out DIR [--detector mtcnn|file|none] [--face-size 64]
-                                  [--features logmel|mfcc] [--workers 2]
+                                  [--face-align arcface|ffhq] [--features logmel|mfcc] [--workers 2]
 
 Input (`root`): vox1_meta.csv (tab-separated, columns `VoxCeleb1 ID`, `VGGFace1 ID`), voxceleb1/wav/<id>/<v>/
 <n>.wav, vggface/<VGGFace1 ID>/<image>.jpg, and landmarks.csv for detector=file.
@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from datamodules.audio import AUDIO_SUFFIXES, AudioError
 from datamodules.cli_errors import one_line_errors
-from datamodules.faces import FaceAligner, FaceError, SkipReport
+from datamodules.faces import ALIGNS, FaceAligner, FaceError, SkipReport
 from datamodules.files import DataError
 from datamodules.meta import identity_split, read_meta
 from datamodules.pipeline import VoicePipeline
 from datamodules.shards import (
     claim,
+    face_align_of,
     preprocessing_config,
     read_shard,
     shard_file,
@@ -111,7 +112,7 @@ class _Worker:
         self.config, self.root, self.out = config, root, out
         self.voices = VoicePipeline(config["features"], config["vad"])
         landmarks = root / "landmarks.csv" if config["detector"] == "file" else None
-        self.aligner = FaceAligner(config["detector"], config["face_size"], landmarks)
+        self.aligner = FaceAligner(config["detector"], config["face_size"], landmarks, align=face_align_of(config))
 
     def __call__(self, job: tuple[str, list[Path], list[Path], str]) -> str:
         name, wavs, images, inputs = job
@@ -168,12 +169,13 @@ def prepare(
     face_size: int = 64,
     features: dict | None = None,
     vad: dict | None = None,
+    face_align: str = "arcface",  # the crop template, datamodules.faces.ALIGNS
     workers: int = 2,
     progress: bool = True,
 ) -> dict:
     """Preprocess `root` into `out` (resuming whatever is there); returns the manifest."""
     root, out = Path(root), Path(out)
-    config = preprocessing_config(detector, face_size, features, vad)
+    config = preprocessing_config(detector, face_size, features, vad, face_align)
     digest = claim(out, config, root)
 
     rows, voices, faces = scan(root)
@@ -251,10 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     ap.add_argument("--detector", default="mtcnn", choices=("mtcnn", "file", "none"))
     ap.add_argument("--face-size", type=int, default=64, choices=face_sizes(), metavar="{4,8,...,1024}")
+    ap.add_argument("--face-align", default="arcface", choices=ALIGNS, help="ffhq: FFHQ's, for a pretrained StyleGAN2")
     ap.add_argument("--features", default="logmel", choices=("logmel", "mfcc"))
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
-    m = prepare(a.root, a.out, a.detector, a.face_size, {"kind": a.features}, workers=a.workers)
+    m = prepare(
+        a.root, a.out, a.detector, a.face_size, {"kind": a.features}, face_align=a.face_align, workers=a.workers
+    )
     print(
         json.dumps(
             {"counts": m["counts"], "split_sizes": m["split_sizes"], "skip_reasons": m["skip_reasons"]},

@@ -28,15 +28,29 @@ SHARD_VERSION = "2"  # bump when the shard bytes change for a given config: old 
 # 2: faces warped from the window they sample, a shrink of 4 or more first an integer one (datamodules/faces.warp)
 
 
-def preprocessing_config(detector: str, face_size: int, features: dict | None, vad: dict | None) -> dict:
+def preprocessing_config(
+    detector: str,  # datamodules.faces.DETECTORS
+    face_size: int,  # crop side, pixels
+    features: dict | None,  # AudioFeatures kwargs; None: log-mel
+    vad: dict | None,  # AudioFrontEnd VAD kwargs
+    face_align: str = "arcface",  # datamodules.faces.ALIGNS
+) -> dict:
     """What a shard's bytes depend on besides its inputs (the version included)."""
-    return {
+    config = {
         "version": SHARD_VERSION,
         "detector": detector,
         "face_size": face_size,
         "features": dict(features or {"kind": "logmel"}),
         "vad": dict(vad or {}),
     }
+    if face_align != "arcface":  # ArcFace's crop is the one of every folder before the key: they keep their hash
+        config["face_align"] = face_align
+    return config
+
+
+def face_align_of(config: dict) -> str:
+    """The crop template a preprocessing config asks for (absent: ArcFace's, see preprocessing_config)."""
+    return config.get("face_align", "arcface")
 
 
 def config_hash(config: dict) -> str:

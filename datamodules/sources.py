@@ -20,6 +20,7 @@ from datamodules.meta import ATTRIBUTE_KINDS, identity_split, read_attributes_if
 from datamodules.pipeline import VoicePipeline
 from datamodules.prepare import prepare
 from datamodules.shards import (
+    face_align_of,
     prepared_folder,
     preprocessing_config,
     read_manifest,
@@ -69,6 +70,7 @@ class ShardSource:
         cache_dir: Path,
         detector: str,
         face_size: int,
+        face_align: str,
         features: dict,
         vad: dict,
         crop_frames: tuple[int, int],
@@ -76,7 +78,7 @@ class ShardSource:
         prepare_workers: int,
     ):
         self.raw, self.corpus, self.corpus_dir, self.cache_dir = root, corpus, corpus_dir, cache_dir
-        self.config = preprocessing_config(detector, face_size, features, vad)
+        self.config = preprocessing_config(detector, face_size, features, vad, face_align)
         self.crop_frames, self.pipeline, self.prepare_workers = crop_frames, pipeline, prepare_workers
         self.split, self.sets, self.attributes, self.attribute_kinds, self.manifest = None, {}, None, {}, None
 
@@ -106,6 +108,7 @@ class ShardSource:
             c["face_size"],
             c["features"],
             c["vad"],
+            face_align_of(c),
             workers=self.prepare_workers,
         )
 
@@ -201,7 +204,7 @@ class StreamSource:
         if theirs != self.config:
             raise DataError(
                 f"{self.url}: exported with preprocessing {theirs}, but the data config asks for "
-                f"{self.config}; set data.features/face_size/detector to match or export again"
+                f"{self.config}; set data.features/face_size/face_align/detector to match or export again"
             )
         self.split = {k: list(v) for k, v in meta["split"].items()}
         for split in (k for k, names in self.split.items() if names):  # an empty split has no stream

@@ -38,6 +38,7 @@ class VoxVGGDataModule(L.LightningDataModule):
         corpus_dir: str | None = None,  # where the embedded corpus is cached (default: cache_dir)
         detector: str = "mtcnn",  # mtcnn | file | none (see datamodules.faces)
         face_size: int = 64,
+        face_align: str = "arcface",  # arcface | ffhq: the crop the landmarks map to (see datamodules.faces)
         features: dict | None = None,  # AudioFeatures kwargs, e.g. {kind: logmel}
         vad: dict | None = None,  # AudioFrontEnd VAD kwargs
         crop_frames: tuple[int, int] = (300, 800),  # train crop length range, frames
@@ -77,6 +78,7 @@ class VoxVGGDataModule(L.LightningDataModule):
                 cache_dir,
                 detector,
                 face_size,
+                face_align,
                 self.features,
                 self.vad,
                 self.crop_frames,
@@ -87,7 +89,7 @@ class VoxVGGDataModule(L.LightningDataModule):
             self.source = shards
         else:
             chunks = Path(stream_cache_dir) if stream_cache_dir else cache_dir / "stream_chunks"
-            config = preprocessing_config(detector, face_size, self.features, self.vad)
+            config = preprocessing_config(detector, face_size, self.features, self.vad, face_align)
             self.source = StreamSource(
                 stream, chunks, dict(storage_options or {}), shards, config, self.crop_frames, self.pipeline
             )

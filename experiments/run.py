@@ -25,7 +25,7 @@ from datamodules.cli_errors import one_line_errors
 from experiments.schema import check_config
 from lightning_modules.legacy import compare_state_dict
 from lightning_modules.safe_load import load_data, refuse_unreadable
-from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
+from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN, load_generator_init
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ SAME_RUN_KEYS = (  # what a checkpoint of another experiment differs in, even wh
     "data.root",
     "data.corpus",
     "data.face_size",
+    "data.face_align",
     "data.features",
+    "model.latent_space",
 )
 
 
@@ -233,6 +235,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             f"config: model.encoder_ckpt={cfg.model.encoder_ckpt} is given, and pretrain_encoder would train the "
             "encoder again (stage 1); pass ~pretrain_encoder to start from your file"
         )
+    if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN"):
+        load_generator_init(cfg.model.generator_init, cfg.data.face_size)  # before stage 1 or any folder
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if cfg.get("ckpt_path") == "last":

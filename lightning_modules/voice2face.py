@@ -84,6 +84,17 @@ def read_checkpoint(ckpt: str | Path) -> dict:
     return state
 
 
+def load_generator_init(path, img_resolution: int, impl: str = "auto"):
+    """The pretrained G of model.generator_init, refused unless it draws faces of the run's size."""
+    G = load_generator(path, impl=impl)
+    if G.img_resolution != img_resolution:
+        raise ValueError(
+            f"{path}: a {G.img_resolution} px generator, but the faces are {img_resolution} px; prepare them at "
+            f"its size (data.face_size={G.img_resolution})"
+        )
+    return G
+
+
 class Voice2FaceGAN(LightningModule):
     def __init__(
         self,
@@ -173,12 +184,7 @@ class Voice2FaceGAN(LightningModule):
             # The file's G, its arguments written into the hyper-parameters: the run's checkpoints rebuild it
             # (from_checkpoint) without the file. D takes the file's trunk where the file has a D.
             impl = generator.get("impl", "auto")
-            init_G = load_generator(generator_init, impl=impl)
-            if init_G.img_resolution != img_resolution:
-                raise ValueError(
-                    f"{generator_init}: a {init_G.img_resolution} px generator, but the faces are {img_resolution} "
-                    f"px; prepare them at its size (data.face_size={init_G.img_resolution})"
-                )
+            init_G = load_generator_init(generator_init, img_resolution, impl)
             generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
             d_kwargs, trunk = load_discriminator_trunk(generator_init)
             discriminator = {**discriminator, **d_kwargs}

@@ -6,6 +6,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -229,3 +230,22 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
     np.save(targets / "identity_id2.npy", np.zeros((14, 64), np.float32))
     with pytest.raises(ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\], but this G takes \[10, 64\]"):
         model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+
+
+def test_hires256_composes_and_refuses_a_generator_of_another_size(compose_cfg, tmp_path):
+    """The real +exp=hires256 config: W+ at 256 px from FFHQ-aligned faces; a 64 px file is refused by name."""
+    init = ros_copy(tmp_path)
+    cfg = compose_cfg("+exp=hires256", f"model.generator_init={init}", "model.encoder_mode=joint")
+    assert (cfg.data.face_size, cfg.data.face_align, cfg.model.latent_space) == (256, "ffhq", "wplus")
+    with pytest.raises(Exception, match=r"ros_g64.pt: a 64 px generator, but the faces are 256 px"):
+        hydra.utils.instantiate(cfg.model, num_classes=CLASSES, feature_dim=64)
+
+
+def test_run_refuses_a_generator_of_another_size_before_writing_anything(compose_cfg, tmp_path):
+    from experiments.run import train as run_train
+
+    init = ros_copy(tmp_path)
+    cfg = compose_cfg("+exp=smoke", "logger=none", "data.face_size=32", f"model.generator_init={init}")
+    with pytest.raises(ValueError, match=r"ros_g64.pt: a 64 px generator, but the faces are 32 px"):
+        run_train(cfg)
+    assert not Path(cfg.paths.output_dir).exists(), "a refused run wrote its folder"

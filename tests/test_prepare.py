@@ -183,6 +183,54 @@ def test_the_prepared_folder_name_changes_only_with_the_shard_version():
         assert config_hash(preprocessing_config("file", 64, {"kind": "logmel"}, {})) == "08512f9ae299d080"
 
 
+def test_each_face_align_has_a_config_hash_of_its_own():
+    """FFHQ crops never share a folder (or a stream export) with ArcFace crops; ArcFace's config is the one of before
+    the key, so the folders prepared then keep their names (the hashes above)."""
+    from datamodules.shards import config_hash, prepared_folder, preprocessing_config
+
+    arcface = preprocessing_config("file", 256, {"kind": "logmel"}, {})
+    assert "face_align" not in arcface
+    assert preprocessing_config("file", 256, {"kind": "logmel"}, {}, "arcface") == arcface
+    ffhq = preprocessing_config("file", 256, {"kind": "logmel"}, {}, "ffhq")
+    assert ffhq["face_align"] == "ffhq" and config_hash(ffhq) != config_hash(arcface)
+    assert prepared_folder("c", ffhq, "/data/vox") != prepared_folder("c", arcface, "/data/vox")
+
+
+def test_data_face_align_reaches_the_preprocessing_config(compose_cfg):
+    from hydra.utils import instantiate
+
+    from datamodules.shards import face_align_of
+    from experiments.schema import check_config
+
+    for align in ("arcface", "ffhq"):
+        cfg = compose_cfg("data=voxvgg", f"data.face_align={align}")
+        check_config(cfg)
+        assert face_align_of(instantiate(cfg.data).source.config) == align
+    with pytest.raises(ValueError, match="data.face_align: 'dlib' is not one of"):
+        check_config(compose_cfg("data.face_align=dlib"))
+
+
+def test_ffhq_crops_at_256_prepare(tmp_path, corpus, capsys):
+    """--face-size 256 --face-align ffhq: 256 px FFHQ crops in the shards, the alignment in config.json, and an
+    ArcFace run refused in that folder."""
+    from datamodules.faces import FaceAligner
+    from datamodules.shards import read_shard, shard_file
+
+    out = tmp_path / "o"
+    settings = ["--detector", "file", "--face-size", "256", "--face-align", "ffhq", "--workers", "1"]
+    main(["--root", str(corpus), "--out", str(out), *settings])
+    assert json.loads(capsys.readouterr().out)["counts"]["skipped"] == 0
+    assert json.loads((out / "config.json").read_text())["config"]["face_align"] == "ffhq"
+    name = json.loads((out / "manifest.json").read_text())["usable"][0]
+    shard = read_shard(shard_file(out, name))
+    assert shard.faces.shape[1:] == (3, 256, 256)
+    aligner = FaceAligner("file", 256, corpus / "landmarks.csv", align="ffhq")
+    key = shard.images[0].removeprefix("vggface/")
+    assert (shard.faces[0].numpy() == aligner(corpus / shard.images[0], key)).all()
+    with pytest.raises(DataError, match="another config"):
+        prepare(corpus, out, detector="file", face_size=256, workers=1, progress=False)
+
+
 @pytest.mark.parametrize("size", ["0", "-8", "33"])
 def test_a_face_size_the_networks_cannot_build_is_refused_before_any_work(tmp_path, capsys, size):
     """0 and -8 failed after the first identities with "Singular matrix"; 33 prepared shards no run can use."""

@@ -103,7 +103,7 @@ def test_layout(corpus):
     jpgs = sorted((corpus / "vggface").rglob("*.jpg"))
     assert {str(p.relative_to(corpus / "vggface")) for p in jpgs} == set(_landmarks(corpus))
     with Image.open(jpgs[0]) as im:
-        assert im.size == (128, 128) and im.mode == "RGB"
+        assert im.size == (256, 256) and im.mode == "RGB"
     attributes = read_attributes(corpus / "attributes.csv")
     assert set(attributes) == voiced | faced
     for values in attributes.values():
@@ -187,6 +187,20 @@ def test_landmarks_hit_the_features(corpus):
         redness = cheek[0] - cheek[1]
         on_mouth = [np.linalg.norm(p - cheek) > 20 or p[0] - p[1] > redness + 12 for p in below_corners]
         assert any(on_mouth), path  # lips (redder than skin), teeth or the open mouth
+
+
+def test_landmarks_scale_with_the_render_size(monkeypatch):
+    """The same draws at 128 px give the same picture and the same landmarks, in pixel-centre coordinates:
+    p256 = (p128 + 0.5) * 2 - 0.5 exactly, the 256 px image halved within the sensor noise and edge pixels."""
+    from datamodules.synthetic import faces
+
+    person = next(p for p in sample_identities(3, seed=0) if p.has_face)
+    image, landmarks = faces.render_face(person.traits, np.random.default_rng(0))
+    monkeypatch.setattr(faces, "IMAGE_SIZE", 128)
+    small, small_landmarks = faces.render_face(person.traits, np.random.default_rng(0))
+    assert image.shape == (256, 256, 3) and small.shape == (128, 128, 3)
+    np.testing.assert_allclose(landmarks, (small_landmarks + 0.5) * 2 - 0.5, atol=1e-9)
+    assert np.abs(image.reshape(128, 2, 128, 2, 3).mean((1, 3)) - small).mean() < 4  # about 2 seen
 
 
 def test_ensure_corpus_caches(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ traits come from one latent, written in the on-disk layouts of VoxCeleb1 and VGG
 Layout (the same readers serve the real data):
     vox1_meta.csv                 tab-separated: VoxCeleb1 ID, VGGFace1 ID, Gender (m/f), Nationality, Set
     voxceleb1/wav/idNNNNN/<11-char video id>/NNNNN.wav   16 kHz mono 16-bit PCM, 2-8 s, 4-8 per identity
-    vggface/<First_Last>/NNNNN.jpg                       128×128 RGB, 8-12 per identity
+    vggface/<First_Last>/NNNNN.jpg                       256×256 RGB, 8-12 per identity
     attributes.csv                ground truth per identity, keyed by `VGGFace1 ID` (see ATTRIBUTE_KINDS)
     landmarks.csv                 path (relative to vggface/), then x,y in pixels (pixel-centre coords.) of
                                   left_eye, right_eye, nose, mouth_left, mouth_right; "left" = image-left
@@ -36,7 +36,7 @@ Face (seen), each in 0..1 unless categorical:
     skin_tone      nationality mean + its sd·ε          ↔ nationality / accent (0 dark .. 1 light)
     hair_colour    drawn from the nationality's colour distribution       ↔ nationality / accent
     face_length, eye_colour   independent of the voice: controls a model should not recover from speech.
-Per image: head yaw ±0.3 rad, pitch ±0.15, roll ±0.2, scale ±12 %, shift ±7 px, smile, open mouth,
+Per image: head yaw ±0.3 rad, pitch ±0.15, roll ±0.2, scale ±12 %, shift ±14 px, smile, open mouth,
 brow raise, eye opening, gaze, a lighting gradient and gain, background, clothes, sensor noise.
 
 Deterministic: every identity's files are seeded from (seed, identity) alone, so the same seed gives

@@ -21,7 +21,8 @@ from datamodules.synthetic.faces import render_face
 from datamodules.synthetic.traits import Identity, sample_identities, write_attributes
 from datamodules.synthetic.voices import SAMPLE_RATE, make_utterance
 
-GENERATOR_VERSION = "2"  # bump whenever the output for a given (identities, seed) changes: it keys the cache
+GENERATOR_VERSION = "3"  # bump whenever the output for a given (identities, seed) changes: it keys the cache
+# 3: faces rendered at 256 px (were 128), so that 256 px crops are sharp
 META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
 LANDMARK_COLUMNS = ("path", *FACE_POINTS)  # the columns datamodules.faces reads
 _VIDEO_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
