@@ -2,9 +2,10 @@
 
 For each resolution, the networks of the FFHQ configs (NVlabs config-f widths: channel_base 32768, channel_max
 512, an 8-layer mapping, w 512, conv_clamp 256) with the W+ voice head, and one micro-batch of B images through
-Gmain (G -> D -> backward into G and the head), Dmain (D on real and fake, backward) and the R1 penalty (a double
-backward through D). Each (resolution, B) runs in its own process, so its peak resident set is its own; the
-memory per image is the slope between B = 1 and B = 2 and the fixed part (weights, Adam-free) is what remains.
+Gmain (G -> D -> backward into G and the head), Dmain (D on real and fake, backward), the R1 penalty (a double
+backward through D) and the path-length penalty (a double backward through G). Each (resolution, B) runs in its
+own process, so its peak resident set is its own; the memory per image is the slope between B = 1 and B = 2, and
+the fixed part (weights and gradients, no optimizer state) is what remains.
 The 64 px row, the paper's from-scratch size at the same widths, is the baseline of the ratio column.
 
     python -m bench.hires_memory [--resolutions 64 256 1024] [--markdown FILE]
@@ -22,7 +23,7 @@ import time
 import torch
 
 from lightning_modules.latent import VoiceLatent
-from lightning_modules.losses import ns_discriminator_loss, ns_generator_loss, r1_penalty
+from lightning_modules.losses import ns_discriminator_loss, ns_generator_loss, path_lengths, r1_penalty
 from lightning_modules.stylegan2 import Discriminator, Generator
 
 WIDTHS = dict(channel_base=32768, channel_max=512, conv_clamp=256)  # NVlabs' FFHQ config-f
@@ -43,6 +44,8 @@ def one_iteration(res: int, batch: int) -> dict:
     (loss_real.mean() + loss_fake.mean()).backward()  # Dmain
     real.requires_grad_(True)
     r1_penalty(real, D(real)[0]).mean().backward()  # Dreg: double backward
+    ws = G.mapping(voice)
+    path_lengths(G.synthesis(ws), ws).mean().backward()  # Greg (NVlabs runs it on half the batch): double backward
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     return {"res": res, "batch": batch, "peak_gib": peak_gib, "seconds": seconds, "num_ws": G.num_ws}
@@ -72,7 +75,8 @@ def main() -> None:
         rows.append((res, runs[0]["num_ws"], per_image, runs[0]["peak_gib"] - per_image, runs[1]["seconds"] / 2))
     base = rows[0][2]
     lines = [
-        f"CPU ({torch.get_num_threads()} threads), one Gmain + Dmain + R1 micro-step, W+ head, config-f widths",
+        f"CPU ({torch.get_num_threads()} threads), one Gmain + Dmain + R1 + path-length micro-step, W+ head, "
+        "config-f widths",
         "",
         "| resolution | ws | GiB per image | fixed GiB | s per image | per-image ratio to the first row |",
         "| --- | --- | --- | --- | --- | --- |",
