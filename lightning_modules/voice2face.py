@@ -38,6 +38,7 @@ from lightning_modules.losses import (
     r1_penalty,
 )
 from lightning_modules.metrics.ppl import LPIPSDistance
+from lightning_modules.metrics.weights import MetricUnavailable
 from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,11 @@ class Voice2FaceGAN(LightningModule):
         self.register_buffer("w_targets", torch.zeros([0]), persistent=False)
         self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
         # A loss, not part of the model: kept out of the state dict (a checkpoint need not carry VGG16).
-        self._perceptual = [LPIPSDistance(perceptual_vgg)] if perceptual_weight > 0 else []
+        try:
+            self._perceptual = [LPIPSDistance(perceptual_vgg)] if perceptual_weight > 0 else []
+        except MetricUnavailable as err:
+            need = "voice2face: model.perceptual_weight > 0 needs LPIPS' VGG16 (model.perceptual_vgg)"
+            raise ValueError(f"{need}: {err}") from None
 
         # Path length needs the mapping/synthesis split; baselines without `.mapping` skip Greg and mixing.
         self.has_mapping = hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")

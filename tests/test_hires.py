@@ -10,6 +10,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
+import torchvision
 from conftest import Persisted, quiet_trainer
 from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncoder, VoiceFaceSet, _cfg, fit, make_model
 from torch.utils.data import DataLoader, Dataset
@@ -249,3 +250,23 @@ def test_run_refuses_a_generator_of_another_size_before_writing_anything(compose
     with pytest.raises(ValueError, match=r"ros_g64.pt: a 64 px generator, but the faces are 32 px"):
         run_train(cfg)
     assert not Path(cfg.paths.output_dir).exists(), "a refused run wrote its folder"
+
+
+def test_perceptual_loss_is_a_loss_not_part_of_the_checkpoint(tmp_path):
+    init = ros_copy(tmp_path)
+    vgg = tmp_path / "vgg16.pth"  # a random-weight VGG16 trunk in torchvision's layout stands in for the real file
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"]).state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, vgg)
+    with pytest.raises(ValueError, match=r"model.perceptual_vgg.*missing.pth does not exist"):
+        hires_model(init, 64, perceptual_weight=1.0, perceptual_vgg=str(tmp_path / "missing.pth"))
+    model = hires_model(init, 64, perceptual_weight=1.0, perceptual_vgg=str(vgg), pl_weight=0, r1_gamma=0)
+    seen = []
+    original = model._phase_Gmain
+    model._phase_Gmain = lambda *args: seen.append(original(*args)) or seen[-1]
+    trainer = train(model, 64, tmp_path, n=4, batch=4)
+    assert "loss/G_lpips" in seen[0][0] and torch.isfinite(seen[0][0]["loss/G_lpips"])
+    assert not any("lpips" in k or k.startswith("_perceptual") for k in model.state_dict())
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    vgg.unlink()  # rebuilding the model for inference needs neither the loss's file nor the pretrained G's
+    init.unlink()
+    Voice2FaceGAN.from_checkpoint(read_checkpoint(tmp_path / "last.ckpt"))
