@@ -236,7 +236,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "encoder again (stage 1); pass ~pretrain_encoder to start from your file"
         )
     if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN"):
-        load_generator_init(cfg.model.generator_init, cfg.data.face_size)  # before stage 1 or any folder
+        # Read once more by the model; a wrong file must fail before stage 1 trains or any folder is written.
+        load_generator_init(cfg.model.generator_init, cfg.data.face_size)
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if cfg.get("ckpt_path") == "last":

@@ -271,20 +271,24 @@ def import_nvlabs(src, impl="auto"):
     an unpickler that only rebuilds tensors and containers; or from a dict {"state_dict", "init_kwargs"}."""
     source = str(src) if isinstance(src, (str, Path)) else "NVlabs generator dict"
     if isinstance(src, (str, Path)):
-        data = _unpickle_nvlabs_dict(src)
-        if not isinstance(data.get("G_ema", data.get("G")), _Persistent):
-            raise ValueError(f"{source}: expected an NVlabs pickle with a 'G_ema' (or 'G') network")
-        net = data.get("G_ema", data.get("G"))
-        if net.class_name != "Generator":
-            raise ValueError(f"{source}: the network is a {net.class_name!r}, not an NVlabs Generator")
-        try:
-            state = _module_state(net, "", {})
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-        return _generator_from_nvlabs(state, net.state.get("_init_kwargs", {}), source, impl)
+        return _generator_from_pickle(_unpickle_nvlabs_dict(src), source, impl)
     if not isinstance(src, dict) or "state_dict" not in src or "init_kwargs" not in src:
         raise ValueError(f"{source}: expected a path or a dict with 'state_dict' and 'init_kwargs'")
     return _generator_from_nvlabs(src["state_dict"], src["init_kwargs"], source, impl)
+
+
+def _generator_from_pickle(data, source, impl):
+    """The Generator of an unpickled NVlabs network pickle (`G_ema`, else `G`)."""
+    if not isinstance(data.get("G_ema", data.get("G")), _Persistent):
+        raise ValueError(f"{source}: expected an NVlabs pickle with a 'G_ema' (or 'G') network")
+    net = data.get("G_ema", data.get("G"))
+    if net.class_name != "Generator":
+        raise ValueError(f"{source}: the network is a {net.class_name!r}, not an NVlabs Generator")
+    try:
+        state = _module_state(net, "", {})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return _generator_from_nvlabs(state, net.state.get("_init_kwargs", {}), source, impl)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,25 +313,34 @@ def _is_torch_zip(path):
 
 
 def load_generator(path, impl="auto") -> Generator:
-    """The Generator in `path`, any of GENERATOR_FORMATS, read as data only (weights_only torch.load or the
-    restricted unpickler). The format is told by the content, not the suffix; anything else is a ValueError
-    naming the file and the formats it may be."""
+    """The Generator in `path`, any of GENERATOR_FORMATS (load_pretrained without the D)."""
+    return load_pretrained(path, impl)[0]
+
+
+def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch.Tensor] | None]:
+    """(G, Discriminator arguments, D weights) of a generator file, any of GENERATOR_FORMATS, read once and as
+    data only (weights_only torch.load or the restricted unpickler). The format is told by the content, not the
+    suffix; anything else is a ValueError naming the file and the formats it may be. The D part is that of
+    our `Discriminator` without its identity head (its classes are a run's own), or ({}, None) where the file
+    holds no D (rosinality's g_ema-only files, exports, a baseline's checkpoint)."""
     path = Path(path)
-    refuse_unreadable(path, f"{path}: generator file not found", f"give one of: {'; '.join(GENERATOR_FORMATS)}")
+    formats = f"give one of: {'; '.join(GENERATOR_FORMATS)}"
+    refuse_unreadable(path, f"{path}: generator file not found", formats)
     if not _is_torch_zip(path):
         try:
-            return import_nvlabs(path, impl=impl)
+            data = _unpickle_nvlabs_dict(path)
+            return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
         except ValueError as err:
             raise ValueError(f"{err}; a generator file is one of: {'; '.join(GENERATOR_FORMATS)}") from None
     with torch.serialization.safe_globals([argparse.Namespace]):
-        data = load_data(path, "a generator file", fix=f"give one of: {'; '.join(GENERATOR_FORMATS)}")
+        data = load_data(path, "a generator file", fix=formats)
     if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
-        return import_rosinality(data, impl=impl)
+        return import_rosinality(data, impl=impl), {}, None
     if isinstance(data, dict) and "init_kwargs" in data and "state_dict" in data:
-        return import_nvlabs(data, impl=impl)
+        return import_nvlabs(data, impl=impl), {}, None
     if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
-        return _generator_from_checkpoint(data, path, impl)
-    raise ValueError(f"{path}: not a generator file; give one of: {'; '.join(GENERATOR_FORMATS)}")
+        return (_generator_from_checkpoint(data, path, impl), *_checkpoint_trunk(data, path))
+    raise ValueError(f"{path}: not a generator file; {formats}")
 
 
 def _generator_from_checkpoint(data, path, impl):
@@ -350,45 +363,40 @@ def _unhead(key):
     return "mapping." + key[len("mapping.prior.") :] if key.startswith("mapping.prior.") else key
 
 
-def load_discriminator_trunk(path) -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """(Discriminator arguments, weights) of the D that comes with a generator file, for our `Discriminator`
-    (identity head excluded: its classes are this run's); ({}, None) where the file has no D (rosinality's
-    g_ema-only files, exports). NVlabs' resnet D names its layers as ours does; its filters are checked, not
-    loaded."""
-    path = Path(path)
-    if not _is_torch_zip(path):
-        data = _unpickle_nvlabs_dict(path)
-        net = data.get("D")
-        if not isinstance(net, _Persistent):
-            return {}, None
-        if net.class_name != "Discriminator":
-            raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
-        kwargs = dict(net.state.get("_init_kwargs", {}))
-        if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("c_dim", 0):
-            raise ValueError(f"{path}: only an unconditional 'resnet' NVlabs D can seed ours")
-        state = _module_state(net, "", {})
-        for key in [k for k in state if k.endswith("resample_filter")]:
-            _check_filter(state.pop(key), path, key)
-        epilogue = dict(kwargs.get("epilogue_kwargs", {}))
-        if epilogue.get("mbstd_num_channels", 1) != 1:
-            raise ValueError(f"{path}: its D has {epilogue['mbstd_num_channels']} minibatch-std channels; ours has 1")
-        d_kwargs = {
-            "channel_base": kwargs.get("channel_base", 32768),
-            "channel_max": kwargs.get("channel_max", 512),
-            "mbstd_group_size": epilogue.get("mbstd_group_size", 4),
-            "conv_clamp": kwargs.get("conv_clamp"),
-        }
-        return d_kwargs, state
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        data = load_data(path, "a generator file")
-    if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
-        cfg = data["hyper_parameters"].get("discriminator")
-        check_network_config(cfg, f"{path}: model.discriminator")
-        if cfg["_target_"] != "lightning_modules.stylegan2.Discriminator":
-            return {}, None  # a baseline's D: the run builds its own
-        state = {k: v for k, v in _prefixed(data["state_dict"], "D.").items() if not k.startswith("classifier.")}
-        return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
-    return {}, None
+def _pickle_trunk(data, path):
+    """NVlabs' resnet D of an unpickled network pickle as (arguments, weights) for ours: it names its layers as
+    ours does; its filters are checked, not loaded."""
+    net = data.get("D")
+    if not isinstance(net, _Persistent):
+        return {}, None
+    if net.class_name != "Discriminator":
+        raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
+    kwargs = dict(net.state.get("_init_kwargs", {}))
+    if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("c_dim", 0):
+        raise ValueError(f"{path}: only an unconditional 'resnet' NVlabs D can seed ours")
+    state = _module_state(net, "", {})
+    for key in [k for k in state if k.endswith("resample_filter")]:
+        _check_filter(state.pop(key), path, key)
+    epilogue = dict(kwargs.get("epilogue_kwargs", {}))
+    if epilogue.get("mbstd_num_channels", 1) != 1:
+        raise ValueError(f"{path}: its D has {epilogue['mbstd_num_channels']} minibatch-std channels; ours has 1")
+    d_kwargs = {
+        "channel_base": kwargs.get("channel_base", 32768),
+        "channel_max": kwargs.get("channel_max", 512),
+        "mbstd_group_size": epilogue.get("mbstd_group_size", 4),
+        "conv_clamp": kwargs.get("conv_clamp"),
+    }
+    return d_kwargs, state
+
+
+def _checkpoint_trunk(data, path):
+    """The StyleGAN2 D of a voice2face checkpoint as (arguments, weights); ({}, None) for a baseline's D."""
+    cfg = data["hyper_parameters"].get("discriminator")
+    check_network_config(cfg, f"{path}: model.discriminator")
+    if cfg["_target_"] != "lightning_modules.stylegan2.Discriminator":
+        return {}, None  # the run builds its own
+    state = {k: v for k, v in _prefixed(data["state_dict"], "D.").items() if not k.startswith("classifier.")}
+    return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
 
 
 def _unpickle_nvlabs_dict(path):

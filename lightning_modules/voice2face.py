@@ -28,7 +28,7 @@ from lightning_modules.build import build_network, check_arguments, check_networ
 from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.latent import LATENT_SPACES, VoiceLatent
-from lightning_modules.legacy import compare_state_dict, load_discriminator_trunk, load_generator
+from lightning_modules.legacy import compare_state_dict, load_pretrained
 from lightning_modules.losses import (
     ema_beta,
     lazy_adam_kwargs,
@@ -86,14 +86,16 @@ def read_checkpoint(ckpt: str | Path) -> dict:
 
 
 def load_generator_init(path, img_resolution: int, impl: str = "auto"):
-    """The pretrained G of model.generator_init, refused unless it draws faces of the run's size."""
-    G = load_generator(path, impl=impl)
+    """(G, D arguments, D weights) of model.generator_init (legacy.load_pretrained), refused unless its G draws
+    faces of the run's size."""
+    pretrained = load_pretrained(path, impl=impl)
+    G = pretrained[0]
     if G.img_resolution != img_resolution:
         raise ValueError(
             f"{path}: a {G.img_resolution} px generator, but the faces are {img_resolution} px; prepare them at "
             f"its size (data.face_size={G.img_resolution})"
         )
-    return G
+    return pretrained
 
 
 class Voice2FaceGAN(LightningModule):
@@ -185,9 +187,8 @@ class Voice2FaceGAN(LightningModule):
             # The file's G, its arguments written into the hyper-parameters: the run's checkpoints rebuild it
             # (from_checkpoint) without the file. D takes the file's trunk where the file has a D.
             impl = generator.get("impl", "auto")
-            init_G = load_generator_init(generator_init, img_resolution, impl)
+            init_G, d_kwargs, trunk = load_generator_init(generator_init, img_resolution, impl)
             generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
-            d_kwargs, trunk = load_discriminator_trunk(generator_init)
             discriminator = {**discriminator, **d_kwargs}
             self.hparams.update(generator=generator, discriminator=discriminator)
         z_fill = {} if "z_dim" in generator else {"z_dim": self.embed_dim + noise_z_dim}
