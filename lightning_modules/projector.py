@@ -60,20 +60,6 @@ class PixelDistance(nn.Module):
         return total
 
 
-class LPIPS(nn.Module):
-    """LPIPS-VGG16 (`metrics.ppl.LPIPSDistance`, a local weights file) of images larger than 256 px taken at 256 px,
-    as NVlabs' projector does (VGG was trained on 224 px images)."""
-
-    def __init__(self, vgg_path: str | None = None):
-        super().__init__()
-        self.lpips = LPIPSDistance(vgg_path, download=False)
-
-    def forward(self, synth: Tensor, target: Tensor) -> Tensor:
-        if synth.shape[-1] > 256:
-            synth, target = (F.interpolate(x, size=(256, 256), mode="area") for x in (synth, target))
-        return self.lpips(synth, target)
-
-
 class ProbeDistance(nn.Module):
     """LPIPS without its learned weights, in the face probe's trunk: at each of its ReLUs the activations are
     unit-normalised over channels, and the squared difference summed over channels and averaged over positions;
@@ -126,7 +112,8 @@ def make_distance(kind: str = "auto", lpips_weights: str | None = None, probe: s
     missing = f"no {filename} in {cached.parent} ({url}) and no lpips_weights=PATH"
     if kind in ("auto", "lpips") and (lpips_weights is not None or cached.is_file()):
         try:  # a weights file that is there but unreadable is an error, never a quiet change of distance
-            return LPIPS(lpips_weights), "lpips", "LPIPS-VGG16 (local weights), images above 256 px taken at 256 px"
+            lpips = LPIPSDistance(lpips_weights, download=False, max_size=256)  # as NVlabs' projector
+            return lpips, "lpips", "LPIPS-VGG16 (local weights), images above 256 px taken at 256 px"
         except MetricUnavailable as err:
             raise ValueError(f"distance={kind}: {err}") from None
     if kind == "lpips":

@@ -210,7 +210,7 @@ class Voice2FaceGAN(LightningModule):
         self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
         # A loss, not part of the model: kept out of the state dict (a checkpoint need not carry VGG16).
         try:
-            self._perceptual = [LPIPSDistance(perceptual_vgg)] if perceptual_weight > 0 else []
+            self._perceptual = [LPIPSDistance(perceptual_vgg, max_size=256)] if perceptual_weight > 0 else []
         except MetricUnavailable as err:
             need = "voice2face: model.perceptual_weight > 0 needs LPIPS' VGG16 (model.perceptual_vgg)"
             raise ValueError(f"{need}: {err}") from None

@@ -270,6 +270,9 @@ def test_distance_choice(tmp_path, empty_hub):
     lpips, name, _ = make_distance("auto", lpips_weights=str(tmp_path / "vgg16.pth"))
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert name == "lpips" and lpips(x, x.flip(-1)).shape == (2,) and float(lpips(x, x).abs().max()) < 1e-6
+    big = torch.rand(2, 3, 512, 512) * 2 - 1  # above 256 px LPIPS compares the images area-resized to 256
+    small = [torch.nn.functional.interpolate(y, size=(256, 256), mode="area") for y in (big, big.flip(-1))]
+    torch.testing.assert_close(lpips(big, big.flip(-1)), lpips.net(*small).flatten())
     probe = FaceProbe(5, {"sex": 2}, width=8)
     torch.save(probe.state_dict(), tmp_path / "probe.pt")
     distance, name, why = make_distance("auto", probe=str(tmp_path / "probe.pt"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.metrics.weights import load_weights, read_weights, resolve_weights
@@ -28,8 +29,9 @@ class LPIPSDistance(nn.Module):
     vgg_path: torchvision `vgg16-397923af.pth`; None looks in the torch hub cache (download only if allowed).
     """
 
-    def __init__(self, vgg_path: str | None = None, download: bool = False):
+    def __init__(self, vgg_path: str | None = None, download: bool = False, max_size: int | None = None):
         super().__init__()
+        self.max_size = max_size  # larger images are area-resized to it first (VGG was trained on 224 px)
         from torchmetrics.functional.image.lpips import _NoTrainLpips
 
         file = resolve_weights("vgg16", vgg_path, download)
@@ -48,6 +50,9 @@ class LPIPSDistance(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, img0: Tensor, img1: Tensor) -> Tensor:
+        if self.max_size is not None and img0.shape[-1] > self.max_size:
+            size = (self.max_size, self.max_size)
+            img0, img1 = (F.interpolate(x, size=size, mode="area") for x in (img0, img1))
         return self.net(img0, img1).flatten()
 
 
