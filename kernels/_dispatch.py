@@ -3,6 +3,8 @@
 `impl="auto"` takes Triton for CUDA tensors and the reference elsewhere; "torch" and "triton" force one.
 Triton kernels are compiled at first use (`jit` below), so the `TRITON_INTERPRET` switch is read at that
 moment: tests set it for themselves only and run the Triton path on CPU tensors through Triton's interpreter.
+Device functions that kernels share (`device_function`) are jitted with the kernel that calls them, in the same
+mode, for the same reason.
 When the Triton path cannot run (no Triton, a compile, resource or launch error, an unsupported configuration)
 the reference is used and one warning per op names the reason; that decision is made once per op and
 configuration (the key a caller passes), so a failing compile is not retried on every call. Any other exception
@@ -55,10 +57,34 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def device_function(fn):
+    """Marks `fn` as a Triton device function that kernels call by its module-level name. It stays a plain
+    function there: `jit` compiles it in the mode of the kernel that calls it, since a `triton.jit` made at
+    import would be a compiled-mode function, which the interpreter switched on later cannot call."""
+    fn.triton_device_function = True
+    return fn
+
+
+def _with_device_functions(fn, interpret: bool):
+    """`fn`, or a copy of it whose globals hold the device functions it names jitted for this mode (the
+    module's own globals are left as they are)."""
+    called = {
+        name: fn.__globals__[name]
+        for name in fn.__code__.co_names
+        if getattr(fn.__globals__.get(name), "triton_device_function", False)
+    }
+    if not called:
+        return fn
+    scope = dict(fn.__globals__, **{name: _jit_cached(helper, interpret) for name, helper in called.items()})
+    copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__module__, copy.__qualname__, copy.__kwdefaults__ = fn.__module__, fn.__qualname__, fn.__kwdefaults__
+    return copy
+
+
 @functools.cache
 def _jit_cached(fn, interpret: bool):
-    del interpret  # part of the cache key only: triton.jit reads TRITON_INTERPRET itself
-    return triton.jit(fn)
+    # interpret is part of the cache key: triton.jit reads TRITON_INTERPRET itself
+    return triton.jit(_with_device_functions(fn, interpret))
 
 
 def jit(fn):
@@ -79,7 +105,7 @@ def autotuned(fn, configs: tuple, key: tuple, prune=None):
         warmup=5,  # ms per configuration (Triton's default 25 + 100): a few tenths of a second per new shape
         rep=20,
         cache_results=True,
-    )(triton.jit(fn))
+    )(triton.jit(_with_device_functions(fn, interpret=False)))
 
 
 def use_triton(op: str, impl: str, *tensors) -> bool:

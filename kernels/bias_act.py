@@ -57,6 +57,20 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2}  # the kernels' ACT switch
 
 
+@_dispatch.device_function
+def act_gain_clamp(v, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr):
+    """The epilogue every kernel ends with, as `bias_act_ref` after its bias: activation (ACT_CODES), times gain,
+    clamped to [-clamp, clamp]."""
+    if ACT == 1:
+        v = tl.where(v > 0, v, 0.0)
+    if ACT == 2:
+        v = tl.where(v > 0, v, v * alpha)
+    v = v * gain
+    if HAS_CLAMP:
+        v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    return v
+
+
 # fmt: off
 def _bias_act_kernel(
     x_ptr, b_ptr, y_ptr, numel,
@@ -73,13 +87,7 @@ def _bias_act_kernel(
     clamp = tl.load(params_ptr + 2)
     if HAS_BIAS:  # x is contiguous: the bias index of a flat offset is (offset // INNER) % C
         v = v + tl.load(b_ptr + (offs // INNER) % C, mask=ok, other=0.0).to(v.dtype)
-    if ACT == 1:
-        v = tl.where(v > 0, v, 0.0)
-    if ACT == 2:
-        v = tl.where(v > 0, v, v * alpha)
-    v = v * gain
-    if HAS_CLAMP:
-        v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    v = act_gain_clamp(v, alpha, gain, clamp, ACT, HAS_CLAMP)
     tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=ok)
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import _dispatch
 from ._dispatch import tl, triton
-from .bias_act import ACT_CODES, act_mask, bias_act_ref
+from .bias_act import ACT_CODES, act_gain_clamp, act_mask, bias_act_ref
 from .bias_act import resolve as resolve_act
 from .conv2d_resample import conv2d_resample
 from .shapes import assert_shape
@@ -194,13 +194,7 @@ def _modconv_kernel(
         ).to(ACC_DTYPE)
     if HAS_BIAS:
         v = v + tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    if ACT == 1:
-        v = tl.where(v > 0, v, 0.0)
-    if ACT == 2:
-        v = tl.where(v > 0, v, v * alpha)
-    v = v * gain
-    if HAS_CLAMP:
-        v = tl.minimum(tl.maximum(v, -clamp), clamp)
+    v = act_gain_clamp(v, alpha, gain, clamp, ACT, HAS_CLAMP)
     tl.store(y_ptr + out_off, v.to(y_ptr.dtype.element_ty), mask=mask)
 
 
