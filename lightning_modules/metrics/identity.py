@@ -125,23 +125,15 @@ def retrieval_recall(*args, **kwargs) -> tuple[dict[int, float], int]:
 
 
 def shuffled_recall(
-    query_emb: Tensor,
-    query_labels: Tensor,
-    centers: Tensor,
-    gallery_size: int,
-    ks: tuple[int, ...] = (1, 5, 10),
-    repeats: int = 10,
-    permutations: int = 50,
-    seed: int = 0,
+    query_emb: Tensor, query_labels: Tensor, centers: Tensor, *args, permutations: int = 50, seed: int = 0, **kwargs
 ) -> dict[int, float]:
     """Recall@k with the queries' identities randomly permuted (seeded): what a generator that ignores the
-    voice scores, faces that all look alike included (ties count against the query)."""
-    num_ids = centers.shape[0]
+    voice scores, faces that all look alike included (ties count against the query). The other arguments are
+    `retrieval_recall`'s; the mean over `permutations` permutations is returned."""
     g = torch.Generator().manual_seed(seed + 1)
-    total = {k: 0.0 for k in ks}
+    total: dict[int, float] = {}
     for p in range(permutations):
-        perm = torch.randperm(num_ids, generator=g)
-        recall, _ = retrieval_recall(query_emb, perm[query_labels], centers, gallery_size, ks, repeats, seed + p)
-        for k in ks:
-            total[k] += recall[k] / permutations
+        perm = torch.randperm(centers.shape[0], generator=g)
+        recall, _ = retrieval_recall(query_emb, perm[query_labels], centers, *args, seed=seed + p, **kwargs)
+        total = {k: total.get(k, 0.0) + r / permutations for k, r in recall.items()}
     return total
