@@ -7,7 +7,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.metrics.quality import frechet_distance, halves, kid, probe_quality
+from lightning_modules.metrics.quality import frechet_distance, halves, kid, probe_quality, speaker_mean_faces
 
 
 def test_frechet_distance_matches_scipy_and_survives_a_degenerate_set():
@@ -81,3 +81,18 @@ def test_the_probe_tells_faces_from_blobs(corpus_probe):
     # (the 4x blur measured 3.8-8x the floor across corpora and thread counts, so 2x leaves room)
     assert real_like["fd_probe"] < fd["blurred"] < fd["colour blobs"], fd
     assert fd["blurred"] > 2 * floor and fd["colour blobs"] > 4 * floor and fd["all alike"] > 4 * floor, fd
+    # each speaker's mean face keeps who the speaker is but loses detail and variety: off the floor, short of
+    # one face for everyone
+    mean_faces = speaker_mean_faces(real, labels, labels)
+    fd["speaker mean"] = probe_quality(feats(mean_faces), reference, labels)["fd_probe"]
+    assert 2 * floor < fd["speaker mean"] < fd["all alike"], fd
+
+
+def test_speaker_mean_faces_average_the_held_out_half():
+    real = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2)
+    labels = torch.tensor([0, 0, 0, 1, 1])  # halves: R1 = faces 0, 2, 3; R2 = faces 1, 4
+    means = speaker_mean_faces(real, labels, torch.tensor([1, 0, 1]))
+    assert means.shape == (3, 3, 2, 2)
+    assert means[:, 0, 0, 0].tolist() == [4.0, 1.0, 4.0]
+    lone = speaker_mean_faces(real[:4], torch.tensor([0, 0, 0, 1]), torch.tensor([1]))  # identity 1: R1 only
+    assert lone[0, 0, 0, 0] == 3.0

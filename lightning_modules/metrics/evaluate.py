@@ -29,7 +29,7 @@ from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
 from lightning_modules.metrics.probe import train_probe
 from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
-from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality
+from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 LABELS = {  # display names in the summary; other keys are shown as they are
@@ -275,15 +275,12 @@ def evaluate(
     if probe is not None and sub["quality"].get("enabled", True):
         real_float = normalize(real_u8)
         gen_float = normalize(quantize(gen))  # generated faces quantised as the real ones are stored
-        result.update(
-            probe_quality(
-                probe.predict(gen_float)[0],
-                probe.predict(real_float)[0],
-                real_labels,
-                sub["quality"].get("repeats", 10),
-                sub["quality"].get("seed", 0),
-            )
-        )
+        real_feats = probe.predict(real_float)[0]
+        protocol = (real_labels, sub["quality"].get("repeats", 10), sub["quality"].get("seed", 0))
+        result.update(probe_quality(probe.predict(gen_float)[0], real_feats, *protocol))
+        mean_faces = speaker_mean_faces(real_float, real_labels, gen_labels)
+        oracle = probe_quality(probe.predict(mean_faces)[0], real_feats, *protocol)
+        result["fd_probe/speaker_mean"], result["kid_probe/speaker_mean"] = oracle["fd_probe"], oracle["kid_probe"]
         notes["fd_probe"] = QUALITY_NOTE
 
     if id_cfg.get("enabled", True):
@@ -504,6 +501,10 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
                 f"| {key} (n={result.get('fd_probe/n')}; not Inception) | {result[key]:.4g} | | | | "
                 f"{floor:.4g}{ratio} | |"
             )
+        if f"{key}/speaker_mean" in result:  # the optimum of a face-on-voice regression, beside the floor
+            mean = result[f"{key}/speaker_mean"]
+            ratio = f" (×{mean / floor:.1f})" if floor > 0 else ""
+            lines.append(f"| {key} of each speaker's mean real face | {mean:.4g} | | | | {floor:.4g}{ratio} | |")
     for trait in MAIN_TRAITS:
         score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
         row(f"{trait} ({score})", f"attr/{trait}", "oracle")

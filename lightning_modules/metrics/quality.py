@@ -13,6 +13,12 @@ with the reference half R1 at the same sample size n = min(|G|, |R2|) (random su
     kid_probe      = KID(G_n, R1_n)   kid_probe/real = KID(R2_n, R1_n)   (unbiased MMD², cubic kernel)
 A generator whose faces are real-like has fd_probe near its floor; faces that all look alike, colour blobs or
 blurred faces sit far above it (tests/test_quality.py checks that the probe tells them apart).
+
+A second reference, `fd_probe/speaker_mean`, scores in place of each generated face the mean real face of its
+speaker (`speaker_mean_faces`): a generator that knew every speaker exactly and drew their average face, the
+optimum of a squared-error regression of face on voice (an L1 one's, the median face, is close to it). It tells
+how much of the gap to the floor is the detail and within-speaker variety that averaging removes, which no such
+regression can win back.
 """
 
 from __future__ import annotations
@@ -84,3 +90,18 @@ def probe_quality(
         sums["kid_probe"] += kid(gen_n, r1_n) / repeats
         sums["kid_probe/real"] += kid(r2_n, r1_n) / repeats
     return {**sums, "fd_probe/n": n, "fd_probe/n_reference": len(r1)}
+
+
+def speaker_mean_faces(real: Tensor, real_labels: Tensor, gen_labels: Tensor) -> Tensor:
+    """[N, C, H, W]: for each generated face's identity, the mean of its real faces in the held-out half R2
+    (`halves`; R1 is the reference they are compared with), or of all its faces where R2 holds none."""
+    held_out = torch.zeros(len(real_labels), dtype=torch.bool)
+    held_out[halves(real_labels)[1]] = True
+    means = {}
+    for label in gen_labels.unique().tolist():
+        own = real_labels == label
+        pick = own & held_out if (own & held_out).any() else own
+        if not pick.any():
+            raise ValueError(f"speaker_mean_faces: no real face for identity index {label}")
+        means[label] = real[pick].float().mean(0)
+    return torch.stack([means[label] for label in gen_labels.tolist()])
