@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> str:
         {"runs": [str(out / label) for label in rows], "labels": list(rows), "out": str(out / "table.md")},
         {"title": f"{sweep.title}: +exp={cfg.base}, {cfg.kimg} kimg, seeds {list(cfg.seeds)}", "split": cfg.split},
     )
-    del settings["hydra"], settings["defaults"]
+    del settings["defaults"]  # Hydra's own settings (conf/hydra/command.yaml), not report's
     return report.run(settings)
 
 

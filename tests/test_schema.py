@@ -103,10 +103,12 @@ REQUIRED = {
     "sweep": ["name=ablations"],
     "export": ["ckpt=x.ckpt", "format=rosinality", "out=x.pt"],
     "project": ["G=g.pt", "images=faces"],
+    "recipe": [],
 }
+COMMANDS = ["generate", "evaluate", "report", "curves", "sweep", "export", "project"]  # in commands_schema.yaml
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "curves", "sweep", "export", "project"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_value_has_a_domain(command):
     from hydra import compose, initialize_config_dir
 
@@ -120,17 +122,14 @@ def test_every_command_value_has_a_domain(command):
     assert set(plain) <= set(schema["properties"]), f"no domain in {COMMANDS_SCHEMA.name} for some {command} keys"
 
 
-@pytest.mark.parametrize(
-    "command", ["generate", "evaluate", "report", "curves", "sweep", "export", "project", "recipe"]
-)
+@pytest.mark.parametrize("command", [*COMMANDS, "recipe"])
 def test_commands_that_run_in_the_working_folder_write_no_log_file_there(command):
     """A command whose Hydra run folder is the working folder logs to the terminal: Hydra's default file logging
     would leave a `<command>.log` in the user's repository (it did for curves and recipe)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(SCHEMA.parent), version_base="1.3"):
-        overrides = {**REQUIRED, "recipe": []}.get(command, ["runs=[x]", "labels=[a]"])
-        cfg = compose(command, overrides, return_hydra_config=True)
+        cfg = compose(command, REQUIRED.get(command, ["runs=[x]", "labels=[a]"]), return_hydra_config=True)
     assert cfg.hydra.run.dir == "." and cfg.hydra.job.chdir is False, f"{command}: not run in the working folder"
     handlers = OmegaConf.to_container(cfg.hydra.job_logging).get("handlers", {})
     assert not any("filename" in h for h in handlers.values()), f"{command}.yaml: job_logging writes {handlers}"
