@@ -8,12 +8,13 @@ KIMG ?= 6                 # training budget (thousands of images) of each sweep 
 SEEDS ?= 0                # seeds of each sweep row, e.g. SEEDS="0 1 2" (mean ± sd in the table)
 BASE ?= baseline          # the experiment the ablations and front ends change; baseline_cpu for the CPU size
 SWEEP_ARGS ?=             # more experiments.sweep overrides, e.g. "run_args=['data.num_workers=4']"
-EXP ?= baseline_cpu       # the main job's experiment (baseline at CPU width); EXP=baseline for the paper's width
+EXP ?= prior_cpu          # the main job's experiment (the paper's method on the shipped face prior, CPU width)
+PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=100"
 RUN_ARGS ?=
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run test test-full ablations table2 frontends recipe bench gpu-check lint clean
+.PHONY: help install run face-prior test test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +30,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
-run: install  ## train + evaluate the baseline on the embedded corpus (CPU width, <= 15 min on 2 cores)
+run: install  ## the paper's method on the embedded corpus and the shipped face prior (CPU width, <= 15 min on 2 cores)
 	$(PY) -m experiments.run +exp=$(strip $(EXP)) $(RUN_ARGS)
+
+face-prior: install  ## train the face prior from scratch (hours on 2 cores; resumes), then ship it: docs/face_prior.md
+	$(PY) -m experiments.face_prior $(PRIOR_ARGS)
+	cp outputs/face_prior/face_prior.pt lightning_modules/weights/face_prior_64.pt
+	cd lightning_modules/weights && sha256sum face_prior_64.pt > SHA256SUMS
 
 test: install  ## the CI test set (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q $(TEST_ARGS)

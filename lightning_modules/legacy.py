@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import kernels
+from lightning_modules import weights
 from lightning_modules.build import check_network_config
 from lightning_modules.latent import unconditional
 from lightning_modules.safe_load import load_data, refuse_unreadable
@@ -322,8 +323,9 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     data only (weights_only torch.load or the restricted unpickler). The format is told by the content, not the
     suffix; anything else is a ValueError naming the file and the formats it may be. The D part is that of
     our `Discriminator` without its identity head (its classes are a run's own), or ({}, None) where the file
-    holds no D (rosinality's g_ema-only files, exports, a baseline's checkpoint)."""
-    path = Path(path)
+    holds no D (rosinality's g_ema-only files, exports, a baseline's checkpoint). `path` may also name a file
+    shipped with the package (lightning_modules.weights, e.g. face_prior_64), checked against its SHA-256."""
+    path = weights.resolve(path)
     formats = f"give one of: {'; '.join(GENERATOR_FORMATS)}"
     refuse_unreadable(path, f"{path}: generator file not found", formats)
     if not _is_torch_zip(path):
@@ -337,7 +339,9 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
         return import_rosinality(data, impl=impl), {}, None
     if isinstance(data, dict) and "init_kwargs" in data and "state_dict" in data:
-        return import_nvlabs(data, impl=impl), {}, None
+        D = data.get("discriminator")  # export_face_prior's D, beside its G
+        trunk = _nvlabs_trunk(D["init_kwargs"], D["state_dict"], path) if isinstance(D, dict) else ({}, None)
+        return import_nvlabs(data, impl=impl), *trunk
     if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
         return (_generator_from_checkpoint(data, path, impl), *_checkpoint_trunk(data, path))
     raise ValueError(f"{path}: not a generator file; {formats}")
@@ -371,10 +375,14 @@ def _pickle_trunk(data, path):
         return {}, None
     if net.class_name != "Discriminator":
         raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
-    kwargs = dict(net.state.get("_init_kwargs", {}))
+    return _nvlabs_trunk(dict(net.state.get("_init_kwargs", {})), _module_state(net, "", {}), path)
+
+
+def _nvlabs_trunk(kwargs, state, path):
+    """(arguments, weights) of our Discriminator from NVlabs' Discriminator arguments and state dict."""
     if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("c_dim", 0):
         raise ValueError(f"{path}: only an unconditional 'resnet' NVlabs D can seed ours")
-    state = _module_state(net, "", {})
+    state = dict(state)
     for key in [k for k in state if k.endswith("resample_filter")]:
         _check_filter(state.pop(key), path, key)
     epilogue = dict(kwargs.get("epilogue_kwargs", {}))
@@ -588,3 +596,42 @@ def export_nvlabs_state_dict(G, source="generator") -> dict:
         ),
     )
     return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
+
+
+def export_nvlabs_discriminator(D, source="discriminator") -> dict:
+    """{"state_dict", "init_kwargs"}: our Discriminator without its identity head as NVlabs stylegan2-ada-pytorch's
+    `training.networks.Discriminator` ('resnet', unconditional): `Discriminator(**init_kwargs).load_state_dict(
+    state_dict)` fits, its persistent resample filters included."""
+    channels = {r: getattr(D, f"b{r}").conv0.weight.shape[0] for r in D.block_resolutions}
+    channels[4] = D.b4.conv.weight.shape[0]
+    rule = nvlabs_channel_rule(channels)
+    if rule is None:
+        raise ValueError(f"{source}: its channels {channels} follow no min(channel_base // r, channel_max)")
+    f = kernels.setup_filter(RESAMPLE_FILTER)
+    state = {}
+    for name, tensor in D.state_dict().items():
+        if name.startswith("classifier."):
+            continue
+        state[name] = tensor
+        layer = name.rsplit(".", 1)[0]
+        if name.endswith(".weight") and layer.split(".")[-1] in ("fromrgb", "conv0", "conv1", "skip", "conv"):
+            state[f"{layer}.resample_filter"] = f  # every NVlabs Conv2dLayer keeps one (persistent)
+    for res in D.block_resolutions:
+        state[f"b{res}.resample_filter"] = f
+    init_kwargs = dict(
+        c_dim=0,
+        img_resolution=D.img_resolution,
+        img_channels=D.img_channels,
+        architecture="resnet",
+        channel_base=rule[0],
+        channel_max=rule[1],
+        conv_clamp=D.b4.conv.conv_clamp,
+        epilogue_kwargs=dict(mbstd_group_size=D.b4.mbstd.group_size, mbstd_num_channels=1),
+    )
+    return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
+
+
+def export_face_prior(G, D, source="face prior") -> dict:
+    """The face prior as one file in NVlabs' state-dict layout: G as `export_nvlabs_state_dict` writes it, and its
+    D under "discriminator" (`export_nvlabs_discriminator`); `load_pretrained` reads both."""
+    return {**export_nvlabs_state_dict(G, source), "discriminator": export_nvlabs_discriminator(D, source)}

@@ -89,7 +89,7 @@ class FaceProbe(nn.Module):
         self.eval()
         embs, outs = [], []
         for chunk in img.split(batch_size):
-            emb, _, heads = self(chunk.float())
+            emb, _, heads = self(chunk.to(self.identity.weight.dtype))
             embs.append(emb)
             outs.append({n: o[:, 0] if n in self.continuous else o.argmax(1) for n, o in heads.items()})
         return torch.cat(embs), {n: torch.cat([o[n] for o in outs]) for n in self.heads}
@@ -123,7 +123,12 @@ def train_probe(
             targets[attr] = codec.encode(attr, [attributes[n][attr] for n in names])[labels]
     torch.manual_seed(seed)
     continuous = tuple(a for a, k in (kinds or {}).items() if k == "continuous")
-    probe = FaceProbe(len(names), codec.out_dims() if codec else {}, continuous, width)
+    # float64: in float32 the 300 Adam steps amplify the rounding of a box's own conv kernels and thread count
+    # into another probe (features 50 % apart between 1 and 2 threads on one box), so fd_probe and its floor
+    # differed from box to box; in float64 the same rounding stays far below the figures' last digit.
+    probe = FaceProbe(len(names), codec.out_dims() if codec else {}, continuous, width).double()
+    images = images.double()
+    targets = {k: v.double() if v.is_floating_point() else v for k, v in targets.items()}
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     rng = torch.Generator().manual_seed(seed)
     probe.train()

@@ -1,0 +1,162 @@
+"""Train the face prior: `python -m experiments.face_prior [total_kimg=...] [out=DIR]` (`make face-prior`).
+
+An unconditional StyleGAN2 (lightning_modules.face_prior) on the faces of `datamodules.synthetic.face_set`:
+identities drawn with their own seed, none of them in the voice–face corpus, as FFHQ holds other people than
+VoxCeleb. Every `snapshot_kimg` it writes `last.pt` (resumable: rerun the same command), a grid of G_ema's faces
+and one line of `curve.csv`: fd_probe of G_ema's faces against the corpus' `eval_split` real faces in the face
+probe's space, beside the real-vs-real floor (lightning_modules.metrics.quality). At the end it writes the prior
+in NVlabs' state-dict layout, G and D (`lightning_modules.legacy.export_face_prior`), which `model.generator_init`
+reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import save_image
+
+from datamodules.cli_errors import one_line_errors
+from datamodules.faces import normalize
+from datamodules.files import write_atomic
+from datamodules.synthetic.face_set import face_set
+from lightning_modules.face_prior import FacePriorTrainer
+from lightning_modules.legacy import export_face_prior
+from lightning_modules.metrics.probe import train_probe
+from lightning_modules.metrics.quality import probe_quality
+
+CURVE_COLUMNS = ("kimg", "seconds", "img_per_s", "fd_probe", "fd_probe_real", "kid_probe", "kid_probe_real", "n")
+
+
+class ProbeScore:
+    """fd_probe of unconditional faces against one split's real faces, with the probe trained on the corpus'
+    train split as the main job's evaluation trains it."""
+
+    def __init__(self, datamodule, split: str, probe_cfg: dict):
+        self.probe, _ = train_probe(
+            datamodule.faces("train"), datamodule.attributes, datamodule.attribute_kinds, **probe_cfg
+        )
+        real = datamodule.faces(split)
+        self.labels = torch.cat([torch.full((len(real[n]),), i) for i, n in enumerate(sorted(real))])
+        self.real_feats = self.probe.predict(torch.cat([normalize(real[n]) for n in sorted(real)]))[0]
+
+    @torch.no_grad()
+    def __call__(self, faces: torch.Tensor) -> dict:
+        """faces in [-1, 1] [N, 3, S, S] -> fd_probe, fd_probe/real, kid_probe, kid_probe/real, n."""
+        quantised = normalize((faces.clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8))
+        return probe_quality(self.probe.predict(quantised)[0], self.real_feats, self.labels)
+
+
+@torch.no_grad()
+def draw(G, num: int, seed: int, batch: int = 250) -> torch.Tensor:
+    """`num` faces of G from fixed latents (the same at every snapshot), noise_mode const."""
+    z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed))
+    return torch.cat([G(chunk, noise_mode="const") for chunk in z.split(batch)])
+
+
+def real_batch(faces: np.ndarray, step: int, batch_size: int, seed: int, xflip: bool) -> torch.Tensor:
+    """The batch of step `step`: drawn with a generator seeded by (seed, step), so a resumed run draws the
+    same batches as an unbroken one; mirrored with probability 1/2 under `xflip`."""
+    rng = np.random.default_rng([seed, step])
+    x = normalize(torch.from_numpy(faces[rng.integers(len(faces), size=batch_size)]))
+    if xflip:
+        flip = torch.from_numpy(rng.random(batch_size) < 0.5)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def append_row(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, CURVE_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
+
+
+def train(cfg: DictConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    faces, _ = face_set(cfg.paths.cache_dir, **cfg.faces, workers=cfg.workers)
+    where = f"{cfg.faces.identities} identities (seed {cfg.faces.seed})"
+    print(f"face prior: {len(faces)} faces of {where} at {faces.shape[-1]} px", flush=True)
+    datamodule = hydra.utils.instantiate(cfg.data, face_size=cfg.faces.size, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    score = ProbeScore(datamodule, cfg.eval_split, OmegaConf.to_container(cfg.metrics.probe))
+
+    torch.manual_seed(cfg.seed)
+    trainer = FacePriorTrainer(
+        img_resolution=cfg.faces.size, **OmegaConf.to_container(cfg.network), **OmegaConf.to_container(cfg.training)
+    )
+    last = out / "last.pt"
+    seconds = 0.0
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["rng"])
+        seconds = state["seconds"]
+        print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
+    else:
+        row = {"kimg": 0.0, "seconds": 0.0, **_scores(score, trainer, cfg)}
+        append_row(out / "curve.csv", row)
+    total = int(cfg.total_kimg * 1000)
+    next_snapshot = (trainer.cur_nimg // int(cfg.snapshot_kimg * 1000) + 1) * int(cfg.snapshot_kimg * 1000)
+    tick = time.perf_counter()
+    tick_nimg = trainer.cur_nimg
+    while trainer.cur_nimg < total:
+        trainer.step(real_batch(faces, trainer.batch_idx, trainer.batch_size, cfg.seed, cfg.xflip))
+        if trainer.cur_nimg >= next_snapshot or trainer.cur_nimg >= total:
+            elapsed = time.perf_counter() - tick
+            seconds += elapsed
+            row = {
+                "kimg": trainer.cur_nimg / 1000,
+                "seconds": round(seconds, 1),
+                "img_per_s": round((trainer.cur_nimg - tick_nimg) / elapsed, 2),
+                **_scores(score, trainer, cfg),
+            }
+            append_row(out / "curve.csv", row)
+            print(
+                " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True
+            )
+            state = {"trainer": trainer.state_dict(), "rng": torch.get_rng_state(), "seconds": seconds}
+            write_atomic(last, lambda p, s=state: torch.save(s, p))
+            next_snapshot += int(cfg.snapshot_kimg * 1000)
+            tick, tick_nimg = time.perf_counter(), trainer.cur_nimg
+    grid = draw(trainer.G_ema, 64, cfg.seed + 1)
+    save_image(grid * 0.5 + 0.5, out / "samples_final.png", nrow=8, padding=1)
+    prior = out / "face_prior.pt"
+    write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D), p))
+    print(f"face prior: {prior} ({prior.stat().st_size / 2**20:.1f} MiB), curve {out / 'curve.csv'}")
+    return prior
+
+
+def _scores(score: ProbeScore, trainer: FacePriorTrainer, cfg: DictConfig) -> dict:
+    fake = draw(trainer.G_ema, cfg.eval_faces, cfg.seed + 1)
+    save_image(
+        fake[:64] * 0.5 + 0.5, Path(cfg.out) / f"samples_{trainer.cur_nimg // 1000:05d}kimg.png", nrow=8, padding=1
+    )
+    q = score(fake)
+    return {
+        "fd_probe": q["fd_probe"],
+        "fd_probe_real": q["fd_probe/real"],
+        "kid_probe": q["kid_probe"],
+        "kid_probe_real": q["kid_probe/real"],
+        "n": q["fd_probe/n"],
+    }
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="face_prior")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Weight files that install with the package, by name, each checked before use against its SHA-256 in this
+folder's SHA256SUMS (`sha256sum -c SHA256SUMS` checks them too).
+
+    face_prior_64   the embedded corpus' face prior: an unconditional 64 px StyleGAN2, G and D, in NVlabs'
+                    state-dict layout (lightning_modules.legacy.export_face_prior), trained by `make face-prior`
+                    on identities that share no one with the corpus (docs/face_prior.md)
+
+`model.generator_init` (and every command that takes a generator file) accepts a name here as well as a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+SHIPPED = {"face_prior_64": "face_prior_64.pt"}  # name -> file in this folder
+SUMS = FOLDER / "SHA256SUMS"  # `sha256sum` lines: <hex digest>  <file>
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_file(name: str) -> Path:
+    """The installed file of a shipped name, after checking its bytes against the recorded checksum."""
+    if name not in SHIPPED:
+        raise KeyError(f"{name!r} is not a shipped weight file; shipped: {sorted(SHIPPED)}")
+    path = FOLDER / SHIPPED[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the shipped file of {name!r} is missing; reinstall voice2face")
+    expected = recorded_sums().get(path.name)
+    found = sha256(path)
+    if found != expected:
+        raise ValueError(
+            f"{path}: SHA-256 {found} is not the recorded {expected}; the file is damaged or was replaced "
+            "(git checkout or reinstall restores it, `make face-prior` retrains it)"
+        )
+    return path
+
+
+def recorded_sums() -> dict[str, str]:
+    """{file name: hex digest} of SHA256SUMS."""
+    sums = {}
+    for line in SUMS.read_text().splitlines() if SUMS.is_file() else []:
+        digest, _, file = line.strip().partition("  ")
+        sums[file.lstrip("*")] = digest
+    return sums
+
+
+def resolve(path_or_name: str | Path) -> Path:
+    """A shipped name -> its checked file; anything else is a path, returned as it is."""
+    return shipped_file(str(path_or_name)) if str(path_or_name) in SHIPPED else Path(path_or_name)

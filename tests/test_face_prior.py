@@ -1,0 +1,131 @@
+"""The face prior: its training set (other people, the corpus' crops), its trainer (NVlabs' phases, exact resume),
+its file (NVlabs' state-dict layout, G and D, read back by load_pretrained) and the file shipped with the package."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.faces import FaceAligner, normalize
+from datamodules.synthetic.corpus import _build_identity
+from datamodules.synthetic.face_set import _identity_faces, render_face_set
+from datamodules.synthetic.traits import sample_identities
+from lightning_modules import weights
+from lightning_modules.face_prior import FacePriorTrainer
+from lightning_modules.legacy import export_face_prior, load_pretrained
+from lightning_modules.stylegan2 import Discriminator
+
+
+def test_face_set_holds_no_corpus_identity():
+    _, labels = render_face_set(6, seed=1000, size=16, workers=1)
+    corpus = {tuple(sorted((k, v) for k, v in p.traits.items())) for p in sample_identities(120, 0)}
+    prior = [p for p in sample_identities(6, 1000 * 10_000) if p.has_face]
+    assert len(np.unique(labels)) == len(prior)
+    assert not corpus & {tuple(sorted((k, v) for k, v in p.traits.items())) for p in prior}
+
+
+def test_face_set_crops_are_the_corpus_crops(tmp_path):
+    """One identity written as the corpus writes it (JPEG on disk, landmarks.csv) and aligned by the main job's
+    FaceAligner gives the face set's crops: the prior is trained on the distribution the main job reads."""
+    ident = dataclasses.replace(sample_identities(3, 5)[0], has_voice=False)
+    rows = _build_identity((ident, None, str(tmp_path)))
+    header = "path,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,mouth_left_x,mouth_left_y,"
+    header += "mouth_right_x,mouth_right_y"
+    (tmp_path / "landmarks.csv").write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    aligner = FaceAligner("file", size=64, landmarks_csv=tmp_path / "landmarks.csv")
+    corpus = np.stack([aligner(tmp_path / "vggface" / r[0], key=r[0]) for r in rows])
+    ours = _identity_faces((ident.traits, ident.seed, 64, "arcface"))
+    assert ours.shape == corpus.shape
+    # landmarks.csv rounds to 0.01 px: at most a level or two of bilinear difference
+    assert np.abs(ours.astype(int) - corpus.astype(int)).max() <= 3
+
+
+def _trainer(**kwargs):
+    torch.manual_seed(0)
+    kw = dict(img_resolution=16, z_dim=16, mapping_layers=2, channel_base=128, channel_max=16, batch_size=4)
+    return FacePriorTrainer(**{**kw, **kwargs})
+
+
+def test_every_phase_runs_and_resume_is_exact():
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    a = _trainer(G_reg_interval=2, D_reg_interval=2)
+    stats = {}
+    for _ in range(4):
+        stats.update(a.step(real))
+    assert set(stats) == {"loss/G", "pl/length", "loss/D", "r1/penalty"} and all(np.isfinite(list(stats.values())))
+    buffer = io.BytesIO()  # through bytes, as a resumed run reads last.pt (the live state shares Adam's tensors)
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b = _trainer(G_reg_interval=2, D_reg_interval=2)
+    b.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.manual_seed(1)
+    a.step(real)
+    torch.manual_seed(1)
+    b.step(real)
+    for name in ("G", "D", "G_ema"):
+        for (k, x), y in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
+            assert torch.equal(x, y), f"{name}.{k}"
+
+
+def test_export_reads_back_as_the_trained_networks(tmp_path):
+    t = _trainer()
+    t.step(torch.rand(4, 3, 16, 16) * 2 - 1)
+    torch.save(export_face_prior(t.G_ema, t.D), tmp_path / "prior.pt")
+    G, d_kwargs, trunk = load_pretrained(tmp_path / "prior.pt")
+    z = torch.randn(3, 16)
+    assert torch.equal(G(z, noise_mode="const"), t.G_ema(z, noise_mode="const"))
+    D = Discriminator(img_resolution=16, **d_kwargs)
+    D.load_state_dict(trunk)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(D(x)[0], t.D(x)[0])
+
+
+def test_nvlabs_layout_names_every_buffer(tmp_path):
+    """NVlabs' D keeps a resample filter in every conv layer and block; its G in every synthesis layer."""
+    t = _trainer()
+    exported = export_face_prior(t.G_ema, t.D)
+    d = exported["discriminator"]
+    assert d["init_kwargs"]["architecture"] == "resnet" and d["init_kwargs"]["channel_base"] == 128
+    assert {
+        "b16.resample_filter",
+        "b16.fromrgb.resample_filter",
+        "b8.skip.resample_filter",
+        "b4.conv.resample_filter",
+    } <= set(d["state_dict"])
+    assert "synthesis.b8.conv0.resample_filter" in exported["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    try:
+        path = weights.shipped_file("face_prior_64")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    return load_pretrained("face_prior_64"), path
+
+
+def test_shipped_prior_draws_faces(shipped):
+    """The shipped G draws varied 64 px images whose average is the face set's average face."""
+    (G, d_kwargs, trunk), path = shipped
+    assert path.stat().st_size <= 20 * 2**20 and G.img_resolution == 64 and trunk is not None
+    with torch.no_grad():
+        faces = G(torch.randn(64, G.z_dim, generator=torch.Generator().manual_seed(0)), noise_mode="const")
+    assert faces.shape == (64, 3, 64, 64) and torch.isfinite(faces).all()
+    assert faces.std(0).mean() > 0.1  # not one template
+    real, _ = render_face_set(8, seed=4321, size=64, workers=1)
+    mean_real = normalize(torch.from_numpy(real)).mean(0)
+    corr = torch.corrcoef(torch.stack([faces.clamp(-1, 1).mean(0).flatten(), mean_real.flatten()]))[0, 1]
+    assert corr > 0.8, f"the prior's mean image correlates {corr:.2f} with the mean real face"
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "face_prior_64.pt").write_bytes(b"not the prior")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  face_prior_64.pt\n")
+    monkeypatch.setattr(weights, "FOLDER", tmp_path)
+    monkeypatch.setattr(weights, "SUMS", tmp_path / "SHA256SUMS")
+    with pytest.raises(ValueError, match="SHA-256 .* is not the recorded"):
+        load_pretrained("face_prior_64")
