@@ -25,6 +25,7 @@ from datamodules.cli_errors import one_line_errors
 from datamodules.faces import normalize
 from datamodules.files import write_atomic
 from datamodules.synthetic.face_set import face_set
+from experiments.schema import check_command_config, check_values
 from lightning_modules.face_prior import FacePriorTrainer
 from lightning_modules.legacy import export_face_prior
 from lightning_modules.metrics.probe import train_probe
@@ -79,7 +80,32 @@ def append_row(path: Path, row: dict) -> None:
         w.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
 
 
+def plot_curve(csv_path: Path, out: Path) -> Path:
+    """fd_probe of the prior's faces against kimg beside the real-vs-real floor (log scale), from curve.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fd_probe"]]
+    kimg = [float(r["kimg"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(kimg, [float(r["fd_probe"]) for r in rows], marker="o", label="face prior (G_ema)")
+    ax.plot(kimg, [float(r["fd_probe_real"]) for r in rows], "k--", label="real vs real (floor)")
+    ax.plot(kimg, [1.5 * float(r["fd_probe_real"]) for r in rows], "k:", label="1.5 × floor")
+    ax.set(xlabel="kimg", ylabel="fd_probe (log)", yscale="log", title=f"face prior: fd_probe, n={rows[-1]['n']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def train(cfg: DictConfig) -> Path:
+    check_command_config(cfg, "face_prior")
+    check_values(cfg, ["data"])
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +148,7 @@ def train(cfg: DictConfig) -> Path:
                 **_scores(score, trainer, cfg),
             }
             append_row(out / "curve.csv", row)
+            plot_curve(out / "curve.csv", out / "curve.png")
             print(
                 " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True
             )

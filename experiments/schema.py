@@ -61,5 +61,6 @@ def check_command_config(cfg: DictConfig, command: str) -> None:
             f"config: {', '.join(missing)} must be given: python -m experiments.{command} "
             + " ".join(f"{k}=..." for k in missing)
         )
-    check_values(cfg, [k for k in cfg if k != "metrics"], COMMANDS_SCHEMA, command)
+    # paths: locations only, some resolved by Hydra at run time (output_dir)
+    check_values(cfg, [k for k in cfg if k not in ("metrics", "paths")], COMMANDS_SCHEMA, command)
     check_values(cfg, ["metrics"])

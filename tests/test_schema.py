@@ -104,8 +104,18 @@ REQUIRED = {
     "export": ["ckpt=x.ckpt", "format=rosinality", "out=x.pt"],
     "project": ["G=g.pt", "images=faces"],
     "recipe": [],
+    "face_prior": [],
 }
-COMMANDS = ["generate", "evaluate", "report", "curves", "sweep", "export", "project"]  # in commands_schema.yaml
+COMMANDS = [
+    "generate",
+    "evaluate",
+    "report",
+    "curves",
+    "sweep",
+    "export",
+    "project",
+    "face_prior",
+]  # in commands_schema.yaml
 
 
 @pytest.mark.parametrize("command", COMMANDS)
