@@ -9,7 +9,7 @@ SEEDS ?= 0                # seeds of each sweep row, e.g. SEEDS="0 1 2" (mean ±
 BASE ?= baseline          # the experiment the ablations and front ends change; baseline_cpu for the CPU size
 SWEEP_ARGS ?=             # more experiments.sweep overrides, e.g. "run_args=['data.num_workers=4']"
 EXP ?= prior_cpu          # the main job's experiment (the paper's method on the shipped face prior, CPU width)
-PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=100"
+PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 RUN_ARGS ?=
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2

@@ -26,8 +26,9 @@ from datamodules.faces import normalize
 from datamodules.files import write_atomic
 from datamodules.synthetic.face_set import face_set
 from experiments.schema import check_command_config, check_values
+from lightning_modules import weights
 from lightning_modules.face_prior import FacePriorTrainer
-from lightning_modules.legacy import export_face_prior
+from lightning_modules.legacy import export_face_prior, load_pretrained
 from lightning_modules.metrics.probe import train_probe
 from lightning_modules.metrics.quality import probe_quality
 
@@ -129,6 +130,9 @@ def train(cfg: DictConfig) -> Path:
         torch.set_rng_state(state["rng"])
         seconds = state["seconds"]
         print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
+    elif cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments
+        seconds = warm_start(trainer, cfg.init, out / "curve.csv")
+        print(f"started from {cfg.init} at {trainer.cur_nimg / 1000:.1f} kimg (G, D; Adam moments anew)")
     else:
         row = {"kimg": 0.0, "seconds": 0.0, **_scores(score, trainer, cfg)}
         append_row(out / "curve.csv", row)
@@ -159,9 +163,33 @@ def train(cfg: DictConfig) -> Path:
     grid = draw(trainer.G_ema, 64, cfg.seed + 1)
     save_image(grid * 0.5 + 0.5, out / "samples_final.png", nrow=8, padding=1)
     prior = out / "face_prior.pt"
-    write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D), p))
+    with open(out / "curve.csv", newline="") as f:
+        training = {"kimg": trainer.cur_nimg / 1000, "seconds": seconds, "curve": list(csv.DictReader(f))}
+    write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D, training=training), p))
     print(f"face prior: {prior} ({prior.stat().st_size / 2**20:.1f} MiB), curve {out / 'curve.csv'}")
     return prior
+
+
+def warm_start(trainer: FacePriorTrainer, init: str, curve: Path) -> float:
+    """Continue from a prior file (export_face_prior): its G as G and G_ema, its D, its kimg and curve. Adam's
+    moments are not in the file, so this is a warm start, not last.pt's exact resume. Returns its seconds."""
+    G, _, trunk = load_pretrained(init)
+    training = torch.load(weights.resolve(init), map_location="cpu", weights_only=True).get("training", {})
+    state = G.state_dict()
+    # NVlabs' layout keeps noise buffers even for a G without noise inputs (zero strengths): drop exactly those
+    extra = set(state) - set(trainer.G.state_dict())
+    noise_free = all(k.endswith("noise_const") or (k.endswith("noise_strength") and not state[k].any()) for k in extra)
+    if not noise_free:
+        raise ValueError(f"{init}: its G does not fit network.* of this run (extra weights {sorted(extra)[:3]})")
+    state = {k: v for k, v in state.items() if k not in extra}
+    trainer.G.load_state_dict(state)
+    trainer.G_ema.load_state_dict(state)
+    trainer.D.load_state_dict(trunk)
+    trainer.cur_nimg = int(round(float(training.get("kimg", 0)) * 1000))
+    trainer.batch_idx = trainer.cur_nimg // trainer.batch_size
+    for row in [] if curve.is_file() else training.get("curve", []):
+        append_row(curve, row)
+    return float(training.get("seconds", 0.0))
 
 
 def _scores(score: ProbeScore, trainer: FacePriorTrainer, cfg: DictConfig) -> dict:

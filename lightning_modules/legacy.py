@@ -631,7 +631,9 @@ def export_nvlabs_discriminator(D, source="discriminator") -> dict:
     return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
 
 
-def export_face_prior(G, D, source="face prior") -> dict:
-    """The face prior as one file in NVlabs' state-dict layout: G as `export_nvlabs_state_dict` writes it, and its
-    D under "discriminator" (`export_nvlabs_discriminator`); `load_pretrained` reads both."""
-    return {**export_nvlabs_state_dict(G, source), "discriminator": export_nvlabs_discriminator(D, source)}
+def export_face_prior(G, D, source="face prior", training: dict | None = None) -> dict:
+    """The face prior as one file in NVlabs' state-dict layout: G as `export_nvlabs_state_dict` writes it, its D
+    under "discriminator" (`export_nvlabs_discriminator`), and `training` (kimg, seconds, curve rows: plain
+    data, which public loaders ignore) under "training"; `load_pretrained` reads G and D."""
+    out = {**export_nvlabs_state_dict(G, source), "discriminator": export_nvlabs_discriminator(D, source)}
+    return {**out, "training": training} if training is not None else out

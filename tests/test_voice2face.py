@@ -443,7 +443,17 @@ def test_ddp_two_processes_keep_networks_identical(tmp_path):
 
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
-EXPERIMENTS = ["baseline", "nose", "relu", "dcgan", "stylegan", "smoke", "baseline_cpu", "encoder_pretrain"]
+EXPERIMENTS = [
+    "baseline",
+    "nose",
+    "relu",
+    "dcgan",
+    "stylegan",
+    "smoke",
+    "baseline_cpu",
+    "prior_cpu",
+    "encoder_pretrain",
+]
 
 
 def compose_exp(name):
@@ -462,7 +472,7 @@ def test_experiment_files_are_global_deltas(name):
     cfg = compose_exp(name)
     expected_target = "EncoderPretrain" if name == "encoder_pretrain" else "Voice2FaceGAN"
     assert cfg.model._target_.endswith(expected_target)
-    if name == "baseline_cpu":  # the recipe study's choice (docs/recipe.md): NVlabs' Adam
+    if name in ("baseline_cpu", "prior_cpu"):  # the recipe study's choice (docs/recipe.md): NVlabs' Adam
         assert (cfg.model.lr, list(cfg.model.betas)) == (0.0025, [0.0, 0.99])
     elif name != "encoder_pretrain":  # the paper's Adam everywhere else
         assert (cfg.model.lr, list(cfg.model.betas)) == (2e-4, [0.5, 0.999])
