@@ -129,3 +129,45 @@ def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "SUMS", tmp_path / "SHA256SUMS")
     with pytest.raises(ValueError, match="SHA-256 .* is not the recorded"):
         load_pretrained("face_prior_64")
+
+
+@pytest.mark.slow
+def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
+    """experiments.face_prior end to end on a small corpus: a curve row per snapshot, a rerun that resumes
+    (no row twice), a prior file that load_pretrained reads, and init= that continues from that file."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    small = [
+        "faces.identities=6",
+        "faces.size=16",
+        "network.channel_base=64",
+        "network.channel_max=16",
+        "training.batch_size=8",
+        "snapshot_kimg=0.016",
+        "eval_faces=16",
+        "data.corpus.identities=12",
+        "data.face_size=16",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "threads=1",
+        "workers=1",
+    ]
+
+    def run(out, kimg, *extra):
+        cmd = [sys.executable, "-m", "experiments.face_prior", f"out={out}", f"total_kimg={kimg}", *small, *extra]
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    run(tmp_path / "a", 0.016)
+    run(tmp_path / "a", 0.032)  # resumes from last.pt
+    with open(tmp_path / "a" / "curve.csv", newline="") as f:
+        kimg = [float(r["kimg"]) for r in csv.DictReader(f)]
+    assert kimg == [0.0, 0.016, 0.032]
+    G, _, trunk = load_pretrained(tmp_path / "a" / "face_prior.pt")
+    assert G.img_resolution == 16 and trunk is not None
+    run(tmp_path / "b", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}")
+    with open(tmp_path / "b" / "curve.csv", newline="") as f:
+        assert [float(r["kimg"]) for r in csv.DictReader(f)] == [0.0, 0.016, 0.032, 0.048]
