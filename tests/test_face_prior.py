@@ -119,7 +119,8 @@ def test_shipped_prior_draws_faces(shipped):
     real, _ = render_face_set(8, seed=4321, size=64, workers=1)
     mean_real = normalize(torch.from_numpy(real)).mean(0)
     corr = torch.corrcoef(torch.stack([faces.clamp(-1, 1).mean(0).flatten(), mean_real.flatten()]))[0, 1]
-    assert corr > 0.8, f"the prior's mean image correlates {corr:.2f} with the mean real face"
+    # untrained Gs of these widths: -0.17 to 0.32 (seeds 0-2); the prior at 30 kimg already 0.70
+    assert corr > 0.6, f"the prior's mean image correlates {corr:.2f} with the mean real face"
 
 
 def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
