@@ -10,7 +10,6 @@ identities of `datamodules.synthetic.face_set`, and the main job maps voices int
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 
@@ -194,11 +193,3 @@ class FacePriorTrainer:
         self.opt["D"].load_state_dict(state["opt_D"])
         self.loss.pl_mean = state["pl_mean"]
         self.cur_nimg, self.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])
-
-
-def images_per_second(trainer: FacePriorTrainer, real: torch.Tensor, steps: int = 16) -> float:
-    """Training throughput over `steps` steps of one batch (a whole lazy-R1 cycle at the default 16)."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step(real)
-    return steps * trainer.batch_size / (time.perf_counter() - start)
