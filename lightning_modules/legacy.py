@@ -9,6 +9,7 @@ import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,7 +175,8 @@ class _Persistent(_Opaque):
 
 
 def _storage_from_bytes(data):
-    # torch's own `_load_from_bytes` unpickles without restriction; weights_only=True reads tensors only.
+    # torch's own `_load_from_bytes` unpickles without restriction; weights_only=True reads tensors only. The
+    # bytes are torch.save's legacy (pre-zip) format, which torch 1.7-1.13 and 2.x write alike for a storage.
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -192,7 +194,40 @@ def _rebuild_parameter(data, *_):
     return data  # a Parameter's tensor is all an importer needs
 
 
+class _NumpyDtype:
+    """numpy's pickled `dtype(name, align, copy)` of a number type (bool, integer, float, complex: the kinds of
+    NVlabs' layer attributes such as `weight_gain`). Objects, strings, records and subarrays are refused: they
+    are where a numpy pickle could carry more than a number."""
+
+    def __init__(self, name, align=False, copy=True):
+        try:
+            self.dtype = np.dtype(name) if isinstance(name, str) else None
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.kind not in "biufc":
+            raise pickle.UnpicklingError(f"refusing numpy dtype {name!r}: only number dtypes are read")
+
+    def __setstate__(self, state):
+        # numpy's state: (version, byte order, subarray, names, fields, itemsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5 or any(part is not None for part in state[2:5]):
+            raise pickle.UnpicklingError("refusing a numpy dtype with fields or a subarray")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data):
+    """A pickled numpy number as the Python number it holds (NVlabs' layers keep e.g. `act_gain` as one)."""
+    if not isinstance(dtype, _NumpyDtype):
+        raise pickle.UnpicklingError(f"refusing a numpy scalar of {type(dtype).__name__} (not a number dtype)")
+    if not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        raise pickle.UnpicklingError(f"a numpy {dtype.dtype} scalar holds {type(data).__name__}, not its bytes")
+    return np.frombuffer(data, dtype=dtype.dtype)[0].item()
+
+
 _ALLOWED = {
+    ("numpy", "dtype"): _NumpyDtype,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # numpy 2.x's name
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # numpy 1.x's (public pickles of 2020-2021)
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -379,7 +414,8 @@ def _pickle_trunk(data, path):
 
 
 def _nvlabs_trunk(kwargs, state, path):
-    """(arguments, weights) of our Discriminator from NVlabs' Discriminator arguments and state dict."""
+    """(arguments, weights) of our Discriminator from NVlabs' Discriminator arguments and state dict. The file's
+    num_fp16_res is not carried over: the run that trains the D chooses its precision (float32 unless set)."""
     if kwargs.get("architecture", "resnet") != "resnet" or kwargs.get("c_dim", 0):
         raise ValueError(f"{path}: only an unconditional 'resnet' NVlabs D can seed ours")
     state = dict(state)
@@ -626,6 +662,7 @@ def export_nvlabs_discriminator(D, source="discriminator") -> dict:
         channel_base=rule[0],
         channel_max=rule[1],
         conv_clamp=D.b4.conv.conv_clamp,
+        num_fp16_res=D.num_fp16_res,
         epilogue_kwargs=dict(mbstd_group_size=D.b4.mbstd.group_size, mbstd_num_channels=1),
     )
     return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}

@@ -102,9 +102,8 @@ class Conv2dLayer(nn.Module):
             impl=self.impl,
         )
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return kernels.bias_act(
-            x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp, impl=self.impl
-        )
+        b = self.bias.to(x.dtype) if self.bias is not None else None  # float16 layers stay float16
+        return kernels.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp, impl=self.impl)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,9 +389,11 @@ class Generator(nn.Module):
 class DiscriminatorBlock(nn.Module):
     """Two 3×3 convs (the second ×2 FIR down) plus a 1×1 down-sampling skip, both scaled by √0.5."""
 
-    def __init__(self, in_channels, tmp_channels, out_channels, img_channels, conv_clamp=None, impl="auto"):
+    def __init__(
+        self, in_channels, tmp_channels, out_channels, img_channels, conv_clamp=None, use_fp16=False, impl="auto"
+    ):
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.use_fp16 = in_channels, use_fp16
         kwargs = dict(conv_clamp=conv_clamp, impl=impl)
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", **kwargs)
@@ -401,6 +402,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, **kwargs)
 
     def forward(self, x):
+        x = x.to(torch.float16 if self.use_fp16 else torch.float32)
         if self.in_channels == 0:
             x = self.fromrgb(x)
         y = self.skip(x, gain=math.sqrt(0.5))
@@ -473,16 +475,21 @@ class Discriminator(nn.Module):
         num_classes=0,  # Identities of the classifier head (0 = no head).
         mbstd_group_size=4,  # Group size of the minibatch standard deviation (None = whole batch).
         conv_clamp=None,  # Clamp conv outputs to ±conv_clamp.
+        num_fp16_res=0,  # The highest this many resolutions run in float16, as NVlabs' mixed precision (0 = none).
         impl="auto",
     ):
         super().__init__()
         _check_resolution(img_resolution, "Discriminator")
         self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, num_classes
+        self.num_fp16_res = num_fp16_res
         channels = channels_per_resolution(img_resolution, channel_base, channel_max)
         self.block_resolutions = sorted((r for r in channels if r > 4), reverse=True)
+        fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
         for res in self.block_resolutions:
             in_channels = channels[res] if res < img_resolution else 0
-            block = DiscriminatorBlock(in_channels, channels[res], channels[res // 2], img_channels, conv_clamp, impl)
+            block = DiscriminatorBlock(
+                in_channels, channels[res], channels[res // 2], img_channels, conv_clamp, res >= fp16_resolution, impl
+            )
             setattr(self, f"b{res}", block)
         self.b4 = DiscriminatorEpilogue(channels[4], mbstd_group_size, conv_clamp=conv_clamp, impl=impl)
         self.classifier = IdentityHead(channels[4], num_classes, impl) if num_classes > 0 else None
@@ -497,5 +504,6 @@ class Discriminator(nn.Module):
         x = img.to(torch.float32)
         for res in self.block_resolutions:
             x = getattr(self, f"b{res}")(x)
+        x = x.to(torch.float32)
         class_logits = self.classifier(x) if self.classifier is not None else None
         return self.b4(x).squeeze(1), class_logits

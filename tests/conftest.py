@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,6 +48,16 @@ def quiet_trainer(root_dir, **kwargs) -> Trainer:
         default_root_dir=root_dir,
     )
     return Trainer(**{**settings, **kwargs})
+
+
+@pytest.fixture
+def empty_hub(tmp_path):
+    """A torch hub folder without any weights (LPIPS, metric networks), whatever this machine has, so that the
+    commands fall back as they do on a fresh machine."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
 
 
 @pytest.fixture

@@ -77,15 +77,6 @@ class StandInModel(nn.Module):
         return self.generate_from(self.embed(audio, lengths))
 
 
-@pytest.fixture
-def empty_hub(tmp_path):
-    """A torch hub folder without any weights, so that pretrained metric networks are unavailable."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
-
-
 def mse(a, b):
     return (a - b).square().mean(dim=(1, 2, 3))
 

@@ -47,15 +47,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def empty_hub(tmp_path):
-    """A torch hub cache without the LPIPS weights, whatever this machine has, so that auto means pixel."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield
-    torch.hub.set_dir(old)
-
-
 def tiny_generator(seed: int = 0) -> Generator:
     torch.manual_seed(seed)
     return Generator(**TINY, impl="torch").eval()
