@@ -16,8 +16,12 @@ a G whose channels fit no channel_base / channel_max is refused for NVlabs; for 
 exact whatever the channels, and `args` holds the channel_multiplier only where one gives them (otherwise
 stock rosinality code needs its `channels` table set to args["channels"]; our importer reads them off the
 tensors). A G without noise inputs exports as zero noise strengths and buffers; what a format cannot express
-is refused by name (lightning_modules/legacy.py, the exporters). Under a W / W+ voice head the export is the
-unconditional G (its own mapping and the synthesis): the head maps voices, which no public loader has.
+is refused by name (lightning_modules/legacy.py, the exporters). A per-pixel output bias (img_bias, the
+from-scratch recipe's mean-face start) has no public place: its per-channel mean is folded into the top ToRGB
+bias and the rest kept under extra keys that the public loaders ignore. `<out>.json`, the manifest, says which
+loader fits and what the public code draws differently, measured on the check images. Under a W / W+ voice
+head the export is the unconditional G (its own mapping and the synthesis): the head maps voices, which no
+public loader has.
 
 The file is written under a temporary name, read back by our importer and renamed to `out` only when its
 images equal the G's bit for bit (fixed z, noise_mode="const", truncation 1) and its mean w equals the G's:
@@ -26,6 +30,7 @@ a refused or failed export leaves nothing at `out`. An existing `out` is refused
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,14 +44,24 @@ from experiments.schema import check_command_config
 from lightning_modules.latent import VoiceLatent, unconditional
 from lightning_modules.legacy import (
     GENERATOR_FORMATS,
+    IMG_BIAS_KEY,
+    TORGB_BIAS_KEY,
     export_nvlabs_state_dict,
     export_rosinality,
+    import_nvlabs,
+    import_rosinality,
     load_generator,
 )
 from lightning_modules.safe_load import refuse_unreadable
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
 EXPORTERS = {"rosinality": export_rosinality, "nvlabs-state-dict": export_nvlabs_state_dict}
+IMPORTERS = {"rosinality": import_rosinality, "nvlabs-state-dict": import_nvlabs}
+PUBLIC_LOADERS = {
+    "rosinality": "model.Generator(args['size'], args['latent'], args['n_mlp'], channel_multiplier=..., "
+    "lr_mlp=args['lr_mlp']).load_state_dict(ckpt['g_ema'])",
+    "nvlabs-state-dict": "training.networks.Generator(**ckpt['init_kwargs']).load_state_dict(ckpt['state_dict'])",
+}
 CHECK_IMAGES = 4  # images compared bit for bit after the round trip
 
 
@@ -71,8 +86,13 @@ def read_generator(path: str | Path) -> torch.nn.Module:
 def check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"{out}: out= must name a file, and this is a folder")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; choose another out= or pass overwrite=true to replace it")
+    for path in (out, manifest_path(out)):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: already exists; choose another out= or pass overwrite=true to replace it")
+
+
+def manifest_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
 
 
 @torch.no_grad()
@@ -112,12 +132,56 @@ def export_generator(G, fmt: str, out: str | Path, source: str = "generator", ov
     return data
 
 
+@torch.no_grad()
+def public_difference(data: dict, fmt: str, expected: torch.Tensor) -> dict | None:
+    """How the public code's images differ from G's where the export keeps part of G beside the public keys
+    (img_bias: legacy._with_img_bias): the file read without those keys, as the public loader reads it, on the
+    check images. None where the public keys hold all of G."""
+    if IMG_BIAS_KEY not in data:
+        return None
+    public = IMPORTERS[fmt]({k: v for k, v in data.items() if k not in (IMG_BIAS_KEY, TORGB_BIAS_KEY)}, impl="torch")
+    diff = (_images(public.mapping, public.synthesis) - expected).abs()
+    bias = data[IMG_BIAS_KEY]
+    return {
+        "what": "the per-pixel output bias (img_bias) minus its per-channel mean, which is folded into the top "
+        f"ToRGB bias; the rest is kept under {IMG_BIAS_KEY!r} and {TORGB_BIAS_KEY!r}, which the public loader ignores",
+        "images": CHECK_IMAGES,
+        "max_abs": diff.max().item(),  # image units: [-1, 1] spans 255 levels
+        "mean_abs": diff.mean().item(),
+        "max_levels_of_255": diff.max().item() * 127.5,
+        "residual_max_abs": (bias - bias.mean(dim=(1, 2), keepdim=True)).abs().max().item(),
+    }
+
+
+def write_manifest(out: Path, fmt: str, source: str, difference: dict | None) -> Path:
+    """`<out>.json`: the format, its public loader, and what that loader draws differently from G."""
+    manifest = {
+        "file": out.name,
+        "format": fmt,
+        "source": source,
+        "public_loader": PUBLIC_LOADERS[fmt],
+        "read_back": f"bit for bit by voice2face's importer ({CHECK_IMAGES} images, noise_mode=const; mean w)",
+        "public_code_draws": "the same images" if difference is None else difference,
+    }
+    path = manifest_path(out)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
 def run(cfg: DictConfig) -> int:
     check_command_config(cfg, "export")
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)  # before the checkpoint is read: a refusal costs nothing
     G = read_generator(cfg.ckpt)
     data = export_generator(G, cfg.format, out, source=str(cfg.ckpt), overwrite=cfg.overwrite)
+    difference = public_difference(data, cfg.format, _images(unconditional(G), G.synthesis))
+    manifest = write_manifest(out, cfg.format, str(cfg.ckpt), difference)
+    if difference is not None:
+        print(
+            f"note: {cfg.ckpt}: the public code draws its images off by up to {difference['max_abs']:.4f} "
+            f"({difference['max_levels_of_255']:.1f} of 255 levels; mean {difference['mean_abs']:.4f}): "
+            f"{difference['what']} ({manifest})"
+        )
     if isinstance(getattr(G, "mapping", None), VoiceLatent):
         print(
             f"note: {cfg.ckpt}: the voice head (latent_space={G.mapping.space}) is not part of the export: "

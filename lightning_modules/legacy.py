@@ -127,6 +127,7 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
             state.update(to_rgb(f"{b}.torgb", f"to_rgbs.{k}"))
     except KeyError as err:
         raise ValueError(f"{source}: rosinality generator tensor {err} is missing") from None
+    state = _restore_img_bias(state, src, source)
 
     G = Generator(
         z_dim=style_dim,
@@ -136,6 +137,7 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
         channels=channels,
         impl=impl,
         mapping_lr_multiplier=float(args.get("lr_mlp", 0.01)),
+        img_bias="synthesis.img_bias" in state,
     )
     _load_generator(G, state, source)
     latent_avg = src.get("latent_avg")
@@ -293,6 +295,7 @@ def _generator_from_nvlabs(state, init_kwargs, source, impl):
             impl=impl,
             mapping_lr_multiplier=mapping_kwargs.get("lr_multiplier", 0.01),
             w_avg_beta=mapping_kwargs.get("w_avg_beta", 0.995),
+            img_bias="synthesis.img_bias" in state,
         )
     except KeyError as err:
         raise ValueError(f"{source}: init_kwargs lack {err}") from None
@@ -310,7 +313,8 @@ def import_nvlabs(src, impl="auto"):
         return _generator_from_pickle(_unpickle_nvlabs_dict(src), source, impl)
     if not isinstance(src, dict) or "state_dict" not in src or "init_kwargs" not in src:
         raise ValueError(f"{source}: expected a path or a dict with 'state_dict' and 'init_kwargs'")
-    return _generator_from_nvlabs(src["state_dict"], src["init_kwargs"], source, impl)
+    state = _restore_img_bias(dict(src["state_dict"]), src, source)
+    return _generator_from_nvlabs(state, src["init_kwargs"], source, impl)
 
 
 def _generator_from_pickle(data, source, impl):
@@ -464,15 +468,10 @@ def _exportable(G, fmt, source):
     """(mapping, synthesis, architecture) of `G` as a public format can hold it: the G's own mapping where a
     voice head replaced it (the head maps voices, which no public loader has). The architecture is read off
     the modules that are exported, not the arguments G was built with. A feature neither format has is refused,
-    naming `source` and the feature."""
+    naming `source` and the feature; a per-pixel output bias (img_bias) is written by `_with_img_bias`."""
 
     if not isinstance(G, Generator):
         raise ValueError(f"{source}: its generator is a {type(G).__name__}; only a StyleGAN2 Generator exports")
-    if G.synthesis.img_bias is not None:
-        raise ValueError(
-            f"{source}: its generator has a learned per-pixel output bias (img_bias=True), which {fmt} has no "
-            "place for; only a G trained with model.generator.img_bias=false exports"
-        )
     mapping, synthesis = unconditional(G), G.synthesis
     layer = synthesis.b4.conv1
     arch = dict(
@@ -492,6 +491,39 @@ def _exportable(G, fmt, source):
 
 def _exported(tensor):
     return tensor.detach().to("cpu", torch.float32).clone()  # the file's own copy, whatever device G is on
+
+
+# Keys beside the public ones (public loaders read only theirs): what our importers need to give back a G with a
+# per-pixel output bias (img_bias) bit for bit.
+IMG_BIAS_KEY, TORGB_BIAS_KEY = "voice2face_img_bias", "voice2face_torgb_bias"
+
+
+def _with_img_bias(data, synthesis, top_bias_key, container):
+    """Fold what folds of `synthesis.img_bias` (its per-channel mean) into the top ToRGB bias, `data[container]
+    [top_bias_key]`, the one bias every output pixel gets; keep the bias and the unfolded ToRGB bias under
+    IMG_BIAS_KEY and TORGB_BIAS_KEY. The public code then draws each image off by the per-pixel remainder
+    (experiments.export measures it); our importers restore the G exactly."""
+    bias = synthesis.img_bias
+    if bias is None:
+        return data
+    top = data[container][top_bias_key]
+    data[container][top_bias_key] = _exported(top + bias.mean(dim=(1, 2)).reshape(top.shape))
+    return {**data, IMG_BIAS_KEY: _exported(bias), TORGB_BIAS_KEY: _exported(top)}
+
+
+def _restore_img_bias(state, src, source):
+    """`state` (our names) with the img_bias that a `_with_img_bias` export keeps beside it, and its top ToRGB
+    bias unfolded; `state` as it is where the file has none."""
+    if IMG_BIAS_KEY not in src:
+        return state
+    bias, top = src[IMG_BIAS_KEY], src.get(TORGB_BIAS_KEY)
+    key = f"synthesis.b{bias.shape[-1]}.torgb.bias" if isinstance(bias, torch.Tensor) and bias.ndim == 3 else None
+    if key not in state or not isinstance(top, torch.Tensor) or top.numel() != state[key].numel():
+        raise ValueError(
+            f"{source}: {IMG_BIAS_KEY} must be a [C, S, S] bias of an S px generator, with {TORGB_BIAS_KEY} "
+            "(its top ToRGB bias) beside it"
+        )
+    return {**state, "synthesis.img_bias": bias, key: top.reshape(state[key].shape)}
 
 
 def rosinality_channel_multiplier(channels: dict[int, int]) -> int | None:
@@ -563,7 +595,8 @@ def export_rosinality(G, source="generator") -> dict:
     if multiplier is not None:
         args["channel_multiplier"] = multiplier
     g_ema = {k: _exported(v) for k, v in sd.items()}
-    return {"g_ema": g_ema, "latent_avg": _exported(mapping.w_avg), "args": args}
+    data = {"g_ema": g_ema, "latent_avg": _exported(mapping.w_avg), "args": args}
+    return _with_img_bias(data, synthesis, f"to_rgbs.{len(blocks) - 1}.bias" if blocks else "to_rgb1.bias", "g_ema")
 
 
 def nvlabs_channel_rule(channels: dict[int, int]) -> tuple[int, int] | None:
@@ -631,7 +664,8 @@ def export_nvlabs_state_dict(G, source="generator") -> dict:
             channel_base=rule[0], channel_max=rule[1], conv_clamp=arch["conv_clamp"], architecture="skip"
         ),
     )
-    return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
+    data = {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
+    return _with_img_bias(data, synthesis, f"synthesis.b{synthesis.img_resolution}.torgb.bias", "state_dict")
 
 
 def export_nvlabs_discriminator(D, source="discriminator") -> dict:

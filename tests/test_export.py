@@ -1,6 +1,7 @@
 """experiments.export: a G in the public formats reads back bit for bit, in the public code's own layout; what a
 format cannot express is refused by name, and a refused export writes nothing."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from experiments.export import EXPORTERS, export_generator, main, read_generator
+from experiments.export import EXPORTERS, export_generator, main, public_difference, read_generator
 from lightning_modules.latent import VoiceLatent
 from lightning_modules.legacy import (
     export_nvlabs_state_dict,
@@ -82,6 +83,27 @@ def test_round_trip_is_exact(tmp_path, fmt, kwargs):
     assert_same(EXPORTERS[fmt](back), written)  # exported again: the same file
 
 
+@pytest.mark.parametrize("fmt", list(EXPORTERS))
+def test_a_per_pixel_output_bias_exports_and_the_public_difference_is_measured(tmp_path, fmt):
+    """img_bias (the from-scratch recipe's mean-face start): our importer gives G back bit for bit; the public
+    loader, which reads only the public keys, draws G's images minus the bias's per-pixel remainder."""
+    G = small_G(img_bias=True)
+    with torch.no_grad():
+        G.synthesis.img_bias.copy_(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2)) - 0.3)
+    written = export_generator(G, fmt, tmp_path / "g.pt")
+    back = load_generator(tmp_path / "g.pt", impl="torch")
+    assert_same_images(G, back)
+    assert torch.equal(back.synthesis.img_bias, G.synthesis.img_bias)
+    z = torch.randn([4, 8], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = G.synthesis(G.mapping(z), noise_mode="const")
+    difference = public_difference(written, fmt, expected)
+    residual = G.synthesis.img_bias - G.synthesis.img_bias.mean(dim=(1, 2), keepdim=True)
+    assert difference["max_abs"] == pytest.approx(residual.abs().max().item(), abs=1e-5)
+    assert difference["mean_abs"] == pytest.approx(residual.abs().mean().item(), abs=1e-5)
+    assert public_difference(export_generator(small_G(), fmt, tmp_path / "plain.pt"), fmt, expected) is None
+
+
 def test_rosinality_and_nvlabs_exports_convert_into_each_other(tmp_path):
     G = small_G()
     first = export_generator(G, "rosinality", tmp_path / "ros.pt")
@@ -140,8 +162,6 @@ def test_channel_rules_find_the_public_defaults(resolution, base, top, multiplie
 @pytest.mark.parametrize(
     ("fmt", "kwargs", "feature"),
     [
-        ("rosinality", {"img_bias": True}, "img_bias=True"),
-        ("nvlabs-state-dict", {"img_bias": True}, "img_bias=True"),
         ("rosinality", {"conv_clamp": 256}, "conv_clamp=256"),
         ("rosinality", {"z_dim": 12}, "z_dim=12 != w_dim=8"),
         ("nvlabs-state-dict", {"channels": {4: 16, 8: 12, 16: 16}}, "follow no min"),
@@ -216,7 +236,30 @@ def test_command_exports_a_training_checkpoint(checkpoints, tmp_path, monkeypatc
     assert "channel_multiplier=<none fits>" in stdout and "voice head" not in stdout
     G = read_generator(checkpoints["z"])
     assert_same_images(G, load_generator(out, impl="torch"))
-    assert sorted(p.name for p in out.parent.iterdir()) == ["g_ema.pt"]  # no temporary file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["g_ema.pt", "g_ema.pt.json"]  # no temporary file
+    manifest = json.loads((out.parent / "g_ema.pt.json").read_text())
+    assert manifest["format"] == "rosinality" and manifest["public_code_draws"] == "the same images"
+
+
+def test_command_exports_the_main_jobs_mean_face_bias(tmp_path, monkeypatch, capsys):
+    """A checkpoint of the from-scratch recipe (generator img_bias=True) exports in both formats, and its manifest
+    gives what the public code draws differently."""
+    from test_evaluate import SMOKE
+
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    torch.manual_seed(0)
+    model = Voice2FaceGAN(**{**SMOKE, "generator": {**SMOKE["generator"], "img_bias": True}})
+    with torch.no_grad():
+        model.G_ema.synthesis.img_bias.uniform_(-0.5, 0.5)
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    for fmt in EXPORTERS:
+        out = tmp_path / f"{fmt}.pt"
+        code, stdout, _ = export_command(monkeypatch, capsys, f"ckpt={ckpt}", f"format={fmt}", f"out={out}")
+        assert code == 0 and "read back bit for bit" in stdout and "the public code draws its images off" in stdout
+        drawn = json.loads(out.with_name(out.name + ".json").read_text())["public_code_draws"]
+        assert 0.3 < drawn["max_abs"] <= drawn["residual_max_abs"] + 1e-5 and drawn["images"] == 4
 
 
 def test_command_exports_the_unconditional_G_under_a_voice_head(checkpoints, tmp_path, monkeypatch, capsys):
@@ -251,4 +294,4 @@ def test_command_errors_are_one_line_and_write_nothing(checkpoints, tmp_path, mo
     assert out.read_bytes() == b"an earlier export"
     args = (f"ckpt={checkpoints['z']}", "format=rosinality", f"out={out}", "overwrite=true")
     assert export_command(monkeypatch, capsys, *args)[0] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.pt", "weights.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.pt", "g.pt.json", "weights.pt"]
