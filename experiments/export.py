@@ -1,5 +1,7 @@
 """A trained generator for the public StyleGAN2 code:
-`python -m experiments.export ckpt=PATH format=rosinality|nvlabs-state-dict out=FILE`.
+`python -m experiments.export ckpt=PATH format=rosinality|nvlabs-state-dict out=FILE`, or the whole voice model
+as a pickle-free folder: `python -m experiments.export ckpt=RUN.ckpt format=pretrained out=DIR`
+(lightning_modules/model_folder.py: model.safetensors, config.json and the model card README.md).
 
 `ckpt` is a voice2face training checkpoint (its G_ema) or any generator file that
 `lightning_modules.legacy.load_generator` reads, so a rosinality .pt and an NVlabs state-dict export convert
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import torch
 from omegaconf import DictConfig
 
 from datamodules.cli_errors import one_line_errors
+from experiments.model_card import model_card
 from experiments.schema import check_command_config
 from lightning_modules.latent import VoiceLatent, unconditional
 from lightning_modules.legacy import (
@@ -52,6 +56,7 @@ from lightning_modules.legacy import (
     import_rosinality,
     load_generator,
 )
+from lightning_modules.model_folder import is_model_folder, write_model_folder
 from lightning_modules.safe_load import refuse_unreadable
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
@@ -168,9 +173,55 @@ def write_manifest(out: Path, fmt: str, source: str, difference: dict | None) ->
     return path
 
 
+def _check_folder_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: format=pretrained writes a folder, and this is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: already holds files; choose another out= or pass overwrite=true")
+        if not is_model_folder(out):
+            raise FileExistsError(f"{out}: overwrite=true replaces only a model folder, and this is not one")
+
+
+@torch.no_grad()
+def _voice_images(model) -> torch.Tensor:
+    voices = torch.randn([CHECK_IMAGES, model.hparams.feature_dim, 300], generator=torch.Generator().manual_seed(0))
+    return model.generate(voices.to(model.device), noise_mode="const").cpu()
+
+
+def export_pretrained(ckpt: Path, out: Path, overwrite: bool = False) -> dict:
+    """Write the model folder of the training checkpoint `ckpt` to `out` (lightning_modules.model_folder): built
+    in a temporary folder beside it, read back as generate reads it, and renamed into place only when its faces
+    for fixed voices equal the checkpoint's bit for bit."""
+    _check_folder_out(out, overwrite)
+    if not _is_training_checkpoint(ckpt):
+        raise ValueError(f"{ckpt}: format=pretrained needs a voice2face training checkpoint (a run's last.ckpt)")
+    state = read_checkpoint(ckpt)
+    expected = _voice_images(Voice2FaceGAN.from_checkpoint(state, "cpu"))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tensors = write_model_folder(state, tmp, model_card(state, ckpt))
+        back = _voice_images(Voice2FaceGAN.from_checkpoint(read_checkpoint(tmp), "cpu"))
+        if not torch.equal(back, expected):
+            raise RuntimeError(f"{out}: the model folder does not give the checkpoint's faces; nothing was written")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tensors
+
+
 def run(cfg: DictConfig) -> int:
     check_command_config(cfg, "export")
     out = Path(cfg.out)
+    if cfg.format == "pretrained":
+        tensors = export_pretrained(Path(cfg.ckpt), out, cfg.overwrite)
+        size = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+        print(f"{out}: model.safetensors ({len(tensors)} tensors, {size:.1f} MiB), config.json, README.md")
+        print(f"{out}: read back as generate reads it: the faces of {CHECK_IMAGES} voices bit for bit")
+        return 0
     check_out(out, cfg.overwrite)  # before the checkpoint is read: a refusal costs nothing
     G = read_generator(cfg.ckpt)
     data = export_generator(G, cfg.format, out, source=str(cfg.ckpt), overwrite=cfg.overwrite)

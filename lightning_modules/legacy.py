@@ -17,6 +17,7 @@ import kernels
 from lightning_modules import weights
 from lightning_modules.build import check_network_config
 from lightning_modules.latent import unconditional
+from lightning_modules.model_folder import read_model_folder
 from lightning_modules.safe_load import load_data, refuse_unreadable
 from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator
 
@@ -340,6 +341,7 @@ GENERATOR_FORMATS = (
     "a rosinality checkpoint (.pt with g_ema)",
     "an NVlabs state-dict export ({state_dict, init_kwargs}, experiments.export)",
     "a voice2face training checkpoint (.ckpt: its G_ema)",
+    "a voice2face model folder (model.safetensors + config.json: its G_ema)",
 )
 
 
@@ -365,6 +367,9 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     holds no D (rosinality's g_ema-only files, exports, a baseline's checkpoint). `path` may also name a file
     shipped with the package (lightning_modules.weights, e.g. face_prior_64), checked against its SHA-256."""
     path = weights.resolve(path)
+    if Path(path).is_dir():
+        data = read_model_folder(path)
+        return (_generator_from_checkpoint(data, path, impl), *_checkpoint_trunk(data, path))
     formats = f"give one of: {'; '.join(GENERATOR_FORMATS)}"
     refuse_unreadable(path, f"{path}: generator file not found", formats)
     if not _is_torch_zip(path):
@@ -444,6 +449,8 @@ def _checkpoint_trunk(data, path):
     if cfg["_target_"] != "lightning_modules.stylegan2.Discriminator":
         return {}, None  # the run builds its own
     state = {k: v for k, v in _prefixed(data["state_dict"], "D.").items() if not k.startswith("classifier.")}
+    if not state:
+        return {}, None  # a model folder keeps no D
     return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
 
 

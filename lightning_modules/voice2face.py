@@ -39,6 +39,7 @@ from lightning_modules.losses import (
 )
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
+from lightning_modules.model_folder import read_model_folder
 from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,21 @@ def _plain(cfg):
 
 
 def read_checkpoint(ckpt: str | Path) -> dict:
-    """A voice2face training checkpoint, read once as data (weights_only), its networks' configs checked before
+    """A voice2face training checkpoint, or a model folder (lightning_modules.model_folder), read once as data
+    (weights_only; safetensors), its networks' configs checked before
     anything is built from them (`Voice2FaceGAN.from_checkpoint` builds the model, the datamodule hyper-parameters
     give the voice pipeline)."""
     path = Path(ckpt)
-    refuse_unreadable(
-        path,
-        f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)",
-        "ckpt= must name a .ckpt written by training (a run's checkpoints/last.ckpt)",
-    )
-    state = load_data(path, "a voice2face checkpoint")
+    if path.is_dir():
+        state = read_model_folder(path)
+    else:
+        refuse_unreadable(
+            path,
+            f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)",
+            "ckpt= must name a .ckpt written by training (a run's checkpoints/last.ckpt) or a model folder "
+            "(experiments.export format=pretrained)",
+        )
+        state = load_data(path, "a voice2face checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
         raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
     state["hyper_parameters"] = {k: v for k, v in state["hyper_parameters"].items() if k not in RETIRED_HPARAMS}
@@ -637,7 +643,13 @@ class Voice2FaceGAN(LightningModule):
         model.hparams.update(encoder_mode=mode)
         model.encoder.requires_grad_(model.hparams.encoder_mode != "frozen")
         model.on_load_checkpoint(state)
-        model.load_state_dict(state["state_dict"], strict=True)
+        parts = state.get("voice2face_parts")
+        if parts is None:
+            model.load_state_dict(state["state_dict"], strict=True)
+        else:  # a model folder: the inference networks, each of them whole
+            own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(parts))}
+            compare_state_dict(own, state["state_dict"], "the model folder's model.safetensors")
+            model.load_state_dict(state["state_dict"], strict=False)
         return model.to(device).eval()
 
     def on_load_checkpoint(self, checkpoint):
