@@ -6,6 +6,13 @@ then the EMA generator. Writes one PNG per input, named after the whole input fi
 that holds the manifest is complete. Each PNG is written under a temporary name and renamed, so a killed run
 leaves no truncated image; an `out` folder that already holds files is refused unless `overwrite=true`. A file
 that cannot be read or holds no speech is reported by name and reason, and the command exits non-zero.
+
+No speech: silero-vad (datamodules/speech_check.py) must find at least 250 ms of speech, or the file is reported
+as "no speech found"; the front end's webrtcvad alone passes noise. Recordings at any rate from 8 to 192 kHz
+(44.1 and 48 kHz included) are resampled to 16 kHz. Short clips follow the held-out protocol of training
+(Wen et al.'s test rule, as the val/test loaders apply it): after the VAD, speech under `min_speech_s` (1 s) is
+refused by name; longer speech shorter than `eval_min_frames` (1000 frames, 10 s) is tiled up to it, and the
+manifest gives each face's seconds of speech.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import torch
 import torchvision.utils as vutils
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.audio import AUDIO_SUFFIXES, AudioError
+from datamodules.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import unreadable_reason
 from datamodules.pipeline import VoicePipeline, checkpoint_data_hparams
+from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
+from datamodules.speech_check import SpeechCheck
 from experiments.schema import check_command_config
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
@@ -92,15 +101,18 @@ def generate_faces(
     truncation_psi: float = 1.0,
     grid_columns: int = 8,
     window_frames: int = 6000,  # longer clips are embedded in windows of this many frames (memory stays bounded)
+    speech_check: SpeechCheck | None = None,  # refuses a file without speech (None: the front end's VAD only)
 ) -> tuple[list[Path], dict[str, str]]:
     """Write out/<file name>.png per readable input, then out/grid.png and out/manifest.json; return (written
-    PNGs, {file: error})."""
+    PNGs, {file: error}). The manifest gives each face's seconds of speech where `speech_check` measured them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # present again only once this run is complete
-    written, errors, faces = [], {}, []
+    written, errors, faces, speech = [], {}, [], {}
     for file in files:
         try:
+            if speech_check is not None:
+                speech[str(file)] = round(speech_check.speech_seconds(file, load_audio(file, SPEECH_RATE)), 2)
             feats = front_end(str(file))  # [F, frames]
         except AudioError as err:
             errors[str(file)] = err.reason
@@ -117,6 +129,7 @@ def generate_faces(
     manifest = {
         "faces": {str(f): str(w) for f, w in zip([f for f in files if str(f) not in errors], written)},
         "errors": errors,
+        "speech_seconds": {f: t for f, t in speech.items() if f not in errors},
         "grid": "grid.png" if faces else None,
     }
     tmp = out / f".manifest.json.{os.getpid()}.tmp"
@@ -147,9 +160,9 @@ def run(cfg: DictConfig) -> int:
     state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
     model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
     front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
-    written, errors = generate_faces(
-        model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns, round(cfg.window_seconds * 100)
-    )
+    check = SpeechCheck() if cfg.speech_check else None
+    window = round(cfg.window_seconds * 100)
+    written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns, window, check)
     for path in written:
         print(path)
     for file, reason in errors.items():

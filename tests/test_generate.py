@@ -1,5 +1,6 @@
 """experiments.generate: faces from an embedded-corpus voice, clear errors on bad audio."""
 
+import json
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,9 @@ voices = pytest.importorskip("datamodules.synthetic.voices")
 
 from test_evaluate import SMOKE, smoke_checkpoint  # noqa: E402
 
+from datamodules.audio import AudioError  # noqa: E402
 from experiments.generate import generate_faces, list_audio, run  # noqa: E402
+from lightning_modules.voice2face import Voice2FaceGAN  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 
@@ -202,9 +205,9 @@ NOT_ON_THE_PATH = {
 }
 
 
-def test_a_voice_to_a_face_visits_six_project_files_and_reads_the_checkpoint_once(audio_dir, tmp_path, monkeypatch):
+def test_a_voice_to_a_face_visits_seven_project_files_and_reads_the_checkpoint_once(audio_dir, tmp_path, monkeypatch):
     """wav -> face through `python -m experiments.generate`: every project file whose functions run (networks and
-    shared leaf helpers aside) is one of six, and the checkpoint file is opened once, for the model and the
+    shared leaf helpers aside) is one of seven, and the checkpoint file is opened once, for the model and the
     voice pipeline both."""
     import sys
 
@@ -241,6 +244,7 @@ def test_a_voice_to_a_face_visits_six_project_files_and_reads_the_checkpoint_onc
         "lightning_modules/build.py",
         "datamodules/pipeline.py",
         "datamodules/audio.py",
+        "datamodules/speech_check.py",
     }, sorted(project)
     assert reads == [ckpt]
 
@@ -253,3 +257,58 @@ def test_generate_refuses_data_overrides_that_would_do_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"data_overrides: \['root'\] do not change what generate does"):
         front_end_of(ckpt, {"root": "/moved/data"})
     assert front_end_of(ckpt, {"eval_min_frames": 300}).eval_min_frames == 300
+
+
+ALSA = Path("/usr/share/sounds/alsa")  # Debian's alsa-utils: one speaker's real recordings, 48 kHz, about 1.4 s
+
+
+def pink_noise(seconds=3.0, rate=16000):
+    spectrum = np.fft.rfft(np.random.default_rng(0).standard_normal(int(seconds * rate)))
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))  # 1/f power
+    wav = np.fft.irfft(spectrum, int(seconds * rate))
+    return (0.5 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speech_check():
+    from datamodules.speech_check import SpeechCheck
+
+    return SpeechCheck()
+
+
+def test_noise_is_no_speech_and_a_voice_is(audio_dir, tmp_path, speech_check):
+    """webrtcvad (the front end's VAD) keeps all of 3 s of pink noise; silero-vad finds no speech in it."""
+    sf.write(tmp_path / "pink.wav", pink_noise(), 16000)
+    model = Voice2FaceGAN(**SMOKE).eval()
+    files = [audio_dir / "a_voice.wav", tmp_path / "pink.wav"]
+    assert len(front_end()(str(tmp_path / "pink.wav"))) > 0  # without the check, noise would get a face
+    written, errors = generate_faces(model, front_end(), files, tmp_path / "out", speech_check=speech_check)
+    assert [p.name for p in written] == ["a_voice.wav.png"]
+    assert errors == {str(tmp_path / "pink.wav"): "no speech found (silero-vad: no 250 ms of speech at threshold 0.5)"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert 2.0 < manifest["speech_seconds"][str(audio_dir / "a_voice.wav")] < 5.0
+
+
+@pytest.mark.skipif(not (ALSA / "Noise.wav").is_file(), reason=f"{ALSA} is absent (Debian's alsa-utils)")
+def test_real_short_recordings_at_48_and_44k(tmp_path, speech_check):
+    """Eight 1.3-1.5 s recordings of a human speaker at 48 kHz (and one resampled to 44.1 kHz) each get a face,
+    tiled as the held-out clips are; alsa-utils' Noise.wav is reported as no speech."""
+    from scipy.signal import resample_poly
+
+    from datamodules.pipeline import VoicePipeline
+
+    wav, rate = sf.read(ALSA / "Front_Center.wav", dtype="float32")
+    assert rate == 48000
+    sf.write(tmp_path / "front_center_44k.wav", resample_poly(wav, 147, 160).astype(np.float32), 44100)
+    files = sorted(ALSA.glob("*.wav")) + [tmp_path / "front_center_44k.wav"]
+    pipeline = VoicePipeline({"kind": "logmel", "preemphasis": 0.95}, {}, eval_min_frames=1000)
+    model = Voice2FaceGAN(**SMOKE).eval()
+    written, errors = generate_faces(model, pipeline, files, tmp_path / "out", speech_check=speech_check)
+    assert list(errors) == [str(ALSA / "Noise.wav")] and errors[str(ALSA / "Noise.wav")].startswith("no speech found")
+    assert len(written) == 9
+    speech = json.loads((tmp_path / "out" / "manifest.json").read_text())["speech_seconds"]
+    assert all(0.8 < t < 1.6 for t in speech.values()), speech
+    assert pipeline(str(ALSA / "Front_Center.wav")).shape[-1] == 1000  # ~1.3 s of speech tiled to 10 s
+    sf.write(tmp_path / "half.wav", wav[:24000], 48000)
+    with pytest.raises(AudioError, match=r"half.wav: only 0\.\d\d s of speech after the VAD; at least 1.0 s needed"):
+        pipeline.front.speech(str(tmp_path / "half.wav"))
