@@ -315,7 +315,7 @@ def pretrain_encoder(cfg: DictConfig, datamodule, out: Path, resume: str | None)
         default_root_dir=str(out / "stage1"),
         max_steps=stage.steps,
         logger=CSVLogger(str(out / "stage1"), name="csv", version=""),
-        callbacks=[],
+        callbacks=[hydra.utils.instantiate(ticks)] if (ticks := (cfg.get("callbacks") or {}).get("ticks")) else [],
         enable_progress_bar=False,
     )
     batch_size, datamodule.batch_size = datamodule.batch_size, stage.batch_size

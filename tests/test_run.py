@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import torch
 
@@ -50,11 +51,16 @@ def test_cli_fast_dev_run(tmp_path):
     from conftest import ROOT
 
     cmd = [sys.executable, "-m", "experiments.run", *SMALL, "+trainer.fast_dev_run=true", "evaluate=false"]
+    cmd += ["callbacks.ticks.every_s=0", "trainer.log_every_n_steps=1"]  # a tick line at every step
     env = {**os.environ, "VOICE2FACE_ROOT": str(tmp_path)}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")), out.stdout[-2000:]
     assert "checkpoint" in out.stdout
+    # stdout is a pipe, as in `make run > log.txt`: training shows as tick lines, stage 1 and stage 2
+    tick = r"kimg \d+\.\d\d \| [\d.]+ s/kimg \| [\d.]+ img/s \| loss D -?[\d.]+ G -?[\d.]+ \| mem [\d.]+ GiB \| eta "
+    assert re.search(tick, out.stdout), out.stdout[-3000:]
+    assert re.search(r"step \d+ \| [\d.]+ s/step \| loss [\d.]+ \| mem [\d.]+ GiB", out.stdout), out.stdout[-3000:]
 
 
 def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path):
