@@ -105,6 +105,7 @@ REQUIRED = {
     "project": ["G=g.pt", "images=faces"],
     "recipe": [],
     "face_prior": [],
+    "demo": ["model=x.ckpt"],
 }
 COMMANDS = [
     "generate",
@@ -115,6 +116,7 @@ COMMANDS = [
     "export",
     "project",
     "face_prior",
+    "demo",
 ]  # in commands_schema.yaml
 
 
