@@ -255,8 +255,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def _module_state(obj, prefix, out):
-    """Collect parameters and persistent buffers of a pickled module tree into a flat state dict."""
+MAX_MODULES, MAX_DEPTH = 100_000, 64  # a StyleGAN2 at 1024 px holds ~200 modules, 5 deep
+
+
+def _module_state(obj, prefix, out, visits=None, depth=0):
+    """Collect parameters and persistent buffers of a pickled module tree into a flat state dict. A module shared
+    by several parents is read under each path, as torch's state_dict reads it, within a budget: a small file of
+    modules that share their children would otherwise have 2^depth paths, and one that holds itself none."""
+    visits = [0] if visits is None else visits
+    visits[0] += 1
+    if visits[0] > MAX_MODULES or depth > MAX_DEPTH:
+        raise ValueError(
+            f"its module tree has more than {MAX_MODULES} module paths or is deeper than {MAX_DEPTH} "
+            f"(at {prefix.rstrip('.') or 'the network'}): shared or self-referencing modules, not a generator"
+        )
     state = obj.state if isinstance(obj, _Opaque) else None
     if not isinstance(state, dict):
         raise ValueError(f"{prefix or 'G_ema'} is not a pickled torch module")
@@ -267,7 +279,7 @@ def _module_state(obj, prefix, out):
                 out[prefix + key] = tensor
     for key, child in (state.get("_modules") or {}).items():
         if child is not None:
-            _module_state(child, f"{prefix}{key}.", out)
+            _module_state(child, f"{prefix}{key}.", out, visits, depth + 1)
     return out
 
 
@@ -419,7 +431,11 @@ def _pickle_trunk(data, path):
         return {}, None
     if net.class_name != "Discriminator":
         raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
-    return _nvlabs_trunk(dict(net.state.get("_init_kwargs", {})), _module_state(net, "", {}), path)
+    try:
+        state = _module_state(net, "", {})
+    except ValueError as err:
+        raise ValueError(f"{path}: its D: {err}") from None
+    return _nvlabs_trunk(dict(net.state.get("_init_kwargs", {})), state, path)
 
 
 def _nvlabs_trunk(kwargs, state, path):

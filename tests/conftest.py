@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,17 @@ def _reconstruct_persistent_obj(meta):
     raise AssertionError("only used to name the global when pickling")
 
 
+_WRAPPERS = weakref.WeakKeyDictionary()  # module -> its Persisted: a module shared by two parents pickles once
+
+
+def _persisted(module, module_src):
+    if module is None:
+        return None
+    if module not in _WRAPPERS:
+        _WRAPPERS[module] = Persisted(module, None, module_src)
+    return _WRAPPERS[module]
+
+
 class Persisted:
     """A module pickled as NVlabs' persistence pickles it (its source in meta['module_src'], never run)."""
 
@@ -91,9 +103,7 @@ class Persisted:
             "training": False,
             "_parameters": collections.OrderedDict(m._parameters),
             "_buffers": collections.OrderedDict(m._buffers),  # NVlabs keeps resample filters persistent
-            "_modules": collections.OrderedDict(
-                (k, Persisted(c, None, self.module_src)) for k, c in m._modules.items()
-            ),
+            "_modules": collections.OrderedDict((k, _persisted(c, self.module_src)) for k, c in m._modules.items()),
             "_init_args": (),
             "_init_kwargs": self.init_kwargs or {},
         }

@@ -3,7 +3,7 @@
 import logging
 from types import SimpleNamespace
 
-from test_evaluate import MSE, StandInData, StandInModel, empty_hub  # noqa: F401  (fixture)
+from test_evaluate import MSE, StandInData, StandInModel
 from test_metrics import PixelFeatures
 
 from lightning_modules.metrics.callback import MetricsCallback

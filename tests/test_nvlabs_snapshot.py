@@ -158,3 +158,36 @@ def test_other_numpy_objects_are_refused(tmp_path, payload, words):
     path.write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match=rf"numpy.pkl: not a loadable NVlabs network pickle: {words}"):
         load_generator(path)
+
+
+class _Shared(torch.nn.Module):
+    """A module whose two children are one module: 40 of them nested share 2^40 paths."""
+
+    def __init__(self, child=None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        if child is not None:
+            self.a, self.b = child, child
+
+
+def test_a_small_pickle_of_shared_or_self_referencing_modules_ends_quickly(tmp_path, nvlabs_modules):
+    import time
+
+    top = type("Generator", (_Shared,), {})  # the class name the importer asks of G_ema
+    module = _Shared()
+    for _ in range(39):
+        module = _Shared(module)
+    path = tmp_path / "shared.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": Persisted(top(module), {"z_dim": 8})}))
+    assert path.stat().st_size < 20_000
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"shared.pkl: .*more than 100000 module paths or is deeper than 64"):
+        load_generator(path)
+    assert time.perf_counter() - start < 10
+    chain = _Shared()
+    for _ in range(100):
+        chain = _Shared(chain)
+        del chain._modules["b"]
+    path.write_bytes(pickle.dumps({"G_ema": Persisted(top(chain), {"z_dim": 8})}))
+    with pytest.raises(ValueError, match=r"deeper than 64"):
+        load_generator(path)
