@@ -37,13 +37,17 @@ from experiments.schema import check_command_config
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
+# In a folder, files of these kinds are taken too, so that one libsndfile cannot read is reported by name (an .m4a)
+# instead of left out without a word; libsndfile 1.1+ reads .mp3.
+OTHER_AUDIO = (".mp3", ".m4a", ".aac", ".opus", ".wma", ".amr", ".aif", ".aiff")
+
 
 def list_audio(audio: str | Path) -> list[Path]:
     path = Path(audio)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES + OTHER_AUDIO)
         if not files:
             raise FileNotFoundError(f"{path}: no {'/'.join(AUDIO_SUFFIXES)} files in this folder")
         return files

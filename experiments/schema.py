@@ -4,6 +4,7 @@ commands against conf/commands_schema.yaml (JSON Schema both, plus an `ascending
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import jsonschema
@@ -40,9 +41,22 @@ def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | No
     }
     validator = schema_validator(schema, section)
     errors = sorted(validator.iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+    lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+    # JSON Schema has no NaN or infinity, and NaN passes every bound: no value of ours means either
+    lines += [f"{key}: {value} is not a finite number" for key, value in _non_finite(plain)]
+    if lines:
         raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {schema})")
+
+
+def _non_finite(value, key=""):
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{key}.{i}")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -56,6 +56,12 @@ def compare_state_dict(expected: dict[str, torch.Tensor] | nn.Module, found: dic
 
 def _load_generator(G, state, source):
     compare_state_dict(G, state, f"{source}: the checkpoint does not match a Generator")
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ValueError(
+            f"{source}: {len(bad)} weight tensor(s) hold NaN or infinity {bad[:SHOWN]}: the file is damaged or its "
+            "training diverged; use an earlier snapshot"
+        )
     G.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     return G
 

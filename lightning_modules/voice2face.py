@@ -238,6 +238,11 @@ class Voice2FaceGAN(LightningModule):
     def _place_voice(self, latent_space, latent_layers, generator_train, generator_init):
         """Put the voice where latent_space says, and freeze what generator_train freezes."""
         z_dim = self.embed_dim + self.hparams.noise_z_dim
+        if generator_train == "frozen" and not generator_init:
+            raise ValueError(
+                "voice2face: model.generator_train=frozen without model.generator_init would freeze a random "
+                "generator; name the pretrained one (model.generator_init=...) or train it (generator_train=finetune)"
+            )
         if latent_space != "z" or generator_init:
             if not isinstance(getattr(self.G, "mapping", None), torch.nn.Module) or not hasattr(self.G, "synthesis"):
                 raise ValueError(
@@ -637,6 +642,7 @@ class Voice2FaceGAN(LightningModule):
         # Likewise its generator_init (the stored generator/discriminator configs already are the file's) and
         # the files of the training-only losses.
         files = {"encoder_ckpt": None, "generator_init": None, "latent_weight": 0.0, "perceptual_weight": 0.0}
+        files["generator_train"] = "finetune"  # frozen needs the file; what it froze is in the weights already
         model = cls(**{**hparams, "encoder_mode": "joint", **files})
         model.hparams.update({k: hparams.get(k, v) for k, v in files.items()})
         mode = hparams.get("encoder_mode", "joint")

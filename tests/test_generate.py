@@ -312,3 +312,16 @@ def test_real_short_recordings_at_48_and_44k(tmp_path, speech_check):
     sf.write(tmp_path / "half.wav", wav[:24000], 48000)
     with pytest.raises(AudioError, match=r"half.wav: only 0\.\d\d s of speech after the VAD; at least 1.0 s needed"):
         pipeline.front.speech(str(tmp_path / "half.wav"))
+
+
+def test_a_folder_lists_audio_libsndfile_cannot_read_so_it_is_reported(audio_dir, tmp_path):
+    """An .m4a among WAVs was left out without a word (while audio=x.m4a alone was reported)."""
+    import shutil
+
+    shutil.copy(audio_dir / "a_voice.wav", tmp_path / "a.wav")
+    (tmp_path / "b.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    (tmp_path / "notes.txt").write_text("not audio")
+    assert [p.name for p in list_audio(tmp_path)] == ["a.wav", "b.m4a"]
+    model = Voice2FaceGAN(**SMOKE).eval()
+    written, errors = generate_faces(model, front_end(), list_audio(tmp_path), tmp_path / "out")
+    assert [p.name for p in written] == ["a.wav.png"] and "not a readable audio file" in errors[str(tmp_path / "b.m4a")]

@@ -278,3 +278,11 @@ def test_perceptual_loss_is_a_loss_not_part_of_the_checkpoint(tmp_path):
     vgg.unlink()  # rebuilding the model for inference needs neither the loss's file nor the pretrained G's
     init.unlink()
     Voice2FaceGAN.from_checkpoint(read_checkpoint(tmp_path / "last.ckpt"))
+
+
+def test_frozen_without_a_pretrained_generator_is_refused():
+    from test_evaluate import SMOKE
+
+    """It froze a random G, with one INFO line as the only sign."""
+    with pytest.raises(ValueError, match=r"generator_train=frozen without model.generator_init would freeze a random"):
+        Voice2FaceGAN(**{**SMOKE, "generator_train": "frozen"})

@@ -163,3 +163,14 @@ def test_compare_state_dict_names_the_file_and_each_kind_of_mismatch():
     )
     with pytest.raises(ValueError, match=r"of other shapes \['c str \(expected \[1\]\)'\]"):
         compare_state_dict(own, {**own, "c": "x"}, "y.pt")
+
+
+def test_non_finite_weights_are_refused_at_load():
+    G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16)
+    state = G.state_dict()
+    state["synthesis.b16.conv1.weight"] = state["synthesis.b16.conv1.weight"].clone()
+    state["synthesis.b16.conv1.weight"][0, 0, 0, 0] = float("nan")
+    kwargs = dict(z_dim=8, w_dim=8, img_resolution=16, mapping_kwargs={"num_layers": 2})
+    kwargs.update(synthesis_kwargs={"channel_base": 128, "channel_max": 16})
+    with pytest.raises(ValueError, match=r"1 weight tensor\(s\) hold NaN or infinity \['synthesis.b16.conv1.weight'\]"):
+        import_nvlabs({"state_dict": state, "init_kwargs": kwargs})

@@ -145,3 +145,29 @@ def test_commands_that_run_in_the_working_folder_write_no_log_file_there(command
     assert cfg.hydra.run.dir == "." and cfg.hydra.job.chdir is False, f"{command}: not run in the working folder"
     handlers = OmegaConf.to_container(cfg.hydra.job_logging).get("handlers", {})
     assert not any("filename" in h for h in handlers.values()), f"{command}.yaml: job_logging writes {handlers}"
+
+
+@pytest.mark.parametrize(
+    "command, override, key",
+    [
+        ("generate", "truncation_psi=nan", "truncation_psi: nan"),
+        ("generate", "window_seconds=inf", "window_seconds"),
+        ("generate", "window_seconds=0.001", "window_seconds: 0.001 is less than the minimum of 1"),
+        ("export", "+x=-inf", "x: -inf is not a finite number"),
+    ],
+)
+def test_non_finite_and_tiny_values_are_refused_before_any_work(command, override, key):
+    """NaN passes every JSON Schema bound (a NaN ψ drew black faces); a 0.001 s window had no frames."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments.schema import check_command_config
+
+    with initialize_config_dir(str(SCHEMA.parent), version_base="1.3"):
+        cfg = compose(command, [*REQUIRED.get(command, []), override])
+    with pytest.raises(ValueError, match=rf"config: .*{key}"):
+        check_command_config(cfg, command)
+
+
+def test_a_nan_training_value_is_refused(compose_cfg):
+    with pytest.raises(ValueError, match=r"model.lr: nan is not a finite number"):
+        check_config(compose_cfg("+exp=smoke", "model.lr=nan"))
