@@ -276,3 +276,21 @@ def test_distance_choice(tmp_path, empty_hub):
         load_probe(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="distance=auto: .*other.pt: not the vgg16 weights"):
         make_distance("auto", lpips_weights=str(tmp_path / "other.pt"))  # a bad file is no reason to use pixels
+
+
+def test_a_real_photograph_is_projected(tmp_path, generator_file, empty_hub):
+    """matplotlib's sample photograph (Grace Hopper, 512 x 600 JPEG), where matplotlib ships it."""
+    import matplotlib
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} is absent (matplotlib without its sample data)")
+    images = tmp_path / "faces" / "hopper"
+    images.mkdir(parents=True)
+    (images / "grace_hopper.jpg").write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    assert run(config(G=generator_file, images=tmp_path / "faces", out=out, steps=3, device="cpu")) == 0
+    w = np.load(out / "hopper__grace_hopper.jpg.npy")
+    assert w.shape == (tiny_generator().num_ws, 8) and np.isfinite(w).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["errors"] == {} and math.isfinite(manifest["images"]["hopper/grace_hopper.jpg"]["distance"])
