@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub.constants import CONFIG_NAME
 from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -66,7 +67,7 @@ def read_checkpoint(ckpt: str | Path) -> dict:
     anything is built from them (`Voice2FaceGAN.from_checkpoint` builds the model, the datamodule hyper-parameters
     give the voice pipeline)."""
     path = Path(ckpt)
-    if path.is_dir():
+    if path.is_dir() and (path / CONFIG_NAME).is_file():  # any other folder is refused below, by what it is
         state = read_model_folder(path)
     else:
         refuse_unreadable(

@@ -153,8 +153,8 @@ def test_a_long_clip_is_embedded_in_windows_with_bounded_memory():
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("window_seconds=-1", "window_seconds: -1 is less than or equal to the minimum of 0"),  # ZeroDivisionError
-        ("window_seconds=0", "window_seconds: 0 is less than or equal"),  # range() arg 3 must not be zero
+        ("window_seconds=-1", "window_seconds: -1 is less than the minimum of 1"),  # ZeroDivisionError
+        ("window_seconds=0", "window_seconds: 0 is less than the minimum of 1"),  # range() arg 3 must not be zero
         ("device=bogus", "device: 'bogus' does not match"),  # torch's RuntimeError
         ("truncation_psi=abc", "truncation_psi: 'abc' is not of type 'number'"),  # lerp() TypeError
         ("grid_columns=0", "grid_columns: 0 is less than the minimum of 1"),

@@ -138,5 +138,8 @@ def test_export_refusals_write_nothing(trained, tmp_path, monkeypatch, capsys):
     g = smoke_checkpoint(tmp_path / "plain.ckpt")
     code, _, _ = export_command(monkeypatch, capsys, f"ckpt={g}", "format=pretrained", f"out={tmp_path / 'ok'}")
     assert code == 0  # a checkpoint without the voice pipeline's hyper-parameters still exports its networks
-    with pytest.raises(ValueError, match=r"a folder, but not a model folder"):
+    with pytest.raises(ValueError, match=r"busy: a folder, not a file; ckpt= must name .* or a model folder"):
+        read_checkpoint(busy)
+    (busy / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"busy: a folder, but not a model folder \(it needs model.safetensors"):
         read_checkpoint(busy)
