@@ -12,7 +12,7 @@ EXP ?= baseline_cpu       # the main job's experiment (from scratch, CPU width);
                           # shipped face prior (docs/face_prior.md: it becomes the main job once the prior is trained)
 PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 RUN_ARGS ?=
-DEMO_ARGS ?=              # experiments.demo overrides, e.g. "model=my-folder/ port=7861"
+DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ port=7861"
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
@@ -38,8 +38,8 @@ run: install  ## train + evaluate the baseline on the embedded corpus (CPU width
 demo: install  ## the browser demo (Gradio, 127.0.0.1:7860) on the newest make-run checkpoint: experiments/demo.py
 	$(PY) -m pip install -q -e '.[demo]'
 	@ckpt=$$(ls -t outputs/*/*/checkpoints/last.ckpt 2>/dev/null | head -1); \
-	if [ -z "$$ckpt" ]; then echo "no trained model here yet: run 'make run' first (or python -m experiments.demo model=PATH)"; exit 1; fi; \
-	echo "model: $$ckpt"; $(PY) -m experiments.demo model=$$ckpt $(DEMO_ARGS)
+	if [ -z "$$ckpt" ]; then echo "no trained model here yet: run 'make run' first (or python -m experiments.demo ckpt=PATH)"; exit 1; fi; \
+	echo "model: $$ckpt"; $(PY) -m experiments.demo ckpt=$$ckpt $(DEMO_ARGS)
 
 face-prior: install  ## train the face prior from scratch (hours on 2 cores; resumes), then ship it: docs/face_prior.md
 	$(PY) -m experiments.face_prior $(PRIOR_ARGS)

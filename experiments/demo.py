@@ -1,4 +1,4 @@
-"""Speak and see the face: `python -m experiments.demo model=PATH` (or `make demo`), a Gradio page on 127.0.0.1.
+"""Speak and see the face: `python -m experiments.demo ckpt=PATH` (or `make demo`), a Gradio page on 127.0.0.1.
 
 PATH is a training checkpoint or a model folder (experiments.export format=pretrained). The voice goes through the
 checkpoint's own pipeline, as in generate: load, webrtcvad, features, short clips tiled as in training's held-out
@@ -207,7 +207,7 @@ def run(cfg: DictConfig) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise ImportError("the demo needs Gradio: pip install -e '.[demo]'") from None
-    demo, faces = load_demo(cfg.model, cfg.device, cfg.reference)
+    demo, faces = load_demo(cfg.ckpt, cfg.device, cfg.reference)
     page = build_page(demo, faces)
     page.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=cfg.get("background", False))
     return 0

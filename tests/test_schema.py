@@ -105,7 +105,7 @@ REQUIRED = {
     "project": ["G=g.pt", "images=faces"],
     "recipe": [],
     "face_prior": [],
-    "demo": ["model=x.ckpt"],
+    "demo": ["ckpt=x.ckpt"],
 }
 COMMANDS = [
     "generate",
