@@ -60,6 +60,8 @@ def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
     # the face size comes from the config itself (model.img_resolution: ${data.face_size})
     # stage 2 of a two-stage experiment reads the encoder file stage 1 writes at run time (tests/test_run.py)
     stage2 = {"encoder_mode": "joint"} if cfg.get("pretrain_encoder") and "encoder_ckpt" in cfg.model else {}
+    if cfg.model.get("generator_train") == "frozen" and not cfg.model.get("generator_init"):
+        stage2["generator_train"] = "finetune"  # hires_cpu: the user names the file at run time; frozen needs it
     model = hydra.utils.instantiate(cfg.model, num_classes=5, feature_dim=dm.feature_dim, _recursive_=False, **stage2)
     assert isinstance(model, LightningModule)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg, True), logger=build_loggers(cfg))
