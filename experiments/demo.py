@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from datamodules.audio import AudioError, load_audio
+from datamodules.audio import AudioError
 from datamodules.cli_errors import one_line_errors
 from datamodules.faces import normalize
-from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
 from datamodules.speech_check import SpeechCheck
 from experiments.evaluate import build_datamodule
-from experiments.generate import embed_in_windows, front_end_of
+from experiments.generate import embed_in_windows, front_end_of, voice_features
 from experiments.schema import check_command_config
 from lightning_modules.metrics.probe import train_probe
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
@@ -83,8 +82,8 @@ class Demo:
 
     def embed(self, path) -> tuple[torch.Tensor, float]:
         """(voice embedding [1, D], seconds of speech) of an audio file; AudioError naming the file if unusable."""
-        seconds = self.speech.speech_seconds(path, load_audio(path, SPEECH_RATE)) if self.speech else float("nan")
-        return embed_in_windows(self.model, self.front(str(path))), seconds
+        feats, seconds = voice_features(self.front, path, self.speech)
+        return embed_in_windows(self.model, feats), float("nan") if seconds is None else seconds
 
     @torch.no_grad()
     def faces(self, emb: torch.Tensor, psi: float) -> tuple[torch.Tensor, list[torch.Tensor], str]:

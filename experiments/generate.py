@@ -96,6 +96,15 @@ def embed_in_windows(model, feats: torch.Tensor, window_frames: int = 6000) -> t
     return total / weight
 
 
+def voice_features(front_end, file, speech_check: SpeechCheck | None = None) -> tuple[torch.Tensor, float | None]:
+    """(features [F, frames] through the checkpoint's front end, seconds of speech or None without a check) of an
+    audio file; AudioError naming it when it is unreadable, too short or holds no speech."""
+    seconds = None
+    if speech_check is not None:
+        seconds = round(speech_check.speech_seconds(file, load_audio(file, SPEECH_RATE)), 2)
+    return front_end(str(file)), seconds
+
+
 @torch.no_grad()
 def generate_faces(
     model,
@@ -115,12 +124,12 @@ def generate_faces(
     written, errors, faces, speech = [], {}, [], {}
     for file in files:
         try:
-            if speech_check is not None:
-                speech[str(file)] = round(speech_check.speech_seconds(file, load_audio(file, SPEECH_RATE)), 2)
-            feats = front_end(str(file))  # [F, frames]
+            feats, seconds = voice_features(front_end, file, speech_check)
         except AudioError as err:
             errors[str(file)] = err.reason
             continue
+        if seconds is not None:
+            speech[str(file)] = seconds
         emb = embed_in_windows(model, feats, window_frames)
         img = model.generate_from(emb, noise_mode="const", truncation_psi=truncation_psi).float().cpu()
         face = ((img[0] + 1) / 2).clamp(0, 1)

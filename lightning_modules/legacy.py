@@ -493,7 +493,7 @@ def _unpickle_nvlabs_dict(path):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _exportable(G, fmt, source):
+def _exportable(G, source):
     """(mapping, synthesis, architecture) of `G` as a public format can hold it: the G's own mapping where a
     voice head replaced it (the head maps voices, which no public loader has). The architecture is read off
     the modules that are exported, not the arguments G was built with. A feature neither format has is refused,
@@ -575,7 +575,7 @@ def export_rosinality(G, source="generator") -> dict:
     Without noise inputs (use_noise=False) the noise strengths and buffers are zeros: the same images. Refused:
     conv_clamp (rosinality never clamps), img_channels other than 3 and z_dim other than w_dim (both fixed in
     rosinality's Generator)."""
-    mapping, synthesis, arch = _exportable(G, "rosinality", source)
+    mapping, synthesis, arch = _exportable(G, source)
     for bad, feature in (
         (arch["conv_clamp"] is not None, f"conv_clamp={arch['conv_clamp']} (rosinality's convs never clamp)"),
         (arch["img_channels"] != 3, f"img_channels={arch['img_channels']} (rosinality's ToRGB writes 3)"),
@@ -647,7 +647,7 @@ def export_nvlabs_state_dict(G, source="generator") -> dict:
     (`Generator(**init_kwargs).load_state_dict(state_dict)` fits, its persistent resample filters included);
     what import_nvlabs reads back. Without noise inputs (use_noise=False) the noise strengths and buffers are
     zeros: the same images, in NVlabs' default layer. Refused: channels that no channel_base / channel_max give."""
-    mapping, synthesis, arch = _exportable(G, "nvlabs-state-dict", source)
+    mapping, synthesis, arch = _exportable(G, source)
     rule = nvlabs_channel_rule(arch["channels"])
     if rule is None:
         raise ValueError(

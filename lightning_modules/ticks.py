@@ -23,15 +23,11 @@ class TickMeter:
     def __init__(self):
         self.since = None  # (seconds, images) at the previous tick
 
-    @staticmethod
-    def _count(trainer, pl_module) -> int:
-        return images_seen(trainer, pl_module)  # images for the GAN, optimizer steps for encoder pretraining
-
     def start(self, trainer, pl_module):
-        self.since = (time.perf_counter(), self._count(trainer, pl_module))
+        self.since = (time.perf_counter(), images_seen(trainer, pl_module))
 
     def figures(self, trainer, pl_module) -> dict[str, float]:
-        now, count = time.perf_counter(), self._count(trainer, pl_module)
+        now, count = time.perf_counter(), images_seen(trainer, pl_module)  # images (GAN) or steps (stage 1)
         if self.since is None:
             self.since = (now, count)
         seconds, done = now - self.since[0], count - self.since[1]
