@@ -28,7 +28,7 @@ from datamodules.speech_check import SpeechCheck
 from experiments.evaluate import build_datamodule
 from experiments.generate import embed_in_windows, front_end_of, voice_features
 from experiments.schema import check_command_config
-from lightning_modules.metrics.probe import train_probe
+from lightning_modules.metrics.probe import probe_for
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,12 @@ def to_uint8(img: torch.Tensor, size: int = 256) -> np.ndarray:
 
 
 class Reference:
-    """The training speakers' real faces: a face probe trained on them (evaluate's), its attribute codec, and one
-    mean probe embedding per speaker for the nearest faces."""
+    """The training speakers' real faces: evaluate's face probe (the shipped one on the embedded corpus), its
+    attribute codec, and one mean probe embedding per speaker for the nearest faces."""
 
-    def __init__(self, faces: dict[str, torch.Tensor], attributes: dict | None, kinds: dict | None):
-        self.probe, self.codec = train_probe(faces, attributes, kinds)  # evaluate's probe, its default settings
+    def __init__(self, datamodule):
+        self.probe, self.codec, _ = probe_for(datamodule, {})  # evaluate's default choice
+        faces = datamodule.faces("train")
         self.names = sorted(faces)
         self.faces = {n: faces[n][0] for n in self.names}  # one photo per speaker to show
         embs = [self.probe.predict(normalize(faces[n]))[0].mean(0) for n in self.names]
@@ -193,8 +194,8 @@ def load_demo(path: str, device: str = "cpu", with_reference: bool = True) -> tu
     if with_reference:
         try:
             dm = build_datamodule(state)
+            reference = Reference(dm)
             faces = dm.faces("train")
-            reference = Reference(faces, dm.attributes, dm.attribute_kinds)
         except (OSError, ValueError, RuntimeError) as err:  # no corpus here: the page shows the rest
             log.warning("no probe reading or nearest faces: the run's training data is not here (%s)", err)
     return Demo(model, front_end_of(state), SpeechCheck(), reference), faces

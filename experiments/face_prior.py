@@ -29,20 +29,18 @@ from experiments.schema import check_command_config, check_values
 from lightning_modules import weights
 from lightning_modules.face_prior import FacePriorTrainer
 from lightning_modules.legacy import export_face_prior, load_pretrained
-from lightning_modules.metrics.probe import train_probe
+from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality
 
 CURVE_COLUMNS = ("kimg", "seconds", "img_per_s", "fd_probe", "fd_probe_real", "kid_probe", "kid_probe_real", "n")
 
 
 class ProbeScore:
-    """fd_probe of unconditional faces against one split's real faces, with the probe trained on the corpus'
-    train split as the main job's evaluation trains it."""
+    """fd_probe of unconditional faces against one split's real faces, in the main job's evaluation probe (the
+    shipped one on the embedded corpus: metrics.probe.weights)."""
 
     def __init__(self, datamodule, split: str, probe_cfg: dict):
-        self.probe, _ = train_probe(
-            datamodule.faces("train"), datamodule.attributes, datamodule.attribute_kinds, **probe_cfg
-        )
+        self.probe, _, self.which = probe_for(datamodule, probe_cfg)
         real = datamodule.faces(split)
         self.labels = torch.cat([torch.full((len(real[n]),), i) for i, n in enumerate(sorted(real))])
         self.real_feats = self.probe.predict(torch.cat([normalize(real[n]) for n in sorted(real)]))[0]

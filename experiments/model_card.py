@@ -96,6 +96,8 @@ def model_card(state: dict, ckpt: Path) -> str:
             metrics = json.loads(file.read_text())
             lines += ["", f"`{file.name}` ({split} split, {metrics.get('kimg', '?')} kimg):", ""]
             lines += figures_table(metrics)
+            if metrics.get("_probe"):
+                lines += ["", f"Face probe of these figures: {metrics['_probe']}."]
             found = True
             break
     if not found:

@@ -111,6 +111,7 @@ def header(rows: list[tuple[str, list[dict]]], ppl_key: str, split: str) -> list
         f"- FID sample counts (generated / real faces): {seen(counts)}",
         f"- path length: {ppl_key}, {seen(lambda r: (r.get('_notes') or {}).get('ppl'))}",
         f"- fd_probe: in the face probe's feature space (not Inception); its real-vs-real floor {floor}",
+        f"- face probe: {seen(lambda r: r.get('_probe'))}",
     ]
 
 

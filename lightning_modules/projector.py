@@ -32,16 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules import weights
 from lightning_modules.latent import unconditional
 from lightning_modules.metrics.ppl import LPIPSDistance
-from lightning_modules.metrics.probe import PROBE_RES, FaceProbe
+from lightning_modules.metrics.probe import PROBE_RES, FaceProbe, load_probe_file
 from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, hub_checkpoint_dir
 from lightning_modules.safe_load import load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
 
 DISTANCES = ("auto", "lpips", "probe", "pixel")
-PROBE_FILE = "a FaceProbe state dict, as torch.save(probe.state_dict(), PATH) writes it"
+PROBE_FILE = "face_probe_32 (the shipped probe), a probe file of `make face-probe`, or a FaceProbe state dict"
 
 # ----------------------------------------------------------------------------------------------------
 # Image distances: (synth, target) [N, 3, S, S] in [-1, 1] -> [N].
@@ -85,7 +86,10 @@ class ProbeDistance(nn.Module):
 
 def load_probe(path) -> FaceProbe:
     """The FaceProbe of a saved state dict (or {"state_dict": ...}); its width, classes and heads are read off
-    the tensors, so no other record of how it was built is needed."""
+    the tensors, so no other record of how it was built is needed. The shipped name and safetensors probe files
+    (lightning_modules.metrics.probe.save_probe) are read as such."""
+    if str(path) in weights.SHIPPED or str(path).endswith(".safetensors"):
+        return load_probe_file(weights.resolve(path))[0].float()  # the projector optimises in float32
     refuse_unreadable(path, f"{path}: probe file not found", f"probe= must name {PROBE_FILE}")
     data = load_data(path, "a face probe", fix=f"probe= must name {PROBE_FILE}")
     state = data.get("state_dict", data) if isinstance(data, dict) else None

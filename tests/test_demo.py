@@ -19,11 +19,18 @@ speech = pytest.importorskip("datamodules.synthetic.voices")
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def reference_data(n=6):
-    g = torch.Generator().manual_seed(0)
-    faces = {f"id{i:02d}": torch.randint(0, 256, (2, 3, 16, 16), generator=g, dtype=torch.uint8) for i in range(n)}
-    attributes = {name: {"sex": "mf"[i % 2], "skin_tone": i / n} for i, name in enumerate(faces)}
-    return faces, attributes, {"sex": "categorical", "skin_tone": "continuous"}
+class ReferenceData:
+    """The datamodule surface the demo's reference reads, with attributes other than the shipped probe's (so the
+    probe is retrained on these faces)."""
+
+    def __init__(self, n=6):
+        g = torch.Generator().manual_seed(0)
+        self.train = {f"id{i:02d}": torch.randint(0, 256, (2, 3, 16, 16), generator=g).byte() for i in range(n)}
+        self.attributes = {name: {"sex": "mf"[i % 2], "skin_tone": i / n} for i, name in enumerate(self.train)}
+        self.attribute_kinds = {"sex": "categorical", "skin_tone": "continuous"}
+
+    def faces(self, split):
+        return self.train
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +38,8 @@ def demo():
     torch.manual_seed(0)
     model = Voice2FaceGAN(**{**SMOKE, "latent_space": "wplus"}).eval()
     front = VoicePipeline({"kind": "logmel", "preemphasis": 0.95}, {}, eval_min_frames=1000)
-    faces, attributes, kinds = reference_data()
-    return Demo(model, front, SpeechCheck(), Reference(faces, attributes, kinds)), faces
+    data = ReferenceData()
+    return Demo(model, front, SpeechCheck(), Reference(data)), data.train
 
 
 @pytest.fixture(scope="module")

@@ -270,6 +270,8 @@ def test_distance_choice(tmp_path, empty_hub):
     assert name == "probe" and "LPIPS unavailable" in why
     assert torch.equal(load_probe(tmp_path / "probe.pt").trunk[0].weight, probe.trunk[0].weight)
     assert distance(x, x.flip(-1)).shape == (2,) and float(distance(x, x).abs().max()) < 1e-6
+    shipped, name, _ = make_distance("probe", probe="face_probe_32")  # the evaluations' probe, by its name
+    assert name == "probe" and distance(x, x.flip(-1)).dtype == shipped(x, x.flip(-1)).dtype == torch.float32
     assert make_distance("auto")[1] == "pixel"
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a face probe"):

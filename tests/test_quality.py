@@ -36,12 +36,14 @@ def test_halves_split_every_identity():
     assert set(labels[first].tolist()) == set(labels[second].tolist()) == {0, 1, 2}
 
 
-@pytest.fixture(scope="module")
-def corpus_probe(tmp_path_factory):
-    """A probe trained on the train-split faces of a small embedded corpus, and the test split's faces."""
+@pytest.fixture(scope="module", params=["retrain", "shipped"])
+def corpus_probe(tmp_path_factory, request):
+    """A probe trained on the train-split faces of a small embedded corpus (or the shipped one, trained on the
+    default corpus' train split: none of these test faces), and the test split's faces."""
     from datamodules.faces import normalize
     from datamodules.voxvgg import VoxVGGDataModule
-    from lightning_modules.metrics.evaluate import fit_probe, real_faces
+    from lightning_modules.metrics.evaluate import real_faces
+    from lightning_modules.metrics.probe import probe_for
 
     root = tmp_path_factory.mktemp("quality")
     dm = VoxVGGDataModule(
@@ -52,7 +54,7 @@ def corpus_probe(tmp_path_factory):
         prepare_workers=1,
     )
     dm.prepare_data()
-    probe, _ = fit_probe(dm, {"steps": 300})
+    probe = probe_for(dm, {"weights": request.param, "steps": 300})[0]
     real_u8, labels, _ = real_faces(dm, "test")
     return probe, normalize(real_u8), labels
 

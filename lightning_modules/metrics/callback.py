@@ -20,12 +20,12 @@ from lightning_modules.metrics.evaluate import (
     embed_split,
     evaluate,
     fid_metric,
-    fit_probe,
     generate_split,
     ppl_metric,
     real_faces,
 )
 from lightning_modules.metrics.fid import quantize
+from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 from lightning_modules.schedule import next_due
 
@@ -48,7 +48,7 @@ class MetricsCallback(Callback):
         self.fid_cfg = {"download": download, **as_dict(fid)}
         self.ppl_cfg = {"download": download, **as_dict(ppl)}
         self.probe_cfg = probe_metrics
-        self._probe = None  # trained on the first evaluation, then kept (the real faces do not change)
+        self._probe = None  # chosen (loaded or trained) on the first evaluation, then kept
         self.cache_dir = cache_dir
         self._next_nimg = 0.0
         self._unavailable: set[str] = set()
@@ -131,7 +131,7 @@ class MetricsCallback(Callback):
     def _probe_metrics(self, trainer, pl_module) -> dict[str, float]:
         """Every scalar of `evaluate` on the held-out split (no FID/PPL, no intervals), keyed `<split>/...`."""
         if self._probe is None:
-            self._probe = fit_probe(trainer.datamodule, as_dict(self.probe_cfg.get("probe")))
+            self._probe = probe_for(trainer.datamodule, as_dict(self.probe_cfg.get("probe")))
         result = evaluate(pl_module, trainer.datamodule, self.probe_cfg, self.split, probe=self._probe)
         return {
             f"{self.split}/{k}": float(v)

@@ -27,7 +27,7 @@ from lightning_modules.metrics.identity import (
 )
 from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
-from lightning_modules.metrics.probe import train_probe
+from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
@@ -202,25 +202,11 @@ def ppl_note(cfg: dict, split: str, num_voices: int) -> str:
     )
 
 
-def fit_probe(datamodule, cfg: dict):
-    """(probe, attribute codec) trained on the real train-split faces (and attributes, where there are)."""
-    return train_probe(
-        datamodule.faces("train"),
-        getattr(datamodule, "attributes", None),
-        getattr(datamodule, "attribute_kinds", None),
-        cfg.get("steps", 300),
-        cfg.get("batch_size", 64),
-        cfg.get("lr", 2e-3),
-        cfg.get("width", 16),
-        cfg.get("seed", 0),
-    )
-
-
 def evaluate(
     model, datamodule, cfg: Mapping | DictConfig | None = None, split: str = "test", probe=None
 ) -> dict[str, Any]:
     """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats.
-    probe: a (probe, codec) pair from `fit_probe` to reuse (None: trained here when a metric needs it)."""
+    probe: a (probe, codec, which) triple from `probe_for` to reuse (None: chosen here when a metric needs it)."""
     cfg = as_dict(cfg)
     download = cfg.get("download", False)
     sub = {k: {"download": download, **as_dict(cfg.get(k))} for k in ("fid", "ppl", "identity", "probe", "quality")}
@@ -264,13 +250,15 @@ def evaluate(
 
     attributes = getattr(datamodule, "attributes", None)
     id_cfg = sub["identity"]
-    probe, codec = probe if probe is not None else (None, None)
+    probe, codec, which = probe if probe is not None else (None, None, None)
     embedder = id_cfg.get("embedder", "auto")
     if embedder == "auto":  # real data: FaceNet where its weights are, else dlib where it is installed
         embedder = "probe" if attributes is not None else "auto"
     wants_attributes = attributes is not None and cfg.get("attributes", {}).get("enabled", True)
     if probe is None and (embedder == "probe" or wants_attributes or sub["quality"].get("enabled", True)):
-        probe, codec = fit_probe(datamodule, sub["probe"])
+        probe, codec, which = probe_for(datamodule, sub["probe"])
+    if probe is not None:
+        result["_probe"] = which  # the instrument behind fd_probe, the attribute scores and probe retrieval
 
     if probe is not None and sub["quality"].get("enabled", True):
         real_float = normalize(real_u8)
@@ -530,6 +518,8 @@ def summary_markdown(result: dict, title: str) -> str:
     for key, value in result.items():
         if not key.startswith("_"):
             lines.append(f"| {LABELS.get(key, key)} | {_fmt(value)} |")
+    if result.get("_probe"):
+        lines += ["", f"Face probe (fd_probe, attributes, probe retrieval): {result['_probe']}"]
     if result.get("_skipped"):
         lines += ["", "Not computed:", ""] + [f"- **{k}**: {v}" for k, v in result["_skipped"].items()]
     if result.get("_notes"):

@@ -8,7 +8,9 @@ probe trains in seconds on a CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from datamodules.faces import normalize
 
 PROBE_RES = 32
+PROBE_FORMAT = "voice2face-face-probe/1"  # the header's "format" in a probe file (save_probe)
 
 
 @dataclass
@@ -148,3 +151,102 @@ def _fit(probe, opt, images, labels, targets, steps, batch_size, rng):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+
+def save_probe(path: Path, probe: FaceProbe, codec: AttributeCodec | None, about: dict) -> None:
+    """A probe as safetensors: its tensors, and in the header's metadata a JSON record of how to rebuild it (width,
+    continuous heads, the attribute codec) and `about` (how and on what it was trained)."""
+    from safetensors.torch import save_file
+
+    header = {
+        "format": PROBE_FORMAT,
+        "width": probe.embed_dim // 4,
+        "continuous": sorted(probe.continuous),
+        "codec": asdict(codec) if codec is not None else None,
+        "about": about,
+    }
+    tensors = {k: v.detach().contiguous() for k, v in probe.state_dict().items()}
+    save_file(tensors, str(path), metadata={"voice2face": json.dumps(header, sort_keys=True)})
+
+
+def load_probe_file(path: Path) -> tuple[FaceProbe, AttributeCodec | None, dict]:
+    """(probe, codec, about) of a `save_probe` file, checked field by field; no code in the file runs (safetensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{path}: not a usable face probe file ({problem}); `make face-probe` writes one")
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise bad(str(err).splitlines()[0][:160]) from None
+    try:
+        header = json.loads(meta["voice2face"])
+        assert isinstance(header, dict) and header.get("format") == PROBE_FORMAT, f"format is not {PROBE_FORMAT}"
+        width, continuous, about = header["width"], header["continuous"], header["about"]
+        assert isinstance(width, int) and 1 <= width <= 1024, "width must be an integer in 1..1024"
+        assert isinstance(continuous, list) and all(isinstance(c, str) for c in continuous), "continuous: names"
+        assert isinstance(about, dict), "about must be a mapping"
+        raw = header["codec"]
+        stats = None if raw is None else {k: tuple(v) for k, v in raw["stats"].items()}
+        codec = None if raw is None else AttributeCodec(raw["kinds"], raw["vocab"], stats, raw["majority"])
+        assert codec is None or all(isinstance(x, dict) for x in (codec.kinds, codec.vocab, codec.majority)), "codec"
+    except (KeyError, TypeError, ValueError, AssertionError) as err:
+        raise bad(f"header: {err!r}"[:200]) from None
+    if "identity.weight" not in tensors or tensors["identity.weight"].ndim != 2:
+        raise bad("no 2-d identity.weight")
+    heads = codec.out_dims() if codec is not None else {}
+    probe = FaceProbe(tensors["identity.weight"].shape[0], heads, tuple(continuous), width)
+    probe = probe.to(tensors["identity.weight"].dtype)
+    expected = probe.state_dict()
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise bad(f"missing tensors {missing[:3]}, unexpected {extra[:3]}")
+    shapes = {k: (list(v.shape), list(expected[k].shape)) for k, v in tensors.items()}
+    wrong = [f"{k} {found} (needs {needed})" for k, (found, needed) in shapes.items() if found != needed]
+    if wrong:
+        raise bad(f"shapes: {', '.join(wrong[:3])}")
+    probe.load_state_dict(tensors)
+    broken = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if broken:
+        raise bad(f"non-finite values in {broken[:3]}")
+    return probe.eval(), codec, about
+
+
+SHIPPED_PROBE = "face_probe_32"  # lightning_modules.weights: the probe trained once on the embedded corpus
+PROBE_DEFAULTS = {"steps": 300, "batch_size": 64, "lr": 2e-3, "width": 16, "seed": 0}  # as conf/metrics/default.yaml
+
+
+def probe_for(datamodule, cfg: dict) -> tuple[FaceProbe, AttributeCodec | None, str]:
+    """(probe, codec, which) of an evaluation on `datamodule`; `which` is the line the metrics JSON keeps as `_probe`.
+
+    cfg["weights"]: auto (the shipped probe where the datamodule is the embedded corpus in the crop the probe was
+    trained on, as FID uses Inception's fixed weights; retrained on the datamodule's train split elsewhere, e.g. on
+    real data) | shipped | retrain | a probe file (`save_probe`)."""
+    from lightning_modules import weights  # here: the metrics read the weights folder only when asked to
+
+    choice = str(cfg.get("weights", "auto"))
+    if hasattr(datamodule, "setup"):
+        datamodule.setup()  # the attributes are read on setup
+    kinds = getattr(datamodule, "attribute_kinds", None) or {}
+    align = getattr(datamodule, "hparams", {}).get("face_align", "arcface")
+    if choice != "retrain":
+        path = weights.resolve(SHIPPED_PROBE if choice in ("auto", "shipped") else choice)
+        probe, codec, about = load_probe_file(path)
+        fits = codec is not None and codec.kinds == dict(kinds) and about.get("face_align") == align
+        if fits or choice != "auto":
+            if not fits and kinds and (codec is None or codec.kinds != dict(kinds)):
+                raise ValueError(
+                    f"{path}: its attribute heads ({sorted(codec.kinds) if codec else 'none'}) are not this "
+                    f"corpus' attributes ({sorted(kinds)}); set metrics.probe.weights=retrain"
+                )
+            digest = weights.sha256(path)[:16]
+            return probe, codec, f"{path.name} sha256:{digest} ({about.get('trained_on', 'unknown data')})"
+    faces = datamodule.faces("train")
+    steps, batch, lr, width, seed = (cfg.get(k, d) for k, d in PROBE_DEFAULTS.items())
+    attributes = getattr(datamodule, "attributes", None)
+    probe, codec = train_probe(faces, attributes, kinds or None, steps, batch, lr, width, seed)
+    which = f"retrained on this run's train split ({len(faces)} identities; {steps} steps, seed {seed}, float64)"
+    return probe, codec, which

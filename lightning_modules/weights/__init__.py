@@ -4,6 +4,9 @@ folder's SHA256SUMS (`sha256sum -c SHA256SUMS` checks them too).
     face_prior_64   the embedded corpus' face prior: an unconditional 64 px StyleGAN2, G and D, in NVlabs'
                     state-dict layout (lightning_modules.legacy.export_face_prior), trained by `make face-prior`
                     on identities that share no one with the corpus (docs/face_prior.md)
+    face_probe_32   the evaluations' face probe (lightning_modules.metrics.probe, safetensors): trained by
+                    `make face-probe` on the embedded corpus' train split; fd_probe, the attribute scores and probe
+                    retrieval are measured in it (metrics.probe.weights)
 
 `model.generator_init` (and every command that takes a generator file) accepts a name here as well as a path.
 """
@@ -14,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-SHIPPED = {"face_prior_64": "face_prior_64.pt"}  # name -> file in this folder
+SHIPPED = {"face_prior_64": "face_prior_64.pt", "face_probe_32": "face_probe_32.safetensors"}  # name -> file here
 SUMS = FOLDER / "SHA256SUMS"  # `sha256sum` lines: <hex digest>  <file>
 
 
