@@ -7,6 +7,7 @@ import argparse
 import collections
 import io
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
@@ -186,13 +187,27 @@ class _Persistent(_Opaque):
 def _storage_from_bytes(data):
     # torch's own `_load_from_bytes` unpickles without restriction; weights_only=True reads tensors only. The
     # bytes are torch.save's legacy (pre-zip) format, which torch 1.7-1.13 and 2.x write alike for a storage.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"a storage's bytes are a {type(data).__name__}")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's reader asserts and raises RuntimeError on a damaged record
+        why = f"{type(err).__name__}: {err}"[:200]
+        raise pickle.UnpicklingError(f"a storage's bytes are no torch storage ({why})") from None
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_):
-    # Pickled backward hooks and metadata are dropped: only the storage view is rebuilt.
+    # Pickled backward hooks and metadata are dropped: only the storage view is rebuilt, once it is known to lie
+    # inside its storage (a view of 1e5 x 1e5 on four floats, or a negative stride, is no tensor of a network).
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"a tensor's storage is a {type(storage).__name__}")
+    view = (storage_offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+    if view is None or len(size) != len(stride) or not all(type(v) is int and v >= 0 for v in view):
+        raise pickle.UnpicklingError(f"a tensor's view is not sizes and strides of non-negative integers: {size}")
+    last = storage_offset + sum((n - 1) * step for n, step in zip(size, stride)) if all(size) else -1
+    length = storage._size() if isinstance(storage, torch.TypedStorage) else storage.size()  # _size: no warning
+    if last >= length:
+        raise pickle.UnpicklingError(f"a tensor of size {list(size)} reaches past its storage of {length}")
     hooks = collections.OrderedDict()
     return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, hooks)
 
@@ -279,11 +294,17 @@ def _module_state(obj, prefix, out, visits=None, depth=0):
     if not isinstance(state, dict):
         raise ValueError(f"{prefix or 'G_ema'} is not a pickled torch module")
     non_persistent = state.get("_non_persistent_buffers_set", set()) or set()
+    parts = {kind: state.get(kind) or {} for kind in ("_parameters", "_buffers", "_modules")}
+    for kind, part in parts.items():
+        if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+            raise ValueError(f"{prefix or 'G_ema'}: its {kind} is a {type(part).__name__}, not a dict of names")
     for kind in ("_parameters", "_buffers"):
-        for key, tensor in (state.get(kind) or {}).items():
+        for key, tensor in parts[kind].items():
+            if tensor is not None and not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"{prefix}{key} is a {type(tensor).__name__}, not a tensor")
             if tensor is not None and key not in non_persistent:
                 out[prefix + key] = tensor
-    for key, child in (state.get("_modules") or {}).items():
+    for key, child in parts["_modules"].items():
         if child is not None:
             _module_state(child, f"{prefix}{key}.", out, visits, depth + 1)
     return out
@@ -396,6 +417,8 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
             return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
         except ValueError as err:
             raise ValueError(f"{err}; a generator file is one of: {'; '.join(GENERATOR_FORMATS)}") from None
+        except (TypeError, AttributeError, KeyError, IndexError) as err:  # data of other shapes than NVlabs' own
+            raise ValueError(f"{path}: not an NVlabs network pickle ({type(err).__name__}: {err})"[:300]) from None
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = load_data(path, "a generator file", fix=formats)
     if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
@@ -476,13 +499,37 @@ def _checkpoint_trunk(data, path):
     return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
 
 
+MAX_OPCODES, MAX_MARKS = 10_000_000, 1_000  # NVlabs' 1024 px G + D + G_ema: ~10^5 opcodes, a few marks open
+
+
+def _check_opcodes(raw: bytes) -> None:
+    """Walk the pickle's opcodes before it is unpickled (pickletools, which reads arguments and builds nothing):
+    every declared length must lie inside the file, so no opcode allocates more than the file holds (the
+    unpickler sizes its buffer before it reads), and the opcodes and open marks stay within a budget."""
+    marks = 0
+    for count, (op, _, _) in enumerate(pickletools.genops(raw)):
+        if count > MAX_OPCODES:
+            raise pickle.UnpicklingError(f"more than {MAX_OPCODES} opcodes")
+        if op.name == "MARK":
+            marks += 1
+            if marks > MAX_MARKS:
+                raise pickle.UnpicklingError(f"more than {MAX_MARKS} nested marks")
+        elif pickletools.markobject in op.stack_before:
+            marks -= 1
+
+
 def _unpickle_nvlabs_dict(path):
     try:
-        with open(path, "rb") as f:
-            data = _RestrictedUnpickler(f).load()
+        raw = Path(path).read_bytes()
+        _check_opcodes(raw)
+        data = _RestrictedUnpickler(io.BytesIO(raw)).load()
     except (pickle.UnpicklingError, EOFError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a loadable NVlabs network pickle: {first_line}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, MemoryError) as err:
+        # a damaged stream reaches the unpickler's own checks, or calls an allowed function with wrong arguments
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a loadable NVlabs network pickle ({type(err).__name__}: {first_line})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an NVlabs network pickle (a dict of networks)")
     return data
