@@ -8,8 +8,8 @@ KIMG ?= 6                 # training budget (thousands of images) of each sweep 
 SEEDS ?= 0                # seeds of each sweep row, e.g. SEEDS="0 1 2" (mean ± sd in the table)
 BASE ?= baseline          # the experiment the ablations and front ends change; baseline_cpu for the CPU size
 SWEEP_ARGS ?=             # more experiments.sweep overrides, e.g. "run_args=['data.num_workers=4']"
-EXP ?= baseline_cpu       # the main job's experiment (from scratch, CPU width); prior_cpu: the paper's method on the
-                          # shipped face prior (docs/face_prior.md: it becomes the main job once the prior is trained)
+EXP ?= prior_cpu          # the main job: the paper's method on the shipped face prior (docs/face_prior.md);
+                          # baseline_cpu: a G trained from scratch at 32 px (what a user without a pretrained G runs)
 PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 PROBE_ARGS ?=             # experiments.face_probe overrides, e.g. "threads=1"
 RUN_ARGS ?=
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
-run: install  ## train + evaluate the baseline on the embedded corpus (CPU width, <= 15 min on 2 cores)
+run: install  ## the paper's method on the face prior: train + evaluate on the embedded corpus (<= 15 min, 2 cores)
 	$(PY) -m experiments.run +exp=$(strip $(EXP)) $(RUN_ARGS)
 
 demo: install  ## the browser demo (Gradio, 127.0.0.1:7860) on the newest make-run checkpoint: experiments/demo.py
