@@ -193,8 +193,13 @@ def write_report(rows: list[tuple[str, str | Path]], table: str, out_dir: str | 
             figures.append((name, f"Training {what} from csv/metrics.csv, one line per row{seeds}."))
         else:
             log.warning("report: no run logged any of %s; no %s figure", list(panels), name)
+    names: set[str] = set()
     for label, runs in folders:
-        name = f"samples_{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.png"
+        stem = f"samples_{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}"
+        name, n = f"{stem}.png", 2
+        while name in names:  # labels 'a b' and 'a_b' would share one file: each row gets a sheet of its own
+            name, n = f"{stem}_{n}.png", n + 1
+        names.add(name)
         if contact_sheet(runs[0], out_dir / name):
             figures.append((name, f"{label} ({runs[0].name}): sample grids over training, kimg above each."))
     body = "\n".join(

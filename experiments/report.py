@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.cli_errors import one_line_errors
+from datamodules.files import unreadable_reason
 from experiments.figures import row_folders, write_report
 from experiments.schema import check_command_config
 
@@ -53,9 +54,27 @@ def find_metrics(run_dir: str | Path, split: str = "test") -> Path:
     return found[0]
 
 
+def read_metrics(path: Path) -> dict:
+    """One metrics_<split>.json, checked before it is read (a FIFO there would block the read for ever) and after:
+    an object of figures whose `_skipped` and `_notes` are objects of reasons."""
+    reason = unreadable_reason(path)
+    if reason:
+        raise ValueError(f"{path}: {reason}; a metrics file is what experiments.evaluate writes")
+    try:
+        result = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a metrics file (not JSON: {err}); rerun experiments.evaluate") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: not a metrics file (a JSON {type(result).__name__}, not an object of figures)")
+    for key in ("_skipped", "_notes"):
+        if not isinstance(result.get(key, {}), dict):
+            raise ValueError(f"{path}: its {key} is a {type(result[key]).__name__}, not an object of reasons")
+    return result
+
+
 def read_row(run_dir: str | Path, split: str = "test") -> list[dict]:
     """The metrics of a row: one run, or one per `seed<N>/` subfolder (in seed order)."""
-    return [json.loads(find_metrics(f, split).read_text()) for f in row_folders(run_dir)]
+    return [read_metrics(find_metrics(f, split)) for f in row_folders(run_dir)]
 
 
 def few_faces(result: dict) -> bool:
@@ -156,6 +175,11 @@ def run(cfg: DictConfig) -> str:
     labels = list(cfg.labels) if cfg.labels else [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise ValueError(f"report: {len(runs)} runs but {len(labels)} labels")
+    if cfg.out and not cfg.overwrite:  # before any work: the table and report.html of an earlier report stay
+        written = [Path(cfg.out)] + ([Path(cfg.out).parent / "report.html"] if cfg.get("figures", True) else [])
+        there = [str(p) for p in written if p.exists()]
+        if there:
+            raise FileExistsError(f"{', '.join(there)}: already there; choose another out= or pass overwrite=true")
     rows = [(label, read_row(r, cfg.split)) for label, r in zip(labels, runs)]
     paper = OmegaConf.to_container(cfg.paper)
     table = make_table(rows, list(cfg.columns), paper, cfg.title, cfg.ppl, cfg.split)

@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 from test_metrics import LinearG, PixelFeatures
 from torch import nn
 
@@ -192,7 +194,7 @@ def test_report_table_layout(tmp_path):
     cfg.runs = [str(tmp_path)]
     cfg.labels = None
     with pytest.raises(FileNotFoundError, match="no metrics_val.json"):
-        run(OmegaConf.merge(cfg, {"split": "val"}))
+        run(OmegaConf.merge(cfg, {"split": "val", "overwrite": True}))
 
 
 def test_report_marks_an_fid_the_evaluation_warned_about(tmp_path):
@@ -412,3 +414,63 @@ def test_report_refuses_a_run_folder_with_several_metrics(tmp_path):
     assert "| snap50 | 90.0 |" in run(cfg)
     with pytest.raises(ValueError, match=r"config: runs must be given: python -m experiments.report runs=\.\.\."):
         run(OmegaConf.load("experiments/conf/report.yaml"))  # was omegaconf's MissingMandatoryValue
+
+
+def report_cfg(tmp_path, *runs, **values):
+    cfg = OmegaConf.load("experiments/conf/report.yaml")
+    cfg.runs = [str(r) for r in runs]
+    for key, value in values.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_report_keeps_an_earlier_report_unless_told(tmp_path):
+    from experiments.report import run
+
+    report_run(tmp_path / "BaseModel", fid=30.5)
+    (tmp_path / "notes.md").write_text("my notes")
+    (tmp_path / "report.html").write_text("an earlier report")
+    with pytest.raises(FileExistsError, match="notes.md, .*report.html: already there; .*overwrite=true"):
+        run(report_cfg(tmp_path, tmp_path / "BaseModel", out=str(tmp_path / "notes.md")))
+    assert (tmp_path / "notes.md").read_text() == "my notes"
+    assert (tmp_path / "report.html").read_text() == "an earlier report"
+    run(report_cfg(tmp_path, tmp_path / "BaseModel", out=str(tmp_path / "notes.md"), overwrite=True))
+    assert "| BaseModel | 30.5 |" in (tmp_path / "notes.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("[]", "a JSON list, not an object of figures"),
+        ('{"fid": 1.0, "_skipped": "all of it"}', "its _skipped is a str"),
+        ("{not json", "not JSON"),
+        (None, "a FIFO"),
+    ],
+)
+def test_report_names_a_metrics_file_it_cannot_use(tmp_path, content, words):
+    """A FIFO in place of metrics_test.json blocked the report for ever; `[]` and a string `_skipped` were
+    tracebacks."""
+    import os
+
+    from experiments.report import run
+
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    file = tmp_path / "run" / "ckpt" / "metrics_test.json"
+    os.mkfifo(file) if content is None else file.write_text(content)
+    with pytest.raises(ValueError, match=words) as err:
+        run(report_cfg(tmp_path, tmp_path / "run"))
+    assert str(file) in str(err.value)
+
+
+def test_report_labels_that_share_a_file_name_get_a_sheet_each(tmp_path):
+    from experiments.figures import write_report
+
+    for name, colour in (("one", (200, 0, 0)), ("two", (0, 0, 200))):
+        (tmp_path / name / "samples").mkdir(parents=True)
+        Image.new("RGB", (16, 32), colour).save(tmp_path / name / "samples" / "samples_0001.000kimg.png")
+    page = write_report([("a b", tmp_path / "one"), ("a_b", tmp_path / "two")], "| m |\n| --- |\n", tmp_path / "r", "T")
+    sheets = sorted((tmp_path / "r").glob("samples_*.png"))
+    assert [p.name for p in sheets] == ["samples_a_b.png", "samples_a_b_2.png"]
+    first, second = (tuple(np.asarray(Image.open(p).convert("RGB"))[-2, 2]) for p in sheets)  # inside the grid
+    assert first == (200, 0, 0) and second == (0, 0, 200)  # row 2's grids are not row 1's
+    assert "samples_a_b_2.png" in page.read_text()
