@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import fcntl
 import json
 import os
+import secrets
+import socket
 import stat
 from pathlib import Path
 
@@ -77,8 +81,9 @@ def refuse_repeats(path: Path, numbered: list[tuple[int, dict]], column: str, wh
 
 
 def write_atomic(path: Path, write) -> None:
-    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one. The temporary name
+    is short (a name near the file system's 255-byte limit still fits) and hidden."""
+    tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -93,3 +98,29 @@ def write_atomic(path: Path, write) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n"))
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str, fix: str):
+    """Hold `folder` under an exclusive OS lock (`.lock` in it) while the block runs, so that a second writer is
+    refused instead of mixing its files with ours; the OS releases it if the process dies. `what` names the
+    folder's role and `fix` what the refused writer can do, in the message."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".lock", "a+")
+    except OSError as err:
+        raise OSError(f"{what} {folder} is not writable ({err.strerror or err}); {fix}") from err
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise BlockingIOError(f"{what} {folder} is in use by {holder}; {fix}") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield folder
+    finally:
+        lock.close()

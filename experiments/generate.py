@@ -18,7 +18,6 @@ manifest gives each face's seconds of speech.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from datamodules.cli_errors import one_line_errors
-from datamodules.files import unreadable_reason
+from datamodules.files import folder_lock, unreadable_reason, write_atomic
 from datamodules.pipeline import VoicePipeline, checkpoint_data_hparams
 from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
 from datamodules.speech_check import SpeechCheck
@@ -58,10 +57,11 @@ def list_audio(audio: str | Path) -> list[Path]:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to mix this run's faces with files already in `out` (unless told to overwrite them)."""
+    """Refuse to mix this run's faces with files already in `out` (unless told to overwrite them); the lock file
+    of an earlier or the present run (folder_lock) does not count."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: out= must be a folder, and this is a file")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{out}: the folder already holds files (an earlier run?); choose an empty or new "
             "out= folder, or pass overwrite=true to replace faces of the same names"
@@ -70,12 +70,7 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def save_png(image: torch.Tensor, target: Path, **kwargs) -> None:
     """save_image through a temporary name in the same folder and an atomic rename."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        vutils.save_image(image, tmp, format="png", **kwargs)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(target, lambda tmp: vutils.save_image(image, tmp, format="png", **kwargs))
 
 
 @torch.no_grad()
@@ -134,7 +129,11 @@ def generate_faces(
         img = model.generate_from(emb, noise_mode="const", truncation_psi=truncation_psi).float().cpu()
         face = ((img[0] + 1) / 2).clamp(0, 1)
         target = out / f"{file.name}.png"
-        save_png(face, target)
+        try:
+            save_png(face, target)
+        except OSError as err:  # a name past the file system's limit, a full disk: this file, not the batch
+            errors[str(file)] = f"its face could not be written to {target.name} ({err.strerror or err})"
+            continue
         written.append(target)
         faces.append(face)
     if faces:
@@ -145,9 +144,7 @@ def generate_faces(
         "speech_seconds": {f: t for f, t in speech.items() if f not in errors},
         "grid": "grid.png" if faces else None,
     }
-    tmp = out / f".manifest.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_atomic(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return written, errors
 
 
@@ -169,13 +166,17 @@ def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> Voic
 def run(cfg: DictConfig) -> int:
     check_command_config(cfg, "generate")
     files = list_audio(cfg.audio)
-    check_out(Path(cfg.out), cfg.get("overwrite", False))
-    state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
-    model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
-    front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
-    check = SpeechCheck() if cfg.speech_check else None
-    window = round(cfg.window_seconds * 100)
-    written, errors = generate_faces(model, front, files, cfg.out, cfg.truncation_psi, cfg.grid_columns, window, check)
+    check_out(Path(cfg.out), cfg.get("overwrite", False))  # before the lock creates the folder
+    busy = "wait for that generate to end, or choose another out= folder"
+    with folder_lock(Path(cfg.out), "out folder", busy):  # two runs into one folder mixed their faces
+        check_out(Path(cfg.out), cfg.get("overwrite", False))  # again: the other run may have written meanwhile
+        state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
+        model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
+        front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
+        check = SpeechCheck() if cfg.speech_check else None
+        window = round(cfg.window_seconds * 100)
+        args = (cfg.truncation_psi, cfg.grid_columns, window, check)
+        written, errors = generate_faces(model, front, files, cfg.out, *args)
     for path in written:
         print(path)
     for file, reason in errors.items():

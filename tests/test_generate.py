@@ -325,3 +325,35 @@ def test_a_folder_lists_audio_libsndfile_cannot_read_so_it_is_reported(audio_dir
     model = Voice2FaceGAN(**SMOKE).eval()
     written, errors = generate_faces(model, front_end(), list_audio(tmp_path), tmp_path / "out")
     assert [p.name for p in written] == ["a.wav.png"] and "not a readable audio file" in errors[str(tmp_path / "b.m4a")]
+
+
+def test_a_second_generate_into_a_folder_in_use_is_refused(audio_dir, tmp_path):
+    """Two runs into one out= folder both exited 0, run A's face then holding run B's; now the second is refused
+    while the first holds the folder, and writes nothing."""
+    from datamodules.files import folder_lock
+
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt")
+    out = tmp_path / "out"
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose("generate", [f"ckpt={ckpt}", f"audio={audio_dir / 'a_voice.wav'}", f"out={out}"])
+    with folder_lock(out, "out folder", "wait"):  # another generate at work in the folder
+        with pytest.raises(BlockingIOError, match=f"out folder {out} is in use by pid [0-9]+ on .*; wait for that"):
+            run(cfg)
+    assert [p.name for p in out.iterdir()] == [".lock"]
+
+
+def test_a_face_name_past_the_file_system_limit_is_one_error_not_the_batch(audio_dir, tmp_path):
+    """A 252-character input name gives a 256-character face name: it failed the hidden temporary name and
+    aborted the whole batch with no manifest; now that file is reported and the others written."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    data, rate = sf.read(audio_dir / "a_voice.wav")
+    long = "v" * 248 + ".wav"
+    for name in ("short.wav", long):
+        sf.write(inputs / name, data, rate)
+    out = tmp_path / "out"
+    written, errors = generate_faces(Voice2FaceGAN(**SMOKE).eval(), front_end(), list_audio(inputs), out)
+    assert [p.name for p in written] == ["short.wav.png"]
+    assert list(errors) == [str(inputs / long)] and "could not be written" in errors[str(inputs / long)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["errors"]) == [str(inputs / long)] and len(manifest["faces"]) == 1
