@@ -20,7 +20,7 @@ from lightning_modules.build import check_network_config
 from lightning_modules.latent import unconditional
 from lightning_modules.model_folder import read_model_folder
 from lightning_modules.safe_load import load_data, refuse_unreadable
-from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator
+from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator, channels_per_resolution
 
 SHOWN = 5  # keys named per kind of mismatch; the counts say how many there are in all
 
@@ -74,14 +74,69 @@ def _check_filter(tensor, source, key):
         raise ValueError(f"{source}: {key} is not the [1,3,3,1] resampling filter this Generator uses")
 
 
-def import_rosinality(src, w_avg_samples=10000, impl="auto"):
+MAX_GENERATOR_PARAMS = 1 << 28  # 268 M parameters (1 GiB in float32); NVlabs' 1024 px config-f G holds 30 M
+
+
+def _build_generator(source, impl, **kw):
+    """The Generator a handed file describes, after every argument is checked for type and range and the size it
+    implies is within MAX_GENERATOR_PARAMS, before anything is allocated: a field of another type (a string, a
+    list, a bool), a negative or absurd number (w_dim 30000 in a 145 KB file meant 4.4 GB) is named with the file."""
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{source}: {problem}; the file is damaged or not a StyleGAN2 generator of this kind")
+
+    def integer(name, low, high):
+        value = kw.get(name)
+        if type(value) is not int or not low <= value <= high:
+            raise bad(f"{name} is {value!r}, not an integer in {low}..{high}")
+        return value
+
+    res = integer("img_resolution", 4, 4096)
+    if res & (res - 1):
+        raise bad(f"img_resolution is {res}, not a power of 2")
+    if kw.get("img_channels", 3) != 3 or type(kw.get("img_channels", 3)) is not int:
+        raise bad(f"img_channels is {kw.get('img_channels')!r}: only RGB generators (3 channels) draw faces here")
+    z_dim, w_dim, layers = integer("z_dim", 1, 4096), integer("w_dim", 1, 4096), integer("mapping_layers", 1, 32)
+    channels = kw.get("channels")
+    if channels is None:
+        base, top = integer("channel_base", 1, 1 << 24), integer("channel_max", 1, 4096)
+        channels = channels_per_resolution(res, base, top)
+    wanted = [2**i for i in range(2, res.bit_length())]
+    if not isinstance(channels, dict) or sorted(channels) != wanted:
+        raise bad(
+            f"channels are given for {sorted(channels) if isinstance(channels, dict) else channels!r}, not {wanted}"
+        )
+    if not all(type(c) is int and 1 <= c <= 4096 for c in channels.values()):
+        raise bad(f"channels {channels} are not integers in 1..4096")
+    for name, low, high in (("mapping_lr_multiplier", 0.0, 100.0), ("w_avg_beta", 0.0, 1.0)):
+        value = kw.get(name, 0.5)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise bad(f"{name} is {value!r}, not a number in {low:g}..{high:g}")
+    clamp = kw.get("conv_clamp")
+    if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not 0 < clamp < 1e9):
+        raise bad(f"conv_clamp is {clamp!r}, not None or a positive number")
+    # weights: the mapping's layers, then per resolution two 3x3 convs with their style affines, and a ToRGB
+    params = z_dim * w_dim + (layers - 1) * w_dim * w_dim
+    previous = channels[4]
+    for c in channels.values():
+        params += 2 * (9 * previous * c + w_dim * previous) + (w_dim + 3) * c
+        previous = c
+    if params > MAX_GENERATOR_PARAMS:
+        raise bad(
+            f"its arguments describe {params / 1e6:.0f} M parameters ({4 * params / 2**30:.1f} GiB; w_dim {w_dim}, "
+            f"channels up to {max(channels.values())}), more than the {MAX_GENERATOR_PARAMS / 1e6:.0f} M allowed"
+        )
+    return Generator(**{**kw, "impl": impl})
+
+
+def import_rosinality(src, w_avg_samples=10000, impl="auto", source=None):
     """A Generator from a rosinality/stylegan2-pytorch checkpoint (path or loaded dict; `g_ema`, else `g`).
 
     Resolution, style dim, mapping depth and channels are read off the tensors, the mapping's lr multiplier off
     `args.lr_mlp` where the file has it (a constructor argument, 0.01 unless set). rosinality's training stores
     no mean w: `mapping.w_avg` is the file's `latent_avg` (pSp-style files, experiments.export) where it has one,
     else estimated from `w_avg_samples` z drawn with a fixed seed (0 = leave it at zero)."""
-    source = str(src) if isinstance(src, (str, Path)) else "rosinality checkpoint"
+    source = source or (str(src) if isinstance(src, (str, Path)) else "rosinality checkpoint")
     if isinstance(src, (str, Path)):
         with torch.serialization.safe_globals([argparse.Namespace]):
             src = torch.load(src, map_location="cpu", weights_only=True)
@@ -94,9 +149,16 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
     n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".weight"))
     num_blocks = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
     img_resolution = 2 ** (num_blocks + 2)
-    style_dim = sd["style.1.weight"].shape[1]
     args = src.get("args")  # rosinality's train.py saves an argparse.Namespace, our exports a dict
     args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
+    sizes = {"style.1.weight": 2, "conv1.conv.weight": 5}
+    sizes.update({f"convs.{2 * k}.conv.weight": 5 for k in range(num_blocks)})
+    for key, ndim in sizes.items():  # the tensors the sizes are read from, before anything is built
+        if key not in sd:
+            raise ValueError(f"{source}: rosinality generator tensor {key!r} is missing")
+        if not isinstance(sd[key], torch.Tensor) or sd[key].ndim != ndim:
+            raise ValueError(f"{source}: {key} is {_shape(sd[key])}, not {ndim}-d as rosinality writes it")
+    style_dim = sd["style.1.weight"].shape[1]
     channels = {4: sd["conv1.conv.weight"].shape[1]}
     channels.update({2 ** (k + 3): sd[f"convs.{2 * k}.conv.weight"].shape[1] for k in range(num_blocks)})
 
@@ -137,14 +199,15 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto"):
         raise ValueError(f"{source}: rosinality generator tensor {err} is missing") from None
     state = _restore_img_bias(state, src, source)
 
-    G = Generator(
+    G = _build_generator(
+        source,
+        impl,
         z_dim=style_dim,
         w_dim=style_dim,
         img_resolution=img_resolution,
         mapping_layers=n_mlp,
         channels=channels,
-        impl=impl,
-        mapping_lr_multiplier=float(args.get("lr_mlp", 0.01)),
+        mapping_lr_multiplier=args.get("lr_mlp", 0.01),
         img_bias="synthesis.img_bias" in state,
     )
     _load_generator(G, state, source)
@@ -322,33 +385,34 @@ def _generator_from_nvlabs(state, init_kwargs, source, impl):
         raise ValueError(
             f"{source}: only the 'skip' synthesis architecture is supported, got {synthesis_kwargs['architecture']!r}"
         )
-    try:
-        G = Generator(
-            z_dim=kw["z_dim"],
-            w_dim=kw["w_dim"],
-            img_resolution=kw["img_resolution"],
-            img_channels=kw.get("img_channels", 3),
-            mapping_layers=mapping_kwargs.get("num_layers", 8),
-            channel_base=synthesis_kwargs.get("channel_base", 32768),
-            channel_max=synthesis_kwargs.get("channel_max", 512),
-            conv_clamp=synthesis_kwargs.get("conv_clamp"),
-            impl=impl,
-            mapping_lr_multiplier=mapping_kwargs.get("lr_multiplier", 0.01),
-            w_avg_beta=mapping_kwargs.get("w_avg_beta", 0.995),
-            img_bias="synthesis.img_bias" in state,
-        )
-    except KeyError as err:
-        raise ValueError(f"{source}: init_kwargs lack {err}") from None
+    missing = [k for k in ("z_dim", "w_dim", "img_resolution") if k not in kw]
+    if missing:
+        raise ValueError(f"{source}: init_kwargs lack {missing}")
+    G = _build_generator(
+        source,
+        impl,
+        z_dim=kw["z_dim"],
+        w_dim=kw["w_dim"],
+        img_resolution=kw["img_resolution"],
+        img_channels=kw.get("img_channels", 3),
+        mapping_layers=mapping_kwargs.get("num_layers", 8),
+        channel_base=synthesis_kwargs.get("channel_base", 32768),
+        channel_max=synthesis_kwargs.get("channel_max", 512),
+        conv_clamp=synthesis_kwargs.get("conv_clamp"),
+        mapping_lr_multiplier=mapping_kwargs.get("lr_multiplier", 0.01),
+        w_avg_beta=mapping_kwargs.get("w_avg_beta", 0.995),
+        img_bias="synthesis.img_bias" in state,
+    )
     state = dict(state)
     for key in [k for k in state if k.endswith("resample_filter")]:
         _check_filter(state.pop(key), source, key)
     return _load_generator(G, state, source)
 
 
-def import_nvlabs(src, impl="auto"):
+def import_nvlabs(src, impl="auto", source=None):
     """A Generator from an NVlabs stylegan2-ada-pytorch network pickle (`G_ema`), read without NVlabs' code by
     an unpickler that only rebuilds tensors and containers; or from a dict {"state_dict", "init_kwargs"}."""
-    source = str(src) if isinstance(src, (str, Path)) else "NVlabs generator dict"
+    source = source or (str(src) if isinstance(src, (str, Path)) else "NVlabs generator dict")
     if isinstance(src, (str, Path)):
         return _generator_from_pickle(_unpickle_nvlabs_dict(src), source, impl)
     if not isinstance(src, dict) or "state_dict" not in src or "init_kwargs" not in src:
@@ -422,11 +486,11 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = load_data(path, "a generator file", fix=formats)
     if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
-        return import_rosinality(data, impl=impl), {}, None
+        return import_rosinality(data, impl=impl, source=str(path)), {}, None
     if isinstance(data, dict) and "init_kwargs" in data and "state_dict" in data:
         D = data.get("discriminator")  # export_face_prior's D, beside its G
         trunk = _nvlabs_trunk(D["init_kwargs"], D["state_dict"], path) if isinstance(D, dict) else ({}, None)
-        return import_nvlabs(data, impl=impl), *trunk
+        return import_nvlabs(data, impl=impl, source=str(path)), *trunk
     if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
         return (_generator_from_checkpoint(data, path, impl), *_checkpoint_trunk(data, path))
     raise ValueError(f"{path}: not a generator file; {formats}")
@@ -443,8 +507,10 @@ def _generator_from_checkpoint(data, path, impl):
         state = {_unhead(k): v for k, v in state.items() if k.startswith(("mapping.prior.", "synthesis."))}
     z_dim = state["mapping.fc0.weight"].shape[1] if "mapping.fc0.weight" in state else None
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
-    kwargs.update(z_dim=kwargs.get("z_dim", z_dim), img_resolution=data["hyper_parameters"]["img_resolution"])
-    G = Generator(**{**kwargs, "impl": impl})
+    kwargs.update(z_dim=kwargs.get("z_dim", z_dim), img_resolution=data["hyper_parameters"].get("img_resolution"))
+    if not state:
+        raise ValueError(f"{path}: holds no G_ema weights (a checkpoint cut short, or not of a voice2face run)")
+    G = _build_generator(f"{path} (G_ema)", impl, **{k: v for k, v in kwargs.items() if k != "impl"})
     return _load_generator(G, state, f"{path} (G_ema)")
 
 

@@ -174,3 +174,97 @@ def test_non_finite_weights_are_refused_at_load():
     kwargs.update(synthesis_kwargs={"channel_base": 128, "channel_max": 16})
     with pytest.raises(ValueError, match=r"1 weight tensor\(s\) hold NaN or infinity \['synthesis.b16.conv1.weight'\]"):
         import_nvlabs({"state_dict": state, "init_kwargs": kwargs})
+
+
+def small_generator():
+    torch.manual_seed(0)
+    return Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16)
+
+
+def nvlabs_file(tmp_path, edit):
+    from lightning_modules.legacy import export_nvlabs_state_dict
+
+    data = export_nvlabs_state_dict(small_generator())
+    edit(data["init_kwargs"])
+    torch.save(data, tmp_path / "g.pt")
+    return tmp_path / "g.pt"
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda kw: kw.update(z_dim="8"), "z_dim is '8', not an integer in 1..4096"),
+        (lambda kw: kw.update(w_dim=-1), "w_dim is -1, not an integer"),
+        (lambda kw: kw.update(w_dim=True), "w_dim is True, not an integer"),
+        (lambda kw: kw.update(w_dim=[8]), r"w_dim is \[8\], not an integer"),
+        (lambda kw: kw.update(w_dim=30000), "w_dim is 30000, not an integer in 1..4096"),
+        (lambda kw: kw.update(img_resolution=0), "img_resolution is 0, not an integer in 4..4096"),
+        (lambda kw: kw.update(img_resolution=33), "img_resolution is 33, not a power of 2"),
+        (lambda kw: kw.update(img_resolution=100), "img_resolution is 100, not a power of 2"),
+        (lambda kw: kw.update(img_resolution=65536), "img_resolution is 65536, not an integer in 4..4096"),
+        (lambda kw: kw.update(img_channels=1), "img_channels is 1: only RGB generators"),
+        (lambda kw: kw.pop("z_dim"), r"init_kwargs lack \['z_dim'\]"),
+        (lambda kw: kw["mapping_kwargs"].update(num_layers=[2]), r"mapping_layers is \[2\]"),
+        (lambda kw: kw["synthesis_kwargs"].update(channel_base=2**26), "channel_base is 67108864, not an integer"),
+        (lambda kw: kw["synthesis_kwargs"].update(channel_base=2**20, channel_max=2**16), "channel_max is 65536"),
+        (lambda kw: kw["synthesis_kwargs"].update(channel_base=2**20, channel_max=4096), "more than the 268 M allowed"),
+        (
+            lambda kw: kw.update(w_dim=4096, z_dim=4096, mapping_kwargs={"num_layers": 32}),
+            "537 M parameters .2.0 GiB; w_dim 4096",
+        ),
+        (lambda kw: kw["synthesis_kwargs"].update(conv_clamp="256"), "conv_clamp is '256', not None or a positive"),
+        (lambda kw: kw["mapping_kwargs"].update(w_avg_beta=float("nan")), "w_avg_beta is nan, not a number in 0..1"),
+    ],
+)
+def test_every_generator_file_field_is_checked_before_anything_is_built(tmp_path, edit, words, monkeypatch):
+    """Strings, lists, bools, negative and absurd numbers where NVlabs' init_kwargs hold numbers were tracebacks,
+    a 4.4 GB allocation (w_dim 30000 in a 145 KB file) or an error blamed on lightning_modules/stylegan2.py."""
+    from lightning_modules import legacy
+
+    path = nvlabs_file(tmp_path, edit)
+    monkeypatch.setattr(legacy, "Generator", lambda **kw: pytest.fail(f"a Generator was built from {kw}"))
+    with pytest.raises(ValueError, match=words) as err:
+        legacy.load_pretrained(path)
+    assert str(path) in str(err.value) and "stylegan2.py" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda sd: sd.pop("style.1.weight"), "'style.1.weight' is missing"),
+        (lambda sd: sd.pop("conv1.conv.weight"), "'conv1.conv.weight' is missing"),
+        (lambda sd: sd.update({"style.1.weight": sd["style.1.weight"][0]}), r"style.1.weight is .*8.*, not 2-d"),
+    ],
+)
+def test_a_rosinality_file_without_its_tensors_is_named(tmp_path, edit, words):
+    from lightning_modules.legacy import export_rosinality, load_pretrained
+
+    data = export_rosinality(small_generator())
+    edit(data["g_ema"])
+    torch.save(data, tmp_path / "ros.pt")
+    with pytest.raises(ValueError, match=words) as err:
+        load_pretrained(tmp_path / "ros.pt")
+    assert str(tmp_path / "ros.pt") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda st: st["hyper_parameters"].pop("img_resolution"), "img_resolution is None, not an integer"),
+        (lambda st: st.update(state_dict={k: v for k, v in st["state_dict"].items() if "G_ema." not in k}), "no G_ema"),
+        (lambda st: st["hyper_parameters"]["generator"].update(channel_base=2**26), "channel_base is 67108864"),
+    ],
+)
+def test_a_voice2face_checkpoint_that_cannot_hold_a_generator_is_named(tmp_path, edit, words):
+    """Without img_resolution or G_ema weights, or with channel_base 2^26 (a 38 GB G): tracebacks before."""
+    from test_evaluate import smoke_checkpoint
+
+    from lightning_modules.legacy import load_pretrained
+
+    path = smoke_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=words) as err:
+        load_pretrained(path)
+    assert str(path) in str(err.value)
