@@ -2,6 +2,7 @@
 model.generator_train) and gradient accumulation (model.accumulate), on the public rosinality reference G and
 an NVlabs-layout pickle written here."""
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -237,8 +238,39 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
     with pytest.raises(ValueError, match="latent_space=wplus"):
         hires_model(init, 64, latent_weight=1.0, latent_space="z", encoder=_cfg(TinyEncoder, embed_dim=64))
     np.save(targets / "identity_id2.npy", np.zeros((14, 64), np.float32))
-    with pytest.raises(ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\], but this G takes \[10, 64\]"):
+    with pytest.raises(
+        ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\] .*, but this G takes \[10, 64\]"
+    ):
         model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+
+
+def test_latent_targets_that_would_mislead_training_are_refused_or_passed_over(tmp_path):
+    """A NaN target skipped every G step with exit 0; a .npy header claiming 1e5 x 1e5 was read; a stale
+    identity_<id>.npy of an earlier projection (project overwrite=true) was read by name."""
+    init = ros_copy(tmp_path)
+    targets = tmp_path / "projected"
+    targets.mkdir()
+    for i in range(CLASSES):
+        np.save(targets / f"identity_id{i}.npy", np.ones((10, 64), np.float32))
+    model = hires_model(init, 64, latent_weight=1.0, latent_targets=str(targets), generator_train="frozen")
+    names = [f"id{i}" for i in range(CLASSES)]
+    (targets / "manifest.json").write_text(json.dumps({"identities": {"id0": {}, "id1": {}}}))
+    model.load_latent_targets(names)  # this projection's two; the others are an earlier run's
+    assert model.w_target_mask.tolist() == [True, True] + [False] * (CLASSES - 2)
+    nan = np.ones((10, 64), np.float32)
+    nan[3, 5] = np.nan
+    np.save(targets / "identity_id1.npy", nan)
+    with pytest.raises(ValueError, match="identity_id1.npy: its W\\+ holds NaN or infinity"):
+        model.load_latent_targets(names)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    with open(targets / "identity_id1.npy", "wb") as f:  # a header claiming 1e5 x 1e5 floats over 16 bytes
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": (100_000, 100_000)})
+        f.write(b"0" * 16)
+    with pytest.raises(ValueError, match=r"identity_id1.npy: a W\+ of shape \[100000, 100000\]"):
+        model.load_latent_targets(names)
+    (targets / "manifest.json").write_text("[]")
+    with pytest.raises(ValueError, match="manifest.json: not the manifest experiments.project writes"):
+        model.load_latent_targets(names)
 
 
 def test_hires256_composes_and_refuses_a_generator_of_another_size(compose_cfg, tmp_path):
