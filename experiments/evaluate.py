@@ -7,6 +7,7 @@ writes metrics_<split>.json plus a markdown summary naming every metric it could
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from datamodules.pipeline import checkpoint_data_hparams
 from datamodules.voxvgg import VoxVGGDataModule
-from experiments.schema import check_command_config
+from experiments.schema import check_command_config, check_data_overrides
 from lightning_modules.build import check_arguments
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data
@@ -34,6 +35,7 @@ def data_hparams(ckpt: str | Path | dict, overrides: dict | None = None) -> dict
     `overrides` applied, checked against the datamodule's arguments."""
     state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
     where = "the checkpoint" if isinstance(ckpt, dict) else ckpt
+    check_data_overrides(overrides or {})
     hparams = {**checkpoint_data_hparams(state, where), **(overrides or {})}
     check_arguments(
         VoxVGGDataModule,
@@ -85,7 +87,17 @@ def run(cfg: DictConfig) -> dict:
         "encoder": {k: v for k, v in model.hparams.get("encoder", {}).items() if k in ("_target_", "se", "act")},
     }
     check_earlier_metrics(out / f"metrics_{cfg.split}.json", meta, cfg.get("overwrite", False))
-    dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides))
+    try:  # before the evaluation, not after it: its figures would be lost
+        out.mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise PermissionError(f"{out}: cannot write the metrics there; pass out=DIR (a writable folder)")
+    dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides), setup=False)
+    model.check_features(dm.feature_dim, "data (with data_overrides)")
+    dm.prepare_data()
+    dm.setup("test")
     metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
     metrics_cfg["cache_dir"] = metrics_cfg.get("cache_dir") or str(out / "fid_cache")
     result = evaluate(model, dm, metrics_cfg, split=cfg.split)

@@ -32,7 +32,7 @@ from datamodules.files import folder_lock, unreadable_reason, write_atomic
 from datamodules.pipeline import VoicePipeline, checkpoint_data_hparams
 from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
 from datamodules.speech_check import SpeechCheck
-from experiments.schema import check_command_config
+from experiments.schema import check_command_config, check_data_overrides
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
 
@@ -153,6 +153,7 @@ def front_end_of(ckpt: str | Path | dict, overrides: dict | None = None) -> Voic
     features and the shards' float16 rounding as prepare stored them, short clips tiled as the held-out loaders
     tile them. `overrides` may replace only the datamodule arguments the pipeline is built from."""
     state = ckpt if isinstance(ckpt, dict) else load_data(ckpt, "a voice2face checkpoint")
+    check_data_overrides(overrides or {})
     ignored = sorted(set(overrides or {}) - set(VoicePipeline.DATA_ARGS))
     if ignored:
         raise ValueError(
@@ -173,6 +174,7 @@ def run(cfg: DictConfig) -> int:
         state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
         model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
         front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
+        model.check_features(front.n_features, "the voice pipeline (with data_overrides)")
         check = SpeechCheck() if cfg.speech_check else None
         window = round(cfg.window_seconds * 100)
         args = (cfg.truncation_psi, cfg.grid_columns, window, check)

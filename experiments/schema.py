@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import jsonschema
@@ -46,6 +47,15 @@ def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | No
     lines += [f"{key}: {value} is not a finite number" for key, value in _non_finite(plain)]
     if lines:
         raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {schema})")
+
+
+def check_data_overrides(overrides: dict) -> None:
+    """A command's `data_overrides` against the training schema's data section, before any work, named as the
+    user wrote them (`data_overrides.<key>`)."""
+    try:
+        check_values(OmegaConf.create({"data": dict(overrides)}), ["data"])
+    except ValueError as err:
+        raise ValueError(re.sub(r"(config: |; )data\.", r"\1data_overrides.", str(err))) from None
 
 
 def _non_finite(value, key=""):

@@ -663,6 +663,15 @@ class Voice2FaceGAN(LightningModule):
         }
         checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
 
+    def check_features(self, n_features: int, where: str) -> None:
+        """Refuse a voice pipeline whose frames are not what the encoder was trained on (e.g. MFCC + deltas under
+        data_overrides for a log-mel model), before any audio is read."""
+        if n_features != self.hparams.feature_dim:
+            raise ValueError(
+                f"{where}: gives {n_features} features a frame, but this model's encoder was trained on "
+                f"{self.hparams.feature_dim}; drop data_overrides.features (the checkpoint's own are used)"
+            )
+
     @classmethod
     def from_checkpoint(cls, state: dict, device: str | torch.device = "cpu") -> "Voice2FaceGAN":
         """The model of a checkpoint read by `read_checkpoint`, in eval mode on `device` ("auto": CUDA where there

@@ -334,6 +334,8 @@ def test_unknown_config_name_lists_the_choices(override, words):
         ("model.betas=[0.5,1.5]", "model.betas.1", "greater than or equal to the maximum of 1"),
         ("model.ema_kimg=-1", "model.ema_kimg", "less than the minimum of 0"),
         ("data.face_size=48", "data.face_size", "48 is not one of"),
+        ("data.face_size=4", "data.face_size", "4 is not one of"),
+        ("+data.vad.mode=9", "data.vad", "'mode' was unexpected"),
         ("metrics.ppl.num_samples=-4", "metrics.ppl.num_samples", "less than the minimum of 1"),
         ("metrics.identity.galleries=[1]", "metrics.identity.galleries.0", "less than the minimum of 2"),
         ("callbacks.samples.count=-1", "callbacks.samples.count", "less than the minimum of 0"),

@@ -33,8 +33,14 @@ class StandInData:
     attribute_kinds = {"colour": "categorical", "level": "continuous"}
 
     def __init__(self, bands=4, size=8):
-        self.bands, self.size = bands, size
+        self.bands, self.size, self.feature_dim = bands, size, bands
         self.attributes = {n: {"colour": c, "level": float(i)} for i, (n, c) in enumerate(self.colours.items())}
+
+    def prepare_data(self):
+        pass
+
+    def setup(self, stage=None):
+        pass
 
     def identities(self, split):
         return self.split_ids[split]
@@ -474,3 +480,47 @@ def test_report_labels_that_share_a_file_name_get_a_sheet_each(tmp_path):
     first, second = (tuple(np.asarray(Image.open(p).convert("RGB"))[-2, 2]) for p in sheets)  # inside the grid
     assert first == (200, 0, 0) and second == (0, 0, 200)  # row 2's grids are not row 1's
     assert "samples_a_b_2.png" in page.read_text()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("+data_overrides.eval_min_frames=abc", r"config: data_overrides.eval_min_frames: 'abc' is not of type"),
+        ("+data_overrides.vad={mode: 9}", r"config: data_overrides.vad: .*'mode' was unexpected"),
+        ("+data_overrides.vad={vad_mode: 9}", r"config: data_overrides.vad.vad_mode: 9 is not one of \[0, 1, 2, 3\]"),
+        ("+data_overrides.face_size=4", r"config: data_overrides.face_size: 4 is not one of"),
+    ],
+)
+def test_data_overrides_are_checked_before_any_work(tmp_path, override, words):
+    """Values under data_overrides went unchecked into the datamodule (tracebacks deep in it)."""
+    import experiments.evaluate as command
+
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt", {"corpus": {"identities": 12, "seed": 0}})
+    with pytest.raises(ValueError, match=words):
+        command.run(evaluate_cfg(ckpt, override))
+    assert not list(tmp_path.glob("metrics_*"))
+
+
+def test_features_other_than_the_models_are_refused_before_any_audio_is_read(tmp_path):
+    """MFCC + deltas under data_overrides for a log-mel model: "audio must be [B, 64, T]" after the data was built."""
+    import experiments.evaluate as command
+
+    data = {"corpus": {"identities": 12, "seed": 0}, "corpus_dir": str(tmp_path / "c"), "cache_dir": str(tmp_path)}
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt", data)
+    with pytest.raises(ValueError, match="gives 39 features a frame, but this model's encoder was trained on 64"):
+        command.run(evaluate_cfg(ckpt, "+data_overrides.features={kind: mfcc}"))
+    assert not (tmp_path / "c").exists()  # refused before the corpus was built
+
+
+def test_evaluate_into_a_folder_it_cannot_write_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+    """A checkpoint in a read-only folder: the whole evaluation ran, then its figures were lost."""
+    import os
+
+    import experiments.evaluate as command
+
+    ckpt = smoke_checkpoint(tmp_path / "last.ckpt")
+    monkeypatch.setattr(command, "build_datamodule", lambda *a, **k: pytest.fail("the evaluation started"))
+    readable = os.access  # a read-only folder, by os.access (the tests may run as root, who writes anywhere)
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and readable(path, mode))
+    with pytest.raises(PermissionError, match=f"{tmp_path}: cannot write the metrics there; pass out=DIR"):
+        command.run(evaluate_cfg(ckpt))
