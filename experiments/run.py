@@ -230,6 +230,12 @@ def check_fresh_folder(cfg: DictConfig, out: Path, ckpt_path: str | None) -> Non
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
     check_config(cfg)
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # else Lightning says so after stage 1
+        raise ValueError(
+            f"config: trainer.accelerator={accelerator}, but this machine has no CUDA GPU that torch can use; "
+            "use trainer=cpu"
+        )
     if cfg.get("pretrain_encoder") and cfg.model.get("encoder_ckpt"):
         raise ValueError(
             f"config: model.encoder_ckpt={cfg.model.encoder_ckpt} is given, and pretrain_encoder would train the "

@@ -70,10 +70,17 @@ def _non_finite(value, key=""):
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every training value against its domain in conf/schema.yaml."""
+    """Every training value against its domain in conf/schema.yaml, then the settings that must agree with one
+    another (otherwise a failure only after stage 1 had trained)."""
     check_values(
         cfg, ("seed", "eval_split", "evaluate", "data", "model", "pretrain_encoder", "metrics", "callbacks", "trainer")
     )
+    accumulate, batch = cfg.model.get("accumulate", 1), cfg.data.get("batch_size")
+    if batch and accumulate and batch % accumulate:
+        raise ValueError(
+            f"config: data.batch_size={batch} does not split into model.accumulate={accumulate} equal micro-batches; "
+            "make the batch a multiple of accumulate"
+        )
 
 
 def check_command_config(cfg: DictConfig, command: str) -> None:

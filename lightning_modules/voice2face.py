@@ -679,6 +679,8 @@ class Voice2FaceGAN(LightningModule):
         on_load_checkpoint, then the weights, strictly."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={device}: this machine has no CUDA GPU that torch can use; pass device=cpu")
         hparams = state["hyper_parameters"]
         # The checkpoint's weights include the encoder's, so its stage-1 file (encoder_ckpt) is not read: it need
         # not exist here (a run folder moved or handed over). Built as a joint encoder, then given its mode back.

@@ -532,3 +532,33 @@ def test_checkpoint_folder_not_writable(smoke_run, tmp_path):
     with pytest.raises(OSError, match=r"checkpoint folder .*a_file/checkpoints is not writable.*dirpath"):
         KimgCheckpoint(str(blocker / "checkpoints")).save(model.trainer, "last.ckpt")
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_settings_that_failed_after_stage_1_are_refused_before_it(compose_cfg, monkeypatch, tmp_path):
+    """accumulate=3 with a batch of 8, and a GPU trainer on a machine without one, failed only after the encoder
+    had trained (minutes); now before any work."""
+    import torch
+
+    from experiments.run import train
+    from experiments.schema import check_config
+
+    with pytest.raises(ValueError, match="data.batch_size=8 does not split into model.accumulate=3"):
+        check_config(compose_cfg("+exp=smoke", "model.accumulate=3", "data.batch_size=8"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_cfg("+exp=smoke", "trainer=gpu")
+    with pytest.raises(ValueError, match="trainer.accelerator=gpu, but this machine has no CUDA GPU"):
+        train(cfg)
+    assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+def test_a_cuda_device_without_a_gpu_is_named(tmp_path):
+    import torch
+    from test_evaluate import smoke_checkpoint
+
+    from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    state = read_checkpoint(smoke_checkpoint(tmp_path / "last.ckpt"))
+    with pytest.raises(ValueError, match="device=cuda: this machine has no CUDA GPU .*; pass device=cpu"):
+        Voice2FaceGAN.from_checkpoint(state, "cuda")
