@@ -524,3 +524,13 @@ def test_evaluate_into_a_folder_it_cannot_write_is_refused_before_the_evaluation
     monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and readable(path, mode))
     with pytest.raises(PermissionError, match=f"{tmp_path}: cannot write the metrics there; pass out=DIR"):
         command.run(evaluate_cfg(ckpt))
+
+
+def test_an_interval_over_one_identity_is_not_drawn():
+    """A split of one speaker gave zero-width intervals with no note: certainty where there is none."""
+    from lightning_modules.metrics.intervals import bootstrap_ci
+
+    score = lambda idx: float(idx.float().mean())  # noqa: E731
+    assert all(v != v for v in bootstrap_ci(score, torch.zeros(5, dtype=torch.long)))  # NaN, NaN
+    low, high = bootstrap_ci(score, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert low < high  # three identities: an interval

@@ -223,6 +223,8 @@ def evaluate(
     gen, _ = generate_split(model, datamodule, split, embedded=(voices, gen_labels))
     real_u8, real_labels, names = real_faces(datamodule, split)
     result["num_generated"], result["num_real"] = len(gen), len(real_u8)
+    if len(names) < 2 and resamples:
+        notes["intervals"] = f"the {split} split holds {len(names)} identity: no interval over identities (NaN)"
     if hasattr(model, "cur_nimg"):
         result["kimg"] = model.cur_nimg / 1000  # the training budget behind these figures
 

@@ -18,8 +18,11 @@ def bootstrap_ci(
     level: float = 0.95,
 ) -> list[float]:
     """[low, high] percentile interval of `score` over resampled identities; resamples where the score is
-    undefined (NaN, e.g. an R² over constant targets) are left out."""
+    undefined (NaN, e.g. an R² over constant targets) are left out. Below two identities there is nothing to
+    resample, so no interval: [NaN, NaN], not a zero-width one that would look certain."""
     ids, inverse = torch.unique(groups, return_inverse=True)
+    if len(ids) < 2:
+        return [float("nan"), float("nan")]
     members = [torch.nonzero(inverse == i).flatten() for i in range(len(ids))]
     g = torch.Generator().manual_seed(seed)
     values = []
