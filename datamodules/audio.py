@@ -13,6 +13,7 @@ Conventions (chosen so that the features equal python_speech_features' on the sa
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -73,6 +74,30 @@ def _wav_truncation(path: str) -> str | None:
     return None
 
 
+def _streamed_wav(path: str) -> io.BytesIO | None:
+    """A RIFF/WAVE file whose data chunk declares 0 (or 0xFFFFFFFF) bytes, as a recorder writing a stream leaves
+    it, with samples after it: the file in memory with the chunk's true length, which libsndfile then reads (it
+    reads 0 samples from the file as written). None for any other file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RIFX") or raw[8:12] != b"WAVE":
+        return None
+    endian = "<" if raw[:4] == b"RIFF" else ">"
+    pos = 12
+    while pos + 8 <= len(raw):
+        chunk, n = struct.unpack_from(endian + "4sI", raw, pos)
+        if chunk == b"data":
+            present = len(raw) - pos - 8
+            if n not in (0, 0xFFFFFFFF) or present <= 0:
+                return None
+            fixed = bytearray(raw)
+            struct.pack_into(endian + "I", fixed, pos + 4, present)
+            struct.pack_into(endian + "I", fixed, 4, len(raw) - 8)  # the RIFF size, which such writers leave too
+            return io.BytesIO(bytes(fixed))
+        pos += 8 + n + (n & 1)
+    return None
+
+
 def load_audio(path, sample_rate: int = 16000) -> Tensor:
     """Read an audio file as float32 mono [T] at `sample_rate` (stereo averaged, other rates resampled)."""
     path = str(path)
@@ -88,6 +113,9 @@ def load_audio(path, sample_rate: int = 16000) -> Tensor:
     truncated = _wav_truncation(path)
     if truncated:
         raise AudioError(path, truncated)
+    streamed = _streamed_wav(path) if data.shape[0] == 0 else None
+    if streamed is not None:
+        data, rate = sf.read(streamed, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise AudioError(path, "no samples in the file")
     if not np.isfinite(data).all():

@@ -239,6 +239,21 @@ def test_truncated_wav(tmp_path):
         load_audio(tmp_path / "header.wav")
 
 
+@pytest.mark.parametrize("declared", [0, 0xFFFFFFFF])
+def test_a_streamed_wav_with_its_length_left_unwritten_is_read(tmp_path, declared):
+    """A recorder writing a stream leaves the data chunk's length at 0 (or 0xFFFFFFFF): 2 s of audio then read
+    as "no samples in the file"."""
+    import struct
+
+    full = write(tmp_path / "full.wav", SIGNALS["speech_like"])
+    raw = bytearray(full.read_bytes())
+    at = raw.find(b"data")
+    struct.pack_into("<I", raw, at + 4, declared)
+    struct.pack_into("<I", raw, 4, declared)
+    (tmp_path / "streamed.wav").write_bytes(bytes(raw))
+    torch.testing.assert_close(load_audio(tmp_path / "streamed.wav"), load_audio(full))
+
+
 def test_8khz_is_resampled_to_16khz(tmp_path):
     t = np.arange(8000) / 8000
     wav = load_audio(write(tmp_path / "tel.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), rate=8000))
