@@ -62,6 +62,8 @@ def read_table(path: Path, literal_quotes: bool = False) -> tuple[str, list[tupl
             columns = [c.strip() for c in reader.fieldnames or []]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:  # e.g. a field above csv's 128 KiB limit: no table of ours holds one
+        raise DataError(f"{path}: line {reader.line_num + 1}: {err}; is this the right file?") from None
     return head, numbered, columns
 
 

@@ -176,6 +176,11 @@ AUDIO_IMAGE_META = {
         read_meta,
         ["not UTF-8 text", "save it as UTF-8"],
     ),
+    "meta_200kb_field": (  # was _csv.Error "field larger than field limit (131072)", naming no file
+        lambda d: write(d / "vox1_meta.csv", 'VoxCeleb1 ID\tVGGFace1 ID\nid1\t"' + "A" * 200_000 + '"\n'),
+        read_meta,
+        ["vox1_meta.csv: line 2", "field larger than field limit"],
+    ),
     "meta_duplicate_after_blank_lines": (  # the line numbers did not count blank lines
         lambda d: write(d / "vox1_meta.csv", "VoxCeleb1 ID\tVGGFace1 ID\nid1\tAnn_A\n\n\nid2\tBob_B\nid1\tCid_C\n"),
         read_meta,
