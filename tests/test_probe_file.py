@@ -195,3 +195,14 @@ def test_two_evaluations_with_1_and_2_threads_agree(tmp_path):
             assert one[key] == two[key], key
         else:
             assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-9), key
+
+
+def test_training_a_probe_leaves_the_runs_random_stream_alone():
+    """train_probe seeded torch's global generator: the first in-training evaluation reset the GAN's random stream
+    to seed 0 mid-run (a run's draws after it depended on whether its probe was retrained)."""
+    faces = {f"id{i}": torch.full((2, 3, 32, 32), 40 * i, dtype=torch.uint8) for i in range(3)}
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_probe(faces, steps=3)
+    assert torch.equal(torch.rand(3), expected)

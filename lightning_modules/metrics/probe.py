@@ -124,12 +124,13 @@ def train_probe(
         codec = AttributeCodec.fit(kinds, [attributes[n] for n in names])
         for attr in kinds:
             targets[attr] = codec.encode(attr, [attributes[n][attr] for n in names])[labels]
-    torch.manual_seed(seed)
     continuous = tuple(a for a, k in (kinds or {}).items() if k == "continuous")
     # float64: in float32 the 300 Adam steps amplify the rounding of a box's own conv kernels and thread count
     # into another probe (features 50 % apart between 1 and 2 threads on one box), so fd_probe and its floor
     # differed from box to box; in float64 the same rounding stays far below the figures' last digit.
-    probe = FaceProbe(len(names), codec.out_dims() if codec else {}, continuous, width).double()
+    with torch.random.fork_rng(devices=[]):  # seeded here, the training run's own random stream left as it was
+        torch.manual_seed(seed)
+        probe = FaceProbe(len(names), codec.out_dims() if codec else {}, continuous, width).double()
     images = images.double()
     targets = {k: v.double() if v.is_floating_point() else v for k, v in targets.items()}
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
