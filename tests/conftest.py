@@ -5,6 +5,7 @@ NVlabs' code."""
 from __future__ import annotations
 
 import collections
+import pickle
 import sys
 import types
 import weakref
@@ -126,3 +127,13 @@ def nvlabs_modules(monkeypatch):
     ):
         monkeypatch.setitem(sys.modules, name, mod)
     return util
+
+
+def write_nvlabs_pickle(path, G, channel_base: int, channel_max: int, easydict) -> None:
+    """A network pickle of `G` (z = w = 8 dims, 16 px, 2 mapping layers) as NVlabs' training writes one: G and
+    G_ema persisted with their init_kwargs, no D, training_set_kwargs an EasyDict (`easydict`: nvlabs_modules')."""
+    kwargs = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs={"num_layers": 2})
+    kwargs["synthesis_kwargs"] = {"channel_base": channel_base, "channel_max": channel_max}
+    networks = {"G": Persisted(G, kwargs), "D": None, "G_ema": Persisted(G, kwargs), "augment_pipe": None}
+    with open(path, "wb") as f:
+        pickle.dump({**networks, "training_set_kwargs": easydict(resolution=16)}, f)

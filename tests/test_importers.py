@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Persisted
+from conftest import write_nvlabs_pickle
 
 from lightning_modules.legacy import compare_state_dict, import_nvlabs, import_rosinality
 from lightning_modules.stylegan2 import Generator
@@ -68,31 +68,12 @@ def test_nvlabs_state_dict_images_and_truncation():
 
 def test_nvlabs_pickle_is_rebuilt_without_running_its_code(tmp_path, nvlabs_modules):
     torch.manual_seed(0)
-    kwargs = dict(
-        z_dim=8,
-        c_dim=0,
-        w_dim=8,
-        img_resolution=16,
-        img_channels=3,
-        mapping_kwargs={"num_layers": 2},
-        synthesis_kwargs={"channel_base": 128, "channel_max": 16},
-    )
     G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16, impl="torch")
     for p in G.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     G.mapping.w_avg.normal_()
     path = tmp_path / "network-snapshot.pkl"
-    with open(path, "wb") as f:
-        pickle.dump(
-            {
-                "G": Persisted(G, kwargs),
-                "D": None,
-                "G_ema": Persisted(G, kwargs),
-                "augment_pipe": None,
-                "training_set_kwargs": nvlabs_modules.EasyDict(resolution=16),
-            },
-            f,
-        )
+    write_nvlabs_pickle(path, G, 128, 16, nvlabs_modules.EasyDict)
     imported = import_nvlabs(path, impl="torch")
     z = torch.randn(3, 8)
     with torch.no_grad():
