@@ -221,9 +221,17 @@ def check_fresh_folder(cfg: DictConfig, out: Path, ckpt_path: str | None) -> Non
     resumes_here = ckpt_path is not None and out.resolve() in Path(ckpt_path).resolve().parents
     left = earlier_run(cfg, out)
     if left and not resumes_here:
+        checkpoints = [p for p in left if p.suffix == ".ckpt"]
+        last = [p for p in checkpoints if p.name == "last.ckpt"] or checkpoints[-1:]
+        if last:  # what will work, from what is there: a checkpoint to resume from
+            fix = f"resume it with ckpt_path={last[0]}"
+        elif left == [out / "stage1"] and not (out / "stage1" / "encoder.pt").is_file():
+            fix = f"it stopped in stage 1, which keeps nothing to resume from: remove {out / 'stage1'} and run again"
+        else:
+            fix = "it left no checkpoint to resume from: move its files away"
         raise FileExistsError(
-            f"run folder {out} already holds an earlier run ({', '.join(str(p) for p in left[:3])}); resume it "
-            f"with ckpt_path={out}/checkpoints/last.ckpt, or give this run another folder (hydra.run.dir=...)"
+            f"run folder {out} already holds an earlier run ({', '.join(str(p) for p in left[:3])}); {fix}, or give "
+            "this run another folder (hydra.run.dir=...)"
         )
 
 

@@ -27,12 +27,24 @@ def test_a_second_run_into_a_held_folder_is_refused(compose_cfg, tmp_path):
         pass
 
 
-@pytest.mark.parametrize("left", ["checkpoints/last.ckpt", "checkpoints/snapshot-000.050kimg.ckpt", "csv/metrics.csv"])
-def test_a_fresh_run_into_a_folder_holding_a_run_is_refused(compose_cfg, tmp_path, left):
+@pytest.mark.parametrize(
+    "left, fix",
+    [
+        ("checkpoints/last.ckpt", "resume it with ckpt_path={out}/checkpoints/last.ckpt"),
+        ("checkpoints/snapshot-000.050kimg.ckpt", "resume it with ckpt_path={out}/checkpoints/snapshot-000.050kimg"),
+        ("csv/metrics.csv", "it left no checkpoint to resume from"),
+        ("stage1/csv/metrics.csv", "it stopped in stage 1, which keeps nothing to resume from: remove {out}/stage1"),
+    ],
+)
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused(compose_cfg, tmp_path, left, fix):
+    """What the refusal advises is there: a run killed in stage 1 was told to resume from a last.ckpt it never
+    wrote."""
     out = tmp_path / "run"
     (out / left).parent.mkdir(parents=True)
     (out / left).write_bytes(b"the earlier run")
-    with pytest.raises(FileExistsError, match=rf"run folder {out} already holds an earlier run .*{left}.*ckpt_path="):
+    with pytest.raises(
+        FileExistsError, match=rf"run folder {out} already holds an earlier run .*{fix.format(out=out)}"
+    ):
         train(compose_cfg("+exp=smoke", "logger=none"))
     assert (out / left).read_bytes() == b"the earlier run"
     assert sorted(p.name for p in out.iterdir()) == [".run.lock", left.split("/")[0]]  # no config.yaml either
