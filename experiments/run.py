@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import kernels
 from datamodules.cli_errors import one_line_errors
 from experiments.schema import check_config
+from lightning_modules.build import build_network
 from lightning_modules.legacy import compare_state_dict
 from lightning_modules.safe_load import load_data, refuse_unreadable
-from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN, load_generator_init
+from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN, check_trunk, load_generator_init
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "encoder again (stage 1); pass ~pretrain_encoder to start from your file"
         )
     if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN"):
-        # Read once more by the model; a wrong file must fail before stage 1 trains or any folder is written.
-        load_generator_init(cfg.model.generator_init, cfg.data.face_size)
+        # Read once more by the model; a wrong file must fail before stage 1 trains or any folder is written,
+        # its D too: the D its arguments build (one class for the identity head, which is not checked) takes it.
+        _, d_kwargs, trunk = load_generator_init(cfg.model.generator_init, cfg.data.face_size)
+        if trunk is not None:
+            discriminator = {**OmegaConf.to_container(cfg.model.discriminator, resolve=True), **d_kwargs}
+            D = build_network(discriminator, "model.discriminator", img_resolution=cfg.data.face_size, num_classes=1)
+            check_trunk(D, trunk, cfg.model.generator_init)
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if cfg.get("ckpt_path") == "last":

@@ -106,6 +106,12 @@ def load_generator_init(path, img_resolution: int, impl: str = "auto"):
     return pretrained
 
 
+def check_trunk(D: torch.nn.Module, trunk: dict, source) -> None:
+    """The D weights of a generator file against the D its arguments build (its identity head aside)."""
+    own = {k: v for k, v in D.state_dict().items() if not k.startswith("classifier.")}
+    compare_state_dict(own, trunk, f"{source}: its discriminator does not fit model.discriminator")
+
+
 def _projected_identities(folder: Path) -> set[str] | None:
     """The identities the manifest of an experiments.project folder lists: an `identity_<id>.npy` of an earlier
     projection into the folder (overwrite=true keeps other runs' files) is not this projection's."""
@@ -241,8 +247,7 @@ class Voice2FaceGAN(LightningModule):
             discriminator, "model.discriminator", img_resolution=img_resolution, num_classes=num_classes
         )
         if trunk is not None:
-            own = {k: v for k, v in self.D.state_dict().items() if not k.startswith("classifier.")}
-            compare_state_dict(own, trunk, f"{generator_init}: its discriminator does not fit model.discriminator")
+            check_trunk(self.D, trunk, generator_init)
             self.D.load_state_dict(trunk, strict=False)  # the identity head (this run's classes) starts fresh
         self._place_voice(latent_space, latent_layers, generator_train, generator_init)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)

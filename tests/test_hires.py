@@ -318,3 +318,18 @@ def test_frozen_without_a_pretrained_generator_is_refused():
     """It froze a random G, with one INFO line as the only sign."""
     with pytest.raises(ValueError, match=r"generator_train=frozen without model.generator_init would freeze a random"):
         Voice2FaceGAN(**{**SMOKE, "generator_train": "frozen"})
+
+
+def test_a_prior_whose_discriminator_does_not_fit_its_arguments_fails_before_stage_1(compose_cfg, tmp_path):
+    """An NVlabs D whose tensors do not match its own init_kwargs failed only when stage 2 built the model, after
+    stage 1 had trained."""
+    from experiments.run import train
+    from lightning_modules import weights
+
+    prior = torch.load(weights.shipped_file("face_prior_64"), weights_only=True)
+    prior["discriminator"]["init_kwargs"]["channel_max"] = 64  # the tensors are of channel_max 128
+    torch.save(prior, tmp_path / "prior.pt")
+    cfg = compose_cfg("+exp=prior_cpu", f"model.generator_init={tmp_path / 'prior.pt'}", "logger=none")
+    with pytest.raises(ValueError, match="prior.pt: its discriminator does not fit model.discriminator"):
+        train(cfg)
+    assert not list(tmp_path.glob("**/stage1"))
