@@ -113,6 +113,9 @@ def kimg_of(grid: Path) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
+SHEET_MAX_PIXELS = 64_000_000  # a grid larger than this is no sample grid of a run (a 1024 px 8x4 grid: 33 M)
+
+
 def contact_sheet(run: Path, out: Path) -> Path | None:
     """Up to SHEET_GRIDS of a run's sample grids, evenly spaced over training, side by side with their kimg;
     None when the run wrote no grids."""
@@ -122,11 +125,20 @@ def contact_sheet(run: Path, out: Path) -> Path | None:
     if not grids:
         return None
     picks = [grids[int(i)] for i in np.unique(np.linspace(0, len(grids) - 1, min(SHEET_GRIDS, len(grids))).round())]
-    images = []
+    images, shown = [], []
     for grid in picks:
-        with Image.open(grid) as im:
-            im = im.convert("RGB")
-            images.append(im.resize((round(im.width * SHEET_HEIGHT / im.height), SHEET_HEIGHT)))
+        try:
+            with Image.open(grid) as im:
+                if im.width * im.height > SHEET_MAX_PIXELS:  # a sample grid of ours is far smaller
+                    raise OSError(f"{im.width}x{im.height} pixels, more than a sample grid holds")
+                im = im.convert("RGB")
+                images.append(im.resize((round(im.width * SHEET_HEIGHT / im.height), SHEET_HEIGHT)))
+                shown.append(grid)
+        except (OSError, Image.DecompressionBombError) as err:  # left out, named: the other grids still show
+            log.warning("report: %s left out of the contact sheet (%s)", grid, err)
+    if not images:
+        return None
+    picks = shown
     sheet = Image.new("RGB", (sum(im.width for im in images) + 8 * (len(images) - 1), SHEET_HEIGHT + 22), "white")
     draw, x = ImageDraw.Draw(sheet), 0
     for grid, im in zip(picks, images):

@@ -95,3 +95,15 @@ def test_report_html_renders_in_a_headless_browser(rows, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200)
     assert pixels[:800].std() > 10  # the curves and the table drew something on the white page
+
+
+def test_a_grid_too_large_to_be_a_sample_grid_is_left_out_by_name(tmp_path, caplog):
+    """A 30000 x 30000 PNG among a run's grids (a few KB on disk) stopped the report with PIL's decompression-bomb
+    error; now it is left out of the contact sheet, named, and the other grids show."""
+    from test_bad_inputs import huge_png
+
+    run = fake_run(tmp_path / "run", 0.0, grids=2)
+    huge_png(run / "samples" / "samples_0099.000kimg.png", 30000)
+    sheet = contact_sheet(run, tmp_path / "sheet.png")
+    assert sheet is not None and Image.open(sheet).width < 1000
+    assert "samples_0099.000kimg.png left out of the contact sheet" in caplog.text
