@@ -91,8 +91,8 @@ def write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     except RuntimeError as err:  # torch.save reports a failed write (a full disk) as a C++ "enforce fail"
         raise OSError(
-            f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free "
-            "space and rerun: finished shards are kept"
+            f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free space "
+            "and rerun (what was written before stays as it was)"
         ) from err
     finally:
         tmp.unlink(missing_ok=True)

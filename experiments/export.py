@@ -43,6 +43,7 @@ import torch
 from omegaconf import DictConfig
 
 from datamodules.cli_errors import one_line_errors
+from datamodules.files import write_atomic
 from experiments.model_card import model_card
 from experiments.schema import check_command_config
 from lightning_modules.latent import VoiceLatent, unconditional
@@ -120,20 +121,19 @@ def export_generator(G, fmt: str, out: str | Path, source: str = "generator", ov
     if not torch.isfinite(expected).all():
         raise ValueError(f"{source}: its generator gives non-finite images (NaN or inf weights?); nothing exported")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
-    try:
+
+    def write(tmp: Path) -> None:  # read back before the rename: a file that would not load is never written
         torch.save(data, tmp)
         back = load_generator(tmp, impl="torch")
         same_w_avg = torch.equal(back.mapping.w_avg, mapping.w_avg.cpu())
         if not (same_w_avg and torch.equal(_images(back.mapping, back.synthesis), expected)):
-            raise RuntimeError(
+            raise ValueError(
                 f"{out}: the {fmt} export does not read back as {source}'s generator ("
                 + ("images" if same_w_avg else "mean w")
                 + " differ); a bug in lightning_modules/legacy.py's exporters or importers; nothing was written"
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(out, write)  # a full disk: a one-line error, and an earlier file of this name stays whole
     return data
 
 

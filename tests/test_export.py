@@ -180,9 +180,24 @@ def test_an_export_that_does_not_read_back_is_not_written(tmp_path, monkeypatch)
         return data
 
     monkeypatch.setitem(EXPORTERS, "nvlabs-state-dict", off_by_a_bit)
-    with pytest.raises(RuntimeError, match=r"g.pt: the nvlabs-state-dict export does not read back .*images differ"):
+    with pytest.raises(ValueError, match=r"g.pt: the nvlabs-state-dict export does not read back .*images differ"):
         export_generator(small_G(), "nvlabs-state-dict", tmp_path / "g.pt")
     assert not any(tmp_path.iterdir())
+
+
+def test_an_export_to_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raised "enforce fail at inline_container.cc" as a traceback."""
+    (tmp_path / "g.pt").write_bytes(b"an earlier export")
+
+    def full_disk(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1728 vs 1654")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"g.pt: could not be written \(\[enforce fail .*is the disk full\?"):
+        export_generator(small_G(), "nvlabs-state-dict", tmp_path / "g.pt", overwrite=True)
+    assert (tmp_path / "g.pt").read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.pt"]  # no temporary file left
 
 
 # ----------------------------------------------------------------------------------------------------
