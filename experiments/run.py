@@ -88,9 +88,13 @@ def resolve_ckpt(ckpt_path: str | None, log_dir: str) -> str | None:
     return ckpt_path
 
 
-def check_checkpoint(path: str, model: L.LightningModule) -> None:
+RESUME_KEYS = ("generator_train", "encoder_mode")  # settings that change what the optimizers hold, not the weights
+
+
+def check_checkpoint(path: str, model: L.LightningModule, this_run: Path | None = None) -> None:
     """Open a resume checkpoint as data only (no code runs) and check that it fits `model`, so a bad file fails
-    before training with its name and a fix; Lightning's own errors name neither."""
+    before training with its name and a fix; Lightning's own errors name neither. `this_run`: the folder of this
+    session, whose config.yaml it has already replaced (the earlier one is then its newest config.N.yaml)."""
     ckpt = load_data(
         path,
         "a checkpoint (ckpt_path)",
@@ -101,7 +105,13 @@ def check_checkpoint(path: str, model: L.LightningModule) -> None:
             f"ckpt_path={path}: not a Lightning training checkpoint (no state_dict); pass the "
             f"last.ckpt or snapshot-*.ckpt of a run's checkpoints/ folder"
         )
-    config = Path(path).resolve().parent.parent / "config.yaml"
+    folder = Path(path).resolve().parent.parent
+    config = folder / "config.yaml"
+    earlier = sorted(
+        folder.glob("config.*.yaml"), key=lambda p: int(p.stem.split(".")[1]) if p.stem[7:].isdigit() else -1
+    )
+    if this_run is not None and folder == Path(this_run).resolve() and earlier:
+        config = earlier[-1]  # save_config moved the session's that wrote the checkpoint there
     same_config = (
         f"use the overrides of the run that wrote it ({config})"
         if config.is_file()
@@ -118,6 +128,17 @@ def check_checkpoint(path: str, model: L.LightningModule) -> None:
             f"ckpt_path={path}: written by another version of voice2face (checkpoint format "
             f"{ckpt.get('voice2face_format')}, this code reads {CHECKPOINT_FORMAT}); resume it with the voice2face "
             f"version that wrote it, or train afresh without ckpt_path"
+        )
+    stored = ckpt.get("hyper_parameters") or {}
+    changed = [
+        k for k in RESUME_KEYS if isinstance(model, Voice2FaceGAN) and k in stored and stored[k] != model.hparams[k]
+    ]
+    if changed:
+        was = ", ".join(f"model.{k}={stored[k]}" for k in changed)
+        now = ", ".join(f"model.{k}={model.hparams[k]}" for k in changed)
+        raise ValueError(
+            f"ckpt_path={path}: trained with {was}, and this config says {now}: a resume keeps the optimizers' "
+            f"parameter groups, so {same_config}, or train afresh without ckpt_path"
         )
     compare_state_dict(
         model,
@@ -287,7 +308,7 @@ def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str,
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, loggers)
     if ckpt_path:
-        check_checkpoint(ckpt_path, model)
+        check_checkpoint(ckpt_path, model, out)
     trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -495,6 +495,10 @@ CHECKPOINTS = {
         lambda good, d: variant(good, d / "less.ckpt", lambda c: c["state_dict"].pop("pl_mean")),
         ["different model", "missing weights ['pl_mean']"],
     ),
+    "generator_train_changed": (  # was an optimizer parameter-group error from inside Lightning
+        lambda good, d: variant(good, d / "frozen.ckpt", lambda c: c["hyper_parameters"].update(generator_train="x")),
+        ["trained with model.generator_train=x", "this config says model.generator_train=finetune", "train afresh"],
+    ),
 }
 
 
@@ -567,3 +571,20 @@ def test_a_cuda_device_without_a_gpu_is_named(tmp_path):
     state = read_checkpoint(smoke_checkpoint(tmp_path / "last.ckpt"))
     with pytest.raises(ValueError, match="device=cuda: this machine has no CUDA GPU .*; pass device=cpu"):
         Voice2FaceGAN.from_checkpoint(state, "cuda")
+
+
+def test_a_failed_resume_points_to_the_config_that_wrote_the_checkpoint(smoke_run, tmp_path):
+    """The session that resumes has already moved the earlier config.yaml to config.N.yaml and written its own: the
+    refusal pointed the user to config.yaml, this session's own config."""
+    out, model = smoke_run
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    bad = variant(
+        out / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt", lambda c: c["state_dict"].pop("pl_mean")
+    )
+    (run / "config.yaml").write_text("seed: 2  # this session\n")
+    (run / "config.1.yaml").write_text("seed: 1  # the session that wrote the checkpoint\n")
+    with pytest.raises(ValueError, match=rf"use the overrides of the run that wrote it \({run}/config.1.yaml\)"):
+        check_checkpoint(str(bad), model, run)
+    with pytest.raises(ValueError, match=rf"\({run}/config.yaml\)"):  # from another folder: its config.yaml
+        check_checkpoint(str(bad), model, tmp_path / "elsewhere")
