@@ -6,6 +6,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -84,8 +85,11 @@ def refuse_repeats(path: Path, numbered: list[tuple[int, dict]], column: str, wh
 
 def write_atomic(path: Path, write) -> None:
     """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one. The temporary name
-    is short (a name near the file system's 255-byte limit still fits) and hidden."""
-    tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    is hidden, and short (a name near the file system's 255-byte limit still fits); it ends in a suffix of its
+    own after the file's name, because torch.save names the archive inside a file after its name without the
+    suffix (a random name would change a shard's bytes from run to run)."""
+    name = path.name if len(path.name) < 160 else f"{path.name[:80]}-{hashlib.sha1(path.name.encode()).hexdigest()[:8]}"
+    tmp = path.with_name(f".{name}.tmp{os.getpid()}-{secrets.token_hex(2)}")
     try:
         write(tmp)
         os.replace(tmp, path)

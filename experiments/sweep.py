@@ -31,7 +31,9 @@ def run(cfg: DictConfig) -> str:
     settings = OmegaConf.merge(
         OmegaConf.load(Path(__file__).parent / "conf" / "report.yaml"),
         cfg.report,
+        # the sweep's own table, made anew from every seed each time the sweep is run (or extended by seeds)
         {"runs": [str(out / label) for label in rows], "labels": list(rows), "out": str(out / "table.md")},
+        {"overwrite": True},
         {"title": f"{sweep.title}: +exp={cfg.base}, {cfg.kimg} kimg, seeds {list(cfg.seeds)}", "split": cfg.split},
     )
     del settings["defaults"]  # Hydra's own settings (conf/hydra/command.yaml), not report's
