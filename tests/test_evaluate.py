@@ -534,3 +534,30 @@ def test_an_interval_over_one_identity_is_not_drawn():
     assert all(v != v for v in bootstrap_ci(score, torch.zeros(5, dtype=torch.long)))  # NaN, NaN
     low, high = bootstrap_ci(score, torch.tensor([0, 0, 1, 1, 2, 2]))
     assert low < high  # three identities: an interval
+
+
+def test_the_wandb_table_leaves_the_encoder_as_it_was(monkeypatch):
+    """The W&B table ran the encoder in training mode: its batch norm's running statistics moved with the table's
+    batch, so `make run` (W&B + CSV) ended at fd_probe 6.86 and the same run with logger=csv at 4.66."""
+    import sys
+    import types
+
+    from lightning_modules.metrics import callback
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    class Logger:  # stands in for WandbLogger: the table is all this test needs of it
+        tables: list = []
+
+        def log_table(self, **table):
+            self.tables.append(table)
+
+    monkeypatch.setattr(callback, "WandbLogger", Logger)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Image=lambda *a, **k: "image"))
+    torch.manual_seed(0)
+    model = Voice2FaceGAN(**{**SMOKE, "feature_dim": 4}).train()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    cb = callback.MetricsCallback(split="test", table_rows=3)
+    cb.log_table(types.SimpleNamespace(loggers=[Logger()]), model, StandInData(4, 8))
+    assert Logger.tables and model.training  # logged, and handed back in training mode
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} moved"

@@ -174,7 +174,12 @@ class MetricsCallback(Callback):
             batch["audio"][:n].to(pl_module.device),
             batch["audio_lengths"][:n].to(pl_module.device),
         )
-        fake = pl_module.generate(audio, lengths, noise_mode="const").float().cpu()
+        was_training = pl_module.training
+        pl_module.eval()  # the encoder's batch norm in inference mode: in training mode the table's batch moved its
+        try:  # running statistics, so a run logging to W&B ended with other figures than one logging to CSV
+            fake = pl_module.generate(audio, lengths, noise_mode="const").float().cpu()
+        finally:
+            pl_module.train(was_training)
         names = dm.identities(self.split)
         rows = []
         for i in range(n):
