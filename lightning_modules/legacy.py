@@ -481,7 +481,8 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
             return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
         except ValueError as err:
             raise ValueError(f"{err}; a generator file is one of: {'; '.join(GENERATOR_FORMATS)}") from None
-        except (TypeError, AttributeError, KeyError, IndexError) as err:  # data of other shapes than NVlabs' own
+        except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
+            # data of other shapes than NVlabs' own, e.g. a storage where kwargs belong ("can't index a TypedStorage")
             raise ValueError(f"{path}: not an NVlabs network pickle ({type(err).__name__}: {err})"[:300]) from None
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = load_data(path, "a generator file", fix=formats)
