@@ -20,6 +20,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -50,9 +51,9 @@ class AudioError(ValueError):
 # Loading
 
 
-def _wav_truncation(path: str) -> str | None:
-    """The reason a RIFF/WAVE file is cut short (its data chunk declares more bytes than the file holds), else
-    None. libsndfile silently reads what is there, so this is checked from the chunk headers."""
+def _wav_data_chunk(path: str) -> tuple[str, int, int, int] | None:
+    """(byte order, offset of the data chunk's header, the length it declares, the file's size) of a RIFF/WAVE
+    file, read from its chunk headers alone; None for any other file."""
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
@@ -64,38 +65,37 @@ def _wav_truncation(path: str) -> str | None:
             f.seek(pos)
             chunk, n = struct.unpack(endian + "4sI", f.read(8))
             if chunk == b"data":
-                if n in (0, 0xFFFFFFFF):  # streamed WAV: length left unknown by the writer
-                    return None
-                present = size - pos - 8
-                return (
-                    f"truncated WAV: data chunk declares {n} bytes, the file holds {present}" if present < n else None
-                )
+                return endian, pos, n, size
             pos += 8 + n + (n & 1)  # chunks are word-aligned
     return None
+
+
+STREAMED = (0, 0xFFFFFFFF)  # data lengths a writer of a stream leaves, not knowing the length
+
+
+def _wav_truncation(path: str) -> str | None:
+    """The reason a RIFF/WAVE file is cut short (its data chunk declares more bytes than the file holds), else
+    None. libsndfile silently reads what is there, so this is checked from the chunk headers."""
+    found = _wav_data_chunk(path)
+    if found is None or found[2] in STREAMED:
+        return None
+    _, pos, n, size = found
+    present = size - pos - 8
+    return f"truncated WAV: data chunk declares {n} bytes, the file holds {present}" if present < n else None
 
 
 def _streamed_wav(path: str) -> io.BytesIO | None:
     """A RIFF/WAVE file whose data chunk declares 0 (or 0xFFFFFFFF) bytes, as a recorder writing a stream leaves
     it, with samples after it: the file in memory with the chunk's true length, which libsndfile then reads (it
     reads 0 samples from the file as written). None for any other file."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RIFX") or raw[8:12] != b"WAVE":
+    found = _wav_data_chunk(path)
+    if found is None or found[2] not in STREAMED or found[3] - found[1] - 8 <= 0:
         return None
-    endian = "<" if raw[:4] == b"RIFF" else ">"
-    pos = 12
-    while pos + 8 <= len(raw):
-        chunk, n = struct.unpack_from(endian + "4sI", raw, pos)
-        if chunk == b"data":
-            present = len(raw) - pos - 8
-            if n not in (0, 0xFFFFFFFF) or present <= 0:
-                return None
-            fixed = bytearray(raw)
-            struct.pack_into(endian + "I", fixed, pos + 4, present)
-            struct.pack_into(endian + "I", fixed, 4, len(raw) - 8)  # the RIFF size, which such writers leave too
-            return io.BytesIO(bytes(fixed))
-        pos += 8 + n + (n & 1)
-    return None
+    endian, pos, _, size = found
+    fixed = bytearray(Path(path).read_bytes())
+    struct.pack_into(endian + "I", fixed, pos + 4, size - pos - 8)
+    struct.pack_into(endian + "I", fixed, 4, size - 8)  # the RIFF size, which such writers leave too
+    return io.BytesIO(bytes(fixed))
 
 
 def load_audio(path, sample_rate: int = 16000) -> Tensor:

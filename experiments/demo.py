@@ -195,7 +195,7 @@ def load_demo(path: str, device: str = "cpu", with_reference: bool = True) -> tu
         try:
             dm = build_datamodule(state)
             reference = Reference(dm)
-            faces = dm.faces("train")
+            faces = {n: face[None] for n, face in reference.faces.items()}  # the one photo a speaker shows
         except (OSError, ValueError, RuntimeError) as err:  # no corpus here: the page shows the rest
             log.warning("no probe reading or nearest faces: the run's training data is not here (%s)", err)
     return Demo(model, front_end_of(state), SpeechCheck(), reference), faces

@@ -107,9 +107,8 @@ def check_checkpoint(path: str, model: L.LightningModule, this_run: Path | None 
         )
     folder = Path(path).resolve().parent.parent
     config = folder / "config.yaml"
-    earlier = sorted(
-        folder.glob("config.*.yaml"), key=lambda p: int(p.stem.split(".")[1]) if p.stem[7:].isdigit() else -1
-    )
+    numbered = {int(p.stem[len("config.") :]): p for p in folder.glob("config.*.yaml") if p.stem[7:].isdigit()}
+    earlier = [numbered[n] for n in sorted(numbered)]
     if this_run is not None and folder == Path(this_run).resolve() and earlier:
         config = earlier[-1]  # save_config moved the session's that wrote the checkpoint there
     same_config = (

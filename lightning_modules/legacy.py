@@ -94,22 +94,24 @@ def _build_generator(source, impl, **kw):
     res = integer("img_resolution", 4, 4096)
     if res & (res - 1):
         raise bad(f"img_resolution is {res}, not a power of 2")
-    if kw.get("img_channels", 3) != 3 or type(kw.get("img_channels", 3)) is not int:
-        raise bad(f"img_channels is {kw.get('img_channels')!r}: only RGB generators (3 channels) draw faces here")
+    channels_out = kw.get("img_channels", 3)
+    if type(channels_out) is not int or channels_out != 3:
+        raise bad(f"img_channels is {channels_out!r}: only RGB generators (3 channels) draw faces here")
     z_dim, w_dim, layers = integer("z_dim", 1, 4096), integer("w_dim", 1, 4096), integer("mapping_layers", 1, 32)
     channels = kw.get("channels")
     if channels is None:
         base, top = integer("channel_base", 1, 1 << 24), integer("channel_max", 1, 4096)
         channels = channels_per_resolution(res, base, top)
     wanted = [2**i for i in range(2, res.bit_length())]
-    if not isinstance(channels, dict) or sorted(channels) != wanted:
-        raise bad(
-            f"channels are given for {sorted(channels) if isinstance(channels, dict) else channels!r}, not {wanted}"
-        )
+    given = list(channels) if isinstance(channels, dict) else channels
+    if not isinstance(channels, dict) or not all(type(r) is int for r in given) or sorted(given) != wanted:
+        raise bad(f"channels are given for {given!r}, not for the resolutions {wanted}")
     if not all(type(c) is int and 1 <= c <= 4096 for c in channels.values()):
         raise bad(f"channels {channels} are not integers in 1..4096")
     for name, low, high in (("mapping_lr_multiplier", 0.0, 100.0), ("w_avg_beta", 0.0, 1.0)):
-        value = kw.get(name, 0.5)
+        if name not in kw:
+            continue  # the Generator's own default
+        value = kw[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise bad(f"{name} is {value!r}, not a number in {low:g}..{high:g}")
     clamp = kw.get("conv_clamp")
@@ -414,7 +416,7 @@ def import_nvlabs(src, impl="auto", source=None):
     an unpickler that only rebuilds tensors and containers; or from a dict {"state_dict", "init_kwargs"}."""
     source = source or (str(src) if isinstance(src, (str, Path)) else "NVlabs generator dict")
     if isinstance(src, (str, Path)):
-        return _generator_from_pickle(_unpickle_nvlabs_dict(src), source, impl)
+        return _read_nvlabs_pickle(src, impl)[0]
     if not isinstance(src, dict) or "state_dict" not in src or "init_kwargs" not in src:
         raise ValueError(f"{source}: expected a path or a dict with 'state_dict' and 'init_kwargs'")
     state = _restore_img_bias(dict(src["state_dict"]), src, source)
@@ -477,13 +479,9 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     refuse_unreadable(path, f"{path}: generator file not found", formats)
     if not _is_torch_zip(path):
         try:
-            data = _unpickle_nvlabs_dict(path)
-            return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
+            return _read_nvlabs_pickle(path, impl)
         except ValueError as err:
             raise ValueError(f"{err}; a generator file is one of: {'; '.join(GENERATOR_FORMATS)}") from None
-        except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
-            # data of other shapes than NVlabs' own, e.g. a storage where kwargs belong ("can't index a TypedStorage")
-            raise ValueError(f"{path}: not an NVlabs network pickle ({type(err).__name__}: {err})"[:300]) from None
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = load_data(path, "a generator file", fix=formats)
     if isinstance(data, dict) and ("g_ema" in data or "g" in data or "input.input" in data):
@@ -495,6 +493,16 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
     if isinstance(data, dict) and isinstance(data.get("hyper_parameters"), dict) and "state_dict" in data:
         return (_generator_from_checkpoint(data, path, impl), *_checkpoint_trunk(data, path))
     raise ValueError(f"{path}: not a generator file; {formats}")
+
+
+def _read_nvlabs_pickle(path, impl):
+    """(G, D arguments, D weights) of an NVlabs network pickle; whatever the file holds, a ValueError naming it."""
+    data = _unpickle_nvlabs_dict(path)
+    try:
+        return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
+    except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
+        # data of other shapes than NVlabs' own, e.g. a storage where kwargs belong ("can't index a TypedStorage")
+        raise ValueError(f"{path}: not an NVlabs network pickle ({type(err).__name__}: {err})"[:300]) from None
 
 
 def _generator_from_checkpoint(data, path, impl):
@@ -593,8 +601,18 @@ def _unpickle_nvlabs_dict(path):
     except (pickle.UnpicklingError, EOFError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a loadable NVlabs network pickle: {first_line}") from None
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, MemoryError) as err:
-        # a damaged stream reaches the unpickler's own checks, or calls an allowed function with wrong arguments
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        MemoryError,
+        RuntimeError,
+    ) as err:
+        # a damaged stream reaches the unpickler's own checks, calls an allowed function with wrong arguments, or
+        # sets items of a torch object (SETITEM on a storage: "can't index a TypedStorage with str")
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ValueError(f"{path}: not a loadable NVlabs network pickle ({type(err).__name__}: {first_line})") from None
     if not isinstance(data, dict):

@@ -231,20 +231,21 @@ def probe_for(datamodule, cfg: dict) -> tuple[FaceProbe, AttributeCodec | None, 
     choice = str(cfg.get("weights", "auto"))
     if hasattr(datamodule, "setup"):
         datamodule.setup()  # the attributes are read on setup
-    kinds = getattr(datamodule, "attribute_kinds", None) or {}
-    align = getattr(datamodule, "hparams", {}).get("face_align", "arcface")
-    if choice != "retrain":
-        path = weights.resolve(SHIPPED_PROBE if choice in ("auto", "shipped") else choice)
+    kinds = dict(getattr(datamodule, "attribute_kinds", None) or {})
+    if choice != "retrain" and (choice != "auto" or kinds):  # auto on real data (no attributes): retrained below
+        shipped = choice in ("auto", "shipped")
+        path = weights.resolve(SHIPPED_PROBE if shipped else choice)  # a shipped file is checked against its SHA-256
         probe, codec, about = load_probe_file(path)
-        fits = codec is not None and codec.kinds == dict(kinds) and about.get("face_align") == align
-        if fits or choice != "auto":
-            if not fits and kinds and (codec is None or codec.kinds != dict(kinds)):
+        same_heads = codec is not None and codec.kinds == kinds
+        align = getattr(datamodule, "hparams", {}).get("face_align", "arcface")
+        if choice != "auto" or (same_heads and about.get("face_align") == align):
+            if kinds and not same_heads:
                 raise ValueError(
                     f"{path}: its attribute heads ({sorted(codec.kinds) if codec else 'none'}) are not this "
                     f"corpus' attributes ({sorted(kinds)}); set metrics.probe.weights=retrain"
                 )
-            digest = weights.sha256(path)[:16]
-            return probe, codec, f"{path.name} sha256:{digest} ({about.get('trained_on', 'unknown data')})"
+            digest = weights.recorded_sums()[path.name] if shipped else weights.sha256(path)
+            return probe, codec, f"{path.name} sha256:{digest[:16]} ({about.get('trained_on', 'unknown data')})"
     faces = datamodule.faces("train")
     steps, batch, lr, width, seed = (cfg.get(k, d) for k, d in PROBE_DEFAULTS.items())
     attributes = getattr(datamodule, "attributes", None)
