@@ -39,6 +39,25 @@ def unreadable_reason(path) -> str | None:
     return None
 
 
+def unwritable_reason(folder) -> str | None:
+    """None where `folder` can be made (if missing) and written; else why not: a name past the file system's
+    limit, a file where a folder belongs, or a read-only place. Nothing is created."""
+    folder = Path(os.path.abspath(folder))
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    too_long = [part for part in folder.parts if len(os.fsencode(part)) > name_max]
+    if too_long:
+        size = len(os.fsencode(too_long[0]))
+        return f"a folder name of {size} bytes ({too_long[0][:24]}...) passes the file system's limit of {name_max}"
+    if len(os.fsencode(str(folder))) >= os.pathconf(existing, "PC_PATH_MAX"):
+        return f"the path passes the file system's limit of {os.pathconf(existing, 'PC_PATH_MAX')} bytes"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only for this user"
+    return None
+
+
 def read_table(path: Path, literal_quotes: bool = False) -> tuple[str, list[tuple[int, dict]], list[str]]:
     """(header line, [(line number, row)], column names) of a tab- or comma-separated text file, as a hand-edited
     CSV can come: a UTF-8 byte order mark (Excel, Notepad) is dropped, not taken into the first column's name;

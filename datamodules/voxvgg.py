@@ -8,6 +8,7 @@ datamodules.items; file -> features: datamodules.pipeline.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import lightning as L
@@ -53,6 +54,10 @@ class VoxVGGDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: evaluate / generate rebuild the same data path
+        # stored absolute: `evaluate` run from another folder regenerated the corpus there from a stored ./.cache
+        local = {"root": root, "cache_dir": cache_dir, "corpus_dir": corpus_dir, "stream_cache_dir": stream_cache_dir}
+        local["stream"] = stream if stream is not None and "://" not in stream else None
+        self.hparams.update({k: os.path.abspath(v) for k, v in local.items() if v is not None})
         if root is not None and corpus is not None or root is None and corpus is None and stream is None:
             raise DataError(
                 "give exactly one of `root` (your data folder) or `corpus` (the embedded corpus), or only "

@@ -22,11 +22,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import kernels
 from datamodules.cli_errors import one_line_errors
-from experiments.schema import check_config
-from lightning_modules.build import build_network
+from experiments.preflight import check_before_folder, moved_away
 from lightning_modules.legacy import compare_state_dict
 from lightning_modules.safe_load import load_data, refuse_unreadable
-from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN, check_trunk, load_generator_init
+from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +173,37 @@ def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
         ) from err
 
 
+# Where W&B keeps staging files, caches and settings unless told otherwise (its WANDB_*_DIR variables).
+WANDB_HOME_DIRS = {
+    "WANDB_DATA_DIR": ".local/share/wandb",
+    "WANDB_CACHE_DIR": ".cache/wandb",
+    "WANDB_CONFIG_DIR": ".config/wandb",
+}
+
+
 def build_loggers(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    configs = [c for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    if any(c._target_.endswith("WandbLogger") for c in configs):
+        wandb_dirs(Path(cfg.paths.output_dir) / "wandb")
+    return [hydra.utils.instantiate(c) for c in configs]
+
+
+def wandb_dirs(inside: Path) -> None:
+    """W&B writes under HOME as well as the run folder; where HOME is read-only (a container, a shared account) a
+    run failed at its first W&B table, mid-training. Each of its HOME folders that cannot be written moves
+    `inside` the run folder instead (a WANDB_*_DIR the user set is kept)."""
+    for var, default in WANDB_HOME_DIRS.items():
+        if os.environ.get(var):
+            continue
+        folder = Path.home() / default
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                continue
+        except OSError:
+            pass
+        os.environ[var] = str(inside / var.lower())
+        log.info("W&B: %s cannot be written; %s=%s", folder, var, os.environ[var])
 
 
 def is_launching_rank() -> bool:
@@ -258,26 +286,7 @@ def check_fresh_folder(cfg: DictConfig, out: Path, ckpt_path: str | None) -> Non
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model on the configured data, then evaluate it; returns (metrics, objects)."""
-    check_config(cfg)
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # else Lightning says so after stage 1
-        raise ValueError(
-            f"config: trainer.accelerator={accelerator}, but this machine has no CUDA GPU that torch can use; "
-            "use trainer=cpu"
-        )
-    if cfg.get("pretrain_encoder") and cfg.model.get("encoder_ckpt"):
-        raise ValueError(
-            f"config: model.encoder_ckpt={cfg.model.encoder_ckpt} is given, and pretrain_encoder would train the "
-            "encoder again (stage 1); pass ~pretrain_encoder to start from your file"
-        )
-    if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN"):
-        # Read once more by the model; a wrong file must fail before stage 1 trains or any folder is written,
-        # its D too: the D its arguments build (one class for the identity head, which is not checked) takes it.
-        _, d_kwargs, trunk = load_generator_init(cfg.model.generator_init, cfg.data.face_size)
-        if trunk is not None:
-            discriminator = {**OmegaConf.to_container(cfg.model.discriminator, resolve=True), **d_kwargs}
-            D = build_network(discriminator, "model.discriminator", img_resolution=cfg.data.face_size, num_classes=1)
-            check_trunk(D, trunk, cfg.model.generator_init)
+    check_before_folder(cfg)
     with run_folder(Path(cfg.paths.output_dir)) as out:
         ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.log_dir)
         if cfg.get("ckpt_path") == "last":
@@ -298,12 +307,21 @@ def _train(cfg: DictConfig, out: Path, ckpt_path: str | None) -> tuple[dict[str,
         encoder_file = pretrain_encoder(cfg, datamodule, out, ckpt_path)
         with open_dict(cfg):
             cfg.model.encoder_ckpt = str(encoder_file)
+    generator_init = cfg.model.get("generator_init")
+    if ckpt_path and moved_away(cfg):
+        # The checkpoint holds the G and D the file gave (grafted when the run began), and the resume loads its
+        # weights anyway: it stands in for the moved file, which the hyper-parameters go on naming.
+        log.info("model.generator_init=%s is gone; its G and D are read from %s", generator_init, ckpt_path)
+        with open_dict(cfg):
+            cfg.model.generator_init = str(ckpt_path)
     model = hydra.utils.instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
         feature_dim=datamodule.feature_dim,
         _recursive_=False,
     )
+    if generator_init:
+        model.hparams.generator_init = generator_init
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, loggers)
     if ckpt_path:

@@ -37,7 +37,7 @@ from lightning_modules.latent import unconditional
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.probe import PROBE_RES, FaceProbe, load_probe_file
 from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, hub_checkpoint_dir
-from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.safe_load import check_backed, load_data, refuse_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,14 @@ def load_probe(path) -> FaceProbe:
         raise ValueError(
             f"{path}: not a face probe (no trunk.0.weight / identity.weight); probe= must name {PROBE_FILE}"
         )
+    check_backed(state, path)
+    width = state["trunk.0.weight"].shape[0] if state["trunk.0.weight"].ndim == 4 else 0
+    if not 1 <= width <= 1024:  # the trunk's widths grow as its square: a small file must not claim gigabytes
+        raise ValueError(
+            f"{path}: trunk.0.weight {list(state['trunk.0.weight'].shape)} gives no probe width in 1..1024"
+        )
     heads = {k.split(".")[1]: v.shape[0] for k, v in state.items() if k.startswith("heads.") and k.endswith(".weight")}
-    probe = FaceProbe(state["identity.weight"].shape[0], heads, width=state["trunk.0.weight"].shape[0])
+    probe = FaceProbe(state["identity.weight"].shape[0], heads, width=width)
     try:
         probe.load_state_dict(state)
     except RuntimeError as err:

@@ -31,3 +31,16 @@ def refuse_unreadable(path, not_found: str, fix: str) -> None:
         raise FileNotFoundError(not_found)
     if reason:
         raise ValueError(f"{os.fspath(path)}: {reason}; {fix}")
+
+
+def check_backed(tensors: dict, path) -> None:
+    """ValueError naming `path` and the tensor where a tensor claims more elements than its storage holds (a zero or
+    overlapping stride: a few bytes on disk can claim gigabytes, which building a network from its shape would
+    allocate). Networks save dense tensors, so no real file is refused."""
+    for key, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise ValueError(
+                f"{os.fspath(path)}: tensor {key!r} of shape {list(t.shape)} is a view claiming "
+                f"{t.numel() * t.element_size():,} bytes over a storage of {t.untyped_storage().nbytes():,} "
+                "(zero or overlapping strides); not a saved network"
+            )

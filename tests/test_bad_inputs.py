@@ -588,3 +588,17 @@ def test_a_failed_resume_points_to_the_config_that_wrote_the_checkpoint(smoke_ru
         check_checkpoint(str(bad), model, run)
     with pytest.raises(ValueError, match=rf"\({run}/config.yaml\)"):  # from another folder: its config.yaml
         check_checkpoint(str(bad), model, tmp_path / "elsewhere")
+
+
+def test_a_checkpoint_stores_its_data_paths_absolute(tmp_path, monkeypatch):
+    """The datamodule's hyper-parameters go into every checkpoint: a stored ./.cache made `evaluate` run from
+    another folder generate the corpus there again (183 MB). Local paths are stored absolute; URLs as given."""
+    monkeypatch.chdir(tmp_path)
+    dm = VoxVGGDataModule(corpus={"identities": 12, "seed": 0}, corpus_dir=".cache/corpus", cache_dir=".cache/embedded")
+    assert dm.hparams["corpus_dir"] == str(tmp_path / ".cache/corpus") and dm.hparams["root"] is None
+    assert dm.hparams["cache_dir"] == str(tmp_path / ".cache/embedded")
+    streamed = VoxVGGDataModule(stream="export", stream_cache_dir="chunks", cache_dir="c")
+    assert streamed.hparams["stream"] == str(tmp_path / "export") and streamed.hparams["stream_cache_dir"] == str(
+        tmp_path / "chunks"
+    )
+    assert VoxVGGDataModule(stream="s3://bucket/export", cache_dir="c").hparams["stream"] == "s3://bucket/export"

@@ -276,6 +276,13 @@ def test_distance_choice(tmp_path, empty_hub):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a face probe"):
         load_probe(tmp_path / "other.pt")
+    huge = dict(probe.state_dict(), **{"identity.weight": torch.zeros(1).expand(100_000, 72_000)})
+    torch.save(huge, tmp_path / "huge.pt")  # 64 KB claiming 28.8 GB: refused before any network is built
+    with pytest.raises(ValueError, match="huge.pt: tensor 'identity.weight' .* claiming 28,800,000,000 bytes"):
+        load_probe(tmp_path / "huge.pt")
+    torch.save(dict(probe.state_dict(), **{"trunk.0.weight": torch.zeros(20_000, 3, 3, 3)}), tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"wide.pt: trunk.0.weight \[20000, 3, 3, 3\] gives no probe width"):
+        load_probe(tmp_path / "wide.pt")  # 2 MB whose width would build a 57 GB trunk
     with pytest.raises(ValueError, match="distance=auto: .*other.pt: not the vgg16 weights"):
         make_distance("auto", lpips_weights=str(tmp_path / "other.pt"))  # a bad file is no reason to use pixels
 

@@ -289,3 +289,27 @@ def test_bad_steps_error_says_whether_a_state_was_saved(tmp_path):
     assert "No checkpoint callback ran, so no state was saved. Lower model.lr." in str(err)
     err.checkpoint = tmp_path / "last-good.ckpt"
     assert str(err).endswith(f"Lower model.lr, then resume with ckpt_path={tmp_path / 'last-good.ckpt'}.")
+
+
+def test_a_run_resumes_after_its_generator_file_moved(compose_cfg, tmp_path):
+    """model.generator_init is read when the run begins; its G and D are in every checkpoint after that. Once the
+    file was moved the run could not be resumed at all ("generator file not found"): the checkpoint stands in for
+    it, and the resumed run ends bit-identical to one that never stopped."""
+    import shutil
+
+    run(compose_cfg, tmp_path / "prior", 2)
+    init = tmp_path / "prior.ckpt"
+    shutil.copy(tmp_path / "prior" / "checkpoints" / "last.ckpt", init)
+    frozen = [f"model.generator_init={init}", "model.generator_train=frozen"]
+    run(compose_cfg, tmp_path / "straight", 6, *frozen)
+    run(compose_cfg, tmp_path / "first", 3, *frozen)
+    init.rename(tmp_path / "moved.ckpt")
+    first_ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(compose_cfg, tmp_path / "resumed", 6, *frozen, f"ckpt_path={first_ckpt}")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert_same(a["state_dict"], b["state_dict"])
+    assert_same(flat(a["optimizer_states"]), flat(b["optimizer_states"]))
+    assert b["hyper_parameters"]["generator_init"] == str(init)  # the file the run began from, not the stand-in
+    with pytest.raises(FileNotFoundError, match=f"{init}: generator file not found"):
+        run(compose_cfg, tmp_path / "fresh", 6, *frozen)  # a run that begins still needs the file

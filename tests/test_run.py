@@ -119,3 +119,23 @@ def test_mfcc_front_end_composes_and_trains(compose_cfg, tmp_path):
     cfg = compose_cfg(*SMALL, "data/features=mfcc", "evaluate=false", f"paths.cache_dir={tmp_path / 'cache'}")
     _, objects = train(cfg)
     assert objects["datamodule"].feature_dim == 39 and objects["model"].cur_nimg > 0
+
+
+def test_a_read_only_home_does_not_stop_wandb(tmp_path):
+    """W&B writes staging files and settings under HOME too: with HOME unwritable the run failed at its first W&B
+    image, mid-training ("Unable to write staging files"). Those folders move into the run folder."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "home").touch()  # a HOME nobody can write under, root included
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), VOICE2FACE_ROOT=str(tmp_path))
+    cmd = [sys.executable, "-m", "experiments.run", *[x for x in SMALL if x != "logger=csv"], "logger=many"]
+    cmd += ["evaluate=false"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert (run / "wandb" / "wandb_data_dir").is_dir() and list((run / "wandb").glob("offline-run-*"))

@@ -4,6 +4,7 @@ metrics.csv, and a checkpoint save that fails leaves the previous checkpoint and
 from __future__ import annotations
 
 import csv
+import os
 import types
 from pathlib import Path
 
@@ -183,3 +184,49 @@ def test_temporaries_of_killed_saves_are_removed(tmp_path):
     (tmp_path / f".last.ckpt.{os.getpid()}.tmp").write_bytes(b"saving")  # a save in progress
     remove_dead_temporaries(tmp_path, "last.ckpt")
     assert [p.name for p in tmp_path.iterdir()] == [f".last.ckpt.{os.getpid()}.tmp"]
+
+
+def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
+    """Hydra makes the run folder before the task starts: a refused generator_init left one holding only .hydra/
+    and run.log. Preflight refuses the run first, in one line, and nothing is written."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "experiments.run", "+exp=prior_cpu", f"model.generator_init={tmp_path / 'moved.pkl'}"]
+    out = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and f"voice2face: {tmp_path / 'moved.pkl'}: generator file not found" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "run_dir, reason",
+    [
+        ("x" * 300, r"a folder name of 300 bytes \(x{24}\.\.\.\) passes the file system's limit of 255"),
+        ("a_file/run", "a_file is a file, not a folder"),
+        ("read_only/run", "read_only is read-only for this user"),
+    ],
+)
+def test_a_run_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch, run_dir, reason):
+    """A 300-character or read-only hydra.run.dir ended in Hydra's traceback (File name too long)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from experiments.preflight import check
+
+    (tmp_path / "a_file").touch()
+    (tmp_path / "read_only").mkdir()
+    writable = os.access  # read-only by os.access: the tests may run as root, who writes anywhere
+    monkeypatch.setattr(os, "access", lambda p, mode: "read_only" not in str(p) and writable(p, mode))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
+        config = compose("train", ["+exp=smoke", f"hydra.run.dir={tmp_path / run_dir}"], return_hydra_config=True)
+    HydraConfig().set_config(config)
+    with pytest.raises(OSError, match=f"hydra.run.dir={tmp_path / run_dir}: cannot be made \\((.*/)?{reason}"):
+        check(config)
+    OmegaConf.set_readonly(config.hydra, False)
+    config.hydra.run.dir = str(tmp_path / "fine" / "run")
+    check(config)  # the same settings into a folder that can be made pass, and nothing is made
+    GlobalHydra.instance().clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "read_only"]
