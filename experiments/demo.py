@@ -29,7 +29,8 @@ from experiments.evaluate import build_datamodule
 from experiments.generate import embed_in_windows, front_end_of, voice_features
 from experiments.schema import check_command_config
 from lightning_modules.metrics.probe import probe_for
-from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 VARIATIONS = 4  # faces beside the main one
@@ -189,7 +190,7 @@ def load_demo(path: str, device: str = "cpu", with_reference: bool = True) -> tu
     """The Demo of a checkpoint or model folder, loaded once: the model, its voice pipeline, silero-vad and, where
     the run's corpus can be rebuilt, the reference (probe and training faces)."""
     state = read_checkpoint(path)
-    model = Voice2FaceGAN.from_checkpoint(state, device)
+    model = model_from_checkpoint(state, device)
     reference, faces = None, None
     if with_reference:
         try:

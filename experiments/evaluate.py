@@ -22,12 +22,13 @@ from experiments.schema import check_command_config, check_data_overrides
 from lightning_modules.build import check_arguments
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data
-from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> Voice2FaceGAN:
     """Voice2FaceGAN from a checkpoint file, in eval mode on `device`."""
-    return Voice2FaceGAN.from_checkpoint(read_checkpoint(ckpt), device)
+    return model_from_checkpoint(read_checkpoint(ckpt), device)
 
 
 def data_hparams(ckpt: str | Path | dict, overrides: dict | None = None) -> dict:
@@ -77,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
     check_command_config(cfg, "evaluate")
     ckpt = Path(cfg.ckpt)
     state = read_checkpoint(ckpt)  # read once, for the model and the data
-    model = Voice2FaceGAN.from_checkpoint(state, cfg.device)
+    model = model_from_checkpoint(state, cfg.device)
     out = Path(cfg.out) if cfg.out else ckpt.parent
     meta = {
         "ckpt": str(ckpt.resolve()),

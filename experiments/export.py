@@ -59,7 +59,7 @@ from lightning_modules.legacy import (
 )
 from lightning_modules.model_folder import is_model_folder, write_model_folder
 from lightning_modules.safe_load import refuse_unreadable
-from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 EXPORTERS = {"rosinality": export_rosinality, "nvlabs-state-dict": export_nvlabs_state_dict}
 IMPORTERS = {"rosinality": import_rosinality, "nvlabs-state-dict": import_nvlabs}
@@ -85,7 +85,7 @@ def read_generator(path: str | Path) -> torch.nn.Module:
     path = Path(path)
     refuse_unreadable(path, f"{path}: no such file (ckpt=)", f"ckpt= names one of: {'; '.join(GENERATOR_FORMATS)}")
     if _is_training_checkpoint(path):
-        return Voice2FaceGAN.from_checkpoint(read_checkpoint(path), "cpu").G_ema
+        return model_from_checkpoint(read_checkpoint(path), "cpu").G_ema
     return load_generator(path, impl="torch").eval()
 
 
@@ -197,12 +197,12 @@ def export_pretrained(ckpt: Path, out: Path, overwrite: bool = False) -> dict:
     if not _is_training_checkpoint(ckpt):
         raise ValueError(f"{ckpt}: format=pretrained needs a voice2face training checkpoint (a run's last.ckpt)")
     state = read_checkpoint(ckpt)
-    expected = _voice_images(Voice2FaceGAN.from_checkpoint(state, "cpu"))
+    expected = _voice_images(model_from_checkpoint(state, "cpu"))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tensors = write_model_folder(state, tmp, model_card(state, ckpt))
-        back = _voice_images(Voice2FaceGAN.from_checkpoint(read_checkpoint(tmp), "cpu"))
+        back = _voice_images(model_from_checkpoint(read_checkpoint(tmp), "cpu"))
         if not torch.equal(back, expected):
             raise RuntimeError(f"{out}: the model folder does not give the checkpoint's faces; nothing was written")
         if out.exists():

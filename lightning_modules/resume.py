@@ -18,8 +18,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_modules.callbacks import KimgCheckpoint
 
-LEGACY_STATE_KEY = "KimgCheckpoint"  # checkpoints written before this callback existed kept its state there
-
 
 class ExactResume(Callback):
     """The RNG streams and epoch position of a run, saved with every checkpoint and put back on resume.
@@ -59,12 +57,6 @@ class ExactResume(Callback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return state
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        """A checkpoint from before this callback keeps the same state under the checkpoint callback's key."""
-        states = checkpoint.get("callbacks", {})
-        if self.state_key not in states and "train_rng" in states.get(LEGACY_STATE_KEY, {}):
-            self.load_state_dict(states[LEGACY_STATE_KEY])
 
     def load_state_dict(self, state):
         """Runs while Lightning restores, before it makes the epoch's data iterator."""

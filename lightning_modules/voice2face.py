@@ -20,29 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from huggingface_hub.constants import CONFIG_NAME
 from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.faces import mean_face
-from lightning_modules.build import build_network, check_arguments, check_network_config
+from lightning_modules.build import build_network
 from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.latent import LATENT_SPACES, VoiceLatent
 from lightning_modules.legacy import compare_state_dict, load_pretrained
-from lightning_modules.losses import (
-    ema_beta,
-    lazy_adam_kwargs,
-    ns_discriminator_loss,
-    ns_generator_loss,
-    path_lengths,
-    r1_penalty,
-)
+from lightning_modules.losses import ema_beta, lazy_adam_kwargs
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
-from lightning_modules.model_folder import read_model_folder
-from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.voice2face_loss import Voice2FaceLoss
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +40,6 @@ ENCODER_MODES = ("joint", "frozen", "finetune")
 MIXING_SOURCES = ("batch", "self")
 GENERATOR_TRAIN = ("frozen", "finetune")
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
-# Hyper-parameters that earlier checkpoints store but that never shaped the networks: the sample-grid settings,
-# now callbacks.samples (lightning_modules.samples.SampleGrids). Dropped when such a checkpoint is read.
-RETIRED_HPARAMS = ("sample_every_kimg", "sample_count", "sample_utterances")
 
 
 def _plain(cfg):
@@ -60,37 +47,6 @@ def _plain(cfg):
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return copy.deepcopy(cfg)
-
-
-def read_checkpoint(ckpt: str | Path) -> dict:
-    """A voice2face training checkpoint, or a model folder (lightning_modules.model_folder), read once as data
-    (weights_only; safetensors), its networks' configs checked before
-    anything is built from them (`Voice2FaceGAN.from_checkpoint` builds the model, the datamodule hyper-parameters
-    give the voice pipeline)."""
-    path = Path(ckpt)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():  # any other folder is refused below, by what it is
-        state = read_model_folder(path)
-    else:
-        refuse_unreadable(
-            path,
-            f"{path}: checkpoint not found (ckpt= must name a .ckpt written by training)",
-            "ckpt= must name a .ckpt written by training (a run's checkpoints/last.ckpt) or a model folder "
-            "(experiments.export format=pretrained)",
-        )
-        state = load_data(path, "a voice2face checkpoint")
-    if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
-        raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
-    state["hyper_parameters"] = {k: v for k, v in state["hyper_parameters"].items() if k not in RETIRED_HPARAMS}
-    for part in ("encoder", "generator", "discriminator"):
-        check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
-    check_arguments(Voice2FaceGAN, state["hyper_parameters"], f"{path}: hyper_parameters")
-    mode = state["hyper_parameters"].get("encoder_mode", "joint")
-    if mode not in ENCODER_MODES:  # from_checkpoint builds every checkpoint as joint, so __init__ cannot check it
-        raise ValueError(
-            f"{path}: hyper_parameters: encoder_mode {mode!r} is not one of {ENCODER_MODES} (a checkpoint of "
-            "another version?); use the version that wrote it"
-        )
-    return state
 
 
 def load_generator_init(path, img_resolution: int, impl: str = "auto"):
@@ -257,10 +213,11 @@ class Voice2FaceGAN(LightningModule):
         self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
         # A loss, not part of the model: kept out of the state dict (a checkpoint need not carry VGG16).
         try:
-            self._perceptual = [LPIPSDistance(perceptual_vgg, max_size=256)] if perceptual_weight > 0 else []
+            self.perceptual = [LPIPSDistance(perceptual_vgg, max_size=256)] if perceptual_weight > 0 else []
         except MetricUnavailable as err:
             need = "voice2face: model.perceptual_weight > 0 needs LPIPS' VGG16 (model.perceptual_vgg)"
             raise ValueError(f"{need}: {err}") from None
+        self.loss = Voice2FaceLoss(self)  # the phases' losses (NVlabs' StyleGAN2Loss), driven by training_step
 
         # Path length needs the mapping/synthesis split; baselines without `.mapping` skip Greg and mixing.
         self.has_mapping = hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")
@@ -341,29 +298,54 @@ class Voice2FaceGAN(LightningModule):
         G = self.G_ema if ema else self.G
         return G(self.latent(emb, noise), truncation_psi=truncation_psi, noise_mode=noise_mode)
 
-    # ------------------------------------------------------------------ training phases
-    def _autocast(self):
+    # ------------------------------------------------------------------ training
+    def autocast(self):
         if self.hparams.bf16 and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def run_G(self, z, update_emas=False):
-        """Generate with style mixing (NVlabs `run_G`). Returns (img, ws); ws is None without a mapping."""
-        if not self.has_mapping:
-            return self.G(z), None
-        ws = self.G.mapping(z, update_emas=update_emas)
-        if self.hparams.style_mixing_prob > 0 and ws.shape[1] > 1:
-            cutoff = int(torch.randint(1, ws.shape[1], []))
-            if float(torch.rand([])) >= self.hparams.style_mixing_prob:
-                cutoff = ws.shape[1]
-            # The second latent: another voice of the batch, or the same voice (each with fresh noise). With
-            # noise_z_dim = 0 the same voice gives the same w, so `self` mixing changes nothing then.
-            emb, noise = z[:, : self.embed_dim], z[:, self.embed_dim :]
-            if self.hparams.style_mixing_source == "batch":
-                emb = emb.roll(1, dims=0)
-            z2 = torch.cat([emb, torch.randn_like(noise)], dim=1)
-            ws[:, cutoff:] = self.G.mapping(z2, update_emas=False)[:, cutoff:]
-        return self.G.synthesis(ws), ws
+    def training_step(self, batch, batch_idx):
+        real, label = self._real_faces(batch)
+        mbs = [
+            dict(zip(("audio", "lengths", "real", "label"), part))
+            for part in self._chunks(batch["audio"], batch.get("audio_lengths"), real, label)
+        ]
+        stats = {}
+        for phase, opt, interval in self._phases():
+            if interval <= 0 or self.iteration % interval:
+                continue
+            self.toggle_optimizer(opt)
+            opt.zero_grad(set_to_none=True)
+            parts = self._greg_parts(mbs) if phase == "Greg" else mbs
+            losses, per_part = zip(*(self.loss.accumulate_gradients(phase, mb, gain=interval) for mb in parts))
+            self._step_unless_non_finite(opt, losses, phase)
+            self.untoggle_optimizer(opt)
+            stats.update({k: torch.stack([s[k] for s in per_part]).mean() for k in per_part[0]})
+        stats.update(self._advance(real.shape[0]))
+        self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False, batch_size=real.shape[0])
+
+    def _phases(self):
+        """(phase, optimizer, interval) in NVlabs' order; interval 0: the phase is off."""
+        opt_G, opt_D = self.optimizers()
+        return (
+            ("Gmain", opt_G, 1),
+            ("Greg", opt_G, self.hparams.G_reg_interval if self.pl_active else 0),
+            ("Dmain", opt_D, 1),
+            ("Dreg", opt_D, self.hparams.D_reg_interval if self.r1_active else 0),
+        )
+
+    def _real_faces(self, batch):
+        """(faces [B, 3, S, S], mirrored with probability 1/2 under xflip; labels [B])."""
+        real, label = batch["face"], batch["label"]
+        if real.ndim != 4 or real.shape[-1] != self.hparams.img_resolution:
+            raise ValueError(
+                f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
+                f"{self.hparams.img_resolution}, got {list(real.shape)}"
+            )
+        if self.hparams.xflip:
+            flip = torch.rand(real.shape[0], device=real.device) < 0.5
+            real = torch.where(flip[:, None, None, None], real.flip(3), real)
+        return real, label
 
     def _chunks(self, *tensors):
         """Each tensor (or None) split into `accumulate` micro-batches: a list of tuples, one per micro-batch."""
@@ -373,23 +355,24 @@ class Voice2FaceGAN(LightningModule):
         parts = [t.chunk(k) if t is not None else (None,) * k for t in tensors]
         return list(zip(*parts))
 
-    def _step(self, opt, losses, phase):
-        """zero_grad -> backward of each micro-batch's loss (an iterable, each / accumulate) -> step, unless a loss
-        or a gradient is non-finite: then the step is skipped (weights and Adam moments unchanged) and counted;
-        `max_bad_steps` in a row stop the run."""
-        opt.zero_grad(set_to_none=True)
+    def _greg_parts(self, mbs):
+        """Greg's micro-batches: the first batch // pl_batch_shrink generator inputs of Gmain, whole micro-batches."""
+        z, k = torch.cat([mb["z"] for mb in mbs]), self.hparams.accumulate
+        n = max(z.shape[0] // self.hparams.pl_batch_shrink // k, 1) * k
+        return [{"z": z_i} for (z_i,) in self._chunks(z[:n])]
+
+    def _step_unless_non_finite(self, opt, losses, phase):
+        """Step, unless a loss or a gradient is non-finite: then the step is skipped (weights and Adam moments
+        unchanged) and counted; `max_bad_steps` in a row stop the run."""
         bad = torch.zeros([], dtype=torch.bool, device=self.device)
         for loss in losses:
-            # always: under DDP every rank must join the gradient all-reduce
-            self.manual_backward(loss / self.hparams.accumulate if self.hparams.accumulate > 1 else loss)
-            bad = bad | ~torch.isfinite(loss.detach()).all()
+            bad = bad | ~torch.isfinite(loss).all()
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
         norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1, device=self.device)
         bad = (bad | ~torch.isfinite(norms).all()).float()
-        if self._distributed():  # one rank's bad loss stops the step on all ranks
+        if self.distributed():  # one rank's bad loss stops the step on all ranks
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        finite = not bool(bad)
-        if finite:
+        if not bool(bad):
             opt.step()
             self.bad_streak = 0
             return
@@ -412,14 +395,6 @@ class Voice2FaceGAN(LightningModule):
                 f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)",
             )
 
-    def latent_loss(self, ws, label):
-        """Mean squared distance per w between `ws` [B, num_ws, w_dim] and the speakers' targets, over the
-        speakers that have one (zero where none in the batch has)."""
-        has = self.w_target_mask[label]
-        if not bool(has.any()):
-            return ws.sum() * 0
-        return (ws.float()[has] - self.w_targets[label[has]]).square().sum(-1).mean()
-
     def load_latent_targets(self, names: list[str]) -> None:
         """w_targets [num_classes, num_ws, w_dim] from latent_targets/identity_<name>.npy for the training
         identities `names` (label order); a speaker without a file is left out of the latent loss."""
@@ -439,131 +414,14 @@ class Voice2FaceGAN(LightningModule):
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
 
     @staticmethod
-    def _mean_stats(per_chunk):
-        return {k: torch.stack([s[k] for s in per_chunk]).mean() for k in per_chunk[0]}
-
-    def _phase_Gmain(self, opt, audio, lengths, real, label):
-        """Returns (stats, z): z, the generator inputs of the whole batch, detached for the phases after."""
-        self.toggle_optimizer(opt)
-        per_chunk, zs = [], []
-
-        def losses():
-            for audio_i, lengths_i, real_i, label_i in self._chunks(audio, lengths, real, label):
-                with self._autocast():
-                    emb = self.embed(audio_i, lengths_i)
-                z = self.latent(emb.float())
-                zs.append(z.detach())
-                with self._autocast():
-                    img, ws = self.run_G(z)
-                    logits, class_logits = self.D(img)
-                loss_adv = ns_generator_loss(logits.float()).mean()
-                loss = loss_adv
-                stats = {"loss/G_adv": loss_adv.detach()}
-                if self.hparams.recon_weight > 0:
-                    loss_rec = (img.float() - real_i).abs().mean()
-                    loss = loss + self.hparams.recon_weight * loss_rec
-                    stats["loss/G_recon"] = loss_rec.detach()
-                if self._perceptual:
-                    lpips = self._perceptual[0] = self._perceptual[0].to(img.device)
-                    loss_lpips = lpips(img.float(), real_i).mean()
-                    loss = loss + self.hparams.perceptual_weight * loss_lpips
-                    stats["loss/G_lpips"] = loss_lpips.detach()
-                if self.hparams.latent_weight > 0:
-                    loss_w = self.latent_loss(ws, label_i)
-                    loss = loss + self.hparams.latent_weight * loss_w
-                    stats["loss/G_latent"] = loss_w.detach()
-                if class_logits is not None and self.hparams.id_weight > 0:
-                    loss_id = F.cross_entropy(class_logits.float(), label_i)
-                    loss = loss + self.hparams.id_weight * loss_id
-                    stats["loss/G_id"] = loss_id.detach()
-                per_chunk.append(stats)
-                yield loss
-
-        self._step(opt, losses(), "Gmain")
-        self.untoggle_optimizer(opt)
-        return self._mean_stats(per_chunk), torch.cat(zs)
-
-    def _phase_Greg(self, opt, z):
-        self.toggle_optimizer(opt)
-        k = self.hparams.accumulate
-        n = max(z.shape[0] // self.hparams.pl_batch_shrink // k, 1) * k  # whole micro-batches
-        per_chunk = []
-
-        def losses():
-            for (z_i,) in self._chunks(z[:n]):
-                with self._autocast():
-                    img, ws = self.run_G(z_i)
-                lengths = path_lengths(img.float(), ws)
-                batch_mean = lengths.mean().detach()
-                if self._distributed():
-                    torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
-                    batch_mean /= torch.distributed.get_world_size()
-                pl_mean = self.pl_mean.lerp(batch_mean, self.hparams.pl_decay)
-                # A non-finite batch (its step is skipped) must not poison the running mean.
-                self.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean, self.pl_mean).detach())
-                penalty = (lengths - pl_mean).square()
-                # img[:, 0, 0, 0] * 0 ties every synthesis parameter into the graph (as NVlabs does for DDP).
-                loss = (img[:, 0, 0, 0].float() * 0 + penalty * self.hparams.pl_weight).mean()
-                per_chunk.append({"reg/pl_penalty": penalty.mean().detach()})
-                yield loss * self.hparams.G_reg_interval
-
-        self._step(opt, losses(), "Greg")
-        self.untoggle_optimizer(opt)
-        return {**self._mean_stats(per_chunk), "reg/pl_mean": self.pl_mean.detach().clone()}
-
-    def _phase_Dmain(self, opt, z, real, label):
-        self.toggle_optimizer(opt)
-        per_chunk = []
-
-        def losses():
-            for z_i, real_i, label_i in self._chunks(z, real, label):
-                with torch.no_grad(), self._autocast():
-                    fake, _ = self.run_G(z_i, update_emas=True)
-                with self._autocast():
-                    fake_logits, _ = self.D(fake)
-                    real_logits, class_logits = self.D(real_i)
-                loss_real, loss_fake = ns_discriminator_loss(real_logits.float(), fake_logits.float())
-                loss = loss_real.mean() + loss_fake.mean()
-                stats = {"loss/D_real": loss_real.mean().detach(), "loss/D_fake": loss_fake.mean().detach()}
-                if class_logits is not None and self.hparams.cls_weight > 0:
-                    loss_cls = F.cross_entropy(class_logits.float(), label_i)
-                    loss = loss + self.hparams.cls_weight * loss_cls
-                    stats["loss/D_cls"] = loss_cls.detach()
-                    stats["acc/D_cls_real"] = (class_logits.argmax(1) == label_i).float().mean()
-                per_chunk.append(stats)
-                yield loss
-
-        self._step(opt, losses(), "Dmain")
-        self.untoggle_optimizer(opt)
-        return self._mean_stats(per_chunk)
-
-    def _phase_Dreg(self, opt, real):
-        self.toggle_optimizer(opt)
-        per_chunk = []
-
-        def losses():
-            for (real_i,) in self._chunks(real):
-                real_i = real_i.detach().requires_grad_(True)
-                with self._autocast():
-                    logits, _ = self.D(real_i)
-                penalty = r1_penalty(real_i, logits.float())
-                loss = (logits.float() * 0 + penalty * (self.hparams.r1_gamma / 2)).mean()
-                per_chunk.append({"reg/r1": penalty.mean().detach()})
-                yield loss * self.hparams.D_reg_interval
-
-        self._step(opt, losses(), "Dreg")
-        self.untoggle_optimizer(opt)
-        return self._mean_stats(per_chunk)
-
-    @staticmethod
-    def _distributed():
+    def distributed():
         return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     @torch.no_grad()
     def _average_buffers_across_ranks(self, module):
         """Running statistics such as mapping.w_avg are updated from each rank's batch; their mean over ranks
         is the statistic of the global batch (they are linear in it), keeping every rank's G identical."""
-        if not self._distributed():
+        if not self.distributed():
             return
         for b in module.buffers():
             if b.is_floating_point():
@@ -580,25 +438,10 @@ class Voice2FaceGAN(LightningModule):
             b_ema.copy_(b)
         return beta
 
-    def training_step(self, batch, batch_idx):
-        real, label = batch["face"], batch["label"]
-        if real.ndim != 4 or real.shape[-1] != self.hparams.img_resolution:
-            raise ValueError(
-                f"voice2face: batch['face'] must be [B, 3, S, S] with S = "
-                f"{self.hparams.img_resolution}, got {list(real.shape)}"
-            )
-        if self.hparams.xflip:
-            flip = torch.rand(real.shape[0], device=real.device) < 0.5
-            real = torch.where(flip[:, None, None, None], real.flip(3), real)
-        opt_G, opt_D = self.optimizers()
-        stats, z = self._phase_Gmain(opt_G, batch["audio"], batch.get("audio_lengths"), real, label)
-        if self.pl_active and self.iteration % self.hparams.G_reg_interval == 0:
-            stats.update(self._phase_Greg(opt_G, z))
-        stats.update(self._phase_Dmain(opt_D, z, real, label))
-        if self.r1_active and self.iteration % self.hparams.D_reg_interval == 0:
-            stats.update(self._phase_Dreg(opt_D, real))
-
-        global_batch = real.shape[0] * self.trainer.world_size
+    def _advance(self, batch_size):
+        """Count the images, update G_ema, time the iteration: their statistics."""
+        global_batch = batch_size * self.trainer.world_size
+        stats = {}
         self.cur_nimg += global_batch
         self.iteration += 1
         stats["progress/ema_beta"] = self.update_ema(global_batch)
@@ -617,7 +460,9 @@ class Voice2FaceGAN(LightningModule):
             stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         stats["progress/skipped_steps"] = self.skipped_steps
-        self.log_dict({k: float(v) for k, v in stats.items()}, on_step=True, on_epoch=False, batch_size=real.shape[0])
+        if self.pl_active:
+            stats["reg/pl_mean"] = self.pl_mean.detach().clone()
+        return stats
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -676,37 +521,6 @@ class Voice2FaceGAN(LightningModule):
                 f"{where}: gives {n_features} features a frame, but this model's encoder was trained on "
                 f"{self.hparams.feature_dim}; drop data_overrides.features (the checkpoint's own are used)"
             )
-
-    @classmethod
-    def from_checkpoint(cls, state: dict, device: str | torch.device = "cpu") -> "Voice2FaceGAN":
-        """The model of a checkpoint read by `read_checkpoint`, in eval mode on `device` ("auto": CUDA where there
-        is one), built as Lightning's load_from_checkpoint builds it: the stored hyper-parameters, then
-        on_load_checkpoint, then the weights, strictly."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={device}: this machine has no CUDA GPU that torch can use; pass device=cpu")
-        hparams = state["hyper_parameters"]
-        # The checkpoint's weights include the encoder's, so its stage-1 file (encoder_ckpt) is not read: it need
-        # not exist here (a run folder moved or handed over). Built as a joint encoder, then given its mode back.
-        # Likewise its generator_init (the stored generator/discriminator configs already are the file's) and
-        # the files of the training-only losses.
-        files = {"encoder_ckpt": None, "generator_init": None, "latent_weight": 0.0, "perceptual_weight": 0.0}
-        files["generator_train"] = "finetune"  # frozen needs the file; what it froze is in the weights already
-        model = cls(**{**hparams, "encoder_mode": "joint", **files})
-        model.hparams.update({k: hparams.get(k, v) for k, v in files.items()})
-        mode = hparams.get("encoder_mode", "joint")
-        model.hparams.update(encoder_mode=mode)
-        model.encoder.requires_grad_(model.hparams.encoder_mode != "frozen")
-        model.on_load_checkpoint(state)
-        parts = state.get("voice2face_parts")
-        if parts is None:
-            model.load_state_dict(state["state_dict"], strict=True)
-        else:  # a model folder: the inference networks, each of them whole
-            own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(parts))}
-            compare_state_dict(own, state["state_dict"], "the model folder's model.safetensors")
-            model.load_state_dict(state["state_dict"], strict=False)
-        return model.to(device).eval()
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")

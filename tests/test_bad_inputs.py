@@ -396,7 +396,7 @@ def test_missing_required_path_names_it(compose_cfg, overrides, words):
 def test_a_checkpoint_path_that_is_no_file_says_what_it_is(tmp_path, kind, loader):
     """A run folder given as the checkpoint (or a FIFO, a symlink loop) was "not found" / "no such checkpoint"."""
     from lightning_modules.encoder_pretrain import load_encoder_weights
-    from lightning_modules.voice2face import read_checkpoint
+    from lightning_modules.voice2face_checkpoint import read_checkpoint
 
     path = tmp_path / "last.ckpt"
     what = {"folder": "a folder, not a file", "fifo": "a FIFO (named pipe)", "symlink_loop": "a symlink loop"}
@@ -564,13 +564,13 @@ def test_a_cuda_device_without_a_gpu_is_named(tmp_path):
     import torch
     from test_evaluate import smoke_checkpoint
 
-    from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+    from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     state = read_checkpoint(smoke_checkpoint(tmp_path / "last.ckpt"))
     with pytest.raises(ValueError, match="device=cuda: this machine has no CUDA GPU .*; pass device=cpu"):
-        Voice2FaceGAN.from_checkpoint(state, "cuda")
+        model_from_checkpoint(state, "cuda")
 
 
 def test_a_failed_resume_points_to_the_config_that_wrote_the_checkpoint(smoke_run, tmp_path):

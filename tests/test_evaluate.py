@@ -333,17 +333,6 @@ def test_a_checkpoint_loads_without_its_stage1_encoder_file(tmp_path):
     assert not any(p.requires_grad for p in model.encoder.parameters())
 
 
-def test_a_checkpoint_with_the_retired_sample_settings_loads(tmp_path):
-    """Checkpoints written before the sample grids became a callback store their settings as model arguments."""
-    from experiments.evaluate import load_model
-
-    def older(state):
-        state["hyper_parameters"].update(sample_every_kimg=5.0, sample_count=16, sample_utterances=3)
-
-    model = load_model(edited_checkpoint(tmp_path / "last.ckpt", older))
-    assert "sample_count" not in model.hparams
-
-
 @pytest.mark.parametrize(
     "edit, words",
     [

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_modules.latent import VoiceLatent
 from lightning_modules.legacy import export_rosinality
 from lightning_modules.stylegan2 import Discriminator, Generator
-from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 ROS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ros_g64.pt"
 SMALL_D = {"_target_": "lightning_modules.stylegan2.Discriminator", "channel_base": 256, "channel_max": 16}
@@ -115,7 +116,7 @@ def test_finetune_changes_g_and_the_checkpoint_rebuilds_without_the_file(tmp_pat
     init.unlink()  # a handed-over run folder: the pretrained file is not there
     state = read_checkpoint(ckpt)
     assert state["hyper_parameters"]["generator"]["channels"] == model.G.init_kwargs["channels"]
-    rebuilt = Voice2FaceGAN.from_checkpoint(state)
+    rebuilt = model_from_checkpoint(state)
     assert rebuilt.hparams.generator_init == str(init)
     voice = torch.randn(2, FEAT, FRAMES)
     torch.testing.assert_close(rebuilt.generate(voice), model.eval().generate(voice), rtol=0, atol=0)
@@ -234,7 +235,7 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
     label = torch.tensor([0, 1, 2, 0])
     ws = model.G.mapping(torch.randn(4, 8))
     expected = (torch.cat([ws[:2], ws[3:]]) - goal[[0, 1, 0]]).square().sum(-1).mean()  # label 2 has none
-    torch.testing.assert_close(model.latent_loss(ws, label), expected)
+    torch.testing.assert_close(model.loss.latent_loss(ws, label), expected)
     with pytest.raises(ValueError, match="latent_space=wplus"):
         hires_model(init, 64, latent_weight=1.0, latent_space="z", encoder=_cfg(TinyEncoder, embed_dim=64))
     np.save(targets / "identity_id2.npy", np.zeros((14, 64), np.float32))
@@ -301,15 +302,15 @@ def test_perceptual_loss_is_a_loss_not_part_of_the_checkpoint(tmp_path):
         hires_model(init, 64, perceptual_weight=1.0, perceptual_vgg=str(tmp_path / "missing.pth"))
     model = hires_model(init, 64, perceptual_weight=1.0, perceptual_vgg=str(vgg), pl_weight=0, r1_gamma=0)
     seen = []
-    original = model._phase_Gmain
-    model._phase_Gmain = lambda *args: seen.append(original(*args)) or seen[-1]
+    original = model.loss.accumulate_gradients
+    model.loss.accumulate_gradients = lambda *args, **kw: seen.append(original(*args, **kw)) or seen[-1]
     trainer = train(model, 64, tmp_path, n=4, batch=4)
-    assert "loss/G_lpips" in seen[0][0] and torch.isfinite(seen[0][0]["loss/G_lpips"])
-    assert not any("lpips" in k or k.startswith("_perceptual") for k in model.state_dict())
+    assert "loss/G_lpips" in seen[0][1] and torch.isfinite(seen[0][1]["loss/G_lpips"])
+    assert not any("lpips" in k or k.startswith("perceptual") for k in model.state_dict())
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     vgg.unlink()  # rebuilding the model for inference needs neither the loss's file nor the pretrained G's
     init.unlink()
-    Voice2FaceGAN.from_checkpoint(read_checkpoint(tmp_path / "last.ckpt"))
+    model_from_checkpoint(read_checkpoint(tmp_path / "last.ckpt"))
 
 
 def test_frozen_without_a_pretrained_generator_is_refused():

@@ -18,7 +18,8 @@ from test_export import export_command
 from experiments.export import export_pretrained
 from experiments.generate import run as generate_run
 from lightning_modules.legacy import load_generator, load_pretrained
-from lightning_modules.voice2face import Voice2FaceGAN, read_checkpoint
+from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 DATA = {"features": {"kind": "logmel", "preemphasis": 0.95}, "vad": {}, "eval_min_frames": 1000, "face_size": 16}
@@ -61,7 +62,7 @@ def test_the_folder_round_trips_bit_for_bit_without_unpickling(trained, tmp_path
     for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
         monkeypatch.setattr(module, name, no_unpickling)
     state = read_checkpoint(out)
-    rebuilt = Voice2FaceGAN.from_checkpoint(state)
+    rebuilt = model_from_checkpoint(state)
     with torch.no_grad():
         assert torch.equal(rebuilt.generate(voices()), model.generate(voices()))
     assert rebuilt.cur_nimg == 12000 and state["datamodule_hyper_parameters"]["features"]["kind"] == "logmel"
