@@ -18,6 +18,7 @@ from lightning_modules.losses import (
     lazy_adam_kwargs,
     ns_discriminator_loss,
     ns_generator_loss,
+    nvlabs_r1_gamma,
     path_lengths,
     r1_penalty,
 )
@@ -129,7 +130,7 @@ class FacePriorTrainer:
             img_resolution=img_resolution, channel_base=channel_base, channel_max=channel_max, impl=impl
         )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        gamma = 0.0002 * img_resolution**2 / batch_size if r1_gamma is None else r1_gamma
+        gamma = nvlabs_r1_gamma(img_resolution, batch_size) if r1_gamma is None else r1_gamma
         self.loss = UnconditionalLoss(self.G, self.D, gamma, pl_weight, style_mixing_prob=style_mixing_prob)
         self.intervals = {"G": G_reg_interval, "D": D_reg_interval}
         self.opt = {

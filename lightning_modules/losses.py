@@ -50,6 +50,11 @@ def ema_beta(batch_size, cur_nimg, ema_kimg, ema_rampup=None):
     return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
 
 
+def nvlabs_r1_gamma(resolution: int, batch_size: int) -> float:
+    """NVlabs' R1 weight for a face size and batch (stylegan2-ada-pytorch's heuristic): 0.0002 · res² / batch."""
+    return 0.0002 * resolution**2 / batch_size
+
+
 def lazy_adam_kwargs(lr, betas, reg_interval):
     """Adam settings for a network whose regulariser runs every `reg_interval` steps.
 

@@ -45,6 +45,23 @@ def test_previous_pins_the_recipe_before_the_study(recipe, tmp_path):
     assert px32.data.face_size == 32 and px32.model.r1_gamma == 0.0064 and px32.model.generator.use_noise
 
 
+def test_each_variant_states_only_its_delta(recipe):
+    """A variant that starts from another (`${variants.<label>}`) adds only what differs: `model.lr=0.0025` was
+    restated in nine variants. No override of its own repeats one it inherits with the same value."""
+    raw = OmegaConf.to_container(recipe.variants, resolve=False)
+    variants = OmegaConf.to_container(recipe.variants, resolve=True)
+    chained = 0
+    for label, items in raw.items():
+        parent = items[0][len("${variants.") : -1] if str(items[0]).startswith("${variants.") else None
+        if parent is None:
+            continue
+        chained += 1
+        inherited = set(flatten(variants[parent]))
+        own = flatten(variants[label])[len(flatten(variants[parent])) :]
+        assert not inherited & set(own), f"{label} restates {sorted(inherited & set(own))} of {parent}"
+    assert chained >= 9
+
+
 def test_a_cpu_variant_is_baseline_cpu(recipe, tmp_path):
     plain = compose_train(["+exp=baseline_cpu"], tmp_path / "plain")
     labels = {(False, False): "cpu_nonoise", (True, False): "cpu_noise", (False, True): "cpu_meanface"}
