@@ -13,7 +13,7 @@ if importlib.util.find_spec("face_recognition_models") is None:  # not imported:
 from datamodules.faces import normalize, template, umeyama, warp  # noqa: E402
 from datamodules.synthetic.faces import render_face  # noqa: E402
 from datamodules.synthetic.traits import sample_identities  # noqa: E402
-from lightning_modules.metrics.evaluate import face_embedder  # noqa: E402
+from lightning_modules.metrics.families import face_embedder  # noqa: E402
 from lightning_modules.metrics.identity import DlibEmbedder  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from test_metrics import LinearG, PixelFeatures
 from torch import nn
 
 from lightning_modules.metrics import evaluate
-from lightning_modules.metrics.evaluate import fid_note
+from lightning_modules.metrics.families import fid_note
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 PALETTE = {"red": (0.8, -0.8, -0.8), "blue": (-0.8, -0.8, 0.8), "green": (-0.8, 0.8, -0.8)}

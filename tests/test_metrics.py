@@ -81,7 +81,7 @@ def nvlabs_kid(gen: np.ndarray, real: np.ndarray) -> float:
 
 
 def test_kid_beside_fid_uses_the_same_features_and_the_cache(tmp_path):
-    from lightning_modules.metrics.evaluate import fid_metric
+    from lightning_modules.metrics.families import fid_metric
 
     g = torch.Generator().manual_seed(1)
     real = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
@@ -101,13 +101,13 @@ def test_kid_beside_fid_uses_the_same_features_and_the_cache(tmp_path):
 
 
 def test_an_fid_of_few_faces_comes_with_a_warning():
-    from lightning_modules.metrics.evaluate import FID_FLOOR, fid_note
+    from lightning_modules.metrics.families import FID_FLOOR, fid_note
 
     assert fid_note(FID_FLOOR) is None and "148 generated faces (< 2000)" in fid_note(148)
 
 
 def test_the_evaluation_subset_is_balanced_over_identities():
-    from lightning_modules.metrics.evaluate import balanced_subset
+    from lightning_modules.metrics.split import balanced_subset
 
     labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 7)
     keep = balanced_subset(labels, 9, seed=0)

@@ -42,8 +42,8 @@ def corpus_probe(tmp_path_factory, request):
     default corpus' train split: none of these test faces), and the test split's faces."""
     from datamodules.faces import normalize
     from datamodules.voxvgg import VoxVGGDataModule
-    from lightning_modules.metrics.evaluate import real_faces
     from lightning_modules.metrics.probe import probe_for
+    from lightning_modules.metrics.split import real_faces
 
     root = tmp_path_factory.mktemp("quality")
     dm = VoxVGGDataModule(

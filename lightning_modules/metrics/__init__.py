@@ -1,8 +1,9 @@
 """Evaluation metrics: FID, path length (ppl2_wend), identity cosine / retrieval, attribute recovery."""
 
-from lightning_modules.metrics.evaluate import evaluate, headline_markdown, summary_markdown
+from lightning_modules.metrics.evaluate import evaluate
 from lightning_modules.metrics.fid import FID, quantize
 from lightning_modules.metrics.identity import FaceNetEmbedder, centroids, identity_cosine, retrieval_recall
+from lightning_modules.metrics.markdown import headline_markdown, summary_markdown
 from lightning_modules.metrics.ppl import LPIPSDistance, path_length, trimmed_mean
 from lightning_modules.metrics.weights import MetricUnavailable
 

@@ -11,21 +11,18 @@ import torch
 from lightning import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_modules.metrics.evaluate import (
+from lightning_modules.metrics.evaluate import evaluate
+from lightning_modules.metrics.families import (
     PPL_KEYS,
-    as_dict,
     build_distance,
     build_fid,
     check_ppl_space,
-    embed_split,
-    evaluate,
     fid_metric,
-    generate_split,
     ppl_metric,
-    real_faces,
 )
 from lightning_modules.metrics.fid import quantize
 from lightning_modules.metrics.probe import probe_for
+from lightning_modules.metrics.split import as_dict, embed_split, generate_split, real_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 from lightning_modules.schedule import next_due
 
