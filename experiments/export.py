@@ -18,7 +18,7 @@ a G whose channels fit no channel_base / channel_max is refused for NVlabs; for 
 exact whatever the channels, and `args` holds the channel_multiplier only where one gives them (otherwise
 stock rosinality code needs its `channels` table set to args["channels"]; our importer reads them off the
 tensors). A G without noise inputs exports as zero noise strengths and buffers; what a format cannot express
-is refused by name (lightning_modules/legacy.py, the exporters). A per-pixel output bias (img_bias, the
+is refused by name (lightning_modules/exporters.py). A per-pixel output bias (img_bias, the
 from-scratch recipe's mean-face start) has no public place: its per-channel mean is folded into the top ToRGB
 bias and the rest kept under extra keys that the public loaders ignore. `<out>.json`, the manifest, says which
 loader fits and what the public code draws differently, measured on the check images. Under a W / W+ voice
@@ -46,13 +46,12 @@ from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from experiments.model_card import model_card
 from experiments.schema import check_command_config
+from lightning_modules.exporters import export_nvlabs_state_dict, export_rosinality
 from lightning_modules.latent import VoiceLatent, unconditional
 from lightning_modules.legacy import (
     GENERATOR_FORMATS,
     IMG_BIAS_KEY,
     TORGB_BIAS_KEY,
-    export_nvlabs_state_dict,
-    export_rosinality,
     import_nvlabs,
     import_rosinality,
     load_generator,
@@ -130,7 +129,7 @@ def export_generator(G, fmt: str, out: str | Path, source: str = "generator", ov
             raise ValueError(
                 f"{out}: the {fmt} export does not read back as {source}'s generator ("
                 + ("images" if same_w_avg else "mean w")
-                + " differ); a bug in lightning_modules/legacy.py's exporters or importers; nothing was written"
+                + " differ); a bug in lightning_modules/exporters.py or legacy.py; nothing was written"
             )
 
     write_atomic(out, write)  # a full disk: a one-line error, and an earlier file of this name stays whole
@@ -140,7 +139,7 @@ def export_generator(G, fmt: str, out: str | Path, source: str = "generator", ov
 @torch.no_grad()
 def public_difference(data: dict, fmt: str, expected: torch.Tensor) -> dict | None:
     """How the public code's images differ from G's where the export keeps part of G beside the public keys
-    (img_bias: legacy._with_img_bias): the file read without those keys, as the public loader reads it, on the
+    (img_bias: exporters._with_img_bias): the file read without those keys, as the public loader reads it, on the
     check images. None where the public keys hold all of G."""
     if IMG_BIAS_KEY not in data:
         return None

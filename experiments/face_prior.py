@@ -5,7 +5,7 @@ identities drawn with their own seed, none of them in the voice–face corpus, a
 VoxCeleb. Every `snapshot_kimg` it writes `last.pt` (resumable: rerun the same command), a grid of G_ema's faces
 and one line of `curve.csv`: fd_probe of G_ema's faces against the corpus' `eval_split` real faces in the face
 probe's space, beside the real-vs-real floor (lightning_modules.metrics.quality). At the end it writes the prior
-in NVlabs' state-dict layout, G and D (`lightning_modules.legacy.export_face_prior`), which `model.generator_init`
+in NVlabs' state-dict layout, G and D (`lightning_modules.exporters.export_face_prior`), which `model.generator_init`
 reads.
 """
 
@@ -27,8 +27,9 @@ from datamodules.files import write_atomic
 from datamodules.synthetic.face_set import face_set
 from experiments.schema import check_command_config, check_values
 from lightning_modules import weights
+from lightning_modules.exporters import export_face_prior
 from lightning_modules.face_prior import FacePriorTrainer
-from lightning_modules.legacy import export_face_prior, load_pretrained
+from lightning_modules.legacy import load_pretrained
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality
 

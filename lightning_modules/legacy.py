@@ -4,21 +4,16 @@ public StyleGAN2 checkpoint formats (rosinality/stylegan2-pytorch, NVlabs styleg
 """
 
 import argparse
-import collections
-import io
-import pickle
-import pickletools
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 import kernels
 from lightning_modules import weights
 from lightning_modules.build import check_network_config
-from lightning_modules.latent import unconditional
 from lightning_modules.model_folder import read_model_folder
+from lightning_modules.nvlabs_pickle import Persistent, module_state, unpickle_nvlabs
 from lightning_modules.safe_load import load_data, refuse_unreadable
 from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator, channels_per_resolution
 
@@ -225,156 +220,6 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto", source=None):
     return G
 
 
-class _Opaque(dict):
-    """Stands in for any object of an NVlabs pickle: keeps its state, items and constructor arguments as data
-    (a dict subclass so that pickled dict subclasses such as dnnlib.EasyDict fill it too)."""
-
-    state = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _Persistent(_Opaque):
-    """An NVlabs `persistence.persistent_class` object; its `module_src` is kept as text and never run."""
-
-    def __init__(self, meta):
-        super().__init__()
-        if not isinstance(meta, dict) or meta.get("type") != "class":
-            raise pickle.UnpicklingError(f"unsupported persistent object {type(meta).__name__}")
-        self.class_name, self.state = meta.get("class_name"), meta.get("state")
-
-
-def _storage_from_bytes(data):
-    # torch's own `_load_from_bytes` unpickles without restriction; weights_only=True reads tensors only. The
-    # bytes are torch.save's legacy (pre-zip) format, which torch 1.7-1.13 and 2.x write alike for a storage.
-    if not isinstance(data, bytes):
-        raise pickle.UnpicklingError(f"a storage's bytes are a {type(data).__name__}")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's reader asserts and raises RuntimeError on a damaged record
-        why = f"{type(err).__name__}: {err}"[:200]
-        raise pickle.UnpicklingError(f"a storage's bytes are no torch storage ({why})") from None
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_):
-    # Pickled backward hooks and metadata are dropped: only the storage view is rebuilt, once it is known to lie
-    # inside its storage (a view of 1e5 x 1e5 on four floats, or a negative stride, is no tensor of a network).
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError(f"a tensor's storage is a {type(storage).__name__}")
-    view = (storage_offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
-    if view is None or len(size) != len(stride) or not all(type(v) is int and v >= 0 for v in view):
-        raise pickle.UnpicklingError(f"a tensor's view is not sizes and strides of non-negative integers: {size}")
-    last = storage_offset + sum((n - 1) * step for n, step in zip(size, stride)) if all(size) else -1
-    length = storage._size() if isinstance(storage, torch.TypedStorage) else storage.size()  # _size: no warning
-    if last >= length:
-        raise pickle.UnpicklingError(f"a tensor of size {list(size)} reaches past its storage of {length}")
-    hooks = collections.OrderedDict()
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, hooks)
-
-
-def _rebuild_parameter(data, *_):
-    if not isinstance(data, torch.Tensor):
-        raise pickle.UnpicklingError(f"a parameter's data is a {type(data).__name__}")
-    return data  # a Parameter's tensor is all an importer needs
-
-
-class _NumpyDtype:
-    """numpy's pickled `dtype(name, align, copy)` of a number type (bool, integer, float, complex: the kinds of
-    NVlabs' layer attributes such as `weight_gain`). Objects, strings, records and subarrays are refused: they
-    are where a numpy pickle could carry more than a number."""
-
-    def __init__(self, name, align=False, copy=True):
-        try:
-            self.dtype = np.dtype(name) if isinstance(name, str) else None
-        except TypeError:
-            self.dtype = None
-        if self.dtype is None or self.dtype.kind not in "biufc":
-            raise pickle.UnpicklingError(f"refusing numpy dtype {name!r}: only number dtypes are read")
-
-    def __setstate__(self, state):
-        # numpy's state: (version, byte order, subarray, names, fields, itemsize, alignment, flags)
-        if not isinstance(state, tuple) or len(state) < 5 or any(part is not None for part in state[2:5]):
-            raise pickle.UnpicklingError("refusing a numpy dtype with fields or a subarray")
-        if state[1] in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(state[1])
-
-
-def _numpy_scalar(dtype, data):
-    """A pickled numpy number as the Python number it holds (NVlabs' layers keep e.g. `act_gain` as one)."""
-    if not isinstance(dtype, _NumpyDtype):
-        raise pickle.UnpicklingError(f"refusing a numpy scalar of {type(dtype).__name__} (not a number dtype)")
-    if not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
-        raise pickle.UnpicklingError(f"a numpy {dtype.dtype} scalar holds {type(data).__name__}, not its bytes")
-    return np.frombuffer(data, dtype=dtype.dtype)[0].item()
-
-
-_ALLOWED = {
-    ("numpy", "dtype"): _NumpyDtype,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # numpy 2.x's name
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # numpy 1.x's (public pickles of 2020-2021)
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Persistent,
-}
-# NVlabs' own packages and torch.nn modules become inert stand-ins; their code is never imported.
-_OPAQUE_PREFIXES = ("dnnlib.", "torch_utils.", "training.", "torch.nn.modules.")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module.startswith(_OPAQUE_PREFIXES) or module in ("dnnlib", "torch_utils", "training"):
-            return type(name, (_Opaque,), {})
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: the NVlabs importer only reads tensors and constructor arguments"
-        )
-
-
-MAX_MODULES, MAX_DEPTH = 100_000, 64  # a StyleGAN2 at 1024 px holds ~200 modules, 5 deep
-
-
-def _module_state(obj, prefix, out, visits=None, depth=0):
-    """Collect parameters and persistent buffers of a pickled module tree into a flat state dict. A module shared
-    by several parents is read under each path, as torch's state_dict reads it, within a budget: a small file of
-    modules that share their children would otherwise have 2^depth paths, and one that holds itself none."""
-    visits = [0] if visits is None else visits
-    visits[0] += 1
-    if visits[0] > MAX_MODULES or depth > MAX_DEPTH:
-        raise ValueError(
-            f"its module tree has more than {MAX_MODULES} module paths or is deeper than {MAX_DEPTH} "
-            f"(at {prefix.rstrip('.') or 'the network'}): shared or self-referencing modules, not a generator"
-        )
-    state = obj.state if isinstance(obj, _Opaque) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{prefix or 'G_ema'} is not a pickled torch module")
-    non_persistent = state.get("_non_persistent_buffers_set", set()) or set()
-    parts = {kind: state.get(kind) or {} for kind in ("_parameters", "_buffers", "_modules")}
-    for kind, part in parts.items():
-        if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
-            raise ValueError(f"{prefix or 'G_ema'}: its {kind} is a {type(part).__name__}, not a dict of names")
-    for kind in ("_parameters", "_buffers"):
-        for key, tensor in parts[kind].items():
-            if tensor is not None and not isinstance(tensor, torch.Tensor):
-                raise ValueError(f"{prefix}{key} is a {type(tensor).__name__}, not a tensor")
-            if tensor is not None and key not in non_persistent:
-                out[prefix + key] = tensor
-    for key, child in parts["_modules"].items():
-        if child is not None:
-            _module_state(child, f"{prefix}{key}.", out, visits, depth + 1)
-    return out
-
-
 def _generator_from_nvlabs(state, init_kwargs, source, impl):
     kw = dict(init_kwargs)
     mapping_kwargs, synthesis_kwargs = (
@@ -425,13 +270,13 @@ def import_nvlabs(src, impl="auto", source=None):
 
 def _generator_from_pickle(data, source, impl):
     """The Generator of an unpickled NVlabs network pickle (`G_ema`, else `G`)."""
-    if not isinstance(data.get("G_ema", data.get("G")), _Persistent):
+    if not isinstance(data.get("G_ema", data.get("G")), Persistent):
         raise ValueError(f"{source}: expected an NVlabs pickle with a 'G_ema' (or 'G') network")
     net = data.get("G_ema", data.get("G"))
     if net.class_name != "Generator":
         raise ValueError(f"{source}: the network is a {net.class_name!r}, not an NVlabs Generator")
     try:
-        state = _module_state(net, "", {})
+        state = module_state(net, "", {})
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
     return _generator_from_nvlabs(state, net.state.get("_init_kwargs", {}), source, impl)
@@ -497,7 +342,7 @@ def load_pretrained(path, impl="auto") -> tuple[Generator, dict, dict[str, torch
 
 def _read_nvlabs_pickle(path, impl):
     """(G, D arguments, D weights) of an NVlabs network pickle; whatever the file holds, a ValueError naming it."""
-    data = _unpickle_nvlabs_dict(path)
+    data = unpickle_nvlabs(path)
     try:
         return (_generator_from_pickle(data, path, impl), *_pickle_trunk(data, path))
     except (TypeError, AttributeError, KeyError, IndexError, RuntimeError) as err:
@@ -531,12 +376,12 @@ def _pickle_trunk(data, path):
     """NVlabs' resnet D of an unpickled network pickle as (arguments, weights) for ours: it names its layers as
     ours does; its filters are checked, not loaded."""
     net = data.get("D")
-    if not isinstance(net, _Persistent):
+    if not isinstance(net, Persistent):
         return {}, None
     if net.class_name != "Discriminator":
         raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
     try:
-        state = _module_state(net, "", {})
+        state = module_state(net, "", {})
     except ValueError as err:
         raise ValueError(f"{path}: its D: {err}") from None
     return _nvlabs_trunk(dict(net.state.get("_init_kwargs", {})), state, path)
@@ -574,102 +419,9 @@ def _checkpoint_trunk(data, path):
     return {k: v for k, v in cfg.items() if k not in ("_target_", "img_resolution", "num_classes")}, state
 
 
-MAX_OPCODES, MAX_MARKS = 10_000_000, 1_000  # NVlabs' 1024 px G + D + G_ema: ~10^5 opcodes, a few marks open
-
-
-def _check_opcodes(raw: bytes) -> None:
-    """Walk the pickle's opcodes before it is unpickled (pickletools, which reads arguments and builds nothing):
-    every declared length must lie inside the file, so no opcode allocates more than the file holds (the
-    unpickler sizes its buffer before it reads), and the opcodes and open marks stay within a budget."""
-    marks = 0
-    for count, (op, _, _) in enumerate(pickletools.genops(raw)):
-        if count > MAX_OPCODES:
-            raise pickle.UnpicklingError(f"more than {MAX_OPCODES} opcodes")
-        if op.name == "MARK":
-            marks += 1
-            if marks > MAX_MARKS:
-                raise pickle.UnpicklingError(f"more than {MAX_MARKS} nested marks")
-        elif pickletools.markobject in op.stack_before:
-            marks -= 1
-
-
-def _unpickle_nvlabs_dict(path):
-    try:
-        raw = Path(path).read_bytes()
-        _check_opcodes(raw)
-        data = _RestrictedUnpickler(io.BytesIO(raw)).load()
-    except (pickle.UnpicklingError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a loadable NVlabs network pickle: {first_line}") from None
-    except (
-        ValueError,
-        TypeError,
-        AttributeError,
-        KeyError,
-        IndexError,
-        OverflowError,
-        MemoryError,
-        RuntimeError,
-    ) as err:
-        # a damaged stream reaches the unpickler's own checks, calls an allowed function with wrong arguments, or
-        # sets items of a torch object (SETITEM on a storage: "can't index a TypedStorage with str")
-        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise ValueError(f"{path}: not a loadable NVlabs network pickle ({type(err).__name__}: {first_line})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an NVlabs network pickle (a dict of networks)")
-    return data
-
-
-# ----------------------------------------------------------------------------------------------------
-# Exporters, the importers' inverses: a G for the public code's own loaders (experiments.export).
-# ----------------------------------------------------------------------------------------------------
-
-
-def _exportable(G, source):
-    """(mapping, synthesis, architecture) of `G` as a public format can hold it: the G's own mapping where a
-    voice head replaced it (the head maps voices, which no public loader has). The architecture is read off
-    the modules that are exported, not the arguments G was built with. A feature neither format has is refused,
-    naming `source` and the feature; a per-pixel output bias (img_bias) is written by `_with_img_bias`."""
-
-    if not isinstance(G, Generator):
-        raise ValueError(f"{source}: its generator is a {type(G).__name__}; only a StyleGAN2 Generator exports")
-    mapping, synthesis = unconditional(G), G.synthesis
-    layer = synthesis.b4.conv1
-    arch = dict(
-        z_dim=mapping.z_dim,
-        w_dim=mapping.w_dim,
-        img_resolution=synthesis.img_resolution,
-        img_channels=synthesis.img_channels,
-        num_layers=mapping.num_layers,
-        lr_multiplier=mapping.fc0.bias_gain if mapping.num_layers else 0.01,  # bias_gain is the multiplier itself
-        w_avg_beta=mapping.w_avg_beta,
-        conv_clamp=layer.conv_clamp,
-        use_noise=layer.use_noise,
-        channels={r: getattr(synthesis, f"b{r}").conv1.weight.shape[0] for r in synthesis.block_resolutions},
-    )
-    return mapping, synthesis, arch
-
-
-def _exported(tensor):
-    return tensor.detach().to("cpu", torch.float32).clone()  # the file's own copy, whatever device G is on
-
-
-# Keys beside the public ones (public loaders read only theirs): what our importers need to give back a G with a
-# per-pixel output bias (img_bias) bit for bit.
+# The img_bias a from-scratch G carries has no place in either public format; an export keeps it beside the
+# weights under these keys (exporters._with_img_bias), which the public loaders ignore and ours read back.
 IMG_BIAS_KEY, TORGB_BIAS_KEY = "voice2face_img_bias", "voice2face_torgb_bias"
-
-
-def _with_img_bias(data, synthesis, top_bias_key, container):
-    """Fold what folds of `synthesis.img_bias` (its per-channel mean) into the top ToRGB bias, `data[container]
-    [top_bias_key]`, the one bias every output pixel gets; keep the bias and the unfolded ToRGB bias under
-    IMG_BIAS_KEY and TORGB_BIAS_KEY. The public code then draws each image off by the per-pixel remainder
-    (experiments.export measures it); our importers restore the G exactly."""
-    bias = synthesis.img_bias
-    if bias is None:
-        return data
-    top = data[container][top_bias_key]
-    data[container][top_bias_key] = _exported(top + bias.mean(dim=(1, 2)).reshape(top.shape))
-    return {**data, IMG_BIAS_KEY: _exported(bias), TORGB_BIAS_KEY: _exported(top)}
 
 
 def _restore_img_bias(state, src, source):
@@ -685,187 +437,3 @@ def _restore_img_bias(state, src, source):
             "(its top ToRGB bias) beside it"
         )
     return {**state, "synthesis.img_bias": bias, key: top.reshape(state[key].shape)}
-
-
-def rosinality_channel_multiplier(channels: dict[int, int]) -> int | None:
-    """The `channel_multiplier` m with which rosinality's fixed table (512 up to 32 px, then 256·m at 64 px
-    halving per resolution to 16·m at 1024 px) gives `channels`, or None where no m does."""
-    if max(channels) > 1024:
-        return None  # the table stops at 1024 px
-    m = channels[64] // 256 if 64 in channels else 2  # below 64 px every m gives 512: rosinality's default
-    table = {r: 512 if r <= 32 else 16384 * m // r for r in channels}
-    return m if m >= 1 and table == channels else None
-
-
-def export_rosinality(G, source="generator") -> dict:
-    """{"g_ema", "latent_avg", "args"}: `G` as rosinality/stylegan2-pytorch's `Generator` names, shapes and orders
-    its state dict (a strict load_state_dict fits), parameters unscaled as both store them; the inverse of
-    import_rosinality. `latent_avg` is the mean w, `args` the constructor arguments: size, latent (style_dim),
-    n_mlp, lr_mlp, and channel_multiplier where one reproduces the channels (rosinality_channel_multiplier;
-    otherwise stock rosinality code needs its `channels` table set to args["channels"]).
-
-    Without noise inputs (use_noise=False) the noise strengths and buffers are zeros: the same images. Refused:
-    conv_clamp (rosinality never clamps), img_channels other than 3 and z_dim other than w_dim (both fixed in
-    rosinality's Generator)."""
-    mapping, synthesis, arch = _exportable(G, source)
-    for bad, feature in (
-        (arch["conv_clamp"] is not None, f"conv_clamp={arch['conv_clamp']} (rosinality's convs never clamp)"),
-        (arch["img_channels"] != 3, f"img_channels={arch['img_channels']} (rosinality's ToRGB writes 3)"),
-        (arch["z_dim"] != arch["w_dim"], f"z_dim={arch['z_dim']} != w_dim={arch['w_dim']} (its z is w_dim wide)"),
-    ):
-        if bad:
-            raise ValueError(f"{source}: its generator has {feature}, which rosinality cannot express")
-    blur = kernels.setup_filter(RESAMPLE_FILTER) * 4  # rosinality's make_kernel([1,3,3,1]) × up-factor²
-    sd, noises = {}, []
-
-    def styled(dst, layer):
-        sd[f"{dst}.conv.weight"] = layer.weight[None]
-        if layer.up > 1:
-            sd[f"{dst}.conv.blur.kernel"] = blur
-        sd[f"{dst}.conv.modulation.weight"] = layer.affine.weight
-        sd[f"{dst}.conv.modulation.bias"] = layer.affine.bias
-        sd[f"{dst}.noise.weight"] = layer.noise_strength.reshape(1) if layer.use_noise else torch.zeros([1])
-        sd[f"{dst}.activate.bias"] = layer.bias
-        res = layer.resolution
-        noises.append((layer.noise_const if layer.use_noise else torch.zeros([res, res]))[None, None])
-
-    def to_rgb(dst, layer, up):
-        sd[f"{dst}.bias"] = layer.bias.reshape(1, -1, 1, 1)
-        if up:
-            sd[f"{dst}.upsample.kernel"] = blur
-        sd[f"{dst}.conv.weight"] = layer.weight[None]
-        sd[f"{dst}.conv.modulation.weight"] = layer.affine.weight
-        sd[f"{dst}.conv.modulation.bias"] = layer.affine.bias
-
-    for i in range(arch["num_layers"]):
-        fc = getattr(mapping, f"fc{i}")
-        sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"] = fc.weight, fc.bias  # style.0 is the PixelNorm
-    sd["input.input"] = synthesis.b4.const[None]
-    styled("conv1", synthesis.b4.conv1)
-    to_rgb("to_rgb1", synthesis.b4.torgb, up=False)
-    blocks = [getattr(synthesis, f"b{r}") for r in synthesis.block_resolutions[1:]]
-    for k, block in enumerate(blocks):  # rosinality registers all convs, then all ToRGBs, then the noises
-        styled(f"convs.{2 * k}", block.conv0)
-        styled(f"convs.{2 * k + 1}", block.conv1)
-    for k, block in enumerate(blocks):
-        to_rgb(f"to_rgbs.{k}", block.torgb, up=True)
-    sd.update({f"noises.noise_{i}": noise for i, noise in enumerate(noises)})
-    args = dict(size=arch["img_resolution"], latent=arch["w_dim"], n_mlp=arch["num_layers"])
-    args.update(lr_mlp=arch["lr_multiplier"], channels=arch["channels"])
-    multiplier = rosinality_channel_multiplier(arch["channels"])
-    if multiplier is not None:
-        args["channel_multiplier"] = multiplier
-    g_ema = {k: _exported(v) for k, v in sd.items()}
-    data = {"g_ema": g_ema, "latent_avg": _exported(mapping.w_avg), "args": args}
-    return _with_img_bias(data, synthesis, f"to_rgbs.{len(blocks) - 1}.bias" if blocks else "to_rgb1.bias", "g_ema")
-
-
-def nvlabs_channel_rule(channels: dict[int, int]) -> tuple[int, int] | None:
-    """(channel_base, channel_max) with min(channel_base // r, channel_max) == channels[r] at every resolution r,
-    NVlabs' only way to set channels, or None where none gives them."""
-    channel_max = max(channels.values())  # a larger max caps nothing more: the largest count is the max
-    below = [r for r in sorted(channels) if channels[r] < channel_max]
-    # channel_base // r falls with r, so the first resolution under the max pins channel_base to [c·r, c·r + r)
-    # (with none under it, any channel_base >= max·r at the last one); the round c·r is NVlabs' kind of value.
-    r = below[0] if below else max(channels)
-    for channel_base in range(channels[r] * r, (channels[r] + 1) * r):
-        if {r: min(channel_base // r, channel_max) for r in channels} == channels:
-            return channel_base, channel_max
-    return None
-
-
-def export_nvlabs_state_dict(G, source="generator") -> dict:
-    """{"state_dict", "init_kwargs"}: `G` as NVlabs stylegan2-ada-pytorch's `training.networks.Generator`
-    (`Generator(**init_kwargs).load_state_dict(state_dict)` fits, its persistent resample filters included);
-    what import_nvlabs reads back. Without noise inputs (use_noise=False) the noise strengths and buffers are
-    zeros: the same images, in NVlabs' default layer. Refused: channels that no channel_base / channel_max give."""
-    mapping, synthesis, arch = _exportable(G, source)
-    rule = nvlabs_channel_rule(arch["channels"])
-    if rule is None:
-        raise ValueError(
-            f"{source}: its generator's channels {arch['channels']} follow no min(channel_base // r, channel_max), "
-            "the only way NVlabs' Generator sets them; export format=rosinality instead"
-        )
-    f = kernels.setup_filter(RESAMPLE_FILTER)
-    state = {}  # in NVlabs' order (a module's parameters, its buffers, then its children), as its state_dict has it
-
-    def synthesis_layer(dst, src):
-        res = src.resolution
-        state[f"{dst}.weight"] = src.weight
-        state[f"{dst}.noise_strength"] = src.noise_strength if src.use_noise else torch.zeros([])
-        state[f"{dst}.bias"] = src.bias
-        state[f"{dst}.resample_filter"] = f  # NVlabs' layer keeps one (persistent) even where up=1
-        state[f"{dst}.noise_const"] = src.noise_const if src.use_noise else torch.zeros([res, res])
-        state[f"{dst}.affine.weight"], state[f"{dst}.affine.bias"] = src.affine.weight, src.affine.bias
-
-    for res in synthesis.block_resolutions:
-        b, block = f"synthesis.b{res}", getattr(synthesis, f"b{res}")
-        if res == 4:
-            state[f"{b}.const"] = block.const
-        state[f"{b}.resample_filter"] = f
-        for name in ("conv0", "conv1") if res > 4 else ("conv1",):
-            synthesis_layer(f"{b}.{name}", getattr(block, name))
-        rgb = block.torgb
-        state[f"{b}.torgb.weight"], state[f"{b}.torgb.bias"] = rgb.weight, rgb.bias
-        state[f"{b}.torgb.affine.weight"], state[f"{b}.torgb.affine.bias"] = rgb.affine.weight, rgb.affine.bias
-    state["mapping.w_avg"] = mapping.w_avg
-    for i in range(arch["num_layers"]):
-        fc = getattr(mapping, f"fc{i}")
-        state[f"mapping.fc{i}.weight"], state[f"mapping.fc{i}.bias"] = fc.weight, fc.bias
-    init_kwargs = dict(
-        z_dim=arch["z_dim"],
-        c_dim=0,
-        w_dim=arch["w_dim"],
-        img_resolution=arch["img_resolution"],
-        img_channels=arch["img_channels"],
-        mapping_kwargs=dict(
-            num_layers=arch["num_layers"], lr_multiplier=arch["lr_multiplier"], w_avg_beta=arch["w_avg_beta"]
-        ),
-        synthesis_kwargs=dict(
-            channel_base=rule[0], channel_max=rule[1], conv_clamp=arch["conv_clamp"], architecture="skip"
-        ),
-    )
-    data = {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
-    return _with_img_bias(data, synthesis, f"synthesis.b{synthesis.img_resolution}.torgb.bias", "state_dict")
-
-
-def export_nvlabs_discriminator(D, source="discriminator") -> dict:
-    """{"state_dict", "init_kwargs"}: our Discriminator without its identity head as NVlabs stylegan2-ada-pytorch's
-    `training.networks.Discriminator` ('resnet', unconditional): `Discriminator(**init_kwargs).load_state_dict(
-    state_dict)` fits, its persistent resample filters included."""
-    channels = {r: getattr(D, f"b{r}").conv0.weight.shape[0] for r in D.block_resolutions}
-    channels[4] = D.b4.conv.weight.shape[0]
-    rule = nvlabs_channel_rule(channels)
-    if rule is None:
-        raise ValueError(f"{source}: its channels {channels} follow no min(channel_base // r, channel_max)")
-    f = kernels.setup_filter(RESAMPLE_FILTER)
-    state = {}
-    for name, tensor in D.state_dict().items():
-        if name.startswith("classifier."):
-            continue
-        state[name] = tensor
-        layer = name.rsplit(".", 1)[0]
-        if name.endswith(".weight") and layer.split(".")[-1] in ("fromrgb", "conv0", "conv1", "skip", "conv"):
-            state[f"{layer}.resample_filter"] = f  # every NVlabs Conv2dLayer keeps one (persistent)
-    for res in D.block_resolutions:
-        state[f"b{res}.resample_filter"] = f
-    init_kwargs = dict(
-        c_dim=0,
-        img_resolution=D.img_resolution,
-        img_channels=D.img_channels,
-        architecture="resnet",
-        channel_base=rule[0],
-        channel_max=rule[1],
-        conv_clamp=D.b4.conv.conv_clamp,
-        num_fp16_res=D.num_fp16_res,
-        epilogue_kwargs=dict(mbstd_group_size=D.b4.mbstd.group_size, mbstd_num_channels=1),
-    )
-    return {"state_dict": {k: _exported(v) for k, v in state.items()}, "init_kwargs": init_kwargs}
-
-
-def export_face_prior(G, D, source="face prior", training: dict | None = None) -> dict:
-    """The face prior as one file in NVlabs' state-dict layout: G as `export_nvlabs_state_dict` writes it, its D
-    under "discriminator" (`export_nvlabs_discriminator`), and `training` (kimg, seconds, curve rows: plain
-    data, which public loaders ignore) under "training"; `load_pretrained` reads G and D."""
-    out = {**export_nvlabs_state_dict(G, source), "discriminator": export_nvlabs_discriminator(D, source)}
-    return {**out, "training": training} if training is not None else out

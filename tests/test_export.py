@@ -10,15 +10,9 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from experiments.export import EXPORTERS, export_generator, main, public_difference, read_generator
+from lightning_modules.exporters import export_nvlabs_state_dict, nvlabs_channel_rule, rosinality_channel_multiplier
 from lightning_modules.latent import VoiceLatent
-from lightning_modules.legacy import (
-    export_nvlabs_state_dict,
-    import_nvlabs,
-    import_rosinality,
-    load_generator,
-    nvlabs_channel_rule,
-    rosinality_channel_multiplier,
-)
+from lightning_modules.legacy import import_nvlabs, import_rosinality, load_generator
 from lightning_modules.stylegan2 import Generator, channels_per_resolution
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -201,6 +201,8 @@ TRAINING_ONLY = (
     "lightning_modules/samples.py",
     "lightning_modules/ticks.py",
     "lightning_modules/legacy.py",
+    "lightning_modules/nvlabs_pickle.py",
+    "lightning_modules/exporters.py",
     "lightning_modules/metrics/",
     "datamodules/voxvgg.py",
     "datamodules/sources.py",

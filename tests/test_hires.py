@@ -16,8 +16,8 @@ from conftest import Persisted, quiet_trainer
 from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncoder, VoiceFaceSet, _cfg, fit, make_model
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_modules.exporters import export_rosinality
 from lightning_modules.latent import VoiceLatent
-from lightning_modules.legacy import export_rosinality
 from lightning_modules.stylegan2 import Discriminator, Generator
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint

@@ -163,7 +163,7 @@ def small_generator():
 
 
 def nvlabs_file(tmp_path, edit):
-    from lightning_modules.legacy import export_nvlabs_state_dict
+    from lightning_modules.exporters import export_nvlabs_state_dict
 
     data = export_nvlabs_state_dict(small_generator())
     edit(data["init_kwargs"])
@@ -218,7 +218,8 @@ def test_every_generator_file_field_is_checked_before_anything_is_built(tmp_path
     ],
 )
 def test_a_rosinality_file_without_its_tensors_is_named(tmp_path, edit, words):
-    from lightning_modules.legacy import export_rosinality, load_pretrained
+    from lightning_modules.exporters import export_rosinality
+    from lightning_modules.legacy import load_pretrained
 
     data = export_rosinality(small_generator())
     edit(data["g_ema"])
