@@ -8,9 +8,11 @@ the checkpoint builds them. A handed file could name any importable callable the
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 NETWORKS = {  # every class a network config may name: the project's own, plus those registered in code
     "lightning_modules.audio_encoder.AudioEncoder",
@@ -72,3 +74,10 @@ def check_arguments(cls, kwargs: dict, what: str, fix: str = "use the version th
             f"{what}: {cls.__name__} of this voice2face version {' and '.join(problems)} (a checkpoint of "
             f"another version?); {fix}"
         )
+
+
+def plain_config(cfg):
+    """DictConfig/ListConfig -> plain dict/list (a copy): hyper-parameters and checkpoints hold plain types only."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return copy.deepcopy(cfg)

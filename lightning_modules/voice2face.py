@@ -1,34 +1,25 @@
 """Voice2FaceGAN: an audio encoder conditions a StyleGAN2 generator; D shares its trunk with an identity
-classifier.
-
-Training follows NVlabs stylegan2-ada-pytorch (`training/loss.py`, `training/training_loop.py`) with manual
-optimisation. Each iteration runs the phases
-    Gmain  NS logistic loss through D + identity cross-entropy of D's classifier on the generated faces,
-    Greg   path-length penalty (every `G_reg_interval` iterations, loss x interval),
-    Dmain  NS logistic loss on real and generated faces + classifier cross-entropy on the real faces,
-    Dreg   R1 penalty on real faces (every `D_reg_interval` iterations, loss x interval),
-then updates the EMA of G. Budgets are in images (`cur_nimg`), not `trainer.global_step`, which counts every
-optimizer step under manual optimisation.
+classifier. Training follows NVlabs stylegan2-ada-pytorch with manual optimisation: `training_step` runs the phases
+of `voice2face_loss` (Gmain, Greg every G_reg_interval, Dmain, Dreg every D_reg_interval), then the EMA of G.
+Budgets are in images (`cur_nimg`), not `trainer.global_step`, which counts every optimizer step.
 """
 
 import contextlib
 import copy
-import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning import LightningModule
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.faces import mean_face
-from lightning_modules.build import build_network
+from lightning_modules.build import build_network, plain_config
 from lightning_modules.callbacks import BadStepsError
 from lightning_modules.encoder_pretrain import load_encoder_weights
+from lightning_modules.generator_init import check_trunk, load_generator_init
 from lightning_modules.latent import LATENT_SPACES, VoiceLatent
-from lightning_modules.legacy import compare_state_dict, load_pretrained
+from lightning_modules.latent_targets import read_latent_targets
 from lightning_modules.losses import ema_beta, lazy_adam_kwargs
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
@@ -40,66 +31,6 @@ ENCODER_MODES = ("joint", "frozen", "finetune")
 MIXING_SOURCES = ("batch", "self")
 GENERATOR_TRAIN = ("frozen", "finetune")
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
-
-
-def _plain(cfg):
-    """DictConfig/ListConfig -> plain dict/list: hyper-parameters (and checkpoints) hold plain types only."""
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return copy.deepcopy(cfg)
-
-
-def load_generator_init(path, img_resolution: int, impl: str = "auto"):
-    """(G, D arguments, D weights) of model.generator_init (legacy.load_pretrained), refused unless its G draws
-    faces of the run's size."""
-    pretrained = load_pretrained(path, impl=impl)
-    G = pretrained[0]
-    if G.img_resolution != img_resolution:
-        raise ValueError(
-            f"{path}: a {G.img_resolution} px generator, but the faces are {img_resolution} px; prepare them at "
-            f"its size (data.face_size={G.img_resolution})"
-        )
-    return pretrained
-
-
-def check_trunk(D: torch.nn.Module, trunk: dict, source) -> None:
-    """The D weights of a generator file against the D its arguments build (its identity head aside)."""
-    own = {k: v for k, v in D.state_dict().items() if not k.startswith("classifier.")}
-    compare_state_dict(own, trunk, f"{source}: its discriminator does not fit model.discriminator")
-
-
-def _projected_identities(folder: Path) -> set[str] | None:
-    """The identities the manifest of an experiments.project folder lists: an `identity_<id>.npy` of an earlier
-    projection into the folder (overwrite=true keeps other runs' files) is not this projection's."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        identities = json.loads(manifest.read_text())["identities"]
-        assert isinstance(identities, dict)
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ValueError(f"{manifest}: not the manifest experiments.project writes (no 'identities' object)") from None
-    return set(identities)
-
-
-def _read_w(path: Path, shape: tuple[int, int]) -> torch.Tensor:
-    """One projected W+ [num_ws, w_dim], its .npy header checked before the data is read (a header may claim any
-    size), its values finite (a NaN target made every G step a skipped one)."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            found, _, dtype = read_header(f)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a .npy array ({err})") from None
-    if tuple(found) != shape or dtype.kind != "f":
-        raise ValueError(f"{path}: a W+ of shape {list(found)} ({dtype}), but this G takes {list(shape)} floats")
-    w = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-    if not torch.isfinite(w).all():
-        raise ValueError(f"{path}: its W+ holds NaN or infinity; project that identity again")
-    return w
 
 
 class Voice2FaceGAN(LightningModule):
@@ -150,15 +81,11 @@ class Voice2FaceGAN(LightningModule):
         max_bad_steps: int = 8,  # Stop after this many consecutive steps with non-finite loss/grads.
     ):
         super().__init__()
-        encoder, generator, discriminator = _plain(encoder), _plain(generator), _plain(discriminator)
+        encoder, generator, discriminator = plain_config(encoder), plain_config(generator), plain_config(discriminator)
         betas = [float(b) for b in betas]
-        if encoder_mode not in ENCODER_MODES:
-            raise ValueError(f"voice2face: encoder_mode must be one of {ENCODER_MODES}, got {encoder_mode!r}")
-        if style_mixing_source not in MIXING_SOURCES:
-            raise ValueError(
-                f"voice2face: style_mixing_source must be one of {MIXING_SOURCES}, got {style_mixing_source!r}"
-            )
-        for name, value, allowed in (
+        for name, value, allowed in (  # the schema checks a config; these, a model built in code
+            ("encoder_mode", encoder_mode, ENCODER_MODES),
+            ("style_mixing_source", style_mixing_source, MIXING_SOURCES),
             ("latent_space", latent_space, LATENT_SPACES),
             ("generator_train", generator_train, GENERATOR_TRAIN),
         ):
@@ -396,20 +323,10 @@ class Voice2FaceGAN(LightningModule):
             )
 
     def load_latent_targets(self, names: list[str]) -> None:
-        """w_targets [num_classes, num_ws, w_dim] from latent_targets/identity_<name>.npy for the training
-        identities `names` (label order); a speaker without a file is left out of the latent loss."""
-        folder = Path(self.hparams.latent_targets)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: model.latent_targets must be a folder written by experiments.project")
+        """w_targets [num_classes, num_ws, w_dim] from model.latent_targets for the training identities `names`
+        (label order); a speaker without a file is left out of the latent loss (lightning_modules.latent_targets)."""
         shape = (self.G.num_ws, self.G.mapping.w_dim)
-        listed = _projected_identities(folder)  # None: a folder made by hand, read by file name
-        targets, mask = torch.zeros([len(names), *shape]), torch.zeros(len(names), dtype=torch.bool)
-        for i, name in enumerate(names):
-            path = folder / f"identity_{name}.npy"
-            if path.is_file() and (listed is None or name in listed):
-                targets[i], mask[i] = _read_w(path, shape), True
-        if not mask.any():
-            raise FileNotFoundError(f"{folder}: no identity_<name>.npy for any of the {len(names)} training identities")
+        targets, mask = read_latent_targets(Path(self.hparams.latent_targets), names, shape)
         log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
 

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning import Trainer
 from omegaconf import open_dict
 
+import experiments  # noqa: F401  (registers the configs' resolvers, as every command does)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments/conf/exp").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (ROOT / "experiments/conf/data").glob("*.yaml"))
