@@ -23,7 +23,7 @@ from lightning_modules.build import check_arguments
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN
-from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
+from lightning_modules.voice2face_checkpoint import check_features, model_from_checkpoint, read_checkpoint
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> Voice2FaceGAN:
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
     if not writable:
         raise PermissionError(f"{out}: cannot write the metrics there; pass out=DIR (a writable folder)")
     dm = build_datamodule(state, OmegaConf.to_container(cfg.data_overrides), setup=False)
-    model.check_features(dm.feature_dim, "data (with data_overrides)")
+    check_features(model, dm.feature_dim, "data (with data_overrides)")
     dm.prepare_data()
     dm.setup("test")
     metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)

@@ -34,7 +34,7 @@ from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
 from datamodules.speech_check import SpeechCheck
 from experiments.schema import check_command_config, check_data_overrides
 from lightning_modules.safe_load import load_data
-from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
+from lightning_modules.voice2face_checkpoint import check_features, model_from_checkpoint, read_checkpoint
 
 # In a folder, files of these kinds are taken too, so that one libsndfile cannot read is reported by name (an .m4a)
 # instead of left out without a word; libsndfile 1.1+ reads .mp3.
@@ -174,7 +174,7 @@ def run(cfg: DictConfig) -> int:
         state = read_checkpoint(cfg.ckpt)  # read once, for the model and its voice pipeline
         model = model_from_checkpoint(state, cfg.device)
         front = front_end_of(state, OmegaConf.to_container(cfg.data_overrides))
-        model.check_features(front.n_features, "the voice pipeline (with data_overrides)")
+        check_features(model, front.n_features, "the voice pipeline (with data_overrides)")
         check = SpeechCheck() if cfg.speech_check else None
         window = round(cfg.window_seconds * 100)
         args = (cfg.truncation_psi, cfg.grid_columns, window, check)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 SCHEMA = Path(__file__).resolve().parent / "conf" / "schema.yaml"  # the domain of every config value
 COMMANDS_SCHEMA = SCHEMA.with_name("commands_schema.yaml")  # the same for generate, evaluate, report, curves
@@ -35,16 +36,18 @@ def schema_validator(path: Path = SCHEMA, section: str | None = None):
 def check_values(cfg: DictConfig, keys, schema: Path = SCHEMA, section: str | None = None) -> None:
     """The values of `keys` in `cfg` against their domains in `schema` (its `section`), before any work; every
     bad one is named with its key and the problem."""
-    plain = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in keys
-        if k in cfg
-    }
+    plain, unresolved = {}, {}
+    for k in (k for k in keys if k in cfg):
+        try:
+            plain[k] = OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        except OmegaConfBaseException as err:  # e.g. ${r1_rule:...} of a batch size that is no number
+            unresolved[k] = str(err).splitlines()[0]
     validator = schema_validator(schema, section)
     errors = sorted(validator.iter_errors(plain), key=lambda e: list(map(str, e.absolute_path)))
     lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
     # JSON Schema has no NaN or infinity, and NaN passes every bound: no value of ours means either
     lines += [f"{key}: {value} is not a finite number" for key, value in _non_finite(plain)]
+    lines += [] if lines else [f"{key}: {problem}" for key, problem in unresolved.items()]  # the cause first
     if lines:
         raise ValueError(f"config: {'; '.join(lines)}; fix the override(s) (the domains are in {schema})")
 

@@ -83,76 +83,95 @@ class Voice2FaceGAN(LightningModule):
         super().__init__()
         encoder, generator, discriminator = plain_config(encoder), plain_config(generator), plain_config(discriminator)
         betas = [float(b) for b in betas]
-        for name, value, allowed in (  # the schema checks a config; these, a model built in code
-            ("encoder_mode", encoder_mode, ENCODER_MODES),
-            ("style_mixing_source", style_mixing_source, MIXING_SOURCES),
-            ("latent_space", latent_space, LATENT_SPACES),
-            ("generator_train", generator_train, GENERATOR_TRAIN),
-        ):
-            if value not in allowed:
-                raise ValueError(f"voice2face: {name} must be one of {allowed}, got {value!r}")
-        if latent_weight > 0 and (latent_space == "z" or not latent_targets):
-            raise ValueError(
-                "voice2face: latent_weight > 0 pulls the head's ws toward projected W+ targets: it needs "
-                "model.latent_space=wplus (or w) and model.latent_targets=DIR (python -m experiments.project)"
-            )
-        if accumulate < 1:
-            raise ValueError(f"voice2face: accumulate must be >= 1 micro-batches, got {accumulate}")
-        if encoder_mode != "joint" and not encoder_ckpt:
-            raise ValueError(
-                f"voice2face: encoder_mode={encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt written "
-                "by `python -m experiments.run +exp=encoder_pretrain`), or stage 1 in this run "
-                "(pretrain_encoder=sgd), or model.encoder_mode=joint"
-            )
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # the arguments as given (plain types), before generator_init's rewrite
         self.automatic_optimization = False
-
-        self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim)
-        if encoder_ckpt:
-            load_encoder_weights(self.encoder, encoder_ckpt)
-        if encoder_mode == "frozen":
-            self.encoder.requires_grad_(False).eval()
-        self.embed_dim = int(encoder.get("embed_dim", 512))
-        trunk = None
-        if generator_init:
-            # The file's G, its arguments written into the hyper-parameters: the run's checkpoints rebuild it
-            # (from_checkpoint) without the file. D takes the file's trunk where the file has a D.
-            impl = generator.get("impl", "auto")
-            init_G, d_kwargs, trunk = load_generator_init(generator_init, img_resolution, impl)
-            generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
-            discriminator = {**discriminator, **d_kwargs}
-            self.hparams.update(generator=generator, discriminator=discriminator)
-        z_fill = {} if "z_dim" in generator else {"z_dim": self.embed_dim + noise_z_dim}
-        self.G = build_network(generator, "model.generator", img_resolution=img_resolution, **z_fill)
-        if generator_init:
-            self.G.load_state_dict(init_G.state_dict())
-        self.D = build_network(
-            discriminator, "model.discriminator", img_resolution=img_resolution, num_classes=num_classes
-        )
-        if trunk is not None:
-            check_trunk(self.D, trunk, generator_init)
-            self.D.load_state_dict(trunk, strict=False)  # the identity head (this run's classes) starts fresh
+        self._check_settings()
+        self.encoder, self.embed_dim = self._build_encoder(encoder, feature_dim), int(encoder.get("embed_dim", 512))
+        self.G, self.D = self._build_gan(generator, discriminator, num_classes)
         self._place_voice(latent_space, latent_layers, generator_train, generator_init)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.register_buffer("pl_mean", torch.zeros([]))
-        # The speakers' projected W+ (filled from latent_targets in setup) and which speakers have one.
-        self.register_buffer("w_targets", torch.zeros([0]), persistent=False)
-        self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
+        self._register_training_state()
+        self._set_up_losses()
+
+    def _build_encoder(self, encoder: dict, feature_dim: int):
+        """The audio encoder of its config; encoder_ckpt's weights (stage 1) where given, frozen in `frozen` mode."""
+        net = build_network(encoder, "model.encoder", in_features=feature_dim)
+        if self.hparams.encoder_ckpt:
+            load_encoder_weights(net, self.hparams.encoder_ckpt)
+        if self.hparams.encoder_mode == "frozen":
+            net.requires_grad_(False).eval()
+        return net
+
+    def _set_up_losses(self):
+        """The phases' losses and which of the lazy regularisers run."""
+        hp = self.hparams
         # A loss, not part of the model: kept out of the state dict (a checkpoint need not carry VGG16).
         try:
-            self.perceptual = [LPIPSDistance(perceptual_vgg, max_size=256)] if perceptual_weight > 0 else []
+            self.perceptual = [LPIPSDistance(hp.perceptual_vgg, max_size=256)] if hp.perceptual_weight > 0 else []
         except MetricUnavailable as err:
             need = "voice2face: model.perceptual_weight > 0 needs LPIPS' VGG16 (model.perceptual_vgg)"
             raise ValueError(f"{need}: {err}") from None
         self.loss = Voice2FaceLoss(self)  # the phases' losses (NVlabs' StyleGAN2Loss), driven by training_step
-
         # Path length needs the mapping/synthesis split; baselines without `.mapping` skip Greg and mixing.
         self.has_mapping = hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")
-        self.pl_active = pl_weight > 0 and self.has_mapping and G_reg_interval > 0
+        self.pl_active = hp.pl_weight > 0 and self.has_mapping and hp.G_reg_interval > 0
         if self.pl_active and not any(p.requires_grad for p in self.G.parameters()):
             log.info("voice2face: path length off: nothing in G trains (frozen G, voice through its own mapping)")
             self.pl_active = False
-        self.r1_active = r1_gamma > 0 and D_reg_interval > 0
+        self.r1_active = hp.r1_gamma > 0 and hp.D_reg_interval > 0
+
+    def _check_settings(self):
+        """What the schema checks of a config, for a model built in code, and the settings that need each other."""
+        hp = self.hparams
+        for name, allowed in (
+            ("encoder_mode", ENCODER_MODES),
+            ("style_mixing_source", MIXING_SOURCES),
+            ("latent_space", LATENT_SPACES),
+            ("generator_train", GENERATOR_TRAIN),
+        ):
+            if hp[name] not in allowed:
+                raise ValueError(f"voice2face: {name} must be one of {allowed}, got {hp[name]!r}")
+        if hp.latent_weight > 0 and (hp.latent_space == "z" or not hp.latent_targets):
+            raise ValueError(
+                "voice2face: latent_weight > 0 pulls the head's ws toward projected W+ targets: it needs "
+                "model.latent_space=wplus (or w) and model.latent_targets=DIR (python -m experiments.project)"
+            )
+        if hp.accumulate < 1:
+            raise ValueError(f"voice2face: accumulate must be >= 1 micro-batches, got {hp.accumulate}")
+        if hp.encoder_mode != "joint" and not hp.encoder_ckpt:
+            raise ValueError(
+                f"voice2face: encoder_mode={hp.encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt written "
+                "by `python -m experiments.run +exp=encoder_pretrain`), or stage 1 in this run "
+                "(pretrain_encoder=sgd), or model.encoder_mode=joint"
+            )
+
+    def _build_gan(self, generator: dict, discriminator: dict, num_classes: int):
+        """(G, D) of their configs; with generator_init, the file's G (its arguments written into the
+        hyper-parameters, so the run's checkpoints rebuild it without the file) and D's trunk from the file."""
+        hp, trunk = self.hparams, None
+        if hp.generator_init:
+            impl = generator.get("impl", "auto")
+            init_G, d_kwargs, trunk = load_generator_init(hp.generator_init, hp.img_resolution, impl)
+            generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
+            discriminator = {**discriminator, **d_kwargs}
+            self.hparams.update(generator=generator, discriminator=discriminator)
+        z_fill = {} if "z_dim" in generator else {"z_dim": self.embed_dim + hp.noise_z_dim}
+        G = build_network(generator, "model.generator", img_resolution=hp.img_resolution, **z_fill)
+        if hp.generator_init:
+            G.load_state_dict(init_G.state_dict())
+        D = build_network(
+            discriminator, "model.discriminator", img_resolution=hp.img_resolution, num_classes=num_classes
+        )
+        if trunk is not None:
+            check_trunk(D, trunk, hp.generator_init)
+            D.load_state_dict(trunk, strict=False)  # the identity head (this run's classes) starts fresh
+        return G, D
+
+    def _register_training_state(self):
+        self.register_buffer("pl_mean", torch.zeros([]))
+        # The speakers' projected W+ (filled from latent_targets in setup) and which speakers have one.
+        self.register_buffer("w_targets", torch.zeros([0]), persistent=False)
+        self.register_buffer("w_target_mask", torch.zeros([0], dtype=torch.bool), persistent=False)
         self.cur_nimg = 0
         self.iteration = 0
         self.train_seconds = 0.0  # wall time of training so far (all of it: data, callbacks, ...)
@@ -307,12 +326,8 @@ class Voice2FaceGAN(LightningModule):
         self.skipped_steps += 1
         self.bad_streak += 1
         log.warning(
-            "voice2face: skipped %s step at iteration %d: non-finite loss or gradients "
-            "(%d skipped in all, %d in a row)",
-            phase,
-            self.iteration,
-            self.skipped_steps,
-            self.bad_streak,
+            f"voice2face: skipped {phase} step at iteration {self.iteration}: non-finite loss or gradients "
+            f"({self.skipped_steps} skipped in all, {self.bad_streak} in a row)"
         )
         if self.bad_streak >= self.hparams.max_bad_steps:
             raise BadStepsError(
@@ -429,15 +444,6 @@ class Voice2FaceGAN(LightningModule):
             "train_seconds": float(self.train_seconds),
         }
         checkpoint["voice2face_skipped_steps"] = int(self.skipped_steps)
-
-    def check_features(self, n_features: int, where: str) -> None:
-        """Refuse a voice pipeline whose frames are not what the encoder was trained on (e.g. MFCC + deltas under
-        data_overrides for a log-mel model), before any audio is read."""
-        if n_features != self.hparams.feature_dim:
-            raise ValueError(
-                f"{where}: gives {n_features} features a frame, but this model's encoder was trained on "
-                f"{self.hparams.feature_dim}; drop data_overrides.features (the checkpoint's own are used)"
-            )
 
     def on_load_checkpoint(self, checkpoint):
         progress = checkpoint.get("voice2face_progress")

@@ -77,3 +77,13 @@ def model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> Vo
         compare_state_dict(own, state["state_dict"], "the model folder's model.safetensors")
         model.load_state_dict(state["state_dict"], strict=False)
     return model.to(device).eval()
+
+
+def check_features(model: Voice2FaceGAN, n_features: int, where: str) -> None:
+    """Refuse a voice pipeline whose frames are not what the encoder was trained on (e.g. MFCC + deltas under
+    data_overrides for a log-mel model), before any audio is read."""
+    if n_features != model.hparams.feature_dim:
+        raise ValueError(
+            f"{where}: gives {n_features} features a frame, but this model's encoder was trained on "
+            f"{model.hparams.feature_dim}; drop data_overrides.features (the checkpoint's own are used)"
+        )
