@@ -17,7 +17,7 @@ DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ po
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run demo face-prior face-probe test test-full ablations table2 frontends recipe bench gpu-check lint clean
+.PHONY: help install run demo face-prior face-probe test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ face-probe: install  ## train the evaluations' face probe on the corpus' train s
 
 test: install  ## the CI test set (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q $(TEST_ARGS)
+
+test-unit: install  ## the fast unit subset: no integration or slow tests (under 3 minutes)
+	$(PY) -m pytest -m "not slow and not integration" -q $(TEST_ARGS)
 
 test-full: install  ## every test, slow ones included
 	$(PY) -m pytest -q $(TEST_ARGS)

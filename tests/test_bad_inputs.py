@@ -219,6 +219,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", sorted(AUDIO_IMAGE_META))
+@pytest.mark.integration
 def test_bad_data_file_names_itself_and_the_problem(case, tmp_path):
     make, read, words = AUDIO_IMAGE_META[case]
     write(tmp_path / "kept.txt", "written before")
@@ -503,6 +504,7 @@ CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("case", sorted(CHECKPOINTS))
+@pytest.mark.integration
 def test_bad_checkpoint_names_itself_and_the_fix(case, smoke_run, tmp_path):
     out, model = smoke_run
     good = out / "checkpoints" / "last.ckpt"
@@ -516,6 +518,7 @@ def test_bad_checkpoint_names_itself_and_the_fix(case, smoke_run, tmp_path):
     assert digest(out) == kept
 
 
+@pytest.mark.integration
 def test_truncated_checkpoint_through_train_keeps_the_run_folder(compose_cfg, smoke_run, tmp_path):
     out, _ = smoke_run
     cut = write(tmp_path / "cut.ckpt", (out / "checkpoints" / "last.ckpt").read_bytes()[:5000])

@@ -45,6 +45,7 @@ def test_the_ablations_select_encoder_groups(compose_cfg):
 
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("exp", EXPERIMENTS)
+@pytest.mark.integration
 def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
     cfg = compose_cfg(
         f"+exp={exp}",
@@ -96,6 +97,7 @@ def test_ablations_differ_from_baseline_only_where_they_should(compose_cfg):
         assert (other.lr, list(other.betas)) == (base.lr, list(base.betas)) == (2e-4, [0.5, 0.999])
 
 
+@pytest.mark.integration
 def test_cli_prints_composed_config():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.run", "+exp=baseline", "--cfg", "job"],
@@ -109,6 +111,7 @@ def test_cli_prints_composed_config():
     assert "se_reduction: 16" in out.stdout
 
 
+@pytest.mark.integration
 def test_cli_unknown_experiment_names_the_choices():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.run", "+exp=no_such_exp", "--cfg", "job"],

@@ -50,6 +50,7 @@ def voice_wav(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_a_voice_gives_a_face_its_variations_a_reading_the_nearest_and_a_mix(demo, voice_wav, tmp_path):
     demo, _ = demo
     out = demo(str(voice_wav), str(voice_wav), psi=1.0)

@@ -103,6 +103,7 @@ class MSE(nn.Module):
         return mse(a, b)
 
 
+@pytest.mark.integration
 def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
     cfg = metrics_cfg()
     cfg["ppl"]["distance"] = MSE()
@@ -293,6 +294,7 @@ def evaluate_cfg(ckpt, *extra):
         )
 
 
+@pytest.mark.integration
 def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
     """experiments.evaluate end to end on a real (tiny) Voice2FaceGAN checkpoint; data from a stand-in."""
     import experiments.evaluate as command
@@ -369,6 +371,7 @@ def test_datamodule_arguments_of_another_version_are_named(tmp_path):
         data_hparams(clean, {"rooot": "/data"})
 
 
+@pytest.mark.integration
 def test_evaluate_keeps_the_metrics_of_another_checkpoint(tmp_path, monkeypatch):
     """Two snapshots of a run evaluated into their folder: the second replaced the first's metrics_test.json."""
     import experiments.evaluate as command

@@ -21,6 +21,7 @@ from lightning_modules.legacy import load_pretrained
 from lightning_modules.stylegan2 import Discriminator
 
 
+@pytest.mark.integration
 def test_face_set_holds_no_corpus_identity():
     _, labels = render_face_set(6, seed=1000, size=16, workers=1)
     corpus = {tuple(sorted((k, v) for k, v in p.traits.items())) for p in sample_identities(120, 0)}
@@ -109,6 +110,7 @@ def shipped():
     return load_pretrained("face_prior_64"), path
 
 
+@pytest.mark.integration
 def test_shipped_prior_draws_faces(shipped):
     """The shipped G draws varied 64 px images whose average is the face set's average face."""
     (G, d_kwargs, trunk), path = shipped

@@ -173,6 +173,7 @@ def test_warp_identity_keeps_image():
     np.testing.assert_array_equal(out, img.transpose(2, 0, 1))
 
 
+@pytest.mark.integration
 def test_mtcnn_landmarks_match_drawn_ones(tmp_path):
     pytest.importorskip("facenet_pytorch", reason="facenet-pytorch not installed")
     from datamodules.faces import read_landmarks

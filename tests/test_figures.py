@@ -84,6 +84,7 @@ def test_report_html_names_every_image_it_shows_and_each_exists(rows, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on PATH (Debian: apt install chromium)")
+@pytest.mark.integration
 def test_report_html_renders_in_a_headless_browser(rows, tmp_path):
     page = write_report(rows, "## T\n\n| Model | fd |\n| --- | --- |\n| BaseModel | 1.0 |\n", tmp_path / "r", "T")
     shot = tmp_path / "shot.png"
@@ -97,6 +98,7 @@ def test_report_html_renders_in_a_headless_browser(rows, tmp_path):
     assert pixels[:800].std() > 10  # the curves and the table drew something on the white page
 
 
+@pytest.mark.integration
 def test_a_grid_too_large_to_be_a_sample_grid_is_left_out_by_name(tmp_path, caplog):
     """A 30000 x 30000 PNG among a run's grids (a few KB on disk) stopped the report with PIL's decompression-bomb
     error; now it is left out of the contact sheet, named, and the other grids show."""

@@ -19,6 +19,7 @@ _spec.loader.exec_module(gpu_report)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the check would run")
+@pytest.mark.integration
 def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     env = {**os.environ, "PY": sys.executable}
     done = subprocess.run(

@@ -293,6 +293,7 @@ def test_run_refuses_a_generator_of_another_size_before_writing_anything(compose
     assert not Path(cfg.paths.output_dir).exists(), "a refused run wrote its folder"
 
 
+@pytest.mark.integration
 def test_perceptual_loss_is_a_loss_not_part_of_the_checkpoint(tmp_path):
     init = ros_copy(tmp_path)
     vgg = tmp_path / "vgg16.pth"  # a random-weight VGG16 trunk in torchvision's layout stands in for the real file

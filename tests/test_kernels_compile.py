@@ -71,6 +71,7 @@ def test_bias_act_compiles_for_sm90(compiled_mode, act):
 
 
 @pytest.mark.parametrize("up, dtype", [(1, "fp32"), (2, "bf16")])
+@pytest.mark.integration
 def test_modconv_compiles_for_sm90(compiled_mode, up, dtype):
     """Every optional part of the fused kernel on: style, demodulation, noise, bias, lrelu, clamp, stored c."""
     constexprs = dict(

@@ -132,6 +132,7 @@ def test_modconv_matches_nvlabs(index):
 
 
 @pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.integration
 def test_modconv_gradcheck_and_gradgradcheck(up):
     x, w, s = (t.requires_grad_(True) for t in _inputs(2, 2, 2, 3, 3, torch.float64, seed=3))
     g = torch.Generator().manual_seed(4)
@@ -195,6 +196,7 @@ UPFIRDN_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("filt", ["blur4", "separable8", "random3x2", "none"])
+@pytest.mark.integration
 def test_upfirdn2d_equals_reference(filt, dtype, nan_outputs):
     f = {
         "blur4": setup_filter([1, 3, 3, 1]),
@@ -208,6 +210,7 @@ def test_upfirdn2d_equals_reference(filt, dtype, nan_outputs):
 
 
 @pytest.mark.parametrize("kw", UPFIRDN_CASES[:3])
+@pytest.mark.integration
 def test_upfirdn2d_gradcheck_and_gradgradcheck(kw):
     x = torch.randn(1, 2, 4, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64, requires_grad=True)
     f = setup_filter([1, 3, 3, 1])

@@ -140,6 +140,7 @@ def test_an_unusable_fid_cache_is_computed_again(tmp_path, bad):
 
 @pytest.mark.parametrize("name", ["inception", "vgg16", "facenet"])
 @pytest.mark.parametrize("content", [b"PK\x03\x04 cut short", {"features.0.weight": torch.zeros(3)}])
+@pytest.mark.integration
 def test_unusable_metric_weights_make_the_metric_unavailable(tmp_path, name, content):
     """A truncated or foreign weights file was a RuntimeError traceback (PytorchStreamReader, load_state_dict)
     that named no file and stopped the evaluation; now that metric is skipped, naming the file."""
@@ -356,6 +357,7 @@ def coloured_faces(colours, n=4, seed=0):
     return out
 
 
+@pytest.mark.integration
 def test_attribute_probe_recovers_visible_traits():
     train = {f"t{i}": ("red" if i % 3 else "blue", 0.4 + 0.1 * i) for i in range(6)}
     test = {"a": ("red", 0.5), "b": ("blue", 0.9), "c": ("blue", 0.6)}
@@ -417,6 +419,7 @@ def test_codec_rejects_unknown_kind():
         AttributeCodec.fit({"x": "ordinal"}, [{"x": 1}])
 
 
+@pytest.mark.integration
 def test_lpips_reads_a_local_vgg16_file(tmp_path, empty_hub):
     import torchvision
 
@@ -433,6 +436,7 @@ def test_lpips_reads_a_local_vgg16_file(tmp_path, empty_hub):
     assert d.shape == (2,) and (d > 0).all() and lpips(x, x).abs().max() < 1e-6
 
 
+@pytest.mark.integration
 def test_fid_reads_a_local_inception_file(tmp_path, monkeypatch):
     """The 2048-d Inception path end to end with a local weights file (random weights stand in)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

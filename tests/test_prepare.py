@@ -18,6 +18,7 @@ def _files(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.integration
 def test_resume_gives_identical_output(tmp_path, corpus):
     full = tmp_path / "full"
     m = prepare(corpus, full, detector="file", workers=1, progress=False)

@@ -89,6 +89,7 @@ def tampered(tmp_path, edit_tensors=None, edit_header=None):
         (None, lambda h: h["codec"].update({"kinds": 3}), "header"),
     ],
 )
+@pytest.mark.integration
 def test_a_damaged_probe_file_is_refused_by_name(tmp_path, edit_tensors, edit_header, words):
     bad = tampered(tmp_path, edit_tensors, edit_header)
     with pytest.raises(ValueError, match=words) as err:
@@ -119,6 +120,7 @@ class Corpus:
         return self.train
 
 
+@pytest.mark.integration
 def test_an_evaluation_picks_the_shipped_probe_only_where_it_fits():
     digest = weights.sha256(weights.shipped_file(SHIPPED_PROBE))[:16]
     _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS)), {})
@@ -162,6 +164,7 @@ def test_make_face_probe_retrains_the_shipped_probe(tmp_path):
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.integration
 def test_two_evaluations_with_1_and_2_threads_agree(tmp_path):
     """experiments.evaluate of one checkpoint in two processes, under 1 and 2 threads: every figure equal to 1e-4
     (relative), accuracies exactly, and both measured in the shipped probe."""

@@ -67,6 +67,7 @@ def w_error(ws, truth, w_std):
 
 
 @pytest.mark.parametrize("kind, steps", [("pixel", 500), ("probe", 300)])
+@pytest.mark.integration
 def test_projector_recovers_the_w_plus_the_generator_made(kind, steps):
     """Three images of random W+ (psi 0.5: the start, w_avg, is 0.54 / 0.37 / 0.48 w_std from them), projected
     together (the batched path). Tolerances: each image within PSNR >= 35 dB of its target (images in [-1, 1], so
@@ -87,6 +88,7 @@ def test_projector_recovers_the_w_plus_the_generator_made(kind, steps):
     assert (error <= 0.15).all() and (error <= 0.25 * start).all(), (error, start)
 
 
+@pytest.mark.integration
 def test_an_image_is_projected_alike_alone_or_in_a_batch():
     """Each image draws from its own seed and owns its ws and noise maps: the batch is only a speed setting."""
     G = tiny_generator()
@@ -251,6 +253,7 @@ def test_colliding_names_are_refused(tmp_path, generator_file):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_distance_choice(tmp_path, empty_hub):
     """auto: LPIPS from a local VGG16 file (random weights stand in), else the probe of probe=, else pixel; a weights
     file that is there but wrong is refused, not passed over."""

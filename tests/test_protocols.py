@@ -88,6 +88,7 @@ def test_wen_matching_against_a_known_impostor():
     assert by_sex[:2].tolist() == [1.0, 0.0] and math.isnan(by_sex[2])
 
 
+@pytest.mark.integration
 def test_evaluate_with_every_protocol_prints_the_sf2f_table():
     cfg = {**metrics_cfg(), "fid": {"enabled": False}, "ppl": {"enabled": False}, "attributes": {"enabled": False}}
     cfg["identity"].update(protocol=["ours", "sf2f", "wen"], embedder="probe", sf2f={"block": 100})

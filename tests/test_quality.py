@@ -59,6 +59,7 @@ def corpus_probe(tmp_path_factory, request):
     return probe, normalize(real_u8), labels
 
 
+@pytest.mark.integration
 def test_the_probe_tells_faces_from_blobs(corpus_probe):
     probe, real, labels = corpus_probe
     feats = lambda x: probe.predict(x)[0]  # noqa: E731

@@ -30,6 +30,7 @@ def test_flatten_splices_nested_lists():
     assert flatten([["a=1", "b=2"], "c=3", ["d=4"]]) == ["a=1", "b=2", "c=3", "d=4"]
 
 
+@pytest.mark.integration
 def test_every_variant_composes(recipe, tmp_path):
     for label in recipe.variants:
         cfg = variant_cfg(recipe, label, tmp_path)

@@ -85,6 +85,7 @@ class NaNLosses:
             monkeypatch.setattr(v2f_loss, "ns_discriminator_loss", lambda r, f: tuple(map(poison, d(r, f))))
 
 
+@pytest.mark.integration
 def test_non_finite_step_is_skipped_counted_and_logged(compose_cfg, tmp_path, monkeypatch):
     nan = NaNLosses(monkeypatch, bad_iterations={1}, phases=("G",))
     cfg = compose_cfg(*FAST, "logger=csv", kimg(3), "++model.max_bad_steps=2", "trainer.log_every_n_steps=1")
@@ -99,6 +100,7 @@ def test_non_finite_step_is_skipped_counted_and_logged(compose_cfg, tmp_path, mo
     assert logged and max(logged) == 1
 
 
+@pytest.mark.integration
 def test_consecutive_bad_steps_stop_with_last_good_checkpoint(compose_cfg, tmp_path, monkeypatch):
     nan = NaNLosses(monkeypatch, bad_iterations=range(2, 100))
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row.*last-good.ckpt.*ckpt_path="):
@@ -109,6 +111,7 @@ def test_consecutive_bad_steps_stop_with_last_good_checkpoint(compose_cfg, tmp_p
 
 
 @pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
+@pytest.mark.integration
 def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path, data):
     """N iterations, stop, resume to 2N == 2N straight (RNG streams, data position, optimisers, counters); for
     the litdata stream the position comes back through its loader's state in the checkpoint."""
@@ -124,6 +127,7 @@ def test_resume_after_clean_stop_is_bit_identical(compose_cfg, tmp_path, data):
     assert straight.lightning_module.cur_nimg == resumed.lightning_module.cur_nimg == 8 * BATCH
 
 
+@pytest.mark.integration
 def test_the_resume_callback_must_come_before_the_checkpoints(compose_cfg, tmp_path):
     """After the checkpoint callback, a last.ckpt written at a batch's end would not count that batch."""
     from omegaconf import open_dict
@@ -153,6 +157,7 @@ def flat(tree, prefix="") -> dict:
     return out
 
 
+@pytest.mark.integration
 def test_checkpoint_opens_as_data_and_holds_the_full_state(compose_cfg, tmp_path):
     run(compose_cfg, tmp_path / "run", 2)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -244,6 +249,7 @@ class RankStateDump(Callback):
 
 
 @pytest.mark.parametrize("data", ["embedded", "embedded_stream"])
+@pytest.mark.integration
 def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path, data):
     dump = tmp_path / "ranks"
     cmd = [
@@ -280,6 +286,7 @@ def test_bad_steps_error_says_whether_a_state_was_saved(tmp_path):
     assert str(err).endswith(f"Lower model.lr, then resume with ckpt_path={tmp_path / 'last-good.ckpt'}.")
 
 
+@pytest.mark.integration
 def test_a_run_resumes_after_its_generator_file_moved(compose_cfg, tmp_path):
     """model.generator_init is read when the run begins; its G and D are in every checkpoint after that. Once the
     file was moved the run could not be resumed at all ("generator file not found"): the checkpoint stands in for

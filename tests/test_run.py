@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import pytest
 import torch
 
 from experiments.run import train
@@ -20,6 +21,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.integration
 def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
     cfg = compose_cfg(*SMALL, f"paths.cache_dir={tmp_path / 'cache'}")
     metrics, objects = train(cfg)
@@ -42,6 +44,7 @@ def test_smoke_trains_evaluates_and_reports(compose_cfg, tmp_path, capsys):
     assert state["hyper_parameters"]["num_classes"] == objects["datamodule"].num_classes
 
 
+@pytest.mark.integration
 def test_cli_fast_dev_run(tmp_path):
     """The user's command line, with Lightning's fast_dev_run, in a fresh root (corpus made on the fly)."""
     import os
@@ -63,6 +66,7 @@ def test_cli_fast_dev_run(tmp_path):
     assert re.search(r"step \d+ \| [\d.]+ s/step \| loss [\d.]+ \| mem [\d.]+ GiB", out.stdout), out.stdout[-3000:]
 
 
+@pytest.mark.integration
 def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path):
     """pretrain_encoder: stage 1 trains the GAN's own encoder on speaker classification, stage 2 loads and
     freezes it; a resume finds the stage-1 file instead of training it again."""
@@ -91,6 +95,7 @@ def test_two_stage_run_pretrains_then_freezes_the_encoder(compose_cfg, tmp_path)
     assert encoder_file.stat().st_mtime == mtime
 
 
+@pytest.mark.integration
 def test_smoke_runs_both_stages_and_stage2_starts_from_stage1(compose_cfg, tmp_path):
     """+exp=smoke is the baseline's schedule in small: stage 1 writes the encoder, stage 2 is built from exactly
     those weights (model.encoder_ckpt, filled in by the run) and fine-tunes them."""
@@ -110,6 +115,7 @@ def test_smoke_runs_both_stages_and_stage2_starts_from_stage1(compose_cfg, tmp_p
     assert any(not torch.equal(saved[k], v) for k, v in trained.items() if v.is_floating_point())  # fine-tuned
 
 
+@pytest.mark.integration
 def test_mfcc_front_end_composes_and_trains(compose_cfg, tmp_path):
     """+exp=baseline_mfcc is the baseline on 13 MFCC + Δ + ΔΔ (39 bands, the paper's 0.95, Hamming, K = 2); the same
     group selection trains a smoke step end to end."""
@@ -121,6 +127,7 @@ def test_mfcc_front_end_composes_and_trains(compose_cfg, tmp_path):
     assert objects["datamodule"].feature_dim == 39 and objects["model"].cur_nimg > 0
 
 
+@pytest.mark.integration
 def test_a_read_only_home_does_not_stop_wandb(tmp_path):
     """W&B writes staging files and settings under HOME too: with HOME unwritable the run failed at its first W&B
     image, mid-training ("Unable to write staging files"). Those folders move into the run folder."""

@@ -104,6 +104,7 @@ def test_curves_of_a_resumed_log_do_not_double_back(tmp_path):
     assert curve == [(1, 10, 9.0), (2, 20, 8.0), (2.5, 26, 7.4), (3, 31, 6.9), (4, 41, 6.0)]
 
 
+@pytest.mark.integration
 def test_the_curves_command_plots_a_run_and_refuses_none(tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -186,6 +187,7 @@ def test_temporaries_of_killed_saves_are_removed(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [f".last.ckpt.{os.getpid()}.tmp"]
 
 
+@pytest.mark.integration
 def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
     """Hydra makes the run folder before the task starts: a refused generator_init left one holding only .hydra/
     and run.log. Preflight refuses the run first, in one line, and nothing is written."""

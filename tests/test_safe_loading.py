@@ -92,6 +92,7 @@ def test_foreign_target_in_hyper_parameters_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("force_unsafe", [False, True])
+@pytest.mark.integration
 def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch, force_unsafe):
     """weights_only everywhere, also when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks torch for the unsafe default."""
     from experiments.evaluate import build_datamodule, load_model
@@ -123,6 +124,7 @@ def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch, force_un
 
 
 @pytest.mark.parametrize("name", ["inception", "vgg16", "facenet"])
+@pytest.mark.integration
 def test_pickled_code_in_metric_weights_never_runs(tmp_path, name):
     """torch-fidelity reads the Inception file with weights_only=False: such a file ran its code when FID was
     built. Every metric network's weights (weights_path or the hub cache) are refused unless they are tensors."""

@@ -56,6 +56,7 @@ def assert_same_data(local: VoxVGGDataModule, streamed: VoxVGGDataModule):
     assert streamed.attributes == local.attributes and streamed.attribute_kinds == local.attribute_kinds
 
 
+@pytest.mark.integration
 def test_export_in_a_folder_streams_the_same_data(shards):
     local, tmp = shards
     streamed = datamodule(tmp / "corpus", tmp / "cache", stream=str(tmp / "export"))
@@ -180,6 +181,7 @@ def s3(monkeypatch):
     server.stop()
 
 
+@pytest.mark.integration
 def test_export_to_and_stream_from_an_object_store(shards, s3, tmp_path):
     local, tmp = shards
     writer = datamodule(tmp / "corpus", tmp / "cache", stream="s3://voices/voxvgg/v1", storage_options=s3)
@@ -205,6 +207,7 @@ def test_export_to_and_stream_from_an_object_store(shards, s3, tmp_path):
         ).setup()
 
 
+@pytest.mark.integration
 def test_export_leaves_the_run_rng_streams_alone(shards, tmp_path):
     """litdata's optimize() reseeds random/numpy/torch in the calling process; an export inside a run must not."""
     import random

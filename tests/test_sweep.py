@@ -23,6 +23,7 @@ def sweep_cfg(*overrides):
 
 
 @pytest.mark.parametrize("base", ["baseline", "baseline_cpu"])
+@pytest.mark.integration
 def test_every_row_composes(base, tmp_path):
     cfg = sweep_cfg(f"base={base}")
     for name, sweep in OmegaConf.to_container(cfg.sweeps, resolve=True).items():
@@ -30,6 +31,7 @@ def test_every_row_composes(base, tmp_path):
             compose_train([*overrides, f"model.total_kimg={cfg.kimg}"], tmp_path / name / label)
 
 
+@pytest.mark.integration
 def test_paper_size_ablation_rows_are_the_named_experiments(tmp_path):
     rows = OmegaConf.to_container(sweep_cfg("base=baseline").sweeps.ablations.rows, resolve=True)
     for label, exp in (("BaseModel", "baseline"), ("NoSE", "nose"), ("ReLU", "relu")):

@@ -84,6 +84,7 @@ def test_real_metadata_parses():
     assert len(rows) == 1251 and set(rows[0]) >= set(META_HEADER)
 
 
+@pytest.mark.integration
 def test_layout(corpus):
     rows = read_meta(corpus / "vox1_meta.csv")
     assert (corpus / "vox1_meta.csv").read_text().splitlines()[0] == "\t".join(META_HEADER)
@@ -110,6 +111,7 @@ def test_layout(corpus):
         assert all(isinstance(values[k], float) == (kind == "continuous") for k, kind in ATTRIBUTE_KINDS.items())
 
 
+@pytest.mark.integration
 def test_deterministic_across_workers_and_seed_sensitive(corpus, tmp_path):
     again = generate_corpus(tmp_path / "again", identities=IDENTITIES, seed=0, workers=1)
     assert _tree_hashes(again) == _tree_hashes(corpus)
@@ -117,6 +119,7 @@ def test_deterministic_across_workers_and_seed_sensitive(corpus, tmp_path):
     assert _tree_hashes(other) != _tree_hashes(corpus)
 
 
+@pytest.mark.integration
 def test_sexes_differ_in_f0(corpus):
     attributes = read_attributes(corpus / "attributes.csv")
     per_sex = {"m": [], "f": []}
@@ -203,6 +206,7 @@ def test_landmarks_scale_with_the_render_size(monkeypatch):
     assert np.abs(image.reshape(128, 2, 128, 2, 3).mean((1, 3)) - small).mean() < 4  # about 2 seen
 
 
+@pytest.mark.integration
 def test_ensure_corpus_caches(tmp_path, monkeypatch):
     first = ensure_corpus(tmp_path, identities=3, seed=5)
     monkeypatch.setattr(corpus_module, "generate_corpus", lambda *a, **k: pytest.fail("regenerated a cached corpus"))

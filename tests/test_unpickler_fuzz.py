@@ -38,6 +38,7 @@ def fuzz(seed_pickle: Path, cases: int, seed: int, tmp_path: Path) -> None:
     assert done.returncode == 0 and not findings, f"{len(findings)} case(s): {findings[:5]} {done.stderr[-2000:]}"
 
 
+@pytest.mark.integration
 def test_mutated_pickles_end_in_a_named_error(seed_pickle, tmp_path):
     fuzz(seed_pickle, 2000, 0, tmp_path)
 

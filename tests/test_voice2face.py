@@ -423,6 +423,7 @@ class RankFingerprint(Callback):
         torch.save(flat, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.integration
 def test_ddp_two_processes_keep_networks_identical(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -467,6 +468,7 @@ def test_experiment_files_are_global_deltas(name):
     assert cfg.model.encoder.get("act") == ("relu" if name == "relu" else "mish")
 
 
+@pytest.mark.integration
 def test_smoke_experiment_trains_real_networks(tmp_path):
     import hydra
 

@@ -77,6 +77,7 @@ def test_missing_folders(tmp_path):
         VoxVGGDataModule(root=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), detector="none").prepare_data()
 
 
+@pytest.mark.integration
 def test_fixture_tree_intersection_and_labels(tmp_path, corpus):
     root = make_tree(tmp_path / "raw", corpus)
     dm = VoxVGGDataModule(
