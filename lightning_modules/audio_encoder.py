@@ -76,13 +76,9 @@ class AudioEncoder(nn.Module):
     ):
         super().__init__()
         if act not in ACTIVATIONS:
-            raise ValueError(
-                f"lightning_modules/audio_encoder.py: act must be one of {sorted(ACTIVATIONS)}, got {act!r}"
-            )
+            raise ValueError(f"AudioEncoder: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
         if len(widths) != len(blocks):
-            raise ValueError(
-                f"lightning_modules/audio_encoder.py: widths {widths} and blocks {blocks} differ in length"
-            )
+            raise ValueError(f"AudioEncoder: widths {widths} and blocks {blocks} differ in length")
         self.in_features, self.embed_dim, self.num_classes = in_features, embed_dim, num_classes
         # The input is one image channel of F × T; a 3×3 stride-1 stem keeps the 10 ms frame resolution.
         self.stem_stride = stem_stride
@@ -103,17 +99,12 @@ class AudioEncoder(nn.Module):
     def forward(self, feats, lengths=None):
         """feats [B, F, T] (padded), lengths [B] valid frames (None = all) -> emb [B, embed_dim]."""
         if feats.ndim != 3 or feats.shape[1] != self.in_features:
-            raise ValueError(
-                f"lightning_modules/audio_encoder.py: expected features [B, {self.in_features}, T], "
-                f"got {list(feats.shape)}"
-            )
+            raise ValueError(f"AudioEncoder: expected features [B, {self.in_features}, T], got {list(feats.shape)}")
         b, _, t = feats.shape
         if lengths is None:
             lengths = torch.full([b], t, device=feats.device)
         if lengths.shape != (b,) or bool((lengths < 1).any()) or bool((lengths > t).any()):
-            raise ValueError(
-                f"lightning_modules/audio_encoder.py: lengths must be [B={b}] in 1..{t}, got {lengths.tolist()}"
-            )
+            raise ValueError(f"AudioEncoder: lengths must be [B={b}] in 1..{t}, got {lengths.tolist()}")
         mask = (torch.arange(t, device=feats.device)[None] < lengths[:, None]).to(feats.dtype)[:, None, None]
         x = self.stem(feats.unsqueeze(1) * mask)
         mask = mask[..., :: self.stem_stride]  # same centring rule as the strided blocks
@@ -129,5 +120,5 @@ class AudioEncoder(nn.Module):
     def classify(self, emb):
         """Speaker logits [B, num_classes] from embeddings (pretraining head)."""
         if self.classifier is None:
-            raise RuntimeError("lightning_modules/audio_encoder.py: classify() needs num_classes > 0")
+            raise RuntimeError("AudioEncoder.classify: needs num_classes > 0")
         return self.classifier(emb)

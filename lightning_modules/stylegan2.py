@@ -30,9 +30,7 @@ def channels_per_resolution(img_resolution, channel_base, channel_max):
 
 def _check_resolution(img_resolution, where):
     if img_resolution < 4 or img_resolution & (img_resolution - 1):
-        raise ValueError(
-            f"lightning_modules/stylegan2.py: {where} img_resolution must be a power of 2 >= 4, got {img_resolution}"
-        )
+        raise ValueError(f"{where}: img_resolution must be a power of 2 >= 4, got {img_resolution}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,9 +133,7 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_emas=False):
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(
-                f"lightning_modules/stylegan2.py: mapping expects z [N, {self.z_dim}], got {list(z.shape)}"
-            )
+            raise ValueError(f"MappingNetwork: expects z [N, {self.z_dim}], got {list(z.shape)}")
         x = normalize_2nd_moment(z.to(torch.float32))
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
@@ -291,19 +287,14 @@ class SynthesisNetwork(nn.Module):
         """Start the output bias at `image` [C, S, S] (e.g. the mean training face, in [-1, 1])."""
         assert_shape(image, [self.img_channels, self.img_resolution, self.img_resolution], "set_img_bias: image")
         if self.img_bias is None:
-            raise ValueError("lightning_modules/stylegan2.py: set_img_bias needs a synthesis built with img_bias=True")
+            raise ValueError("SynthesisNetwork.set_img_bias: needs a synthesis built with img_bias=True")
         self.img_bias.copy_(image)
 
     def forward(self, ws, noise_mode="random"):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(
-                f"lightning_modules/stylegan2.py: synthesis expects ws [N, {self.num_ws}, "
-                f"{self.w_dim}], got {list(ws.shape)}"
-            )
+            raise ValueError(f"SynthesisNetwork: expects ws [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         if noise_mode not in ("random", "const", "none"):
-            raise ValueError(
-                f"lightning_modules/stylegan2.py: noise_mode must be random|const|none, got {noise_mode!r}"
-            )
+            raise ValueError(f"SynthesisNetwork: noise_mode must be random|const|none, got {noise_mode!r}")
         ws = ws.to(torch.float32)
         x = img = None
         w_idx = 0
@@ -363,8 +354,7 @@ class Generator(nn.Module):
         channels = {int(r): int(c) for r, c in channels.items()}
         if sorted(channels) != sorted(channels_per_resolution(img_resolution, 1, 1)):
             raise ValueError(
-                f"lightning_modules/stylegan2.py: channels must name every resolution 4..."
-                f"{img_resolution}, got {sorted(channels)}"
+                f"Generator: channels must name every resolution 4...{img_resolution}, got {sorted(channels)}"
             )
         self.synthesis = SynthesisNetwork(
             w_dim, img_resolution, img_channels, channels, conv_clamp, impl, use_noise, img_bias
@@ -498,7 +488,7 @@ class Discriminator(nn.Module):
         """img [N, C, R, R] -> (real/fake logits [N], identity logits [N, num_classes] or None)."""
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.img_resolution, self.img_resolution):
             raise ValueError(
-                f"lightning_modules/stylegan2.py: Discriminator expects images [N, {self.img_channels}, "
+                f"Discriminator: expects images [N, {self.img_channels}, "
                 f"{self.img_resolution}, {self.img_resolution}], got {list(img.shape)}"
             )
         x = img.to(torch.float32)
