@@ -239,3 +239,53 @@ def test_r1_gamma_follows_nvlabs_rule_from_the_face_size_and_batch(compose_cfg, 
     stale; `${r1_rule:...}` works it out from the settings it depends on (0.0002 * res^2 / batch, NVlabs')."""
     cfg = compose_cfg(f"+exp={exp}", *overrides)
     assert cfg.model.r1_gamma == gamma  # exactly the literals the files held
+
+
+# A Python default that differs from its YAML value on purpose, and why; any other difference fails below.
+INTENDED_DIFFERENCES = {
+    ("VoxVGGDataModule", "num_workers"): "built in code (tests, notebooks) it loads in-process; real-data runs use 4",
+    ("MetricsCallback", "probe_metrics"): "YAML's switch; from_config passes the metrics config it stands for",
+    ("FacePriorTrainer", "channel_base"): "the class keeps NVlabs' widths; face_prior.yaml has the shipped CPU prior's",
+    ("FacePriorTrainer", "channel_max"): "as channel_base",
+    ("FacePriorTrainer", "use_noise"): "NVlabs' noise inputs; the shipped prior trains without (docs/face_prior.md)",
+}
+
+
+def _classes_and_yaml():
+    from datamodules.voxvgg import VoxVGGDataModule
+    from lightning_modules.encoder_pretrain import EncoderPretrain
+    from lightning_modules.face_prior import FacePriorTrainer
+    from lightning_modules.metrics.callback import MetricsCallback
+    from lightning_modules.voice2face import Voice2FaceGAN
+
+    def load(path, *keys):
+        cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "experiments/conf" / path))
+        return {k: v for key in keys or [None] for k, v in (cfg[key] if key else cfg).items()}
+
+    yield Voice2FaceGAN, load("model/voice2face.yaml")
+    yield EncoderPretrain, load("model/encoder_pretrain.yaml")
+    yield VoxVGGDataModule, load("data/voxvgg.yaml")
+    yield MetricsCallback, load("metrics/default.yaml", "callback")
+    yield FacePriorTrainer, load("face_prior.yaml", "network", "training")
+
+
+def test_python_defaults_agree_with_their_yaml():
+    """Each setting has one value: a class's default and the YAML that configures it agree (None and {} both mean
+    "no settings"), or the difference is listed above with its reason."""
+    import inspect
+
+    compared, wrong = 0, []
+    for cls, yaml in _classes_and_yaml():
+        for name, param in inspect.signature(cls).parameters.items():
+            value = yaml.get(name, inspect.Parameter.empty)
+            if param.default is inspect.Parameter.empty or value is inspect.Parameter.empty:
+                continue
+            if isinstance(value, str) and value.startswith("${"):
+                continue  # worked out from other settings (e.g. ${r1_rule:...})
+            default = list(param.default) if isinstance(param.default, tuple) else param.default
+            same = default == value or (default in (None, {}) and value in (None, {}))
+            compared += 1
+            if not same and (cls.__name__, name) not in INTENDED_DIFFERENCES:
+                wrong.append(f"{cls.__name__}.{name}: Python {default!r}, YAML {value!r}")
+    assert not wrong, wrong
+    assert compared > 60
