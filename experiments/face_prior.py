@@ -103,6 +103,13 @@ def plot_curve(csv_path: Path, out: Path) -> Path:
     return out
 
 
+def build_trainer(cfg: DictConfig) -> FacePriorTrainer:
+    """The G, D and optimisers of the config's network and training sections, its interpolations resolved
+    (r1_gamma is NVlabs' rule of the face size and batch)."""
+    network, training = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("network", "training"))
+    return FacePriorTrainer(img_resolution=cfg.faces.size, **network, **training)
+
+
 def train(cfg: DictConfig) -> Path:
     check_command_config(cfg, "face_prior")
     check_values(cfg, ["data"])
@@ -118,9 +125,7 @@ def train(cfg: DictConfig) -> Path:
     score = ProbeScore(datamodule, cfg.eval_split, OmegaConf.to_container(cfg.metrics.probe))
 
     torch.manual_seed(cfg.seed)
-    trainer = FacePriorTrainer(
-        img_resolution=cfg.faces.size, **OmegaConf.to_container(cfg.network), **OmegaConf.to_container(cfg.training)
-    )
+    trainer = build_trainer(cfg)
     last = out / "last.pt"
     seconds = 0.0
     if last.is_file():

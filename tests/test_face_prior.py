@@ -175,3 +175,19 @@ def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
     run(tmp_path / "b", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}")
     with open(tmp_path / "b" / "curve.csv", newline="") as f:
         assert [float(r["kimg"]) for r in csv.DictReader(f)] == [0.0, 0.016, 0.032, 0.048]
+
+
+@pytest.mark.parametrize("overrides, gamma", [([], 0.0256), (["training.batch_size=16"], 0.0512)])
+def test_the_command_builds_its_trainer_with_nvlabs_r1_rule(overrides, gamma):
+    """face_prior.yaml's r1_gamma is ${r1_rule:...}: the command passed the unresolved string to the trainer."""
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.face_prior import build_trainer
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
+        cfg = compose("face_prior", [*overrides, "network.channel_base=64", "network.channel_max=16"])
+    GlobalHydra.instance().clear()
+    assert build_trainer(cfg).loss.r1_gamma == gamma  # 0.0002 * 64^2 / batch
