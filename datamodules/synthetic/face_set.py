@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from datamodules.faces import ffhq_transform, template, umeyama, warp
+from datamodules.files import write_atomic
 from datamodules.synthetic.corpus import GENERATOR_VERSION
 from datamodules.synthetic.faces import render_face
 from datamodules.synthetic.traits import sample_identities
@@ -67,11 +66,12 @@ def face_set(cache_dir, identities: int, seed: int, size: int = 64, align: str =
     if not path.is_file():
         faces, labels = render_face_set(identities, seed, size, align, workers)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            np.savez(f, faces=faces, labels=labels)
-        os.replace(tmp, path)
+
+        def save(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a temporary name
+                np.savez(f, faces=faces, labels=labels)
+
+        write_atomic(path, save)
     with np.load(path) as data:
         faces, labels = data["faces"], data["labels"]
     if faces.ndim != 4 or faces.shape[1:] != (3, size, size) or len(labels) != len(faces):
