@@ -72,7 +72,7 @@ def check_generator_init(cfg: DictConfig) -> None:
     arguments build (one class for the identity head, which is not checked) takes it. The model reads the file once
     more; a file already checked in this process (same path, size and time) is not read twice here."""
     path = cfg.model.generator_init
-    file = weights.FOLDER / weights.SHIPPED[path] if path in weights.SHIPPED else Path(path)
+    file = weights.file_of(path)
     info = os.stat(file) if file.is_file() else None
     key = (os.path.abspath(file), cfg.data.face_size, info and (info.st_size, info.st_mtime_ns))
     if info is not None and key in _CHECKED_INITS:

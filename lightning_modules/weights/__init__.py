@@ -29,11 +29,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_of(path_or_name: str | Path) -> Path:
+    """A shipped name -> where its file is installed (unchecked); anything else is a path, returned as it is."""
+    return FOLDER / SHIPPED[str(path_or_name)] if str(path_or_name) in SHIPPED else Path(path_or_name)
+
+
 def shipped_file(name: str) -> Path:
     """The installed file of a shipped name, after checking its bytes against the recorded checksum."""
     if name not in SHIPPED:
         raise KeyError(f"{name!r} is not a shipped weight file; shipped: {sorted(SHIPPED)}")
-    path = FOLDER / SHIPPED[name]
+    path = file_of(name)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the shipped file of {name!r} is missing; reinstall voice2face")
     expected = recorded_sums().get(path.name)
