@@ -29,6 +29,7 @@ from experiments.evaluate import build_datamodule
 from experiments.generate import embed_in_windows, front_end_of, voice_features
 from experiments.schema import check_command_config
 from lightning_modules.metrics.probe import probe_for
+from lightning_modules.metrics.settings import ProbeSettings
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
@@ -49,8 +50,8 @@ class Reference:
     """The training speakers' real faces: evaluate's face probe (the shipped one on the embedded corpus), its
     attribute codec, and one mean probe embedding per speaker for the nearest faces."""
 
-    def __init__(self, datamodule):
-        self.probe, self.codec, _ = probe_for(datamodule, {})  # evaluate's default choice
+    def __init__(self, datamodule, probe: ProbeSettings):  # metrics.probe: evaluate's choice of probe
+        self.probe, self.codec, _ = probe_for(datamodule, probe)
         faces = datamodule.faces("train")
         self.names = sorted(faces)
         self.faces = {n: faces[n][0] for n in self.names}  # one photo per speaker to show
@@ -186,16 +187,17 @@ def build_page(demo: Demo, reference_faces: dict | None):
     return page
 
 
-def load_demo(path: str, device: str = "cpu", with_reference: bool = True) -> tuple[Demo, dict | None]:
+def load_demo(path: str, device: str = "cpu", probe: ProbeSettings | None = None) -> tuple[Demo, dict | None]:
     """The Demo of a checkpoint or model folder, loaded once: the model, its voice pipeline, silero-vad and, where
-    the run's corpus can be rebuilt, the reference (probe and training faces)."""
+    the run's corpus can be rebuilt and `probe` (metrics.probe) is given, the reference (probe and training
+    faces)."""
     state = read_checkpoint(path)
     model = model_from_checkpoint(state, device)
     reference, faces = None, None
-    if with_reference:
+    if probe is not None:
         try:
             dm = build_datamodule(state)
-            reference = Reference(dm)
+            reference = Reference(dm, probe)
             faces = {n: face[None] for n, face in reference.faces.items()}  # the one photo a speaker shows
         except (OSError, ValueError, RuntimeError) as err:  # no corpus here: the page shows the rest
             log.warning("no probe reading or nearest faces: the run's training data is not here (%s)", err)
@@ -208,7 +210,8 @@ def run(cfg: DictConfig) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise ImportError("the demo needs Gradio: pip install -e '.[demo]'") from None
-    demo, faces = load_demo(cfg.ckpt, cfg.device, cfg.reference)
+    probe = ProbeSettings.of(cfg.metrics.probe, "metrics.probe") if cfg.reference else None
+    demo, faces = load_demo(cfg.ckpt, cfg.device, probe)
     page = build_page(demo, faces)
     page.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=cfg.get("background", False))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from datamodules.voxvgg import VoxVGGDataModule
 from experiments.schema import check_command_config, check_data_overrides
 from lightning_modules.build import check_arguments
 from lightning_modules.metrics import evaluate, summary_markdown
+from lightning_modules.metrics.settings import MetricsSettings
 from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import check_features, model_from_checkpoint, read_checkpoint
@@ -99,9 +101,9 @@ def run(cfg: DictConfig) -> dict:
     check_features(model, dm.feature_dim, "data (with data_overrides)")
     dm.prepare_data()
     dm.setup("test")
-    metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
-    metrics_cfg["cache_dir"] = metrics_cfg.get("cache_dir") or str(out / "fid_cache")
-    result = evaluate(model, dm, metrics_cfg, split=cfg.split)
+    settings = MetricsSettings.of(cfg.metrics)
+    settings = replace(settings, cache_dir=settings.cache_dir or str(out / "fid_cache"))
+    result = evaluate(model, dm, settings, split=cfg.split)
     result["_meta"] = meta
     out.mkdir(parents=True, exist_ok=True)
     markdown = summary_markdown(result, f"{ckpt.name} ({cfg.split})")

@@ -32,6 +32,7 @@ from lightning_modules.face_prior import FacePriorTrainer
 from lightning_modules.legacy import load_pretrained
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality
+from lightning_modules.metrics.settings import ProbeSettings
 
 CURVE_COLUMNS = ("kimg", "seconds", "img_per_s", "fd_probe", "fd_probe_real", "kid_probe", "kid_probe_real", "n")
 
@@ -40,8 +41,8 @@ class ProbeScore:
     """fd_probe of unconditional faces against one split's real faces, in the main job's evaluation probe (the
     shipped one on the embedded corpus: metrics.probe.weights)."""
 
-    def __init__(self, datamodule, split: str, probe_cfg: dict):
-        self.probe, _, self.which = probe_for(datamodule, probe_cfg)
+    def __init__(self, datamodule, split: str, probe: ProbeSettings):
+        self.probe, _, self.which = probe_for(datamodule, probe)
         real = datamodule.faces(split)
         self.labels = torch.cat([torch.full((len(real[n]),), i) for i, n in enumerate(sorted(real))])
         self.real_feats = self.probe.predict(torch.cat([normalize(real[n]) for n in sorted(real)]))[0]
@@ -122,7 +123,7 @@ def train(cfg: DictConfig) -> Path:
     datamodule = hydra.utils.instantiate(cfg.data, face_size=cfg.faces.size, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    score = ProbeScore(datamodule, cfg.eval_split, OmegaConf.to_container(cfg.metrics.probe))
+    score = ProbeScore(datamodule, cfg.eval_split, ProbeSettings.of(cfg.metrics.probe, "metrics.probe"))
 
     torch.manual_seed(cfg.seed)
     trainer = build_trainer(cfg)

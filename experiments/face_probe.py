@@ -10,16 +10,18 @@ that their figures are measured with one instrument on every machine, as FID is 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from experiments.schema import check_command_config, check_values
 from lightning_modules.metrics.probe import probe_for, save_probe
+from lightning_modules.metrics.settings import ProbeSettings
 
 
 def train(cfg: DictConfig) -> Path:
@@ -29,7 +31,7 @@ def train(cfg: DictConfig) -> Path:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    settings = {**OmegaConf.to_container(cfg.metrics.probe), "weights": "retrain"}
+    settings = replace(ProbeSettings.of(cfg.metrics.probe, "metrics.probe"), weights="retrain")
     probe, codec, _ = probe_for(datamodule, settings)
     faces = datamodule.faces("train")
     digest = hashlib.sha256()
@@ -40,12 +42,12 @@ def train(cfg: DictConfig) -> Path:
         "trained_on": (
             f"the embedded corpus' train split: {len(faces)} identities, {sum(len(f) for f in faces.values())} "
             f"faces (corpus seed {corpus['seed']}, {corpus['identities']} identities), {cfg.data.face_align} crop "
-            f"at {cfg.data.face_size} px read at 32 px; {settings['steps']} steps, seed {settings['seed']}, float64"
+            f"at {cfg.data.face_size} px read at 32 px; {settings.steps} steps, seed {settings.seed}, float64"
         ),
         "corpus": corpus,
         "face_size": cfg.data.face_size,
         "face_align": cfg.data.face_align,
-        "settings": {k: v for k, v in settings.items() if k != "weights"},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "weights"},
         "faces_sha256": digest.hexdigest(),
         "torch": torch.__version__,
     }

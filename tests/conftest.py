@@ -5,6 +5,8 @@ NVlabs' code."""
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import pickle
 import sys
 import types
@@ -17,25 +19,51 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from lightning import Trainer
-from omegaconf import open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import experiments  # noqa: F401  (registers the configs' resolvers, as every command does)
+from lightning_modules.metrics.settings import MetricsSettings, ProbeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments/conf/exp").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (ROOT / "experiments/conf/data").glob("*.yaml"))
 
 
-def compose_train(overrides: list[str], output_dir: Path):
-    """The composed `train` config with its run folder set to `output_dir` (as Hydra would at run time)."""
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    """The `train` config with these overrides and Hydra's own section, composed once per test session (read-only:
+    every caller gets a copy)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def compose_train(overrides: list[str], output_dir: Path):
+    """The composed `train` config with its run folder set to `output_dir` (as Hydra would at run time)."""
+    cfg = copy.deepcopy(_composed(tuple(overrides)))
+    OmegaConf.set_readonly(cfg, False)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         del cfg.hydra
     return cfg
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    return {
+        k: _merged(v, changes[k]) if isinstance(v, dict) and k in changes else changes.get(k, v)
+        for k, v in base.items()
+    } | {k: v for k, v in changes.items() if k not in base}
+
+
+def metrics_settings(**sections) -> MetricsSettings:
+    """The `metrics` group as a run composes it, with `sections` merged in (nested dicts key by key; values may be
+    objects YAML cannot hold, e.g. a stand-in nn.Module for `fid.feature`)."""
+    defaults = OmegaConf.to_container(_composed(()).metrics, resolve=True)
+    return MetricsSettings.of(_merged(defaults, sections))
 
 
 def quiet_trainer(root_dir, **kwargs) -> Trainer:
@@ -69,8 +97,7 @@ def compose_cfg(tmp_path):
     def _compose(*overrides: str):
         return compose_train(list(overrides), tmp_path / "run")
 
-    yield _compose
-    GlobalHydra.instance().clear()
+    return _compose
 
 
 # An NVlabs network pickle is written with `torch_utils.persistence`: each module pickles as
@@ -139,3 +166,8 @@ def write_nvlabs_pickle(path, G, channel_base: int, channel_max: int, easydict) 
     networks = {"G": Persisted(G, kwargs), "D": None, "G_ema": Persisted(G, kwargs), "augment_pipe": None}
     with open(path, "wb") as f:
         pickle.dump({**networks, "training_set_kwargs": easydict(resolution=16)}, f)
+
+
+def probe_settings(**changes) -> ProbeSettings:
+    """The shipped `metrics.probe` settings with `changes`."""
+    return metrics_settings(probe=changes).probe

@@ -244,7 +244,6 @@ def test_r1_gamma_follows_nvlabs_rule_from_the_face_size_and_batch(compose_cfg, 
 # A Python default that differs from its YAML value on purpose, and why; any other difference fails below.
 INTENDED_DIFFERENCES = {
     ("VoxVGGDataModule", "num_workers"): "built in code (tests, notebooks) it loads in-process; real-data runs use 4",
-    ("MetricsCallback", "probe_metrics"): "YAML's switch; from_config passes the metrics config it stands for",
     ("FacePriorTrainer", "channel_base"): "the class keeps NVlabs' widths; face_prior.yaml has the shipped CPU prior's",
     ("FacePriorTrainer", "channel_max"): "as channel_base",
     ("FacePriorTrainer", "use_noise"): "NVlabs' noise inputs; the shipped prior trains without (docs/face_prior.md)",
@@ -255,7 +254,6 @@ def _classes_and_yaml():
     from datamodules.voxvgg import VoxVGGDataModule
     from lightning_modules.encoder_pretrain import EncoderPretrain
     from lightning_modules.face_prior import FacePriorTrainer
-    from lightning_modules.metrics.callback import MetricsCallback
     from lightning_modules.voice2face import Voice2FaceGAN
 
     def load(path, *keys):
@@ -265,7 +263,6 @@ def _classes_and_yaml():
     yield Voice2FaceGAN, load("model/voice2face.yaml")
     yield EncoderPretrain, load("model/encoder_pretrain.yaml")
     yield VoxVGGDataModule, load("data/voxvgg.yaml")
-    yield MetricsCallback, load("metrics/default.yaml", "callback")
     yield FacePriorTrainer, load("face_prior.yaml", "network", "training")
 
 
@@ -288,4 +285,30 @@ def test_python_defaults_agree_with_their_yaml():
             if not same and (cls.__name__, name) not in INTENDED_DIFFERENCES:
                 wrong.append(f"{cls.__name__}.{name}: Python {default!r}, YAML {value!r}")
     assert not wrong, wrong
-    assert compared > 60
+    assert compared > 50
+
+
+def test_the_metrics_settings_have_no_python_defaults():
+    """The metrics group's values live in its YAML only: every section is a dataclass without defaults that takes
+    exactly the YAML's keys, and a config that lacks one or adds one is refused by its dotted name."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from lightning_modules.metrics.settings import MetricsSettings
+
+    yaml = OmegaConf.to_container(OmegaConf.load(ROOT / "experiments/conf/metrics/default.yaml"))
+    settings = MetricsSettings.of(yaml)
+    sections = [settings]
+    while sections:
+        section = sections.pop()
+        for f in fields(section):
+            assert f.default is MISSING and f.default_factory is MISSING, f"{type(section).__name__}.{f.name}"
+            if is_dataclass(getattr(section, f.name)):
+                sections.append(getattr(section, f.name))
+    assert settings.ppl.num_samples == yaml["ppl"]["num_samples"] and settings.identity.sf2f.block == 100
+    del yaml["identity"]["wen"]["seed"]
+    yaml["fid"]["batchsize"] = 64
+    with pytest.raises(ValueError, match=r"metrics.fid: unknown \['batchsize'\]"):
+        MetricsSettings.of(yaml)
+    del yaml["fid"]["batchsize"]
+    with pytest.raises(ValueError, match=r"metrics.identity.wen: missing \['seed'\]"):
+        MetricsSettings.of(yaml)

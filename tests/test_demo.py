@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import probe_settings
 from test_evaluate import SMOKE
 
 from datamodules.pipeline import VoicePipeline
@@ -39,7 +40,7 @@ def demo():
     model = Voice2FaceGAN(**{**SMOKE, "latent_space": "wplus"}).eval()
     front = VoicePipeline({"kind": "logmel", "preemphasis": 0.95}, {}, eval_min_frames=1000)
     data = ReferenceData()
-    return Demo(model, front, SpeechCheck(), Reference(data)), data.train
+    return Demo(model, front, SpeechCheck(), Reference(data, probe_settings())), data.train
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
+from conftest import metrics_settings
 from omegaconf import OmegaConf
 from PIL import Image
 from test_metrics import LinearG, PixelFeatures
@@ -90,6 +91,7 @@ def mse(a, b):
 
 
 def metrics_cfg(**fid):
+    """The sections these tests change from the shipped metrics config (conftest.metrics_settings merges them)."""
     return {
         "fid": {"feature": PixelFeatures(), **fid},
         "ppl": {"distance": mse, "num_samples": 20, "batch_size": 8},
@@ -107,7 +109,7 @@ class MSE(nn.Module):
 def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
     cfg = metrics_cfg()
     cfg["ppl"]["distance"] = MSE()
-    result = evaluate(StandInModel(), StandInData(), {**cfg, "cache_dir": str(tmp_path)}, split="test")
+    result = evaluate(StandInModel(), StandInData(), metrics_settings(**cfg, cache_dir=str(tmp_path)), split="test")
     assert result["num_generated"] == 6 and result["num_real"] == 8
     for key in (
         "fid",
@@ -141,7 +143,7 @@ def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
     cfg = metrics_cfg(feature=None)  # Inception, but no weights anywhere
     cfg["ppl"]["distance"] = None
     cfg["identity"]["embedder"] = "facenet"
-    result = evaluate(StandInModel(), StandInData(), cfg, split="test")
+    result = evaluate(StandInModel(), StandInData(), metrics_settings(**cfg), split="test")
     assert "fid" not in result and "weights-inception" in result["_skipped"]["fid"]
     assert "vgg16" in result["_skipped"]["ppl_wend"] and "vggface2" in result["_skipped"]["identity"]
     assert "vgg16" in result["_skipped"]["ppl_zend"]
@@ -164,14 +166,14 @@ def test_evaluate_measures_only_z_space_without_mapping():
     model.G_ema = ZOnlyG()
     cfg = metrics_cfg()
     cfg["ppl"]["distance"] = MSE()
-    result = evaluate(model, StandInData(), cfg, split="test")
+    result = evaluate(model, StandInData(), metrics_settings(**cfg), split="test")
     assert "mapping" in result["_skipped"]["ppl_wend"] and result["ppl_zend"] > 0
     assert "pairs of different test utterances' voice embeddings (of 6)" in result["_notes"]["ppl"]
 
 
 def test_evaluate_rejects_train_split():
     with pytest.raises(ValueError, match="split"):
-        evaluate(StandInModel(), StandInData(), metrics_cfg(), split="train")
+        evaluate(StandInModel(), StandInData(), metrics_settings(**metrics_cfg()), split="train")
 
 
 def report_run(folder, **result):
@@ -548,7 +550,7 @@ def test_the_wandb_table_leaves_the_encoder_as_it_was(monkeypatch):
     torch.manual_seed(0)
     model = Voice2FaceGAN(**{**SMOKE, "feature_dim": 4}).train()
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    cb = callback.MetricsCallback(split="test", table_rows=3)
+    cb = callback.MetricsCallback(metrics_settings(callback={"split": "test", "table_rows": 3}))
     cb.log_table(types.SimpleNamespace(loggers=[Logger()]), model, StandInData(4, 8))
     assert Logger.tables and model.training  # logged, and handed back in training mode
     for key, value in model.encoder.state_dict().items():

@@ -3,10 +3,17 @@
 import logging
 from types import SimpleNamespace
 
+from conftest import metrics_settings
 from test_evaluate import MSE, StandInData, StandInModel
 from test_metrics import PixelFeatures
 
 from lightning_modules.metrics.callback import MetricsCallback
+
+
+def callback(fid=None, ppl=None, probe_metrics=False, **sections) -> MetricsCallback:
+    """The callback of the shipped metrics config with `sections` changed (its `callback` section by keywords)."""
+    cb = {"probe_metrics": probe_metrics, **sections.pop("callback", {})}
+    return MetricsCallback(metrics_settings(fid=fid or {}, ppl=ppl or {}, callback=cb, **sections))
 
 
 class RecordingLogger:
@@ -32,11 +39,10 @@ def stand_in_trainer(tmp_path):
 
 def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
     trainer, model = stand_in_trainer(tmp_path), StandInModel()
-    cb = MetricsCallback(
-        every_kimg=0.01,
+    cb = callback(
         fid={"feature": PixelFeatures()},
-        ppl={"distance": MSE(), "num_samples": 8},
-        table_rows=0,
+        ppl={"distance": MSE()},
+        callback={"every_kimg": 0.01, "ppl_num_samples": 8, "table_rows": 0},
     )
     model.cur_nimg = 0
     cb.on_train_start(trainer, model)
@@ -61,7 +67,7 @@ def test_callback_logs_fid_and_ppl_every_n_kimg(tmp_path):
 def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  # noqa: F811
     trainer, model = stand_in_trainer(tmp_path), StandInModel()
     model.cur_nimg = 1000
-    cb = MetricsCallback(every_kimg=1, ppl={"distance": MSE(), "num_samples": 8}, table_rows=0)
+    cb = callback(ppl={"distance": MSE()}, callback={"every_kimg": 1, "ppl_num_samples": 8, "table_rows": 0})
     with caplog.at_level(logging.WARNING):
         cb.run(trainer, model)
         cb.run(trainer, model)
@@ -73,14 +79,14 @@ def test_callback_says_once_and_logs_what_it_can(tmp_path, empty_hub, caplog):  
 def test_callback_logs_the_probe_metrics_of_the_split(tmp_path):
     trainer, model = stand_in_trainer(tmp_path), StandInModel()
     model.cur_nimg, model.train_seconds = 1000, 12.5
-    probe_cfg = {
-        "fid": {"enabled": False},
-        "ppl": {"enabled": False},
-        "intervals": {"resamples": 0},
-        "probe": {"steps": 20, "batch_size": 16},
-        "identity": {"repeats": 2},
-    }
-    cb = MetricsCallback(fid={"enabled": False}, ppl={"enabled": False}, probe_metrics=probe_cfg, table_rows=0)
+    cb = callback(
+        fid={"enabled": False},
+        ppl={"enabled": False},
+        probe_metrics=True,
+        probe={"steps": 20, "batch_size": 16},
+        identity={"repeats": 2},
+        callback={"table_rows": 0},
+    )
     cb.run(trainer, model)
     ((_, logged),) = trainer.loggers[0].records
     assert {"val/fd_probe", "val/fd_probe/real", "val/attr/colour", "val/recall@1_g2"} <= set(logged)
@@ -96,8 +102,10 @@ def test_callback_from_config_reads_the_metrics_group():
     cfg = OmegaConf.load("experiments/conf/metrics/default.yaml")
     cb = MetricsCallback.from_config(cfg)
     assert cb.every_nimg == cfg.callback.every_kimg * 1000 and cb.split == "val"
-    assert cb.ppl_cfg["num_samples"] == cfg.callback.ppl_num_samples and cb.ppl_cfg["epsilon"] == 1e-4
-    assert cb.probe_cfg["fid"] == {"enabled": False} and cb.probe_cfg["intervals"] == {"resamples": 0}
+    assert cb.ppl.num_samples == cfg.callback.ppl_num_samples and cb.ppl.epsilon == 1e-4
+    inner = cb.probe_settings  # the evaluation of the probe metrics: FID and PPL are the callback's own
+    assert not inner.fid.enabled and not inner.ppl.enabled and inner.intervals.resamples == 0
+    assert inner.max_utterances == cfg.callback.max_utterances and inner.probe == cb.settings.probe
 
 
 def test_callback_wandb_table_of_speakers(tmp_path):
@@ -113,7 +121,7 @@ def test_callback_wandb_table_of_speakers(tmp_path):
     trainer, model = stand_in_trainer(tmp_path), StandInModel()
     trainer.loggers = [RecordingWandb()]
     model.cur_nimg = 2000
-    MetricsCallback(fid={"enabled": False}, ppl={"enabled": False}, table_rows=2).run(trainer, model)
+    callback(fid={"enabled": False}, ppl={"enabled": False}, callback={"table_rows": 2}).run(trainer, model)
     ((key, columns, rows),) = trainer.loggers[0].tables
     assert key == "speakers/2.0kimg" and columns[-2:] == ["real face", "generated face"]
     assert [r[0] for r in rows] == ["x0", "x1"] and len(rows[0]) == len(columns)

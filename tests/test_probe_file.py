@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import probe_settings
 from safetensors.torch import load_file, save_file
 
 from datamodules.synthetic.traits import ATTRIBUTE_KINDS
@@ -123,20 +124,22 @@ class Corpus:
 @pytest.mark.integration
 def test_an_evaluation_picks_the_shipped_probe_only_where_it_fits():
     digest = weights.sha256(weights.shipped_file(SHIPPED_PROBE))[:16]
-    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS)), {})
+    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS)), probe_settings())
     assert which.startswith(f"face_probe_32.safetensors sha256:{digest}")
     for other in (Corpus({"sex": "categorical"}), Corpus(dict(ATTRIBUTE_KINDS), align="ffhq"), Corpus({})):
-        probe, _, which = probe_for(other, {"steps": 3})  # real data / another crop: retrained on its own faces
+        probe, _, which = probe_for(
+            other, probe_settings(steps=3)
+        )  # real data / another crop: retrained on its own faces
         assert which.startswith("retrained on this run's train split (3 identities")
         assert probe.identity.out_features == 3
-    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS)), {"weights": "retrain", "steps": 3})
+    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS)), probe_settings(weights="retrain", steps=3))
     assert which.startswith("retrained")
-    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS), align="ffhq"), {"weights": "shipped"})
+    _, _, which = probe_for(Corpus(dict(ATTRIBUTE_KINDS), align="ffhq"), probe_settings(weights="shipped"))
     assert which.startswith("face_probe_32")  # asked for: the crop is the user's call
     with pytest.raises(ValueError, match="metrics.probe.weights=retrain"):
-        probe_for(Corpus({"sex": "categorical"}), {"weights": "shipped"})
+        probe_for(Corpus({"sex": "categorical"}), probe_settings(weights="shipped"))
     with pytest.raises(ValueError, match="/nonexistent/probe.safetensors: .*No such file"):
-        probe_for(Corpus({}), {"weights": "/nonexistent/probe.safetensors"})
+        probe_for(Corpus({}), probe_settings(weights="/nonexistent/probe.safetensors"))
 
 
 def test_a_replaced_shipped_probe_is_refused(tmp_path, monkeypatch):
@@ -146,7 +149,7 @@ def test_a_replaced_shipped_probe_is_refused(tmp_path, monkeypatch):
     (copy / "SHA256SUMS").write_text(weights.SUMS.read_text())
     monkeypatch.setattr(weights, "FOLDER", copy)
     with pytest.raises(ValueError, match="damaged or was replaced"):
-        probe_for(Corpus(dict(ATTRIBUTE_KINDS)), {})
+        probe_for(Corpus(dict(ATTRIBUTE_KINDS)), probe_settings())
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import metrics_settings
 from test_evaluate import StandInData, StandInModel, metrics_cfg
 
 from lightning_modules.metrics import evaluate, summary_markdown
@@ -94,7 +95,7 @@ def test_evaluate_with_every_protocol_prints_the_sf2f_table():
     cfg["identity"].update(protocol=["ours", "sf2f", "wen"], embedder="probe", sf2f={"block": 100})
     data = StandInData()
     data.speaker_info = lambda: {n: {"sex": "f" if i % 2 else "m"} for i, n in enumerate(data.colours)}
-    result = evaluate(StandInModel(), data, cfg, split="test")
+    result = evaluate(StandInModel(), data, metrics_settings(**cfg), split="test")
     assert result["sf2f/block"] == 2 and result["sf2f/blocks"] == 1 and result["sf2f/n"] == 2
     assert "sf2f/recall@1" in result and "sf2f/recall@2" not in result  # k >= block is 1 by construction
     assert result["sf2f/recall@1/chance"] == 0.5 and "asked for 100; the split has 2" in result["_notes"]["sf2f"]
@@ -107,5 +108,5 @@ def test_evaluate_with_every_protocol_prints_the_sf2f_table():
         and "| cosine ↑ | L1 ↓ | L2 ↓ | R@1 ↑ |" in table
     )
     cfg["identity"].update(protocol="sf2f", sf2f={"generation": "average"})
-    averaged = evaluate(StandInModel(), data, cfg, split="test")
+    averaged = evaluate(StandInModel(), data, metrics_settings(**cfg), split="test")
     assert "sf2f/cosine" in averaged and "recall@1_g2" not in averaged and "wen/match" not in averaged

@@ -40,6 +40,8 @@ def test_halves_split_every_identity():
 def corpus_probe(tmp_path_factory, request):
     """A probe trained on the train-split faces of a small embedded corpus (or the shipped one, trained on the
     default corpus' train split: none of these test faces), and the test split's faces."""
+    from conftest import probe_settings
+
     from datamodules.faces import normalize
     from datamodules.voxvgg import VoxVGGDataModule
     from lightning_modules.metrics.probe import probe_for
@@ -54,7 +56,7 @@ def corpus_probe(tmp_path_factory, request):
         prepare_workers=1,
     )
     dm.prepare_data()
-    probe = probe_for(dm, {"weights": request.param, "steps": 300})[0]
+    probe = probe_for(dm, probe_settings(weights=request.param, steps=300))[0]
     real_u8, labels, _ = real_faces(dm, "test")
     return probe, normalize(real_u8), labels
 

@@ -7,6 +7,8 @@ Metrics that cannot run (no weights, a generator without mapping) are skipped wi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from lightning import Callback
 from lightning.pytorch.loggers import WandbLogger
@@ -22,31 +24,30 @@ from lightning_modules.metrics.families import (
 )
 from lightning_modules.metrics.fid import quantize
 from lightning_modules.metrics.probe import probe_for
-from lightning_modules.metrics.split import as_dict, embed_split, generate_split, real_faces
+from lightning_modules.metrics.settings import MetricsSettings
+from lightning_modules.metrics.split import embed_split, generate_split, real_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 from lightning_modules.schedule import next_due
 
 
 class MetricsCallback(Callback):
-    def __init__(
-        self,
-        every_kimg: float = 50.0,  # Interval in thousands of training images (cur_nimg); 0 = only at the end.
-        split: str = "val",  # Held-out split whose voices and faces are scored.
-        fid: dict | None = None,  # metrics.fid config (enabled, weights_path, batch_size, download).
-        ppl: dict | None = None,  # metrics.ppl config (enabled, spaces, latents, num_samples, vgg_path, ...).
-        probe_metrics: dict | None = None,  # metrics config for the probe metrics (None = not computed).
-        max_utterances: int | None = 2000,  # Generated faces per FID evaluation.
-        table_rows: int = 8,  # Speakers in the W&B table (0 = no table).
-        cache_dir: str | None = None,  # Real FID statistics cache (None: <run dir>/fid_cache).
-        download: bool = False,  # Allow fetching missing metric weights.
-    ):
-        self.every_nimg = every_kimg * 1000
-        self.split, self.max_utterances, self.table_rows = split, max_utterances, table_rows
-        self.fid_cfg = {"download": download, **as_dict(fid)}
-        self.ppl_cfg = {"download": download, **as_dict(ppl)}
-        self.probe_cfg = probe_metrics
+    def __init__(self, settings: MetricsSettings):  # the `metrics` config group; its `callback` section says when
+        cb = settings.callback
+        self.every_nimg = cb.every_kimg * 1000  # 0 = only at the end
+        self.split, self.max_utterances, self.table_rows = cb.split, cb.max_utterances, cb.table_rows
+        self.settings = settings
+        self.ppl = replace(settings.ppl, num_samples=cb.ppl_num_samples)  # fewer than a final evaluation's
+        # FID and PPL are the callback's own; inside the probe evaluation they are off, as are the intervals
+        self.probe_settings = None
+        if cb.probe_metrics:
+            self.probe_settings = replace(
+                settings,
+                fid=replace(settings.fid, enabled=False),
+                ppl=replace(settings.ppl, enabled=False),
+                intervals=replace(settings.intervals, resamples=0),
+                max_utterances=cb.max_utterances,
+            )
         self._probe = None  # chosen (loaded or trained) on the first evaluation, then kept
-        self.cache_dir = cache_dir
         self._next_nimg = 0.0
         self._unavailable: set[str] = set()
         self._fid = None  # built on first use, then kept
@@ -54,30 +55,8 @@ class MetricsCallback(Callback):
 
     @classmethod
     def from_config(cls, metrics_cfg) -> MetricsCallback:
-        """Build from the `metrics` config group (its `callback` section plus the fid / ppl sections)."""
-        cfg = as_dict(metrics_cfg)
-        cb = dict(cfg.get("callback", {}))
-        ppl = {
-            **cfg.get("ppl", {}),
-            "num_samples": cb.pop("ppl_num_samples", cfg.get("ppl", {}).get("num_samples")),
-        }
-        probe_metrics = None
-        if cb.pop("probe_metrics", True):  # FID / PPL are the callback's own: off inside this evaluation
-            probe_metrics = {
-                **cfg,
-                "fid": {"enabled": False},
-                "ppl": {"enabled": False},
-                "intervals": {"resamples": 0},
-                "max_utterances": cb.get("max_utterances"),
-            }
-        return cls(
-            fid=cfg.get("fid"),
-            ppl=ppl,
-            probe_metrics=probe_metrics,
-            cache_dir=cfg.get("cache_dir"),
-            download=cfg.get("download", False),
-            **cb,
-        )
+        """Build from the `metrics` config group (Hydra's `callbacks.metrics`)."""
+        return cls(MetricsSettings.of(metrics_cfg))
 
     def on_train_start(self, trainer, pl_module):
         self._next_nimg = next_due(pl_module.cur_nimg, self.every_nimg)
@@ -101,20 +80,20 @@ class MetricsCallback(Callback):
 
     def _run(self, trainer, pl_module) -> dict[str, float]:
         metrics: dict[str, float | None] = {}
-        if self.fid_cfg.get("enabled", True) and "fid" not in self._unavailable:
+        if self.settings.fid.enabled and "fid" not in self._unavailable:
             scores = self._try("fid", self._fid_value, trainer, pl_module) or {}
             metrics.update({f"metrics/{k}": v for k, v in scores.items() if k in ("fid", "kid")})
-        if self.ppl_cfg.get("enabled", True):
+        if self.ppl.enabled:
             voices = None  # the split's embeddings, made once for every space
-            for space in self.ppl_cfg.get("spaces", ["z", "w"]):
+            for space in self.ppl.spaces:
                 name = PPL_KEYS[space]
                 if name in self._unavailable:
                     continue
-                if voices is None and self.ppl_cfg.get("latents", "voices") == "voices":
+                if voices is None and self.ppl.latents == "voices":
                     voices, _ = embed_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
                 metrics[f"metrics/{name}"] = self._try(name, self._ppl_value, pl_module, space, voices)
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        if self.probe_cfg is not None and getattr(trainer.datamodule, "faces", None) is not None:
+        if self.probe_settings is not None and getattr(trainer.datamodule, "faces", None) is not None:
             metrics.update(self._probe_metrics(trainer, pl_module))
         if metrics:
             metrics["progress/kimg"] = pl_module.cur_nimg / 1000
@@ -128,8 +107,8 @@ class MetricsCallback(Callback):
     def _probe_metrics(self, trainer, pl_module) -> dict[str, float]:
         """Every scalar of `evaluate` on the held-out split (no FID/PPL, no intervals), keyed `<split>/...`."""
         if self._probe is None:
-            self._probe = probe_for(trainer.datamodule, as_dict(self.probe_cfg.get("probe")))
-        result = evaluate(pl_module, trainer.datamodule, self.probe_cfg, self.split, probe=self._probe)
+            self._probe = probe_for(trainer.datamodule, self.settings.probe)
+        result = evaluate(pl_module, trainer.datamodule, self.probe_settings, self.split, probe=self._probe)
         return {
             f"{self.split}/{k}": float(v)
             for k, v in result.items()
@@ -138,17 +117,17 @@ class MetricsCallback(Callback):
 
     def _fid_value(self, trainer, pl_module) -> dict[str, float]:
         if self._fid is None:  # Inception and the real statistics are loaded once per run
-            cache = self.cache_dir or f"{trainer.default_root_dir}/fid_cache"
-            self._fid = build_fid(self.fid_cfg, pl_module.device, cache)
+            cache = self.settings.cache_dir or f"{trainer.default_root_dir}/fid_cache"
+            self._fid = build_fid(self.settings.fid, self.settings.download, pl_module.device, cache)
         fakes, _ = generate_split(pl_module, trainer.datamodule, self.split, self.max_utterances)
         real_u8, _, _ = real_faces(trainer.datamodule, self.split)
-        return fid_metric(self._fid, quantize(fakes), real_u8, self.split, self.fid_cfg.get("batch_size", 64))
+        return fid_metric(self._fid, quantize(fakes), real_u8, self.split, self.settings.fid.batch_size)
 
     def _ppl_value(self, pl_module, space: str, voices) -> float:
         check_ppl_space(pl_module.G_ema, space)
         if self._distance is None:
-            self._distance = build_distance(self.ppl_cfg)
-        return ppl_metric(pl_module, self.ppl_cfg, space, self._distance, voices)
+            self._distance = build_distance(self.ppl, self.settings.download)
+        return ppl_metric(pl_module, self.ppl, space, self._distance, voices)
 
     def _try(self, name, fn, *args):
         try:

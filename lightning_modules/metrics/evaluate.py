@@ -1,17 +1,15 @@
-"""`evaluate(model, datamodule, cfg, split)`: every metric family that can run here, and why the others cannot.
+"""`evaluate(model, datamodule, settings, split)`: every metric family that can run here, and why the others cannot.
 
-cfg is the `metrics` config group (experiments/conf/metrics/default.yaml). One face is generated per
-held-out utterance (EMA generator, constant noise); the real faces are `datamodule.faces(split)`. The families are
-`FAMILIES` (lightning_modules/metrics/families.py), run in that order on one `Split`.
+The settings are the `metrics` config group (experiments/conf/metrics/default.yaml, as `MetricsSettings`). One face
+is generated per held-out utterance (EMA generator, constant noise); the real faces are `datamodule.faces(split)`.
+The families are `FAMILIES` (lightning_modules/metrics/families.py), run in that order on one `Split`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
 from torch import Tensor
 
 from lightning_modules.metrics.families import (
@@ -22,7 +20,8 @@ from lightning_modules.metrics.families import (
     quality_family,
 )
 from lightning_modules.metrics.probe import probe_for
-from lightning_modules.metrics.split import as_dict, embed_split, generate_split, real_faces
+from lightning_modules.metrics.settings import MetricsSettings
+from lightning_modules.metrics.split import embed_split, generate_split, real_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 
@@ -34,22 +33,25 @@ class Split:
     model: Any
     datamodule: Any
     name: str  # val | test
-    cfg: dict  # the metrics config
-    sub: dict  # its sections (fid, ppl, identity, probe, quality), each with `download`
+    settings: MetricsSettings
     voices: Tensor  # [N, embed_dim] voice embeddings of the split's utterances
     gen_labels: Tensor  # [N] their identities
     gen: Tensor  # [N, 3, S, S] one generated face per utterance, [-1, 1]
     real_u8: Tensor  # [M, 3, S, S] the split's real faces
     real_labels: Tensor  # [M]
     names: list[str]  # identity names, by label
-    resamples: int  # bootstrap resamples of the intervals (0: none)
     probe_choice: tuple | None = None  # (probe, codec, which), or None to choose on first use
     notes: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
 
     @property
     def download(self) -> bool:
-        return self.cfg.get("download", False)
+        return self.settings.download
+
+    @property
+    def resamples(self) -> int:
+        """Bootstrap resamples of the intervals (0: none)."""
+        return self.settings.intervals.resamples
 
     @property
     def attributes(self):
@@ -58,13 +60,13 @@ class Split:
     @property
     def embedder(self) -> str:
         """The identity metrics' face embedder; auto: the probe on the embedded corpus, else FaceNet or dlib."""
-        name = self.sub["identity"].get("embedder", "auto")
+        name = self.settings.identity.embedder
         return "probe" if name == "auto" and self.attributes is not None else name
 
     @property
     def probe(self) -> tuple:
         if self.probe_choice is None:
-            self.probe_choice = probe_for(self.datamodule, self.sub["probe"])
+            self.probe_choice = probe_for(self.datamodule, self.settings.probe)
         return self.probe_choice
 
     def skip(self, name: str, reason: str) -> None:
@@ -73,7 +75,7 @@ class Split:
 
 
 def _enabled(section: str):
-    return lambda s: as_dict(s.cfg.get(section)).get("enabled", True)
+    return lambda s: getattr(s.settings, section).enabled
 
 
 # name -> (whether it runs on this split, the family); in this order. A family that raises MetricUnavailable is
@@ -87,23 +89,19 @@ FAMILIES = {
 }
 
 
-def evaluate(
-    model, datamodule, cfg: Mapping | DictConfig | None = None, split: str = "test", probe=None
-) -> dict[str, Any]:
-    """Metrics of `model` on `split`; `_skipped`: missing metric -> reason; `_notes`: caveats; `_probe`: the face
-    probe behind fd_probe, the attribute scores and probe retrieval. probe: a (probe, codec, which) triple from
-    `probe_for` to reuse (None: chosen here when a family needs it)."""
-    cfg = as_dict(cfg)
-    sections = ("fid", "ppl", "identity", "probe", "quality")
-    sub = {k: {"download": cfg.get("download", False), **as_dict(cfg.get(k))} for k in sections}
-    voices, gen_labels = embed_split(model, datamodule, split, cfg.get("max_utterances"))
+def evaluate(model, datamodule, settings, split: str = "test", probe=None) -> dict[str, Any]:
+    """Metrics of `model` on `split` (settings: a MetricsSettings, or the whole metrics config to build one).
+    `_skipped`: missing metric -> reason; `_notes`: caveats; `_probe`: the face probe behind fd_probe, the attribute
+    scores and probe retrieval. probe: a (probe, codec, which) triple from `probe_for` to reuse (None: chosen here
+    when a family needs it)."""
+    if not isinstance(settings, MetricsSettings):
+        settings = MetricsSettings.of(settings)
+    voices, gen_labels = embed_split(model, datamodule, split, settings.max_utterances)
     gen, _ = generate_split(model, datamodule, split, embedded=(voices, gen_labels))
     real_u8, real_labels, names = real_faces(datamodule, split)
-    resamples = as_dict(cfg.get("intervals")).get("resamples", 1000)
-    s = Split(model, datamodule, split, cfg, sub, voices, gen_labels, gen, real_u8, real_labels, names, resamples)
-    s.probe_choice = probe
+    s = Split(model, datamodule, split, settings, voices, gen_labels, gen, real_u8, real_labels, names, probe)
     result: dict[str, Any] = {"num_generated": len(gen), "num_real": len(real_u8)}
-    if len(names) < 2 and resamples:
+    if len(names) < 2 and s.resamples:
         s.notes["intervals"] = f"the {split} split holds {len(names)} identity: no interval over identities (NaN)"
     if hasattr(model, "cur_nimg"):
         result["kimg"] = model.cur_nimg / 1000  # the training budget behind these figures

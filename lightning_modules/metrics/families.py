@@ -25,14 +25,15 @@ from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
 from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
-from lightning_modules.metrics.split import as_dict, batches, generate_split
+from lightning_modules.metrics.settings import FIDSettings, IdentitySettings, PPLSettings, SF2FSettings, WenSettings
+from lightning_modules.metrics.split import batches, generate_split
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 
 def fid_family(s) -> dict:
     """Inception FID and KID of the generated faces against the split's real ones."""
-    fid = build_fid(s.sub["fid"], s.model.device, s.cfg.get("cache_dir"))
-    out = fid_metric(fid, quantize(s.gen), s.real_u8, s.name, s.sub["fid"].get("batch_size", 64))
+    fid = build_fid(s.settings.fid, s.download, s.model.device, s.settings.cache_dir)
+    out = fid_metric(fid, quantize(s.gen), s.real_u8, s.name, s.settings.fid.batch_size)
     warning = fid_note(len(s.gen))
     if warning:
         s.notes["fid"] = warning
@@ -42,16 +43,16 @@ def fid_family(s) -> dict:
 
 def ppl_family(s) -> dict:
     """Endpoint path length in each configured space; a space the generator lacks is skipped by its key."""
-    out, distance = {}, None
-    for space in s.sub["ppl"].get("spaces", ["z", "w"]):
+    out, distance, ppl = {}, None, s.settings.ppl
+    for space in ppl.spaces:
         try:
             check_ppl_space(s.model.G_ema, space)
-            distance = build_distance(s.sub["ppl"]) if distance is None else distance
-            out[PPL_KEYS[space]] = ppl_metric(s.model, s.sub["ppl"], space, distance, s.voices)
+            distance = build_distance(ppl, s.download) if distance is None else distance
+            out[PPL_KEYS[space]] = ppl_metric(s.model, ppl, space, distance, s.voices)
         except MetricUnavailable as err:
             s.skip(PPL_KEYS[space], str(err))
     if out:  # the note describes figures that exist
-        s.notes["ppl"] = ppl_note(s.sub["ppl"], s.name, len(s.voices))
+        s.notes["ppl"] = ppl_note(ppl, s.name, len(s.voices))
     return out
 
 
@@ -62,7 +63,7 @@ def quality_family(s) -> dict:
     real_float = normalize(s.real_u8)
     gen_float = normalize(quantize(s.gen))  # generated faces quantised as the real ones are stored
     real_feats = probe.predict(real_float)[0]
-    protocol = (s.real_labels, s.sub["quality"].get("repeats", 10), s.sub["quality"].get("seed", 0))
+    protocol = (s.real_labels, s.settings.quality.repeats, s.settings.quality.seed)
     out = probe_quality(probe.predict(gen_float)[0], real_feats, *protocol)
     mean_faces = speaker_mean_faces(real_float, s.real_labels, s.gen_labels)
     oracle = probe_quality(probe.predict(mean_faces)[0], real_feats, *protocol)
@@ -73,33 +74,32 @@ def quality_family(s) -> dict:
 
 def identity_family(s) -> dict:
     """Identity cosine and retrieval in a face embedder, by each configured protocol (ours, SF2F, Wen)."""
-    id_cfg, out = s.sub["identity"], {}
+    id_cfg, out = s.settings.identity, {}
     if s.embedder == "probe":
         embedder, embed = "probe", lambda x: s.probe[0].predict(x)[0]
     else:
-        embedder, embed = face_embedder(s.embedder, id_cfg.get("weights_path"), s.download, s.model.device)
-    protocols = check_protocols(id_cfg.get("protocol", "ours"))
+        embedder, embed = face_embedder(s.embedder, id_cfg.weights_path, s.download, s.model.device)
+    protocols = check_protocols(id_cfg.protocol)
     gen_emb, real_emb = embed(s.gen), embed(normalize(s.real_u8))
     if "ours" in protocols:
         out.update(
             identity_metrics(gen_emb, s.gen_labels, real_emb, s.real_labels, len(s.names), id_cfg, s.notes, s.resamples)
         )
     if "sf2f" in protocols:
-        sf2f_cfg = as_dict(id_cfg.get("sf2f"))
-        if sf2f_cfg.get("generation", "utterance") == "average":
+        if id_cfg.sf2f.generation == "average":
             query_labels = torch.unique(s.gen_labels)
             embedded = mean_voices(s.voices, s.gen_labels)
             query = embed(generate_split(s.model, s.datamodule, s.name, embedded=embedded)[0])
         else:  # one face per speaker, from one of its utterances (drawn with the identity seed)
-            pick = one_per_identity(s.gen_labels, id_cfg.get("seed", 0))
+            pick = one_per_identity(s.gen_labels, id_cfg.seed)
             query, query_labels = gen_emb[pick], s.gen_labels[pick]
         centers = centroids(real_emb, s.real_labels, len(s.names))
-        out.update(sf2f_metrics(query, query_labels, centers, sf2f_cfg, s.notes, s.resamples))
+        out.update(sf2f_metrics(query, query_labels, centers, id_cfg.sf2f, s.notes, s.resamples))
     if "wen" in protocols:
         info = s.datamodule.speaker_info() if hasattr(s.datamodule, "speaker_info") else {}
         sexes = [info.get(n, {}).get("sex", "") for n in s.names]
-        wen_cfg = as_dict(id_cfg.get("wen"))
-        out.update(wen_metrics(gen_emb, s.gen_labels, real_emb, s.real_labels, sexes, wen_cfg, s.notes, s.resamples))
+        wen = id_cfg.wen
+        out.update(wen_metrics(gen_emb, s.gen_labels, real_emb, s.real_labels, sexes, wen, s.notes, s.resamples))
     s.notes["identity_embedder"] = embedder
     return out
 
@@ -119,7 +119,7 @@ def attribute_family(s) -> dict:
         s.skipped,
         s.resamples,
         train_names=list(s.datamodule.identities("train")),
-        group_by=tuple(s.cfg.get("attributes", {}).get("group_by", ("sex", "nationality"))),
+        group_by=tuple(s.settings.attributes.group_by),
     )
 
 
@@ -130,10 +130,9 @@ def _module(spec):
     return hydra.utils.instantiate(spec)
 
 
-def build_fid(cfg: dict, device, cache_dir) -> FID:
-    """FID of the config (Inception unless `feature` names another net); may raise MetricUnavailable."""
-    feature = _module(cfg.get("feature"))
-    return FID(feature, cfg.get("weights_path"), cfg.get("download", False), cache_dir).to(device)
+def build_fid(fid: FIDSettings, download: bool, device, cache_dir) -> FID:
+    """FID of the settings (Inception unless `feature` names another net); may raise MetricUnavailable."""
+    return FID(_module(fid.feature), fid.weights_path, download, cache_dir).to(device)
 
 
 FID_FLOOR = 2000  # generated faces below which FID (biased upward at small n) comes with a warning
@@ -158,9 +157,9 @@ def fid_note(n_gen: int) -> str | None:
     )
 
 
-def build_distance(cfg: dict) -> torch.nn.Module:
+def build_distance(ppl: PPLSettings, download: bool) -> torch.nn.Module:
     """The path-length image distance: LPIPS-VGG16 unless `distance` names another network."""
-    return _module(cfg.get("distance")) or LPIPSDistance(cfg.get("vgg_path"), cfg.get("download", False))
+    return _module(ppl.distance) or LPIPSDistance(ppl.vgg_path, download)
 
 
 PPL_KEYS = {"w": "ppl_wend", "z": "ppl_zend"}  # metrics.ppl.spaces -> result key
@@ -172,59 +171,57 @@ def check_ppl_space(G, space: str) -> None:
         raise MetricUnavailable("path length in W needs a StyleGAN generator (.mapping); this one has none")
 
 
-def ppl_metric(model, cfg: dict, space: str, distance: torch.nn.Module | None = None, voices: Tensor | None = None):
-    """Endpoint path length of the EMA generator in `space` (w: ppl2_wend, z: ppl_zend); `distance` None builds
-    the configured one. Latents: pairs of held-out voices (`voices`, the split's embeddings) when
-    cfg["latents"] is `voices`, else N(0, I)."""
+def ppl_metric(model, ppl: PPLSettings, space: str, distance: torch.nn.Module, voices: Tensor | None = None):
+    """Endpoint path length of the EMA generator in `space` (w: ppl2_wend, z: ppl_zend) under the image
+    `distance` (build_distance). Latents: pairs of held-out voices (`voices`, the split's embeddings) when
+    ppl.latents is `voices`, else N(0, I)."""
     G = model.G_ema
     check_ppl_space(G, space)
     latents = None
-    if cfg.get("latents", "voices") == "voices":
+    if ppl.latents == "voices":
         if voices is None:
             raise ValueError("ppl_metric: metrics.ppl.latents=voices needs the held-out voice embeddings")
         latents = pair_latents(voices.to(model.device), model.hparams.get("noise_z_dim", 0))
-    distance = build_distance(cfg) if distance is None else distance
     return path_length(
         G,
         distance.to(model.device),
-        cfg.get("num_samples", 50_000),
-        cfg.get("batch_size", 32),
-        cfg.get("epsilon", 1e-4),
+        ppl.num_samples,
+        ppl.batch_size,
+        ppl.epsilon,
         latents=latents,
-        seed=cfg.get("seed", 0),
+        seed=ppl.seed,
         space=space,
     )
 
 
-def ppl_note(cfg: dict, split: str, num_voices: int) -> str:
+def ppl_note(ppl: PPLSettings, split: str, num_voices: int) -> str:
     """How the path lengths were measured, for the report's header."""
     latents = (
         f"pairs of different {split} utterances' voice embeddings (of {num_voices})"
-        if cfg.get("latents", "voices") == "voices"
+        if ppl.latents == "voices"
         else "N(0, I)"
     )
-    distance = cfg.get("distance")
+    distance = ppl.distance
     if isinstance(distance, Mapping):
         distance = distance.get("_target_")
     distance = "LPIPS-VGG16" if distance is None else distance if isinstance(distance, str) else type(distance).__name__
     return (
-        f"endpoints (t = 0), eps {cfg.get('epsilon', 1e-4):g}, {cfg.get('num_samples', 50_000)} samples, "
+        f"endpoints (t = 0), eps {ppl.epsilon:g}, {ppl.num_samples} samples, "
         f"1st-99th percentile mean; latents: {latents}; distance: {distance}"
     )
 
 
 def identity_metrics(
-    gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: dict, notes: dict, resamples: int = 1000
+    gen_emb, gen_labels, real_emb, real_labels, num_ids, cfg: IdentitySettings, notes: dict, resamples: int
 ) -> dict:
     """id_cosine, and per gallery size actually used g (the configured sizes clamped to the identities there
     are, plus always the whole set): `recall@k_g<g>` with its `/ci95` over identities, `/shuffled` (queries'
     identities permuted) and `/chance` (k / g)."""
     centers = centroids(real_emb, real_labels, num_ids)
     out = {"id_cosine": identity_cosine(gen_emb, gen_labels, centers)}
-    ks = tuple(cfg.get("ks", (1, 5, 10)))
-    repeats, seed = cfg.get("repeats", 10), cfg.get("seed", 0)
-    sizes = sorted({min(size, num_ids) for size in cfg.get("galleries", (10, 100))} | {num_ids})
-    for size in cfg.get("galleries", (10, 100)):
+    ks, repeats, seed = tuple(cfg.ks), cfg.repeats, cfg.seed
+    sizes = sorted({min(size, num_ids) for size in cfg.galleries} | {num_ids})
+    for size in cfg.galleries:
         if size > num_ids:
             notes[f"recall_g{size}"] = (
                 f"gallery of {size} asked for, but the split has {num_ids} identities: reported as _g{num_ids}"
@@ -279,11 +276,11 @@ def check_protocols(protocol) -> list[str]:
     return protocols
 
 
-def sf2f_metrics(query, query_labels, centers, cfg: dict, notes: dict, resamples: int = 1000) -> dict:
+def sf2f_metrics(query, query_labels, centers, cfg: SF2FSettings, notes: dict, resamples: int) -> dict:
     """The SF2F table's figures (`lightning_modules.metrics.protocols`): `sf2f/cosine`, `sf2f/L1`, `sf2f/L2` (mean
     over identities) and `sf2f/recall@k` in the fixed gallery blocks, each with its `/ci95` over identities;
     recall's `/chance` is k / block. `sf2f/block` and `sf2f/blocks` say which galleries were used."""
-    block, ks = cfg.get("block", 100), tuple(cfg.get("ks", (1, 2, 5, 10, 20, 50)))
+    block, ks = cfg.block, tuple(cfg.ks)
     scores, pair_labels, size = sf2f_scores(query, query_labels, centers, block, ks)
     num_ids = centers.shape[0]
     out = {"sf2f/block": size, "sf2f/blocks": len(gallery_blocks(num_ids, block)), "sf2f/n": len(query)}
@@ -296,7 +293,7 @@ def sf2f_metrics(query, query_labels, centers, cfg: dict, notes: dict, resamples
             out[f"{key}/chance"] = int(name.split("@")[1]) / size
     dropped = [k for k in ks if k >= size]
     notes["sf2f"] = (
-        f"{len(query)} identities, one face each ({cfg.get('generation', 'utterance')}), ranked in "
+        f"{len(query)} identities, one face each ({cfg.generation}), ranked in "
         f"{out['sf2f/blocks']} fixed block(s) of {size} sorted identities"
         + (f" (asked for {block}; the split has {num_ids})" if size < block else "")
         + (f"; recall@{dropped} left out (k >= block)" if dropped else "")
@@ -304,11 +301,11 @@ def sf2f_metrics(query, query_labels, centers, cfg: dict, notes: dict, resamples
     return out
 
 
-def wen_metrics(gen_emb, gen_labels, real_emb, real_labels, sexes, cfg: dict, notes: dict, resamples: int = 1000):
+def wen_metrics(gen_emb, gen_labels, real_emb, real_labels, sexes, cfg: WenSettings, notes: dict, resamples: int):
     """Wen et al.'s 1:2 matching accuracy of every generated face, `wen/match`, and with impostors of the
     speaker's sex, `wen/match_sex` (where every identity's sex is known), each with `/ci95` over identities and
     `/chance` 0.5."""
-    repeats, seed = cfg.get("repeats", 10), cfg.get("seed", 0)
+    repeats, seed = cfg.repeats, cfg.seed
     out = {}
     variants = {"wen/match": None}
     if all(sexes):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.faces import normalize
+from lightning_modules.metrics.settings import ProbeSettings
 
 PROBE_RES = 32
 PROBE_FORMAT = "voice2face-face-probe/1"  # the header's "format" in a probe file (save_probe)
@@ -217,18 +218,17 @@ def load_probe_file(path: Path) -> tuple[FaceProbe, AttributeCodec | None, dict]
 
 
 SHIPPED_PROBE = "face_probe_32"  # lightning_modules.weights: the probe trained once on the embedded corpus
-PROBE_DEFAULTS = {"steps": 300, "batch_size": 64, "lr": 2e-3, "width": 16, "seed": 0}  # as conf/metrics/default.yaml
 
 
-def probe_for(datamodule, cfg: dict) -> tuple[FaceProbe, AttributeCodec | None, str]:
+def probe_for(datamodule, cfg: ProbeSettings) -> tuple[FaceProbe, AttributeCodec | None, str]:
     """(probe, codec, which) of an evaluation on `datamodule`; `which` is the line the metrics JSON keeps as `_probe`.
 
-    cfg["weights"]: auto (the shipped probe where the datamodule is the embedded corpus in the crop the probe was
+    cfg.weights: auto (the shipped probe where the datamodule is the embedded corpus in the crop the probe was
     trained on, as FID uses Inception's fixed weights; retrained on the datamodule's train split elsewhere, e.g. on
     real data) | shipped | retrain | a probe file (`save_probe`)."""
     from lightning_modules import weights  # here: the metrics read the weights folder only when asked to
 
-    choice = str(cfg.get("weights", "auto"))
+    choice = str(cfg.weights)
     if hasattr(datamodule, "setup"):
         datamodule.setup()  # the attributes are read on setup
     kinds = dict(getattr(datamodule, "attribute_kinds", None) or {})
@@ -247,7 +247,7 @@ def probe_for(datamodule, cfg: dict) -> tuple[FaceProbe, AttributeCodec | None, 
             digest = weights.recorded_sums()[path.name] if shipped else weights.sha256(path)
             return probe, codec, f"{path.name} sha256:{digest[:16]} ({about.get('trained_on', 'unknown data')})"
     faces = datamodule.faces("train")
-    steps, batch, lr, width, seed = (cfg.get(k, d) for k, d in PROBE_DEFAULTS.items())
+    steps, batch, lr, width, seed = cfg.steps, cfg.batch_size, cfg.lr, cfg.width, cfg.seed
     attributes = getattr(datamodule, "attributes", None)
     probe, codec = train_probe(faces, attributes, kinds or None, steps, batch, lr, width, seed)
     which = f"retrained on this run's train split ({len(faces)} identities; {steps} steps, seed {seed}, float64)"
