@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from lightning_modules.latent import VoiceLatent
 from lightning_modules.losses import ns_discriminator_loss, ns_generator_loss, path_lengths, r1_penalty
-from lightning_modules.stylegan2 import Discriminator, Generator
+from lightning_modules.nets.latent import VoiceLatent
+from lightning_modules.nets.stylegan2 import Discriminator, Generator
 
 WIDTHS = dict(channel_base=32768, channel_max=512, conv_clamp=256)  # NVlabs' FFHQ config-f
 

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.baselines import DCGANDiscriminator, DCGANGenerator, StyleGAN1Generator  # noqa: E402
-from lightning_modules.stylegan2 import Discriminator, Generator  # noqa: E402
+from lightning_modules.nets.baselines import DCGANDiscriminator, DCGANGenerator, StyleGAN1Generator  # noqa: E402
+from lightning_modules.nets.stylegan2 import Discriminator, Generator  # noqa: E402
 
 RES, Z_DIM, NUM_CLASSES = 64, 512, 924
 WIDTHS = {"paper": dict(channel_base=16384, channel_max=512), "cpu": dict(channel_base=2048, channel_max=128)}

@@ -28,9 +28,9 @@ from conftest import compose_train  # noqa: E402  (the tests' composer: the real
 
 import datamodules.items as items  # noqa: E402
 import datamodules.sources as sources  # noqa: E402
-import lightning_modules.callbacks as callbacks  # noqa: E402
+import lightning_modules.callbacks.checkpoint as callbacks  # noqa: E402
+import lightning_modules.callbacks.samples as samples  # noqa: E402
 import lightning_modules.metrics.callback as metrics_callback  # noqa: E402
-import lightning_modules.samples as samples  # noqa: E402
 import lightning_modules.voice2face as voice2face  # noqa: E402
 from experiments.run import train  # noqa: E402
 

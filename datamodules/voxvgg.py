@@ -73,32 +73,35 @@ class VoxVGGDataModule(L.LightningDataModule):
         self.stream = stream
         self.pipeline = VoicePipeline(self.features, self.vad, eval_min_frames)
         self.feature_dim = self.pipeline.n_features
-        cache_dir = Path(cache_dir)
         shards = None
         if root is not None or corpus is not None:
-            shards = ShardSource(
-                root,
-                dict(corpus) if corpus else None,
-                Path(corpus_dir or cache_dir),
-                cache_dir,
-                detector,
-                face_size,
-                face_align,
-                self.features,
-                self.vad,
-                self.crop_frames,
-                self.pipeline,
-                prepare_workers,
-            )
-        if stream is None:
-            self.source = shards
-        else:
-            chunks = Path(stream_cache_dir) if stream_cache_dir else cache_dir / "stream_chunks"
+            folders = Path(corpus_dir or cache_dir), Path(cache_dir)
+            shards = self._shards(root, corpus, *folders, detector, face_align, prepare_workers)
+        self.source = shards
+        if stream is not None:
+            chunks = Path(stream_cache_dir) if stream_cache_dir else Path(cache_dir) / "stream_chunks"
             config = preprocessing_config(detector, face_size, self.features, self.vad, face_align)
             self.source = StreamSource(
                 stream, chunks, dict(storage_options or {}), shards, config, self.crop_frames, self.pipeline
             )
         self._ready = False
+
+    def _shards(self, root, corpus, corpus_dir: Path, cache_dir: Path, detector, face_align, workers) -> ShardSource:
+        """The prepared shards of `root`, or of the embedded corpus generated into `corpus_dir`, under `cache_dir`."""
+        return ShardSource(
+            root,
+            dict(corpus) if corpus else None,
+            corpus_dir,
+            cache_dir,
+            detector,
+            self.face_size,
+            face_align,
+            self.features,
+            self.vad,
+            self.crop_frames,
+            self.pipeline,
+            workers,
+        )
 
     def prepare_data(self) -> None:
         self.source.prepare()

@@ -20,10 +20,10 @@ from datamodules.files import write_atomic
 from datamodules.pipeline import checkpoint_data_hparams
 from datamodules.voxvgg import VoxVGGDataModule
 from experiments.schema import check_command_config, check_data_overrides
-from lightning_modules.build import check_arguments
+from lightning_modules.io.build import check_arguments
+from lightning_modules.io.safe_load import load_data
 from lightning_modules.metrics import evaluate, summary_markdown
 from lightning_modules.metrics.settings import MetricsSettings
-from lightning_modules.safe_load import load_data
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import check_features, model_from_checkpoint, read_checkpoint
 

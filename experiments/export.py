@@ -1,10 +1,10 @@
 """A trained generator for the public StyleGAN2 code:
 `python -m experiments.export ckpt=PATH format=rosinality|nvlabs-state-dict out=FILE`, or the whole voice model
 as a pickle-free folder: `python -m experiments.export ckpt=RUN.ckpt format=pretrained out=DIR`
-(lightning_modules/model_folder.py: model.safetensors, config.json and the model card README.md).
+(lightning_modules/io/model_folder.py: model.safetensors, config.json and the model card README.md).
 
 `ckpt` is a voice2face training checkpoint (its G_ema) or any generator file that
-`lightning_modules.legacy.load_generator` reads, so a rosinality .pt and an NVlabs state-dict export convert
+`lightning_modules.io.legacy.load_generator` reads, so a rosinality .pt and an NVlabs state-dict export convert
 into each other. The formats, and the public loader each fits:
 
     rosinality         {"g_ema", "latent_avg", "args"}: rosinality/stylegan2-pytorch's
@@ -18,7 +18,7 @@ a G whose channels fit no channel_base / channel_max is refused for NVlabs; for 
 exact whatever the channels, and `args` holds the channel_multiplier only where one gives them (otherwise
 stock rosinality code needs its `channels` table set to args["channels"]; our importer reads them off the
 tensors). A G without noise inputs exports as zero noise strengths and buffers; what a format cannot express
-is refused by name (lightning_modules/exporters.py). A per-pixel output bias (img_bias, the
+is refused by name (lightning_modules/io/exporters.py). A per-pixel output bias (img_bias, the
 from-scratch recipe's mean-face start) has no public place: its per-channel mean is folded into the top ToRGB
 bias and the rest kept under extra keys that the public loaders ignore. `<out>.json`, the manifest, says which
 loader fits and what the public code draws differently, measured on the check images. Under a W / W+ voice
@@ -46,9 +46,8 @@ from datamodules.cli_errors import one_line_errors
 from datamodules.files import write_atomic
 from experiments.model_card import model_card
 from experiments.schema import check_command_config
-from lightning_modules.exporters import export_nvlabs_state_dict, export_rosinality
-from lightning_modules.latent import VoiceLatent, unconditional
-from lightning_modules.legacy import (
+from lightning_modules.io.exporters import export_nvlabs_state_dict, export_rosinality
+from lightning_modules.io.legacy import (
     GENERATOR_FORMATS,
     IMG_BIAS_KEY,
     TORGB_BIAS_KEY,
@@ -56,8 +55,9 @@ from lightning_modules.legacy import (
     import_rosinality,
     load_generator,
 )
-from lightning_modules.model_folder import is_model_folder, write_model_folder
-from lightning_modules.safe_load import refuse_unreadable
+from lightning_modules.io.model_folder import is_model_folder, write_model_folder
+from lightning_modules.io.safe_load import refuse_unreadable
+from lightning_modules.nets.latent import VoiceLatent, unconditional
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 EXPORTERS = {"rosinality": export_rosinality, "nvlabs-state-dict": export_nvlabs_state_dict}
@@ -129,7 +129,7 @@ def export_generator(G, fmt: str, out: str | Path, source: str = "generator", ov
             raise ValueError(
                 f"{out}: the {fmt} export does not read back as {source}'s generator ("
                 + ("images" if same_w_avg else "mean w")
-                + " differ); a bug in lightning_modules/exporters.py or legacy.py; nothing was written"
+                + " differ); a bug in lightning_modules/io/exporters.py or legacy.py; nothing was written"
             )
 
     write_atomic(out, write)  # a full disk: a one-line error, and an earlier file of this name stays whole
@@ -189,7 +189,7 @@ def _voice_images(model) -> torch.Tensor:
 
 
 def export_pretrained(ckpt: Path, out: Path, overwrite: bool = False) -> dict:
-    """Write the model folder of the training checkpoint `ckpt` to `out` (lightning_modules.model_folder): built
+    """Write the model folder of the training checkpoint `ckpt` to `out` (lightning_modules.io.model_folder): built
     in a temporary folder beside it, read back as generate reads it, and renamed into place only when its faces
     for fixed voices equal the checkpoint's bit for bit."""
     _check_folder_out(out, overwrite)

@@ -5,7 +5,7 @@ identities drawn with their own seed, none of them in the voice–face corpus, a
 VoxCeleb. Every `snapshot_kimg` it writes `last.pt` (resumable: rerun the same command), a grid of G_ema's faces
 and one line of `curve.csv`: fd_probe of G_ema's faces against the corpus' `eval_split` real faces in the face
 probe's space, beside the real-vs-real floor (lightning_modules.metrics.quality). At the end it writes the prior
-in NVlabs' state-dict layout, G and D (`lightning_modules.exporters.export_face_prior`), which `model.generator_init`
+in NVlabs' state-dict layout, G and D (`lightning_modules.io.exporters.export_face_prior`), which `model.generator_init`
 reads.
 """
 
@@ -27,9 +27,9 @@ from datamodules.files import write_atomic
 from datamodules.synthetic.face_set import face_set
 from experiments.schema import check_command_config, check_values
 from lightning_modules import weights
-from lightning_modules.exporters import export_face_prior
 from lightning_modules.face_prior import FacePriorTrainer
-from lightning_modules.legacy import load_pretrained
+from lightning_modules.io.exporters import export_face_prior
+from lightning_modules.io.legacy import load_pretrained
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality
 from lightning_modules.metrics.settings import ProbeSettings
@@ -128,19 +128,7 @@ def train(cfg: DictConfig) -> Path:
     torch.manual_seed(cfg.seed)
     trainer = build_trainer(cfg)
     last = out / "last.pt"
-    seconds = 0.0
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        trainer.load_state_dict(state["trainer"])
-        torch.set_rng_state(state["rng"])
-        seconds = state["seconds"]
-        print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
-    elif cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments
-        seconds = warm_start(trainer, cfg.init, out / "curve.csv")
-        print(f"started from {cfg.init} at {trainer.cur_nimg / 1000:.1f} kimg (G, D; Adam moments anew)")
-    else:
-        row = {"kimg": 0.0, "seconds": 0.0, **_scores(score, trainer, cfg)}
-        append_row(out / "curve.csv", row)
+    seconds = _begin(trainer, cfg, out, score)
     total = int(cfg.total_kimg * 1000)
     next_snapshot = (trainer.cur_nimg // int(cfg.snapshot_kimg * 1000) + 1) * int(cfg.snapshot_kimg * 1000)
     tick = time.perf_counter()
@@ -173,6 +161,24 @@ def train(cfg: DictConfig) -> Path:
     write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D, training=training), p))
     print(f"face prior: {prior} ({prior.stat().st_size / 2**20:.1f} MiB), curve {out / 'curve.csv'}")
     return prior
+
+
+def _begin(trainer: FacePriorTrainer, cfg: DictConfig, out: Path, score: ProbeScore) -> float:
+    """Where training starts, and its seconds so far: the folder's last.pt (bit for bit), else `init`, else
+    scratch (its curve's first row scored here)."""
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["rng"])
+        print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
+        return state["seconds"]
+    if cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments
+        seconds = warm_start(trainer, cfg.init, out / "curve.csv")
+        print(f"started from {cfg.init} at {trainer.cur_nimg / 1000:.1f} kimg (G, D; Adam moments anew)")
+        return seconds
+    append_row(out / "curve.csv", {"kimg": 0.0, "seconds": 0.0, **_scores(score, trainer, cfg)})
+    return 0.0
 
 
 def warm_start(trainer: FacePriorTrainer, init: str, curve: Path) -> float:

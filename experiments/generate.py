@@ -33,7 +33,7 @@ from datamodules.pipeline import VoicePipeline, checkpoint_data_hparams
 from datamodules.speech_check import SAMPLE_RATE as SPEECH_RATE
 from datamodules.speech_check import SpeechCheck
 from experiments.schema import check_command_config, check_data_overrides
-from lightning_modules.safe_load import load_data
+from lightning_modules.io.safe_load import load_data
 from lightning_modules.voice2face_checkpoint import check_features, model_from_checkpoint, read_checkpoint
 
 # In a folder, files of these kinds are taken too, so that one libsndfile cannot read is reported by name (an .m4a)

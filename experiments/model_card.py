@@ -56,6 +56,24 @@ def _describe_data(data: dict) -> str:
     )
 
 
+def _evaluation(ckpt: Path) -> list[str]:
+    """The card's lines for each split that evaluate wrote metrics_<split>.json for, beside `ckpt` or in its run
+    folder (the first found of each); none: []."""
+    lines = []
+    for split in ("test", "val"):
+        for folder in (ckpt.parent, ckpt.parent.parent):
+            file = folder / f"metrics_{split}.json"
+            if not file.is_file():
+                continue
+            metrics = json.loads(file.read_text())
+            lines += ["", f"`{file.name}` ({split} split, {metrics.get('kimg', '?')} kimg):", ""]
+            lines += figures_table(metrics)
+            if metrics.get("_probe"):
+                lines += ["", f"Face probe of these figures: {metrics['_probe']}."]
+            break
+    return lines
+
+
 def model_card(state: dict, ckpt: Path) -> str:
     """The README.md of the folder exported from `state` (read_checkpoint of `ckpt`): the metrics_<split>.json that
     evaluate wrote beside `ckpt`, or in its run folder, are quoted; where there are none the card says so."""
@@ -87,21 +105,7 @@ def model_card(state: dict, ckpt: Path) -> str:
         "",
         "## Evaluation",
     ]
-    found = False
-    for split in ("test", "val"):
-        for folder in (ckpt.parent, ckpt.parent.parent):
-            file = folder / f"metrics_{split}.json"
-            if not file.is_file():
-                continue
-            metrics = json.loads(file.read_text())
-            lines += ["", f"`{file.name}` ({split} split, {metrics.get('kimg', '?')} kimg):", ""]
-            lines += figures_table(metrics)
-            if metrics.get("_probe"):
-                lines += ["", f"Face probe of these figures: {metrics['_probe']}."]
-            found = True
-            break
-    if not found:
-        lines.append("Not evaluated: run `python -m experiments.evaluate ckpt=<this folder> split=test`.")
+    lines += _evaluation(ckpt) or ["Not evaluated: run `python -m experiments.evaluate ckpt=<this folder> split=test`."]
     lines += [
         "",
         "## Intended use and limits",

@@ -19,8 +19,8 @@ from datamodules.cli_errors import one_line_errors
 from datamodules.files import unwritable_reason
 from experiments.schema import check_config
 from lightning_modules import weights
-from lightning_modules.build import build_network
-from lightning_modules.generator_init import check_trunk, load_generator_init
+from lightning_modules.io.build import build_network
+from lightning_modules.io.generator_init import check_trunk, load_generator_init
 
 
 class Preflight(Callback):

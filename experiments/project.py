@@ -39,7 +39,7 @@ from datamodules.files import unreadable_reason, write_atomic, write_json
 from datamodules.prepare import IMAGE_SUFFIXES, walk_files
 from experiments.generate import check_out, save_png
 from experiments.schema import check_command_config
-from lightning_modules.legacy import load_generator
+from lightning_modules.io.legacy import load_generator
 from lightning_modules.projector import make_distance, project, w_stats
 
 
@@ -104,6 +104,41 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     write_atomic(path, write)
 
 
+def _read_batch(files, start: int, cfg: DictConfig, resolution: int, errors: dict) -> tuple[list, list, list]:
+    """(relative names, target images, seeds) of the batch of `files` from `start`; an image that cannot be read
+    is noted in `errors` by its file, and the others go on."""
+    batch, targets, seeds = [], [], []
+    for index, (file, rel) in enumerate(files[start : start + cfg.batch], start):
+        try:
+            targets.append(read_target(file, resolution))
+            batch.append(rel)
+            seeds.append(cfg.seed + index)  # the k-th image's draws, whatever batch it falls in
+        except FaceError as err:  # corrupt, truncated, tiny, over-large
+            errors[str(file)] = err.reason
+    return batch, targets, seeds
+
+
+def _manifest(cfg: DictConfig, G, about: dict, done: dict, identities: dict, errors: dict) -> dict:
+    """manifest.json: the generator, the distance, the settings, and each image's and identity's latent."""
+    return {
+        "G": str(cfg.G),
+        "img_resolution": G.img_resolution,
+        "num_ws": G.num_ws,
+        "w_dim": G.w_dim,
+        "distance": about["distance"],
+        "distance_note": about["distance_note"],
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "batch": cfg.batch,
+        "latents": "W+ [num_ws, w_dim] float32 per image; distance: G.synthesis(ws, noise_mode='const') to the "
+        "resized target; distance_fit: through the noise maps fitted with it (not saved)",
+        "images": done,
+        "identities": identities,
+        "errors": errors,
+        "sheet": about["sheet"],
+    }
+
+
 def run(cfg: DictConfig) -> int:
     check_command_config(cfg, "project")
     files = list_images(cfg.images)[: cfg.num_images]
@@ -121,14 +156,7 @@ def run(cfg: DictConfig) -> int:
 
     done, errors, sums, sheet = {}, {}, {}, []
     for start in range(0, len(files), cfg.batch):
-        batch, targets, seeds = [], [], []
-        for index, (file, rel) in enumerate(files[start : start + cfg.batch], start):
-            try:
-                targets.append(read_target(file, G.img_resolution))
-                batch.append(rel)
-                seeds.append(cfg.seed + index)  # the k-th image's draws, whatever batch it falls in
-            except FaceError as err:  # corrupt, truncated, tiny, over-large: named, and the others go on
-                errors[str(file)] = err.reason
+        batch, targets, seeds = _read_batch(files, start, cfg, G.img_resolution, errors)
         if not batch:
             continue
         target = torch.stack(targets).to(device)
@@ -161,26 +189,8 @@ def run(cfg: DictConfig) -> int:
     if sheet:
         grid = torch.cat([torch.stack([t for t, _ in sheet]), torch.stack([p for _, p in sheet])])
         save_png(((grid + 1) / 2).clamp(0, 1), out / "sheet.png", nrow=len(sheet), padding=2, pad_value=1.0)
-    write_json(
-        out / "manifest.json",
-        {
-            "G": str(cfg.G),
-            "img_resolution": G.img_resolution,
-            "num_ws": G.num_ws,
-            "w_dim": G.w_dim,
-            "distance": distance_name,
-            "distance_note": distance_note,
-            "steps": cfg.steps,
-            "seed": cfg.seed,
-            "batch": cfg.batch,
-            "latents": "W+ [num_ws, w_dim] float32 per image; distance: G.synthesis(ws, noise_mode='const') to the "
-            "resized target; distance_fit: through the noise maps fitted with it (not saved)",
-            "images": done,
-            "identities": identities,
-            "errors": errors,
-            "sheet": "sheet.png" if sheet else None,
-        },
-    )
+    about = {"distance": distance_name, "distance_note": distance_note, "sheet": "sheet.png" if sheet else None}
+    write_json(out / "manifest.json", _manifest(cfg, G, about, done, identities, errors))
     for file, reason in errors.items():
         print(f"error: {file}: {reason}", file=sys.stderr)
     print(f"{len(done)} W+ latent(s), {len(identities)} identity mean(s), sheet.png and manifest.json in {out}")

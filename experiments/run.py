@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import kernels
 from datamodules.cli_errors import one_line_errors
 from experiments.preflight import check_before_folder, moved_away
-from lightning_modules.legacy import compare_state_dict
-from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.state_dict import compare_state_dict
 from lightning_modules.voice2face import CHECKPOINT_FORMAT, Voice2FaceGAN
 
 log = logging.getLogger(__name__)

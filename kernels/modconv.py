@@ -146,7 +146,44 @@ def _modconv_kernel(
     o_ok = offs_o < C_OUT
     qy = offs_p // WQ
     qx = offs_p % WQ
-    x_base = x_ptr + n * C_IN * H * W
+    acc = _conv_tile(
+        x_ptr + n * C_IN * H * W, s_ptr + n * (C_IN // S_DIV), w_ptr, qy, qx, p_ok, offs_o, o_ok,
+        C_IN, H, W, C_OUT, PAD, S_DIV, K, HAS_S, ACC_DTYPE, PRECISION, BLOCK_P, BLOCK_O, BLOCK_I,
+    )
+
+    # Epilogue: pixel shuffle, demodulation, noise, bias, activation·gain, clamp.
+    o = offs_o // (UP * UP)
+    phase = offs_o % (UP * UP)
+    oy = qy[:, None] * UP + (phase // UP)[None, :]
+    ox = qx[:, None] * UP + (phase % UP)[None, :]
+    out_off = ((n * (C_OUT // (UP * UP)) + o[None, :]) * (HQ * UP) + oy) * (WQ * UP) + ox
+    mask = p_ok[:, None] & o_ok[None, :]
+    if STORE_C:  # the conv result before demodulation, for the gradient of d
+        tl.store(c_ptr + out_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    v = acc
+    if HAS_D:
+        v = v * tl.load(d_ptr + n * (C_OUT // (UP * UP)) + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    if HAS_NOISE:
+        v = v + tl.load(
+            noise_ptr + n * sn_n + o[None, :] * sn_o + oy * sn_y + ox * sn_x, mask=mask, other=0.0
+        ).to(ACC_DTYPE)
+    if HAS_BIAS:
+        v = v + tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    v = _act_of_params(v, params_ptr, ACT, HAS_CLAMP, ACC_DTYPE)
+    tl.store(y_ptr + out_off, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# fmt: off
+@_dispatch.device_function
+def _conv_tile(
+    x_base, s_base, w_ptr, qy, qx, p_ok, offs_o, o_ok,  # one image's input and styles; the tile's pixels, channels
+    C_IN, H, W, C_OUT, PAD, S_DIV,
+    K: tl.constexpr, HAS_S: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+# fmt: on
+    """The stride-1 convolution of a [BLOCK_P pixels, BLOCK_O channels] tile, the styles applied to x as its
+    tiles are loaded; the stacked weight is [K, K, C_IN, C_OUT]."""
     # tl.full, not tl.zeros: a builtin also runs in the interpreter when Triton was imported without it
     acc = tl.full((BLOCK_P, BLOCK_O), 0, dtype=ACC_DTYPE)
     for ky in tl.static_range(K):
@@ -168,34 +205,20 @@ def _modconv_kernel(
                     mask=i_ok[:, None] & o_ok[None, :],
                     other=0.0,
                 )
-                if HAS_S:  # style scaling as the tile is loaded
-                    st = tl.load(s_ptr + n * (C_IN // S_DIV) + offs_i // S_DIV, mask=i_ok, other=0.0)
+                if HAS_S:
+                    st = tl.load(s_base + offs_i // S_DIV, mask=i_ok, other=0.0)
                     xt = xt * st[None, :]
                 acc = tl.dot(xt.to(wt.dtype), wt, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    return acc
 
-    # Epilogue: pixel shuffle, demodulation, noise, bias, activation·gain, clamp.
-    o = offs_o // (UP * UP)
-    phase = offs_o % (UP * UP)
-    oy = qy[:, None] * UP + (phase // UP)[None, :]
-    ox = qx[:, None] * UP + (phase % UP)[None, :]
-    out_off = ((n * (C_OUT // (UP * UP)) + o[None, :]) * (HQ * UP) + oy) * (WQ * UP) + ox
-    mask = p_ok[:, None] & o_ok[None, :]
-    if STORE_C:  # the conv result before demodulation, for the gradient of d
-        tl.store(c_ptr + out_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
-    v = acc
+
+@_dispatch.device_function
+def _act_of_params(v, params_ptr, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """act_gain_clamp with its [alpha, gain, clamp] read from `params_ptr` in the accumulation dtype."""
     alpha = tl.load(params_ptr).to(ACC_DTYPE)
     gain = tl.load(params_ptr + 1).to(ACC_DTYPE)
     clamp = tl.load(params_ptr + 2).to(ACC_DTYPE)
-    if HAS_D:
-        v = v * tl.load(d_ptr + n * (C_OUT // (UP * UP)) + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    if HAS_NOISE:
-        v = v + tl.load(
-            noise_ptr + n * sn_n + o[None, :] * sn_o + oy * sn_y + ox * sn_x, mask=mask, other=0.0
-        ).to(ACC_DTYPE)
-    if HAS_BIAS:
-        v = v + tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    v = act_gain_clamp(v, alpha, gain, clamp, ACT, HAS_CLAMP)
-    tl.store(y_ptr + out_off, v.to(y_ptr.dtype.element_ty), mask=mask)
+    return act_gain_clamp(v, alpha, gain, clamp, ACT, HAS_CLAMP)
 
 
 def _pow2(v, lo, hi):
@@ -223,6 +246,20 @@ def _prune_tiles(configs, named_args, **kwargs):
     return fits or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_O"])]
 
 
+def _kernel_grid_tiles(n: int, c_in: int, c_out: int, pixels: int):
+    """(kernel, grid, tile arguments) of a launch over `pixels` stride-1 outputs: the autotuned kernel on a device,
+    fixed tiles under the interpreter (tuning needs a device to time on)."""
+    if _dispatch.interpreting():
+        tiles = dict(BLOCK_P=_pow2(pixels, 16, 64), BLOCK_O=_pow2(c_out, 16, 64), BLOCK_I=_pow2(c_in, 16, 32))
+        grid = (triton.cdiv(pixels, tiles["BLOCK_P"]), triton.cdiv(c_out, tiles["BLOCK_O"]), n)
+        return _dispatch.jit(_modconv_kernel), grid, {**tiles, "num_warps": 4}
+
+    def grid(meta):  # the tiles are the autotuner's choice
+        return triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_O"]), n
+
+    return _dispatch.autotuned(_modconv_kernel, _tile_configs(), TUNE_KEY, _prune_tiles), grid, {}
+
+
 def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, store_c):
     """y (and the pre-demodulation result c, or None) of the fused kernel; w: stacked [C_OUT, C_IN, K, K]."""
     n, c_in, h, w_in = x.shape
@@ -237,22 +274,8 @@ def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, st
     if noise is not None:
         noise = noise.to(x.dtype).expand(y.shape)
         noise_strides = noise.stride()
-    if x.dtype == torch.float32:
-        precision = "tf32" if x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
-    else:
-        precision = "ieee"
-    if _dispatch.interpreting():  # fixed tiles: tuning needs a device to time on
-        tiles = dict(BLOCK_P=_pow2(hq * wq, 16, 64), BLOCK_O=_pow2(c_out, 16, 64), BLOCK_I=_pow2(c_in, 16, 32))
-        kernel = _dispatch.jit(_modconv_kernel)
-        grid = (triton.cdiv(hq * wq, tiles["BLOCK_P"]), triton.cdiv(c_out, tiles["BLOCK_O"]), n)
-        tiles["num_warps"] = 4
-    else:
-        tiles = {}
-        kernel = _dispatch.autotuned(_modconv_kernel, _tile_configs(), TUNE_KEY, _prune_tiles)
-
-        def grid(meta):  # the tiles are the autotuner's choice
-            return triton.cdiv(hq * wq, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_O"]), n
-
+    tf32 = x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32
+    kernel, grid, tiles = _kernel_grid_tiles(n, c_in, c_out, hq * wq)
     dummy = y  # pointer for absent optional tensors (never read: their flags are off)
     kernel[grid](
         x,
@@ -287,7 +310,7 @@ def _launch(x, w, s, d, noise, bias, s_div, up, pad, act, alpha, gain, clamp, st
         HAS_CLAMP=clamp >= 0,
         STORE_C=store_c,
         ACC_DTYPE=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        PRECISION=precision,
+        PRECISION="tf32" if tf32 else "ieee",
         **tiles,
     )
     return y, c

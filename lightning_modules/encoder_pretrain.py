@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.build import build_network
-from lightning_modules.legacy import compare_state_dict
-from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.build import build_network
+from lightning_modules.io.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.state_dict import compare_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import copy
 
 import torch
 
+from lightning_modules.ema import ema_beta, update_ema
 from lightning_modules.losses import (
-    ema_beta,
     lazy_adam_kwargs,
     ns_discriminator_loss,
     ns_generator_loss,
@@ -22,7 +22,7 @@ from lightning_modules.losses import (
     path_lengths,
     r1_penalty,
 )
-from lightning_modules.stylegan2 import Discriminator, Generator
+from lightning_modules.nets.stylegan2 import Discriminator, Generator
 
 
 class UnconditionalLoss:
@@ -166,12 +166,7 @@ class FacePriorTrainer:
             model.requires_grad_(False)
         self.cur_nimg += self.batch_size
         self.batch_idx += 1
-        beta = ema_beta(self.batch_size, self.cur_nimg, self.ema_kimg, self.ema_rampup)
-        with torch.no_grad():
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                p_ema.copy_(p.lerp(p_ema, beta))
-            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-                b_ema.copy_(b)
+        update_ema(self.G_ema, self.G, ema_beta(self.batch_size, self.cur_nimg, self.ema_kimg, self.ema_rampup))
         return stats
 
     def state_dict(self) -> dict:

@@ -39,17 +39,6 @@ def path_lengths(img, ws):
     return grads.square().sum(dim=2).mean(dim=1).sqrt()
 
 
-def ema_beta(batch_size, cur_nimg, ema_kimg, ema_rampup=None):
-    """Per-step EMA decay: the average keeps half its weight after `ema_kimg` thousand images.
-
-    With a ramp-up the half-life is capped at cur_nimg * ema_rampup, so early averages forget quickly.
-    """
-    ema_nimg = ema_kimg * 1000
-    if ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-
-
 def nvlabs_r1_gamma(resolution: int, batch_size: int) -> float:
     """NVlabs' R1 weight for a face size and batch (stylegan2-ada-pytorch's heuristic): 0.0002 · res² / batch."""
     return 0.0002 * resolution**2 / batch_size

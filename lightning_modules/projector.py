@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules import weights
-from lightning_modules.latent import unconditional
+from lightning_modules.io.safe_load import check_backed, load_data, refuse_unreadable
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.probe import PROBE_RES, FaceProbe, load_probe_file
 from lightning_modules.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, hub_checkpoint_dir
-from lightning_modules.safe_load import check_backed, load_data, refuse_unreadable
+from lightning_modules.nets.latent import unconditional
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def synthesis_with_noise(G, batch: int):
 
 
 def project(
-    G: nn.Module,  # A StyleGAN2 Generator (lightning_modules.stylegan2); not changed.
+    G: nn.Module,  # A StyleGAN2 Generator (lightning_modules.nets.stylegan2); not changed.
     target: Tensor,  # Images [N, 3, S, S] in [-1, 1], S = G.img_resolution.
     distance: nn.Module,  # (synth, target) -> [N]; see make_distance.
     *,

@@ -14,15 +14,17 @@ import torch
 from lightning import LightningModule
 
 from datamodules.faces import mean_face
-from lightning_modules.build import build_network, plain_config
-from lightning_modules.callbacks import BadStepsError
+from lightning_modules.callbacks.checkpoint import BadStepsError
+from lightning_modules.ema import ema_beta, update_ema
 from lightning_modules.encoder_pretrain import load_encoder_weights
-from lightning_modules.generator_init import check_trunk, load_generator_init
-from lightning_modules.latent import LATENT_SPACES, VoiceLatent
-from lightning_modules.latent_targets import read_latent_targets
-from lightning_modules.losses import ema_beta, lazy_adam_kwargs
+from lightning_modules.io.build import build_network, plain_config
+from lightning_modules.io.generator_init import check_trunk, load_generator_init
+from lightning_modules.io.latent_targets import read_latent_targets
+from lightning_modules.losses import lazy_adam_kwargs
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
+from lightning_modules.nets.latent import LATENT_SPACES, VoiceLatent
+from lightning_modules.ranks import average_buffers_across_ranks, distributed
 from lightning_modules.voice2face_loss import Voice2FaceLoss
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class Voice2FaceGAN(LightningModule):
         img_resolution: int = 64,  # Face size S.
         noise_z_dim: int = 0,  # Extra Gaussian noise appended to the voice embedding (0 = none).
         latent_space: str = "z",  # z: the voice is the mapping's input | w: a head gives one w | wplus: one w
-        # per synthesis layer (lightning_modules/latent.py).
+        # per synthesis layer (lightning_modules/nets/latent.py).
         latent_layers: int = 2,  # FC layers of the w / wplus head.
         generator_init: str | None = None,  # A pretrained G (NVlabs .pkl, rosinality .pt, export, .ckpt): its
         # architecture replaces model.generator's, and D's trunk comes from the file where it holds one.
@@ -152,7 +154,7 @@ class Voice2FaceGAN(LightningModule):
         if hp.generator_init:
             impl = generator.get("impl", "auto")
             init_G, d_kwargs, trunk = load_generator_init(hp.generator_init, hp.img_resolution, impl)
-            generator = {"_target_": "lightning_modules.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
+            generator = {"_target_": "lightning_modules.nets.stylegan2.Generator", **init_G.init_kwargs, "impl": impl}
             discriminator = {**discriminator, **d_kwargs}
             self.hparams.update(generator=generator, discriminator=discriminator)
         z_fill = {} if "z_dim" in generator else {"z_dim": self.embed_dim + hp.noise_z_dim}
@@ -316,7 +318,7 @@ class Voice2FaceGAN(LightningModule):
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
         norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1, device=self.device)
         bad = (bad | ~torch.isfinite(norms).all()).float()
-        if self.distributed():  # one rank's bad loss stops the step on all ranks
+        if distributed():  # one rank's bad loss stops the step on all ranks
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not bool(bad):
             opt.step()
@@ -339,35 +341,17 @@ class Voice2FaceGAN(LightningModule):
 
     def load_latent_targets(self, names: list[str]) -> None:
         """w_targets [num_classes, num_ws, w_dim] from model.latent_targets for the training identities `names`
-        (label order); a speaker without a file is left out of the latent loss (lightning_modules.latent_targets)."""
+        (label order); a speaker without a file is left out of the latent loss (lightning_modules.io.latent_targets)."""
         shape = (self.G.num_ws, self.G.mapping.w_dim)
         targets, mask = read_latent_targets(Path(self.hparams.latent_targets), names, shape)
         log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
 
-    @staticmethod
-    def distributed():
-        return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-    @torch.no_grad()
-    def _average_buffers_across_ranks(self, module):
-        """Running statistics such as mapping.w_avg are updated from each rank's batch; their mean over ranks
-        is the statistic of the global batch (they are linear in it), keeping every rank's G identical."""
-        if not self.distributed():
-            return
-        for b in module.buffers():
-            if b.is_floating_point():
-                torch.distributed.all_reduce(b)
-                b /= torch.distributed.get_world_size()
-
     @torch.no_grad()
     def update_ema(self, batch_size):
-        self._average_buffers_across_ranks(self.G)
+        average_buffers_across_ranks(self.G)
         beta = ema_beta(batch_size, self.cur_nimg, self.hparams.ema_kimg, self.hparams.ema_rampup)
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+        update_ema(self.G_ema, self.G, beta)
         return beta
 
     def _advance(self, batch_size):

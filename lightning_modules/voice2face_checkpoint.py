@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from huggingface_hub.constants import CONFIG_NAME
 
-from lightning_modules.build import check_arguments, check_network_config
-from lightning_modules.legacy import compare_state_dict
-from lightning_modules.model_folder import read_model_folder
-from lightning_modules.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.build import check_arguments, check_network_config
+from lightning_modules.io.model_folder import read_model_folder
+from lightning_modules.io.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.state_dict import compare_state_dict
 from lightning_modules.voice2face import ENCODER_MODES, Voice2FaceGAN
 
 
 def read_checkpoint(ckpt: str | Path) -> dict:
-    """A voice2face training checkpoint, or a model folder (lightning_modules.model_folder), read once as data
+    """A voice2face training checkpoint, or a model folder (lightning_modules.io.model_folder), read once as data
     (weights_only; safetensors), its networks' configs checked before
     anything is built from them (`model_from_checkpoint` builds the model, the datamodule hyper-parameters
     give the voice pipeline)."""

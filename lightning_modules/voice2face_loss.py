@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.losses import ns_discriminator_loss, ns_generator_loss, path_lengths, r1_penalty
+from lightning_modules.ranks import mean_over_ranks_
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
 
@@ -98,10 +99,7 @@ class Voice2FaceLoss:
         with model.autocast():
             img, ws = self.run_G(mb["z"])
         lengths = path_lengths(img.float(), ws)
-        batch_mean = lengths.mean().detach()
-        if model.distributed():
-            torch.distributed.all_reduce(batch_mean)  # keeps pl_mean identical on every rank
-            batch_mean /= torch.distributed.get_world_size()
+        batch_mean = mean_over_ranks_(lengths.mean().detach())  # keeps pl_mean identical on every rank
         pl_mean = model.pl_mean.lerp(batch_mean, hp.pl_decay)
         # A non-finite batch (its step is skipped) must not poison the running mean.
         model.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean, model.pl_mean).detach())

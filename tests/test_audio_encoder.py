@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.audio_encoder import AudioEncoder, BasicBlock, SqueezeExcitation
+from lightning_modules.nets.audio_encoder import AudioEncoder, BasicBlock, SqueezeExcitation
 
 SMALL = dict(in_features=16, embed_dim=32, widths=(8, 16, 16, 32), se_reduction=4)  # ResNet18 depth, CPU-sized widths
 

@@ -23,7 +23,7 @@ from datamodules.meta import read_meta
 from datamodules.synthetic.traits import ATTRIBUTE_KINDS, read_attributes
 from datamodules.voxvgg import VoxVGGDataModule
 from experiments.run import check_checkpoint, resolve_ckpt, train
-from lightning_modules.callbacks import KimgCheckpoint
+from lightning_modules.callbacks.checkpoint import KimgCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.baselines import DCGANDiscriminator, DCGANGenerator, StyleGAN1Generator, StyleGAN1Layer
+from lightning_modules.nets.baselines import DCGANDiscriminator, DCGANGenerator, StyleGAN1Generator, StyleGAN1Layer
 
 
 @pytest.mark.parametrize("res", [32, 64, 128])
@@ -65,9 +65,9 @@ def test_stylegan1_every_parameter_gets_a_gradient():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="DCGANGenerator expects z"):
+    with pytest.raises(ValueError, match="^DCGANGenerator: expects z"):
         DCGANGenerator(z_dim=16, channel_base=256, channel_max=16)(torch.randn(2, 8))
-    with pytest.raises(ValueError, match="DCGANDiscriminator expects images"):
+    with pytest.raises(ValueError, match="^DCGANDiscriminator: expects images"):
         DCGANDiscriminator(channel_base=256, channel_max=16)(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="power of 2"):
         StyleGAN1Generator(img_resolution=100)

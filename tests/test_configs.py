@@ -72,10 +72,10 @@ def test_experiment_instantiates(compose_cfg, exp, data, tmp_path):
 def test_callbacks_are_built_from_their_config_alone(compose_cfg):
     """run.py builds whatever conf/callbacks lists, in its order: the resume state first, the metrics callback
     from the `metrics` section; encoder pretraining has no generator, so neither grids nor metrics."""
-    from lightning_modules.callbacks import KimgCheckpoint
+    from lightning_modules.callbacks.checkpoint import KimgCheckpoint
+    from lightning_modules.callbacks.resume import ExactResume
+    from lightning_modules.callbacks.samples import SampleGrids
     from lightning_modules.metrics.callback import MetricsCallback
-    from lightning_modules.resume import ExactResume
-    from lightning_modules.samples import SampleGrids
 
     built = build_callbacks(compose_cfg("+exp=smoke", "metrics.callback.every_kimg=3"), True)
     kinds = [type(c) for c in built]

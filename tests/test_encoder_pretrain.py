@@ -8,8 +8,8 @@ import torch.nn as nn
 from conftest import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.build import register_network
 from lightning_modules.encoder_pretrain import EncoderPretrain, load_encoder_weights
+from lightning_modules.io.build import register_network
 
 FEAT, SPEAKERS = 6, 3
 

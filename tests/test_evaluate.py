@@ -235,14 +235,14 @@ def test_report_rows_over_seeds_are_mean_and_sd(tmp_path):
 
 SMOKE = {
     "encoder": {
-        "_target_": "lightning_modules.audio_encoder.AudioEncoder",
+        "_target_": "lightning_modules.nets.audio_encoder.AudioEncoder",
         "embed_dim": 16,
         "widths": [4, 4, 4, 4],
         "blocks": [1, 1, 1, 1],
         "se_reduction": 2,
     },
     "generator": {
-        "_target_": "lightning_modules.stylegan2.Generator",
+        "_target_": "lightning_modules.nets.stylegan2.Generator",
         "w_dim": 16,
         "channel_base": 64,
         "channel_max": 8,
@@ -250,7 +250,7 @@ SMOKE = {
         "impl": "torch",
     },
     "discriminator": {
-        "_target_": "lightning_modules.stylegan2.Discriminator",
+        "_target_": "lightning_modules.nets.stylegan2.Discriminator",
         "channel_base": 64,
         "channel_max": 8,
         "impl": "torch",
@@ -307,7 +307,7 @@ def test_evaluate_command_on_smoke_checkpoint(tmp_path, monkeypatch):
     result = command.run(evaluate_cfg(ckpt))
     saved = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
     assert saved["fid"] == pytest.approx(result["fid"]) and saved["ppl_wend"] > 0
-    assert saved["_meta"]["generator"] == "lightning_modules.stylegan2.Generator"
+    assert saved["_meta"]["generator"] == "lightning_modules.nets.stylegan2.Generator"
     summary = (tmp_path / "run" / "metrics_test.md").read_text()
     assert "| FID |" in summary and "recall_g100: gallery of 100 asked for, but the split has 2 identities" in summary
     assert list((tmp_path / "run" / "fid_cache").glob("fid_real_test-*.pt"))

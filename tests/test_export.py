@@ -10,10 +10,10 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from experiments.export import EXPORTERS, export_generator, main, public_difference, read_generator
-from lightning_modules.exporters import export_nvlabs_state_dict, nvlabs_channel_rule, rosinality_channel_multiplier
-from lightning_modules.latent import VoiceLatent
-from lightning_modules.legacy import import_nvlabs, import_rosinality, load_generator
-from lightning_modules.stylegan2 import Generator, channels_per_resolution
+from lightning_modules.io.exporters import export_nvlabs_state_dict, nvlabs_channel_rule, rosinality_channel_multiplier
+from lightning_modules.io.legacy import import_nvlabs, import_rosinality, load_generator
+from lightning_modules.nets.latent import VoiceLatent
+from lightning_modules.nets.stylegan2 import Generator, channels_per_resolution
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ROS = SHARED / "reference" / "ros_g64.pt"

@@ -15,10 +15,10 @@ from datamodules.synthetic.corpus import _build_identity
 from datamodules.synthetic.face_set import _identity_faces, render_face_set
 from datamodules.synthetic.traits import sample_identities
 from lightning_modules import weights
-from lightning_modules.exporters import export_face_prior
 from lightning_modules.face_prior import FacePriorTrainer
-from lightning_modules.legacy import load_pretrained
-from lightning_modules.stylegan2 import Discriminator
+from lightning_modules.io.exporters import export_face_prior
+from lightning_modules.io.legacy import load_pretrained
+from lightning_modules.nets.stylegan2 import Discriminator
 
 
 @pytest.mark.integration

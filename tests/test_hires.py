@@ -16,15 +16,15 @@ from conftest import Persisted, quiet_trainer
 from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncoder, VoiceFaceSet, _cfg, fit, make_model
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.exporters import export_rosinality
-from lightning_modules.latent import VoiceLatent
-from lightning_modules.stylegan2 import Discriminator, Generator
+from lightning_modules.io.exporters import export_rosinality
+from lightning_modules.nets.latent import VoiceLatent
+from lightning_modules.nets.stylegan2 import Discriminator, Generator
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 
 ROS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ros_g64.pt"
-SMALL_D = {"_target_": "lightning_modules.stylegan2.Discriminator", "channel_base": 256, "channel_max": 16}
-STYLEGAN2 = {"_target_": "lightning_modules.stylegan2.Generator", "impl": "torch"}
+SMALL_D = {"_target_": "lightning_modules.nets.stylegan2.Discriminator", "channel_base": 256, "channel_max": 16}
+STYLEGAN2 = {"_target_": "lightning_modules.nets.stylegan2.Generator", "impl": "torch"}
 
 
 class Faces(Dataset):
@@ -180,7 +180,7 @@ def nvlabs_pickle(path, res, with_d=True):
 def test_nvlabs_1024_pickle_gives_18_ws_and_seeds_d(tmp_path, nvlabs_modules):
     path = tmp_path / "network-snapshot.pkl"
     G, D = nvlabs_pickle(path, 1024)
-    model = hires_model(path, 1024, discriminator={"_target_": "lightning_modules.stylegan2.Discriminator"})
+    model = hires_model(path, 1024, discriminator={"_target_": "lightning_modules.nets.stylegan2.Discriminator"})
     assert model.G.num_ws == 18 and list(model.G.mapping(torch.randn(2, 8)).shape) == [2, 18, 8]
     torch.testing.assert_close(model.G.mapping.w_anchor, G.mapping.w_avg)
     assert model.hparams.discriminator["channel_base"] == 2048 and model.D.b4.mbstd.group_size == 2

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import write_nvlabs_pickle
 
-from lightning_modules.legacy import compare_state_dict, import_nvlabs, import_rosinality
-from lightning_modules.stylegan2 import Generator
+from lightning_modules.io.legacy import import_nvlabs, import_rosinality
+from lightning_modules.io.state_dict import compare_state_dict
+from lightning_modules.nets.stylegan2 import Generator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ROS = SHARED / "reference" / "ros_g64.pt"
@@ -163,7 +164,7 @@ def small_generator():
 
 
 def nvlabs_file(tmp_path, edit):
-    from lightning_modules.exporters import export_nvlabs_state_dict
+    from lightning_modules.io.exporters import export_nvlabs_state_dict
 
     data = export_nvlabs_state_dict(small_generator())
     edit(data["init_kwargs"])
@@ -199,8 +200,8 @@ def nvlabs_file(tmp_path, edit):
 )
 def test_every_generator_file_field_is_checked_before_anything_is_built(tmp_path, edit, words, monkeypatch):
     """Strings, lists, bools, negative and absurd numbers where NVlabs' init_kwargs hold numbers were tracebacks,
-    a 4.4 GB allocation (w_dim 30000 in a 145 KB file) or an error blamed on lightning_modules/stylegan2.py."""
-    from lightning_modules import legacy
+    a 4.4 GB allocation (w_dim 30000 in a 145 KB file) or an error blamed on lightning_modules/nets/stylegan2.py."""
+    from lightning_modules.io import legacy
 
     path = nvlabs_file(tmp_path, edit)
     monkeypatch.setattr(legacy, "Generator", lambda **kw: pytest.fail(f"a Generator was built from {kw}"))
@@ -218,8 +219,8 @@ def test_every_generator_file_field_is_checked_before_anything_is_built(tmp_path
     ],
 )
 def test_a_rosinality_file_without_its_tensors_is_named(tmp_path, edit, words):
-    from lightning_modules.exporters import export_rosinality
-    from lightning_modules.legacy import load_pretrained
+    from lightning_modules.io.exporters import export_rosinality
+    from lightning_modules.io.legacy import load_pretrained
 
     data = export_rosinality(small_generator())
     edit(data["g_ema"])
@@ -241,7 +242,7 @@ def test_a_voice2face_checkpoint_that_cannot_hold_a_generator_is_named(tmp_path,
     """Without img_resolution or G_ema weights, or with channel_base 2^26 (a 38 GB G): tracebacks before."""
     from test_evaluate import smoke_checkpoint
 
-    from lightning_modules.legacy import load_pretrained
+    from lightning_modules.io.legacy import load_pretrained
 
     path = smoke_checkpoint(tmp_path / "last.ckpt")
     state = torch.load(path, weights_only=True)

@@ -262,8 +262,8 @@ def test_ppl_zend_equals_hand_computed_value():
 def test_ppl_zend_of_real_generators_against_a_direct_loop(kind):
     """DCGAN (no W space) and StyleGAN2 in z space: path_length equals the formula written out here with
     NVlabs' slerp on unit latents; W space exists for StyleGAN2 only."""
-    from lightning_modules.baselines import DCGANGenerator
-    from lightning_modules.stylegan2 import Generator
+    from lightning_modules.nets.baselines import DCGANGenerator
+    from lightning_modules.nets.stylegan2 import Generator
 
     torch.manual_seed(0)
     if kind == "dcgan":

@@ -1,4 +1,4 @@
-"""The pickle-free model folder (experiments.export format=pretrained, lightning_modules/model_folder.py): it
+"""The pickle-free model folder (experiments.export format=pretrained, lightning_modules/io/model_folder.py): it
 round-trips bit for bit, loads without any unpickling, is taken by generate, evaluate's loader, the projector and
 model.generator_init, and refuses a tampered file or a class outside the allowlist."""
 
@@ -17,7 +17,7 @@ from test_export import export_command
 
 from experiments.export import export_pretrained
 from experiments.generate import run as generate_run
-from lightning_modules.legacy import load_generator, load_pretrained
+from lightning_modules.io.legacy import load_generator, load_pretrained
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
 

@@ -17,8 +17,8 @@ from test_project import config as project_config
 from test_project import make_corpus
 
 from experiments.project import run as project_run
-from lightning_modules.legacy import load_generator, load_pretrained
-from lightning_modules.stylegan2 import Discriminator, Generator
+from lightning_modules.io.legacy import load_generator, load_pretrained
+from lightning_modules.nets.stylegan2 import Discriminator, Generator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 SNAPSHOT = SHARED / "nvlabs_snapshot_64.pkl"
@@ -65,7 +65,10 @@ def test_the_discriminator_trunk_matches_nvlabs_logits(expected):
 def test_a_wplus_run_starts_from_the_snapshot(expected, tmp_path):
     """+exp=hires_cpu's route (voice through W+ of a frozen pretrained G, D trunk from its D) on the snapshot."""
     model = hires_model(
-        SNAPSHOT, 64, generator_train="frozen", discriminator={"_target_": "lightning_modules.stylegan2.Discriminator"}
+        SNAPSHOT,
+        64,
+        generator_train="frozen",
+        discriminator={"_target_": "lightning_modules.nets.stylegan2.Discriminator"},
     )
     _, _, d_state = load_pretrained(SNAPSHOT)
     assert all(torch.equal(model.D.state_dict()[k], v) for k, v in d_state.items())

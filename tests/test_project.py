@@ -22,6 +22,7 @@ from PIL import Image
 from datamodules.cli_errors import USER_ERRORS
 from experiments.project import run
 from lightning_modules.metrics.probe import FaceProbe
+from lightning_modules.nets.stylegan2 import Generator
 from lightning_modules.projector import (
     PixelDistance,
     ProbeDistance,
@@ -32,7 +33,6 @@ from lightning_modules.projector import (
     project,
     w_stats,
 )
-from lightning_modules.stylegan2 import Generator
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 TINY = dict(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=512, channel_max=32)  # 32 ch at 4-16 px
@@ -109,7 +109,7 @@ def test_an_image_is_projected_alike_alone_or_in_a_batch():
 
 
 def test_w_stats_come_from_the_generators_own_mapping_under_a_voice_head():
-    from lightning_modules.latent import VoiceLatent
+    from lightning_modules.nets.latent import VoiceLatent
 
     G = tiny_generator()
     w_avg, w_std = w_stats(G)

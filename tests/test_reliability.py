@@ -278,7 +278,7 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path, data):
 
 
 def test_bad_steps_error_says_whether_a_state_was_saved(tmp_path):
-    from lightning_modules.callbacks import BadStepsError
+    from lightning_modules.callbacks.checkpoint import BadStepsError
 
     err = BadStepsError("voice2face: 3 optimizer steps in a row were bad; stopped.", "Lower model.lr")
     assert "No checkpoint callback ran, so no state was saved. Lower model.lr." in str(err)

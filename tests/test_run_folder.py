@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from experiments.run import check_fresh_folder, run_folder, save_config, train
-from lightning_modules.callbacks import KimgCheckpoint
-from lightning_modules.csv_logger import AppendingCSVLogger
+from lightning_modules.callbacks.checkpoint import KimgCheckpoint
+from lightning_modules.callbacks.csv_logger import AppendingCSVLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def test_temporaries_of_killed_saves_are_removed(tmp_path):
     import os
     import subprocess
 
-    from lightning_modules.callbacks import remove_dead_temporaries
+    from lightning_modules.callbacks.checkpoint import remove_dead_temporaries
 
     dead = subprocess.Popen(["true"])
     dead.wait()

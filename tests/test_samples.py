@@ -2,7 +2,7 @@
 
 import torch
 
-from lightning_modules.samples import collect_speakers, speaker_grid, speaker_order
+from lightning_modules.callbacks.samples import collect_speakers, speaker_grid, speaker_order
 
 
 def test_speaker_order_shows_both_sexes_and_every_accent_first():

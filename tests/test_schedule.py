@@ -2,7 +2,7 @@
 
 import math
 
-from lightning_modules.schedule import next_due
+from lightning_modules.callbacks.schedule import next_due
 
 
 def test_next_due_is_the_next_multiple_after_now_and_never_when_off():

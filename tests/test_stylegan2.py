@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.stylegan2 import (
+from lightning_modules.nets.stylegan2 import (
     Discriminator,
     FullyConnectedLayer,
     Generator,
@@ -150,7 +150,7 @@ def test_1024_px_has_18_ws():
 
 
 def test_output_bias_adds_to_the_image_and_learns():
-    from lightning_modules.stylegan2 import Generator
+    from lightning_modules.nets.stylegan2 import Generator
 
     kw = dict(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=64, channel_max=8, impl="torch")
     torch.manual_seed(0)
@@ -173,7 +173,7 @@ def test_output_bias_adds_to_the_image_and_learns():
 
 
 def test_generator_without_noise_inputs():
-    from lightning_modules.stylegan2 import Generator
+    from lightning_modules.nets.stylegan2 import Generator
 
     torch.manual_seed(0)
     G = Generator(

@@ -1,8 +1,8 @@
-"""Tick lines (lightning_modules/ticks.py): the line NVlabs' users read, and when it is printed."""
+"""Tick lines (lightning_modules/callbacks/ticks.py): the line NVlabs' users read, and when it is printed."""
 
 import io
 
-from lightning_modules.ticks import TickLines, tick_line
+from lightning_modules.callbacks.ticks import TickLines, tick_line
 
 
 def test_the_line_has_every_figure_in_order():

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import write_nvlabs_pickle
 
-from lightning_modules.legacy import load_pretrained
-from lightning_modules.stylegan2 import Generator
+from lightning_modules.io.legacy import load_pretrained
+from lightning_modules.nets.stylegan2 import Generator
 
 HARNESS = Path(__file__).with_name("unpickler_fuzz.py")
 

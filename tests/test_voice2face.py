@@ -12,10 +12,11 @@ from lightning import Callback, LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.build import register_network
+from lightning_modules.callbacks.samples import SampleGrids
+from lightning_modules.ema import ema_beta
 from lightning_modules.encoder_pretrain import EncoderPretrain
-from lightning_modules.losses import ema_beta, lazy_adam_kwargs, path_lengths, r1_penalty
-from lightning_modules.samples import SampleGrids
+from lightning_modules.io.build import register_network
+from lightning_modules.losses import lazy_adam_kwargs, path_lengths, r1_penalty
 from lightning_modules.voice2face import Voice2FaceGAN
 
 FEAT, FRAMES, RES, CLASSES = 6, 12, 8, 3
@@ -343,7 +344,7 @@ def test_output_bias_starts_at_the_mean_face_and_resumes_trained(tmp_path):
     from datamodules.faces import mean_face
 
     generator = dict(
-        _target_="lightning_modules.stylegan2.Generator",
+        _target_="lightning_modules.nets.stylegan2.Generator",
         w_dim=8,
         mapping_layers=1,
         channel_base=64,

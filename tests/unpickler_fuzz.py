@@ -1,4 +1,4 @@
-"""Fuzzing of the restricted unpickler behind every NVlabs generator file (lightning_modules.legacy): run as a
+"""Fuzzing of the restricted unpickler behind every NVlabs generator file (lightning_modules.io.legacy): run as a
 script by tests/test_unpickler_fuzz.py, in a process of its own under an address-space limit.
 
     python tests/unpickler_fuzz.py SEED_PICKLE CASES SEED WORKDIR
@@ -120,7 +120,7 @@ class Timeout(Exception):  # raised by the alarm inside the case
 
 
 def main(seed_file: str, cases: int, seed: int, workdir: str) -> int:
-    from lightning_modules.legacy import load_pretrained  # imported before the limit: torch maps much at import
+    from lightning_modules.io.legacy import load_pretrained  # imported before the limit: torch maps much at import
 
     with open("/proc/self/status") as f:
         size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))

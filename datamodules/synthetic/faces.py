@@ -245,24 +245,8 @@ def render_face(traits: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.
     hair = np.array(HAIR_RGB[traits["hair_colour"]], float)
     hair_len = traits["hair_length"]
     canvas = _Canvas(_background(rng))
-
-    # Clothes, long hair behind the head, neck, ears: back to front.
-    canvas.polygon(head.project(_ellipse(0.0, 3.35, 2.3, 1.15)), rng.uniform(20, 230, size=3))
     volume = 0.08 + 0.12 * hair_len
-    hair_end = head.mid + (hair_len - 0.25) * 3.4
-    if hair_end > head.mid + 0.15:  # shorter hair hides behind the head
-        right, left = head.outline(grow=volume + 0.06, y_to=head.mid)
-        flare = 0.18 + 0.25 * hair_len
-        tail = np.array([[right[-1, 0] + flare, hair_end], [0.0, hair_end + 0.08], [left[-1, 0] - flare, hair_end]])
-        canvas.polygon(head.project(np.concatenate([right, tail, left[::-1]])), hair * 0.92)
-    neck_w = 0.42 + 0.14 * traits["jaw_width"]
-    neck = np.array([[neck_w, head.chin - 0.5], [neck_w * 1.1, 2.7], [-neck_w * 1.1, 2.7], [-neck_w, head.chin - 0.5]])
-    canvas.polygon(head.project(neck), skin * 0.8)
-    canvas.polygon(head.project(_ellipse(0.0, 2.85, 2.2, 0.62)), rng.uniform(20, 230, size=3))  # collar line
-    for side in (-1.0, 1.0):
-        ear_x, ear_y = side * head.half_width, head.mid + 0.05
-        canvas.polygon(head.project(_ellipse(ear_x, ear_y, 0.17, 0.3), -0.3), skin * 0.95)
-        canvas.polygon(head.project(_ellipse(ear_x + side * 0.04, ear_y, 0.08, 0.18), -0.3), skin * 0.72)
+    _behind_the_face(head, canvas, traits, hair, skin, volume, rng)
 
     # The face and its features.
     right, left = head.outline()
@@ -279,7 +263,34 @@ def render_face(traits: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.
     nose = _nose(head, canvas, skin)
     mouth = _mouth(head, canvas, skin)
 
-    # Hair on top: follows the grown outline over the crown, closes along a hairline on the forehead.
+    _hair_on_top(head, canvas, hair, hair_len, volume)
+    image = _lit(canvas.result(), rng)
+    landmarks = np.array([*sorted(eyes, key=lambda p: p[0]), nose, *mouth])
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), landmarks
+
+
+def _behind_the_face(head, canvas, traits: dict, hair, skin, volume: float, rng: np.random.Generator) -> None:
+    """Clothes, long hair behind the head, neck, ears: back to front."""
+    hair_len = traits["hair_length"]
+    canvas.polygon(head.project(_ellipse(0.0, 3.35, 2.3, 1.15)), rng.uniform(20, 230, size=3))
+    hair_end = head.mid + (hair_len - 0.25) * 3.4
+    if hair_end > head.mid + 0.15:  # shorter hair hides behind the head
+        right, left = head.outline(grow=volume + 0.06, y_to=head.mid)
+        flare = 0.18 + 0.25 * hair_len
+        tail = np.array([[right[-1, 0] + flare, hair_end], [0.0, hair_end + 0.08], [left[-1, 0] - flare, hair_end]])
+        canvas.polygon(head.project(np.concatenate([right, tail, left[::-1]])), hair * 0.92)
+    neck_w = 0.42 + 0.14 * traits["jaw_width"]
+    neck = np.array([[neck_w, head.chin - 0.5], [neck_w * 1.1, 2.7], [-neck_w * 1.1, 2.7], [-neck_w, head.chin - 0.5]])
+    canvas.polygon(head.project(neck), skin * 0.8)
+    canvas.polygon(head.project(_ellipse(0.0, 2.85, 2.2, 0.62)), rng.uniform(20, 230, size=3))  # collar line
+    for side in (-1.0, 1.0):
+        ear_x, ear_y = side * head.half_width, head.mid + 0.05
+        canvas.polygon(head.project(_ellipse(ear_x, ear_y, 0.17, 0.3), -0.3), skin * 0.95)
+        canvas.polygon(head.project(_ellipse(ear_x + side * 0.04, ear_y, 0.08, 0.18), -0.3), skin * 0.72)
+
+
+def _hair_on_top(head, canvas, hair, hair_len: float, volume: float) -> None:
+    """Hair over the crown: follows the grown outline, closes along a hairline on the forehead."""
     temple = head.mid - 0.35 + 0.5 * hair_len
     right, left = head.outline(grow=volume, y_to=temple)
     line_y = -0.95 + 0.2 * hair_len
@@ -297,13 +308,13 @@ def render_face(traits: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.
     )
     canvas.polygon(head.project(np.concatenate([right, hairline[::-1], left[::-1]])), hair)
 
-    # Scene lighting: a linear gradient in a random direction, gain, tint and sensor noise. In float32 and in place:
-    # in float64 this was half the render's time at 256 px.
-    image = canvas.result()
+
+def _lit(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scene lighting: a linear gradient in a random direction, gain, tint and sensor noise. In float32 and in
+    place: in float64 this was half the render's time at 256 px."""
     angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.18)
     u = (np.arange(IMAGE_SIZE, dtype=np.float32) - (IMAGE_SIZE - 1) / 2) / (IMAGE_SIZE / 2)
     light = rng.uniform(0.92, 1.08) * (1 + strength * (u[None, :] * np.cos(angle) + u[:, None] * np.sin(angle)))
     image *= light[..., None] * rng.uniform(0.97, 1.03, size=3).astype(np.float32)
     image += 1.5 * rng.standard_normal(image.shape, dtype=np.float32)
-    landmarks = np.array([*sorted(eyes, key=lambda p: p[0]), nose, *mouth])
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), landmarks
+    return image

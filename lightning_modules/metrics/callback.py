@@ -13,6 +13,7 @@ import torch
 from lightning import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from lightning_modules.callbacks.schedule import next_due
 from lightning_modules.metrics.evaluate import evaluate
 from lightning_modules.metrics.families import (
     PPL_KEYS,
@@ -27,7 +28,6 @@ from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.settings import MetricsSettings
 from lightning_modules.metrics.split import embed_split, generate_split, real_faces
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
-from lightning_modules.schedule import next_due
 
 
 class MetricsCallback(Callback):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from datamodules.files import unreadable_reason
-from lightning_modules.safe_load import load_data
+from lightning_modules.io.safe_load import load_data
 
 log = logging.getLogger(__name__)
 

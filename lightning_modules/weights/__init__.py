@@ -2,7 +2,7 @@
 folder's SHA256SUMS (`sha256sum -c SHA256SUMS` checks them too).
 
     face_prior_64   the embedded corpus' face prior: an unconditional 64 px StyleGAN2, G and D, in NVlabs'
-                    state-dict layout (lightning_modules.exporters.export_face_prior), trained by `make face-prior`
+                    state-dict layout (lightning_modules.io.exporters.export_face_prior), trained by `make face-prior`
                     on identities that share no one with the corpus (docs/face_prior.md)
     face_probe_32   the evaluations' face probe (lightning_modules.metrics.probe, safetensors): trained by
                     `make face-probe` on the embedded corpus' train split; fd_probe, the attribute scores and probe

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_modules.callbacks import KimgCheckpoint
+from lightning_modules.callbacks.checkpoint import KimgCheckpoint
 
 
 class ExactResume(Callback):

@@ -1,13 +1,13 @@
-"""Exporters, the importers' inverses (lightning_modules/legacy.py): a G (and the face prior's D) for the public
+"""Exporters, the importers' inverses (lightning_modules/io/legacy.py): a G (and the face prior's D) for the public
 code's own loaders, rosinality's `Generator(...).load_state_dict` and NVlabs' `training.networks` classes
 (experiments.export)."""
 
 import torch
 
 import kernels
-from lightning_modules.latent import unconditional
-from lightning_modules.legacy import IMG_BIAS_KEY, TORGB_BIAS_KEY
-from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator
+from lightning_modules.io.legacy import IMG_BIAS_KEY, TORGB_BIAS_KEY
+from lightning_modules.nets.latent import unconditional
+from lightning_modules.nets.stylegan2 import RESAMPLE_FILTER, Generator
 
 
 def _exportable(G, source):
@@ -66,6 +66,17 @@ def rosinality_channel_multiplier(channels: dict[int, int]) -> int | None:
     return m if m >= 1 and table == channels else None
 
 
+def _check_rosinality_can_express(arch: dict, source) -> None:
+    """Refuse what rosinality's Generator has no setting for."""
+    for bad, feature in (
+        (arch["conv_clamp"] is not None, f"conv_clamp={arch['conv_clamp']} (rosinality's convs never clamp)"),
+        (arch["img_channels"] != 3, f"img_channels={arch['img_channels']} (rosinality's ToRGB writes 3)"),
+        (arch["z_dim"] != arch["w_dim"], f"z_dim={arch['z_dim']} != w_dim={arch['w_dim']} (its z is w_dim wide)"),
+    ):
+        if bad:
+            raise ValueError(f"{source}: its generator has {feature}, which rosinality cannot express")
+
+
 def export_rosinality(G, source="generator") -> dict:
     """{"g_ema", "latent_avg", "args"}: `G` as rosinality/stylegan2-pytorch's `Generator` names, shapes and orders
     its state dict (a strict load_state_dict fits), parameters unscaled as both store them; the inverse of
@@ -77,13 +88,7 @@ def export_rosinality(G, source="generator") -> dict:
     conv_clamp (rosinality never clamps), img_channels other than 3 and z_dim other than w_dim (both fixed in
     rosinality's Generator)."""
     mapping, synthesis, arch = _exportable(G, source)
-    for bad, feature in (
-        (arch["conv_clamp"] is not None, f"conv_clamp={arch['conv_clamp']} (rosinality's convs never clamp)"),
-        (arch["img_channels"] != 3, f"img_channels={arch['img_channels']} (rosinality's ToRGB writes 3)"),
-        (arch["z_dim"] != arch["w_dim"], f"z_dim={arch['z_dim']} != w_dim={arch['w_dim']} (its z is w_dim wide)"),
-    ):
-        if bad:
-            raise ValueError(f"{source}: its generator has {feature}, which rosinality cannot express")
+    _check_rosinality_can_express(arch, source)
     blur = kernels.setup_filter(RESAMPLE_FILTER) * 4  # rosinality's make_kernel([1,3,3,1]) × up-factor²
     sd, noises = {}, []
 

@@ -3,7 +3,7 @@
 The layers run on the ops in `kernels/` (modulated conv, bias + activation, FIR resampling); the parameter
 names equal NVlabs' (`mapping.fc0.weight`, `synthesis.b64.conv0.affine.bias`, ...), so an NVlabs state dict
 loads as is.
-`lightning_modules/legacy.py` turns the two public checkpoint formats (rosinality, NVlabs pickles) into a
+`lightning_modules/io/legacy.py` turns the two public checkpoint formats (rosinality, NVlabs pickles) into a
 `Generator`.
 """
 

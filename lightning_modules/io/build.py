@@ -15,12 +15,12 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 NETWORKS = {  # every class a network config may name: the project's own, plus those registered in code
-    "lightning_modules.audio_encoder.AudioEncoder",
-    "lightning_modules.stylegan2.Generator",
-    "lightning_modules.stylegan2.Discriminator",
-    "lightning_modules.baselines.DCGANGenerator",
-    "lightning_modules.baselines.DCGANDiscriminator",
-    "lightning_modules.baselines.StyleGAN1Generator",
+    "lightning_modules.nets.audio_encoder.AudioEncoder",
+    "lightning_modules.nets.stylegan2.Generator",
+    "lightning_modules.nets.stylegan2.Discriminator",
+    "lightning_modules.nets.baselines.DCGANGenerator",
+    "lightning_modules.nets.baselines.DCGANDiscriminator",
+    "lightning_modules.nets.baselines.StyleGAN1Generator",
 }
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from lightning_modules.schedule import next_due
+from lightning_modules.callbacks.schedule import next_due
 
 
 def speaker_order(names: list[str], info: dict[str, dict]) -> list[str]:

@@ -15,7 +15,7 @@ tracked over the head's outputs as NVlabs tracks the mapping's: the mean face of
 import torch
 from torch import nn
 
-from lightning_modules.stylegan2 import FullyConnectedLayer, MappingNetwork, normalize_2nd_moment
+from lightning_modules.nets.stylegan2 import FullyConnectedLayer, MappingNetwork, normalize_2nd_moment
 
 LATENT_SPACES = ("z", "w", "wplus")
 

@@ -1,49 +1,21 @@
-"""Weights written by other code: the state-dict check every loader of ours shares, and importers of the two
-public StyleGAN2 checkpoint formats (rosinality/stylegan2-pytorch, NVlabs stylegan2-ada-pytorch) into our
-`Generator`. Both formats are read as data only: no code of theirs is imported or run.
+"""Weights written by other code: importers of the two public StyleGAN2 checkpoint formats
+(rosinality/stylegan2-pytorch, NVlabs stylegan2-ada-pytorch) into our `Generator`. Both formats are read as data
+only: no code of theirs is imported or run.
 """
 
 import argparse
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import kernels
 from lightning_modules import weights
-from lightning_modules.build import check_network_config
-from lightning_modules.model_folder import read_model_folder
-from lightning_modules.nvlabs_pickle import Persistent, module_state, unpickle_nvlabs
-from lightning_modules.safe_load import load_data, refuse_unreadable
-from lightning_modules.stylegan2 import RESAMPLE_FILTER, Generator, channels_per_resolution
-
-SHOWN = 5  # keys named per kind of mismatch; the counts say how many there are in all
-
-
-def _shape(value):
-    return list(value.shape) if hasattr(value, "shape") else type(value).__name__
-
-
-def compare_state_dict(expected: dict[str, torch.Tensor] | nn.Module, found: dict, what: str, fix: str = "") -> None:
-    """Raise a ValueError unless `found` holds exactly the tensors of `expected` (a module or its state dict),
-    each of the same shape. The error starts with `what` (the file and what it should have fit) and names a few
-    missing, unexpected and other-shaped keys; `fix` (how to get a file that fits) ends it."""
-    own = expected.state_dict() if isinstance(expected, nn.Module) else expected
-    missing = sorted(set(own) - set(found))
-    unexpected = sorted(set(found) - set(own))
-    reshaped = [
-        f"{k} {_shape(found[k])} (expected {_shape(own[k])})"
-        for k in sorted(set(own) & set(found))
-        if _shape(found[k]) != _shape(own[k])
-    ]
-    problems = [
-        f"{len(keys)} {kind} {keys[:SHOWN]}"
-        for kind, keys in (("missing weights", missing), ("unexpected", unexpected), ("of other shapes", reshaped))
-        if keys
-    ]
-    if problems:
-        raise ValueError(f"{what}: {', '.join(problems)}" + (f"; {fix}" if fix else ""))
-
+from lightning_modules.io.build import check_network_config
+from lightning_modules.io.model_folder import read_model_folder
+from lightning_modules.io.nvlabs_pickle import Persistent, module_state, unpickle_nvlabs
+from lightning_modules.io.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.state_dict import SHOWN, compare_state_dict, shape_of
+from lightning_modules.nets.stylegan2 import RESAMPLE_FILTER, Generator, channels_per_resolution
 
 # ----------------------------------------------------------------------------------------------------
 # Importers of the public checkpoint formats.
@@ -142,66 +114,16 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto", source=None):
     sd = src.get("g_ema", src.get("g", src if "input.input" in src else None))
     if sd is None or "input.input" not in sd:
         raise ValueError(f"{source}: no rosinality generator state ('g_ema' or 'g' with 'input.input') found")
-
-    n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".weight"))
-    num_blocks = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
-    img_resolution = 2 ** (num_blocks + 2)
+    n_mlp, num_blocks, style_dim, channels = _rosinality_sizes(sd, source)
+    state = _restore_img_bias(_rosinality_state(sd, n_mlp, num_blocks, style_dim, source), src, source)
     args = src.get("args")  # rosinality's train.py saves an argparse.Namespace, our exports a dict
     args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
-    sizes = {"style.1.weight": 2, "conv1.conv.weight": 5}
-    sizes.update({f"convs.{2 * k}.conv.weight": 5 for k in range(num_blocks)})
-    for key, ndim in sizes.items():  # the tensors the sizes are read from, before anything is built
-        if key not in sd:
-            raise ValueError(f"{source}: rosinality generator tensor {key!r} is missing")
-        if not isinstance(sd[key], torch.Tensor) or sd[key].ndim != ndim:
-            raise ValueError(f"{source}: {key} is {_shape(sd[key])}, not {ndim}-d as rosinality writes it")
-    style_dim = sd["style.1.weight"].shape[1]
-    channels = {4: sd["conv1.conv.weight"].shape[1]}
-    channels.update({2 ** (k + 3): sd[f"convs.{2 * k}.conv.weight"].shape[1] for k in range(num_blocks)})
-
-    def styled(dst, src_prefix, noise_key):
-        out = {
-            f"{dst}.weight": sd[f"{src_prefix}.conv.weight"][0],
-            f"{dst}.affine.weight": sd[f"{src_prefix}.conv.modulation.weight"],
-            f"{dst}.affine.bias": sd[f"{src_prefix}.conv.modulation.bias"],
-            f"{dst}.bias": sd[f"{src_prefix}.activate.bias"],
-            f"{dst}.noise_strength": sd[f"{src_prefix}.noise.weight"].reshape([]),
-            f"{dst}.noise_const": sd[f"noises.{noise_key}"][0, 0],
-        }
-        return out
-
-    def to_rgb(dst, src_prefix):
-        return {
-            f"{dst}.weight": sd[f"{src_prefix}.conv.weight"][0],
-            f"{dst}.affine.weight": sd[f"{src_prefix}.conv.modulation.weight"],
-            f"{dst}.affine.bias": sd[f"{src_prefix}.conv.modulation.bias"],
-            f"{dst}.bias": sd[f"{src_prefix}.bias"].reshape(-1),
-        }
-
-    try:
-        for key in [k for k in sd if k.endswith("blur.kernel") or k.endswith("upsample.kernel")]:
-            _check_filter(sd[key], source, key)
-        state = {"mapping.w_avg": torch.zeros([style_dim]), "synthesis.b4.const": sd["input.input"][0]}
-        for i in range(n_mlp):
-            state[f"mapping.fc{i}.weight"] = sd[f"style.{i + 1}.weight"]
-            state[f"mapping.fc{i}.bias"] = sd[f"style.{i + 1}.bias"]
-        state.update(styled("synthesis.b4.conv1", "conv1", "noise_0"))
-        state.update(to_rgb("synthesis.b4.torgb", "to_rgb1"))
-        for k in range(num_blocks):
-            b = f"synthesis.b{2 ** (k + 3)}"
-            state.update(styled(f"{b}.conv0", f"convs.{2 * k}", f"noise_{2 * k + 1}"))
-            state.update(styled(f"{b}.conv1", f"convs.{2 * k + 1}", f"noise_{2 * k + 2}"))
-            state.update(to_rgb(f"{b}.torgb", f"to_rgbs.{k}"))
-    except KeyError as err:
-        raise ValueError(f"{source}: rosinality generator tensor {err} is missing") from None
-    state = _restore_img_bias(state, src, source)
-
     G = _build_generator(
         source,
         impl,
         z_dim=style_dim,
         w_dim=style_dim,
-        img_resolution=img_resolution,
+        img_resolution=2 ** (num_blocks + 2),
         mapping_layers=n_mlp,
         channels=channels,
         mapping_lr_multiplier=args.get("lr_mlp", 0.01),
@@ -211,13 +133,72 @@ def import_rosinality(src, w_avg_samples=10000, impl="auto", source=None):
     latent_avg = src.get("latent_avg")
     if latent_avg is not None:
         if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() != style_dim:
-            raise ValueError(f"{source}: latent_avg is {_shape(latent_avg)}, expected a mean w [{style_dim}]")
+            raise ValueError(f"{source}: latent_avg is {shape_of(latent_avg)}, expected a mean w [{style_dim}]")
         G.mapping.w_avg.copy_(latent_avg.reshape(-1))
     elif w_avg_samples:
         z = torch.randn([w_avg_samples, style_dim], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(dim=0))
     return G
+
+
+def _rosinality_sizes(sd, source) -> tuple[int, int, int, dict[int, int]]:
+    """(mapping layers, synthesis blocks above 4 px, style dim, channels per resolution) read off a rosinality
+    generator's tensors, each checked to be there and of the rank rosinality writes before anything is built."""
+    n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".weight"))
+    num_blocks = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+    sizes = {"style.1.weight": 2, "conv1.conv.weight": 5}
+    sizes.update({f"convs.{2 * k}.conv.weight": 5 for k in range(num_blocks)})
+    for key, ndim in sizes.items():
+        if key not in sd:
+            raise ValueError(f"{source}: rosinality generator tensor {key!r} is missing")
+        if not isinstance(sd[key], torch.Tensor) or sd[key].ndim != ndim:
+            raise ValueError(f"{source}: {key} is {shape_of(sd[key])}, not {ndim}-d as rosinality writes it")
+    channels = {4: sd["conv1.conv.weight"].shape[1]}
+    channels.update({2 ** (k + 3): sd[f"convs.{2 * k}.conv.weight"].shape[1] for k in range(num_blocks)})
+    return n_mlp, num_blocks, sd["style.1.weight"].shape[1], channels
+
+
+def _rosinality_styled(sd, dst, src_prefix, noise_key) -> dict:
+    """One modulated conv layer of rosinality's (conv, its modulation, the activation's bias, noise) in our names."""
+    return {
+        f"{dst}.weight": sd[f"{src_prefix}.conv.weight"][0],
+        f"{dst}.affine.weight": sd[f"{src_prefix}.conv.modulation.weight"],
+        f"{dst}.affine.bias": sd[f"{src_prefix}.conv.modulation.bias"],
+        f"{dst}.bias": sd[f"{src_prefix}.activate.bias"],
+        f"{dst}.noise_strength": sd[f"{src_prefix}.noise.weight"].reshape([]),
+        f"{dst}.noise_const": sd[f"noises.{noise_key}"][0, 0],
+    }
+
+
+def _rosinality_to_rgb(sd, dst, src_prefix) -> dict:
+    return {
+        f"{dst}.weight": sd[f"{src_prefix}.conv.weight"][0],
+        f"{dst}.affine.weight": sd[f"{src_prefix}.conv.modulation.weight"],
+        f"{dst}.affine.bias": sd[f"{src_prefix}.conv.modulation.bias"],
+        f"{dst}.bias": sd[f"{src_prefix}.bias"].reshape(-1),
+    }
+
+
+def _rosinality_state(sd, n_mlp, num_blocks, style_dim, source) -> dict:
+    """Our Generator's state dict from rosinality's tensors (w_avg zero: rosinality's training keeps none)."""
+    try:
+        for key in [k for k in sd if k.endswith("blur.kernel") or k.endswith("upsample.kernel")]:
+            _check_filter(sd[key], source, key)
+        state = {"mapping.w_avg": torch.zeros([style_dim]), "synthesis.b4.const": sd["input.input"][0]}
+        for i in range(n_mlp):
+            state[f"mapping.fc{i}.weight"] = sd[f"style.{i + 1}.weight"]
+            state[f"mapping.fc{i}.bias"] = sd[f"style.{i + 1}.bias"]
+        state.update(_rosinality_styled(sd, "synthesis.b4.conv1", "conv1", "noise_0"))
+        state.update(_rosinality_to_rgb(sd, "synthesis.b4.torgb", "to_rgb1"))
+        for k in range(num_blocks):
+            b = f"synthesis.b{2 ** (k + 3)}"
+            state.update(_rosinality_styled(sd, f"{b}.conv0", f"convs.{2 * k}", f"noise_{2 * k + 1}"))
+            state.update(_rosinality_styled(sd, f"{b}.conv1", f"convs.{2 * k + 1}", f"noise_{2 * k + 2}"))
+            state.update(_rosinality_to_rgb(sd, f"{b}.torgb", f"to_rgbs.{k}"))
+    except KeyError as err:
+        raise ValueError(f"{source}: rosinality generator tensor {err} is missing") from None
+    return state
 
 
 def _generator_from_nvlabs(state, init_kwargs, source, impl):
@@ -354,7 +335,7 @@ def _generator_from_checkpoint(data, path, impl):
     """G_ema of a voice2face checkpoint, built from the generator config its hyper-parameters store."""
     cfg = data["hyper_parameters"].get("generator")
     check_network_config(cfg, f"{path}: model.generator")
-    if cfg["_target_"] != "lightning_modules.stylegan2.Generator":
+    if cfg["_target_"] != "lightning_modules.nets.stylegan2.Generator":
         raise ValueError(f"{path}: its generator is a {cfg['_target_']}, not a StyleGAN2 Generator")
     state = _prefixed(data["state_dict"], "G_ema.")
     if "mapping.prior.w_avg" in state:  # G under a W / W+ voice head (latent.VoiceLatent): its own mapping
@@ -411,7 +392,7 @@ def _checkpoint_trunk(data, path):
     """The StyleGAN2 D of a voice2face checkpoint as (arguments, weights); ({}, None) for a baseline's D."""
     cfg = data["hyper_parameters"].get("discriminator")
     check_network_config(cfg, f"{path}: model.discriminator")
-    if cfg["_target_"] != "lightning_modules.stylegan2.Discriminator":
+    if cfg["_target_"] != "lightning_modules.nets.stylegan2.Discriminator":
         return {}, None  # the run builds its own
     state = {k: v for k, v in _prefixed(data["state_dict"], "D.").items() if not k.startswith("classifier.")}
     if not state:

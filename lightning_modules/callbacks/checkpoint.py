@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-from lightning_modules.schedule import next_due
+from lightning_modules.callbacks.schedule import next_due
 
 
 def images_seen(trainer, pl_module) -> int:
@@ -51,7 +51,7 @@ class KimgCheckpoint(Callback):
     """`last.ckpt` every `last_every_kimg` and `snapshot-<kimg>.ckpt` every `every_kimg`, plus `last.ckpt` at the
     end; each written to a temporary file and renamed, so a crash never leaves a half-written checkpoint. A run
     stopped by BadStepsError gets `last-good.ckpt`. What makes a resume from these exact (the RNG streams, the
-    position in the epoch) is `lightning_modules.resume.ExactResume`'s state, saved with them."""
+    position in the epoch) is `lightning_modules.callbacks.resume.ExactResume`'s state, saved with them."""
 
     def __init__(
         self,

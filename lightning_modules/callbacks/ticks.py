@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import RichProgressBar
 
-from lightning_modules.callbacks import images_seen
+from lightning_modules.callbacks.checkpoint import images_seen
 
 
 class TickMeter:

@@ -14,16 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from lightning_modules.stylegan2 import FullyConnectedLayer, MappingNetwork, channels_per_resolution
+from lightning_modules.nets.stylegan2 import FullyConnectedLayer, MappingNetwork, channels_per_resolution
 
 BLUR_FILTER = [1, 2, 1]  # StyleGAN (v1) blurs after nearest-neighbour up-sampling
 
 
 def _log2_resolution(img_resolution, where):
     if img_resolution < 4 or img_resolution & (img_resolution - 1):
-        raise ValueError(
-            f"lightning_modules/baselines.py: {where} img_resolution must be a power of 2 >= 4, got {img_resolution}"
-        )
+        raise ValueError(f"{where}: img_resolution must be a power of 2 >= 4, got {img_resolution}")
     return int(math.log2(img_resolution))
 
 
@@ -49,9 +47,7 @@ class DCGANGenerator(nn.Module):
     def forward(self, z, truncation_psi=1.0, noise_mode="random"):
         """z [N, z_dim] -> img [N, C, R, R]; truncation and noise do not apply to this generator."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(
-                f"lightning_modules/baselines.py: DCGANGenerator expects z [N, {self.z_dim}], got {list(z.shape)}"
-            )
+            raise ValueError(f"DCGANGenerator: expects z [N, {self.z_dim}], got {list(z.shape)}")
         return self.net(z[:, :, None, None])
 
 
@@ -81,7 +77,7 @@ class DCGANDiscriminator(nn.Module):
         """img [N, C, R, R] -> (real/fake logits [N], identity logits [N, num_classes] or None)."""
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.img_resolution, self.img_resolution):
             raise ValueError(
-                f"lightning_modules/baselines.py: DCGANDiscriminator expects images [N, "
+                f"DCGANDiscriminator: expects images [N, "
                 f"{self.img_channels}, {self.img_resolution}, {self.img_resolution}], "
                 f"got {list(img.shape)}"
             )
@@ -154,13 +150,10 @@ class StyleGAN1Synthesis(nn.Module):
     def forward(self, ws, noise_mode="random"):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(
-                f"lightning_modules/baselines.py: synthesis expects ws [N, {self.num_ws}, {self.w_dim}], "
-                f"got {list(ws.shape)}"
+                f"StyleGAN1Generator: synthesis expects ws [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}"
             )
         if noise_mode not in ("random", "const", "none"):
-            raise ValueError(
-                f"lightning_modules/baselines.py: noise_mode must be random|const|none, got {noise_mode!r}"
-            )
+            raise ValueError(f"StyleGAN1Generator: noise_mode must be random|const|none, got {noise_mode!r}")
         x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
         for i, layer in enumerate(self.layers):
             x = layer(x, ws[:, i], noise_mode)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.legacy import compare_state_dict, load_pretrained
+from lightning_modules.io.legacy import load_pretrained
+from lightning_modules.io.state_dict import compare_state_dict
 
 
 def load_generator_init(path, img_resolution: int, impl: str = "auto"):
