@@ -6,6 +6,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -107,8 +108,7 @@ def write_atomic(path: Path, write) -> None:
     is hidden, and short (a name near the file system's 255-byte limit still fits); it ends in a suffix of its
     own after the file's name, because torch.save names the archive inside a file after its name without the
     suffix (a random name would change a shard's bytes from run to run)."""
-    name = path.name if len(path.name) < 160 else f"{path.name[:80]}-{hashlib.sha1(path.name.encode()).hexdigest()[:8]}"
-    tmp = path.with_name(f".{name}.tmp{os.getpid()}-{secrets.token_hex(2)}")
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}-{secrets.token_hex(2)}")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -119,6 +119,27 @@ def write_atomic(path: Path, write) -> None:
         ) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The name of write_atomic's temporaries of `path` up to the writer's pid."""
+    name = path.name if len(path.name) < 160 else f"{path.name[:80]}-{hashlib.sha1(path.name.encode()).hexdigest()[:8]}"
+    return f".{name}.tmp"
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Remove the temporaries of `path` that write_atomic left in processes that are gone (a run killed while it
+    saved a checkpoint leaves one as large as the checkpoint); those of live processes are theirs."""
+    prefix = _temporary_prefix(path)
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        try:
+            os.kill(int(tmp.name[len(prefix) :].split("-")[0]), 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            continue  # a live process of another user
 
 
 def write_json(path: Path, obj) -> None:

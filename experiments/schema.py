@@ -27,7 +27,7 @@ def schema_validator(path: Path = SCHEMA, section: str | None = None):
     """The validator of the schema in `path`, or of its top-level property `section` (with the shared $defs)."""
     base = jsonschema.Draft202012Validator
     validator = jsonschema.validators.extend(base, {"ascending": _ascending})
-    schema = OmegaConf.to_container(OmegaConf.load(path))
+    schema = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # ${one_of:...}: the code's own lists
     if section is not None:
         schema = {**schema["properties"][section], "$defs": schema.get("$defs", {})}
     return validator(schema)

@@ -174,17 +174,26 @@ def test_user_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_temporaries_of_killed_saves_are_removed(tmp_path):
+    """A process killed inside write_atomic (kill -9 while a checkpoint is saved) leaves its temporary; the next
+    save of that file removes it, and leaves those of live processes and of other files."""
     import os
     import subprocess
+    import sys
 
-    from lightning_modules.callbacks.checkpoint import remove_dead_temporaries
+    from datamodules.files import remove_dead_temporaries
 
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (tmp_path / f".last.ckpt.{dead.pid}.tmp").write_bytes(b"half")  # a run killed while saving
-    (tmp_path / f".last.ckpt.{os.getpid()}.tmp").write_bytes(b"saving")  # a save in progress
-    remove_dead_temporaries(tmp_path, "last.ckpt")
-    assert [p.name for p in tmp_path.iterdir()] == [f".last.ckpt.{os.getpid()}.tmp"]
+    target = tmp_path / "last.ckpt"
+    killed = (
+        "import os, pathlib; from datamodules.files import write_atomic; "
+        f"write_atomic(pathlib.Path({str(target)!r}), lambda t: (t.write_bytes(b'half'), os.kill(os.getpid(), 9)))"
+    )
+    assert subprocess.run([sys.executable, "-c", killed], cwd=ROOT).returncode == -9
+    (left,) = tmp_path.glob(".last.ckpt.tmp*")
+    live = tmp_path / f".last.ckpt.tmp{os.getpid()}-3c4d"  # a save in progress
+    live.write_bytes(b"saving")
+    (tmp_path / ".snapshot.ckpt.tmp1-5e6f").write_bytes(b"another file's")
+    remove_dead_temporaries(target)
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == [live.name, ".snapshot.ckpt.tmp1-5e6f"]
 
 
 @pytest.mark.integration

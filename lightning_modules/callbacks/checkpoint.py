@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules.files import remove_dead_temporaries, write_atomic
 from lightning_modules.callbacks.schedule import next_due
 
 
@@ -14,19 +14,6 @@ def images_seen(trainer, pl_module) -> int:
     """Training images so far: the GAN's own counter (global_step counts every optimizer step under manual
     optimisation), else optimizer steps for modules without one (encoder pretraining)."""
     return int(getattr(pl_module, "cur_nimg", trainer.global_step))
-
-
-def remove_dead_temporaries(folder: Path, name: str) -> None:
-    """Remove `.<name>.<pid>.tmp` files of processes that are gone (a run killed mid-save leaves one)."""
-    for tmp in folder.glob(f".{name}.*.tmp"):
-        try:
-            os.kill(int(tmp.name[len(name) + 2 : -4]), 0)
-        except ValueError:
-            continue  # not one of ours
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:
-            continue  # a live process of another user
 
 
 class BadStepsError(FloatingPointError):
@@ -85,10 +72,11 @@ class KimgCheckpoint(Callback):
             exception.checkpoint = self.save(trainer, "last-good.ckpt")
 
     def save(self, trainer, name: str) -> Path:
-        """Every rank calls save_checkpoint (it is collective under DDP); rank 0 writes and renames."""
+        """Every rank calls save_checkpoint (it is collective under DDP); rank 0 writes, atomically."""
         path = self.dirpath / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")  # two processes never share a temporary file
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            trainer.save_checkpoint(path, weights_only=False)  # takes part; only rank 0 writes
+        else:
             try:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -96,14 +84,8 @@ class KimgCheckpoint(Callback):
                     f"checkpoint folder {self.dirpath} is not writable ({err}); "
                     f"set callbacks.checkpoint.dirpath or paths.root_dir to a writable place"
                 ) from err
-        if trainer.is_global_zero:
-            remove_dead_temporaries(self.dirpath, name)
-        try:
-            trainer.save_checkpoint(tmp, weights_only=False)  # the full state: a resume point
-            if trainer.is_global_zero:
-                os.replace(tmp, path)
-        finally:  # a failed save (disk full, ...) leaves the previous checkpoint and no partial file
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)
+            remove_dead_temporaries(path)
+            # the full state, a resume point; a failed save (disk full, ...) leaves the previous one and no partial
+            write_atomic(path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
         trainer.strategy.barrier("kimg_checkpoint")
         return path

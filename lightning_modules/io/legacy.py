@@ -253,14 +253,19 @@ def _generator_from_pickle(data, source, impl):
     """The Generator of an unpickled NVlabs network pickle (`G_ema`, else `G`)."""
     if not isinstance(data.get("G_ema", data.get("G")), Persistent):
         raise ValueError(f"{source}: expected an NVlabs pickle with a 'G_ema' (or 'G') network")
-    net = data.get("G_ema", data.get("G"))
-    if net.class_name != "Generator":
-        raise ValueError(f"{source}: the network is a {net.class_name!r}, not an NVlabs Generator")
+    init_kwargs, state = _network_state(data.get("G_ema", data.get("G")), "Generator", f"{source}: the network")
+    return _generator_from_nvlabs(state, init_kwargs, source, impl)
+
+
+def _network_state(net: Persistent, class_name: str, where: str) -> tuple[dict, dict]:
+    """(constructor arguments, state dict) of an unpickled NVlabs network that must be a `class_name`."""
+    if net.class_name != class_name:
+        raise ValueError(f"{where} is a {net.class_name!r}, not an NVlabs {class_name}")
     try:
         state = module_state(net, "", {})
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
-    return _generator_from_nvlabs(state, net.state.get("_init_kwargs", {}), source, impl)
+        raise ValueError(f"{where}: {err}") from None
+    return dict(net.state.get("_init_kwargs", {})), state
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,13 +364,8 @@ def _pickle_trunk(data, path):
     net = data.get("D")
     if not isinstance(net, Persistent):
         return {}, None
-    if net.class_name != "Discriminator":
-        raise ValueError(f"{path}: its 'D' is a {net.class_name!r}, not an NVlabs Discriminator")
-    try:
-        state = module_state(net, "", {})
-    except ValueError as err:
-        raise ValueError(f"{path}: its D: {err}") from None
-    return _nvlabs_trunk(dict(net.state.get("_init_kwargs", {})), state, path)
+    init_kwargs, state = _network_state(net, "Discriminator", f"{path}: its 'D'")
+    return _nvlabs_trunk(init_kwargs, state, path)
 
 
 def _nvlabs_trunk(kwargs, state, path):
