@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -104,21 +105,29 @@ def refuse_repeats(path: Path, numbered: list[tuple[int, dict]], column: str, wh
 
 
 def write_atomic(path: Path, write) -> None:
-    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one. The temporary name
-    is hidden, and short (a name near the file system's 255-byte limit still fits); it ends in a suffix of its
-    own after the file's name, because torch.save names the archive inside a file after its name without the
-    suffix (a random name would change a shard's bytes from run to run)."""
+    """write(tmp_path) then rename onto `path`: readers see the old file or the whole new one. `write` may make a
+    folder there instead (a model folder): it then replaces the folder at `path`, whole. The temporary name is
+    hidden, and short (a name near the file system's 255-byte limit still fits); it ends in a suffix of its own
+    after the file's name, because torch.save names the archive inside a file after its name without the suffix
+    (a random name would change a shard's bytes from run to run)."""
     tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}-{secrets.token_hex(2)}")
     try:
         write(tmp)
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # a folder cannot be renamed onto another
         os.replace(tmp, path)
-    except RuntimeError as err:  # torch.save reports a failed write (a full disk) as a C++ "enforce fail"
+    except RuntimeError as err:
+        if "enforce fail" not in str(err):  # torch.save reports a failed write (a full disk) as a C++ enforce fail
+            raise
         raise OSError(
             f"{path}: could not be written ({str(err).splitlines()[0][:160]}); is the disk full? Free space "
             "and rerun (what was written before stays as it was)"
         ) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def _temporary_prefix(path: Path) -> str:

@@ -33,8 +33,6 @@ a refused or failed export leaves nothing at `out`. An existing `out` is refused
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -197,19 +195,16 @@ def export_pretrained(ckpt: Path, out: Path, overwrite: bool = False) -> dict:
         raise ValueError(f"{ckpt}: format=pretrained needs a voice2face training checkpoint (a run's last.ckpt)")
     state = read_checkpoint(ckpt)
     expected = _voice_images(model_from_checkpoint(state, "cpu"))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tensors = write_model_folder(state, tmp, model_card(state, ckpt))
+    written = {}
+
+    def write(tmp: Path) -> None:  # checked before it replaces anything
+        written.update(write_model_folder(state, tmp, model_card(state, ckpt)))
         back = _voice_images(model_from_checkpoint(read_checkpoint(tmp), "cpu"))
         if not torch.equal(back, expected):
             raise RuntimeError(f"{out}: the model folder does not give the checkpoint's faces; nothing was written")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tensors
+
+    write_atomic(out, write)
+    return written
 
 
 def run(cfg: DictConfig) -> int:

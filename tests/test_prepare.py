@@ -155,6 +155,28 @@ def test_symlinked_video_folders_are_followed_once(tmp_path, corpus):
     assert sorted(p.name for p in walk_files(speaker)) == ["1.wav", "2.wav"]
 
 
+def test_write_atomic_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    """A model folder is written beside the old one and swapped in; a failed write leaves the old one and no
+    temporary, and an error that is not a failed write is raised as it is (not reported as a full disk)."""
+    from datamodules.files import write_atomic
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.json").write_text("old")
+
+    def folder(tmp, fail=None):
+        tmp.mkdir()
+        (tmp / "new.json").write_text("new")
+        if fail:
+            raise fail
+
+    with pytest.raises(RuntimeError, match="^the faces differ$"):
+        write_atomic(out, lambda tmp: folder(tmp, RuntimeError("the faces differ")))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["old.json"]
+    write_atomic(out, folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["new.json"]
+
+
 def test_a_failed_shard_write_names_the_file(tmp_path, monkeypatch):
     from datamodules.files import write_atomic
 
