@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ENCODER_MODES = ("joint", "frozen", "finetune")
 MIXING_SOURCES = ("batch", "self")
 GENERATOR_TRAIN = ("frozen", "finetune")
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes; experiments.run refuses other formats
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint layout changes (2: networks under lightning_modules.nets)
 
 
 class Voice2FaceGAN(LightningModule):

@@ -15,7 +15,7 @@ from lightning_modules.io.build import check_arguments, check_network_config
 from lightning_modules.io.model_folder import read_model_folder
 from lightning_modules.io.safe_load import load_data, refuse_unreadable
 from lightning_modules.io.state_dict import compare_state_dict
-from lightning_modules.voice2face import ENCODER_MODES, Voice2FaceGAN
+from lightning_modules.voice2face import CHECKPOINT_FORMAT, ENCODER_MODES, Voice2FaceGAN
 
 
 def read_checkpoint(ckpt: str | Path) -> dict:
@@ -36,6 +36,12 @@ def read_checkpoint(ckpt: str | Path) -> dict:
         state = load_data(path, "a voice2face checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict) or "state_dict" not in state:
         raise ValueError(f"{path}: not a voice2face training checkpoint (no hyper_parameters / state_dict)")
+    written = state.get("voice2face_format", CHECKPOINT_FORMAT)  # model folders before it kept none
+    if written != CHECKPOINT_FORMAT:  # its networks' paths (`_target_`) are another version's
+        raise ValueError(
+            f"{path}: written by another version of voice2face (checkpoint format {written}, this code reads "
+            f"{CHECKPOINT_FORMAT}); use the version that wrote it"
+        )
     for part in ("encoder", "generator", "discriminator"):
         check_network_config(state["hyper_parameters"].get(part), f"{path}: model.{part}")
     check_arguments(Voice2FaceGAN, state["hyper_parameters"], f"{path}: hyper_parameters")

@@ -360,6 +360,16 @@ def test_a_checkpoint_of_another_version_names_its_arguments(tmp_path, edit, wor
         load_model(ckpt)
 
 
+def test_a_checkpoint_of_another_format_is_refused_by_its_version(tmp_path):
+    """A checkpoint whose networks sit at another version's paths (format 1: before lightning_modules.nets) is
+    named as such, not as a file naming networks outside the project."""
+    from experiments.evaluate import load_model
+
+    ckpt = edited_checkpoint(tmp_path / "last.ckpt", lambda s: s.update(voice2face_format=1))
+    with pytest.raises(ValueError, match=rf"{ckpt}: written by another version .*format 1, this code reads 2"):
+        load_model(ckpt)
+
+
 def test_datamodule_arguments_of_another_version_are_named(tmp_path):
     from experiments.evaluate import data_hparams
 

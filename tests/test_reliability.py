@@ -206,12 +206,13 @@ def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path, data
     kills = 0
     while True:
         resume = [f"ckpt_path={last}"] if last.exists() else []
+        errors = tmp_path / f"run{kills}.err"  # the last run's own error, if it fails
         proc = subprocess.Popen(
             cli(tmp_path / "killed", iterations, f"data={data}", *resume),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=errors.open("w"),
         )
         writes, seen, target = 0, ckpt_version(last), rng.randint(1, 4)
         while proc.poll() is None and (kills >= 5 or writes < target):
@@ -224,7 +225,7 @@ def test_kill_9_at_random_iterations_then_resume_is_bit_identical(tmp_path, data
             proc.wait()
             kills += 1
             continue
-        assert proc.returncode == 0
+        assert proc.returncode == 0, f"after {kills} kills: {errors.read_text()[-3000:]}"
         break
     assert kills >= 5
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 INFERENCE_PREFIXES = ("encoder.", "G_ema.")  # what generate and evaluate run; G, D and pl_mean only train
 FORMAT = "voice2face-model-folder"
 VERSION = 1
-CONFIG_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "voice2face_progress")
+CONFIG_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "voice2face_progress", "voice2face_format")
 
 
 def is_model_folder(path) -> bool:
