@@ -53,6 +53,8 @@ def compose_train(overrides: list[str], output_dir: Path):
 
 
 def _merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in, key by key in nested dicts; keys `base` lacks are kept, so that the settings
+    refuse them (OmegaConf.merge cannot hold the stand-in modules some tests pass)."""
     return {
         k: _merged(v, changes[k]) if isinstance(v, dict) and k in changes else changes.get(k, v)
         for k, v in base.items()

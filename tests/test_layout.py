@@ -29,8 +29,8 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
             found |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
             subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
-            found |= subs or {node.module}
-            if len(subs) < len(node.names):
+            found |= subs
+            if len(subs) < len(node.names):  # some names are the module's own
                 found.add(node.module)
     return found
 
