@@ -51,7 +51,13 @@ class StandInData:
         return {n: colour_faces(self.colours[n], 4, self.size, seed=i) for i, n in enumerate(ids)}
 
     def test_dataloader(self):
-        names = self.split_ids["test"]
+        yield from self._voices("test")
+
+    def train_dataloader(self):  # what the voice family reads (its shuffle and crops do not matter here)
+        yield from self._voices("train")
+
+    def _voices(self, split):
+        names = self.split_ids[split]
         for start in (0, 3):
             labels = torch.tensor([i % len(names) for i in range(start, start + 3)])
             audio = torch.zeros(3, self.bands, 10)
@@ -126,8 +132,11 @@ def test_evaluate_reports_every_metric_or_its_reason(tmp_path, empty_hub):
         "attr/colour",
         "attr/colour/chance",
         "attr/colour/oracle",
+        "voice_attr/colour",
+        "voice_attr/colour/shuffled",
     ):
         assert isinstance(result[key], float), key
+    assert result["voice_attr/colour"] == 1.0  # the stand-in voices carry the colour, linearly
     # `level` is continuous: reported under attr_weak/ exactly when the probe cannot read it off real faces
     (level,) = [k for k in ("attr/level", "attr_weak/level") if k in result]
     assert (result[f"{level}/oracle"] < 0.3) == (level == "attr_weak/level")

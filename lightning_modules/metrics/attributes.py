@@ -33,7 +33,8 @@ def r2_score(pred: Tensor, target: Tensor) -> float:
     return float(1 - (target - pred.double()).square().sum() / ss_tot)
 
 
-def _score(kind: str, pred: Tensor, target: Tensor) -> float:
+def trait_score(kind: str, pred: Tensor, target: Tensor) -> float:
+    """Accuracy (categorical) or R² (continuous) of `pred` against `target`."""
     return float((pred == target).double().mean()) if kind == "categorical" else r2_score(pred, target)
 
 
@@ -43,7 +44,7 @@ def shuffled_score(kind: str, pred: Tensor, target: Tensor, names: list[str], re
     index = torch.tensor([ids.index(n) for n in names])
     per_id = torch.stack([target[index == i][0] for i in range(len(ids))])
     g = torch.Generator().manual_seed(0)
-    scores = [_score(kind, pred, per_id[torch.randperm(len(ids), generator=g)][index]) for _ in range(repeats)]
+    scores = [trait_score(kind, pred, per_id[torch.randperm(len(ids), generator=g)][index]) for _ in range(repeats)]
     return float(sum(scores) / len(scores))
 
 
@@ -114,19 +115,19 @@ def attribute_scores(
             chance_pred = torch.full_like(gen_y, codec.majority[name])
         else:
             chance_pred = torch.zeros_like(gen_y)  # the train mean, in standardised units
-        oracle = _score(kind, real_pred[name], real_y)
+        oracle = trait_score(kind, real_pred[name], real_y)
         key = f"attr_weak/{name}" if kind == "continuous" and oracle < WEAK_ORACLE_R2 else f"attr/{name}"
         pred = gen_pred[name]
-        out[key] = _score(kind, pred, gen_y)
+        out[key] = trait_score(kind, pred, gen_y)
         if resamples > 0:
             out[f"{key}/ci95"] = bootstrap_ci(
-                lambda i, kind=kind, pred=pred, y=gen_y: _score(kind, pred[i], y[i]), groups, resamples
+                lambda i, kind=kind, pred=pred, y=gen_y: trait_score(kind, pred[i], y[i]), groups, resamples
             )
-        out[f"{key}/chance"] = _score(kind, chance_pred, gen_y)
+        out[f"{key}/chance"] = trait_score(kind, chance_pred, gen_y)
         out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
         out[f"{key}/oracle"] = oracle
         if train_names and all(k in attributes[n] for n in [*train_names, *generated_names] for k in group_by):
             reference = codec.encode(name, [attributes[n][name] for n in train_names])
             bound = group_bound(kind, gen_y, generated_names, reference, train_names, attributes, group_by)
-            out[f"{key}/group"] = _score(kind, bound, gen_y)
+            out[f"{key}/group"] = trait_score(kind, bound, gen_y)
     return out

@@ -44,6 +44,7 @@ class MetricsCallback(Callback):
                 settings,
                 fid=replace(settings.fid, enabled=False),
                 ppl=replace(settings.ppl, enabled=False),
+                voice=replace(settings.voice, enabled=False),  # a pass over the train split: final evaluation only
                 intervals=replace(settings.intervals, resamples=0),
                 max_utterances=cb.max_utterances,
             )

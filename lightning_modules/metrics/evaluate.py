@@ -18,6 +18,7 @@ from lightning_modules.metrics.families import (
     identity_family,
     ppl_family,
     quality_family,
+    voice_family,
 )
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.settings import MetricsSettings
@@ -86,6 +87,7 @@ FAMILIES = {
     "quality": (_enabled("quality"), quality_family),
     "identity": (_enabled("identity"), identity_family),
     "attributes": (lambda s: s.attributes is not None and _enabled("attributes")(s), attribute_family),
+    "voice": (lambda s: s.attributes is not None and _enabled("voice")(s), voice_family),
 }
 
 

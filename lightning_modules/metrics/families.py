@@ -27,6 +27,7 @@ from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_p
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
 from lightning_modules.metrics.settings import FIDSettings, IdentitySettings, PPLSettings, SF2FSettings, WenSettings
 from lightning_modules.metrics.split import batches, generate_split
+from lightning_modules.metrics.voice import train_voices, voice_scores
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
 
@@ -120,6 +121,22 @@ def attribute_family(s) -> dict:
         s.resamples,
         train_names=list(s.datamodule.identities("train")),
         group_by=tuple(s.settings.attributes.group_by),
+    )
+
+
+def voice_family(s) -> dict:
+    """Each trait read linearly off the voice embeddings (ridge fitted on the train split's utterances): what the
+    encoder carries of it, beside what the generated faces show (`attr/`)."""
+    names, settings = s.names, s.settings.voice
+    train_x, train_labels = train_voices(s.model, s.datamodule, settings.seed)
+    train_names = list(s.datamodule.identities("train"))
+    return voice_scores(
+        s.probe[1],
+        (train_x, [train_names[i] for i in train_labels]),
+        (s.voices, [names[i] for i in s.gen_labels]),
+        s.attributes,
+        settings.ridge,
+        s.resamples,
     )
 
 

@@ -84,6 +84,13 @@ class AttributesSettings(Section):
 
 
 @dataclass(frozen=True)
+class VoiceSettings(Section):
+    enabled: bool
+    ridge: float  # penalty relative to the mean eigenvalue of the train embeddings' XᵀX
+    seed: int  # the train loader's crops and order
+
+
+@dataclass(frozen=True)
 class IntervalsSettings(Section):
     resamples: int
 
@@ -124,6 +131,7 @@ class MetricsSettings(Section):
     ppl: PPLSettings
     identity: IdentitySettings
     attributes: AttributesSettings
+    voice: VoiceSettings
     intervals: IntervalsSettings
     quality: QualitySettings
     probe: ProbeSettings
