@@ -3,6 +3,10 @@
 SGD lr 1e-3, momentum 0.9, weight decay 1e-4, cosine cyclic learning rate (warm restarts every `cycle_steps`),
 batch 384, 10,000 iterations. At the end of training the encoder weights are written to
 `<run dir>/encoder.pt`, read by Voice2FaceGAN with `encoder_mode=frozen|finetune encoder_ckpt=<that file>`.
+
+`aux` (not in the paper) adds heads that classify a trait of the speaker from the same embedding, read from the
+data's speaker metadata (`speaker_info()`: VoxCeleb1's Gender and Nationality columns, the corpus' attributes): a
+speaker-classification embedding of few speakers need not carry the accent of a speaker it has not heard.
 """
 
 import copy
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from lightning_modules.io.build import build_network
 from lightning_modules.io.safe_load import load_data, refuse_unreadable
@@ -63,6 +68,7 @@ class EncoderPretrain(LightningModule):
         weight_decay: float = 1e-4,  # SGD weight decay (paper).
         cycle_steps: int = 2500,  # Cosine cycle length in iterations (warm restarts).
         min_lr: float = 0.0,  # Learning rate at the end of each cosine cycle.
+        aux: dict | None = None,  # {speaker trait (sex | nationality): loss weight}; None or {}: the paper's loss.
     ):
         super().__init__()
         if isinstance(encoder, DictConfig):
@@ -72,16 +78,40 @@ class EncoderPretrain(LightningModule):
             raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got {num_classes}")
         self.save_hyperparameters()
         self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim, num_classes=num_classes)
+        self.aux_heads = nn.ModuleDict()  # built in setup, when the speakers' traits are known
+
+    def setup(self, stage):
+        """One linear head per `aux` trait over the training speakers' classes of it (label -> class in a buffer)."""
+        if not self.hparams.aux or len(self.aux_heads):
+            return
+        dm = self.trainer.datamodule
+        info, names = dm.speaker_info(), dm.identities("train")
+        for trait in self.hparams.aux:
+            missing = [n for n in names if trait not in info.get(n, {})]
+            if missing:
+                raise ValueError(
+                    f"encoder_pretrain: aux trait {trait!r} is not in the data's speaker metadata of {len(missing)} "
+                    f"training speaker(s), e.g. {missing[0]}"
+                )
+            values = [str(info[n][trait]) for n in names]
+            classes = sorted(set(values))
+            self.register_buffer(f"aux_{trait}", torch.tensor([classes.index(v) for v in values]), persistent=False)
+            self.aux_heads[trait] = nn.Linear(self.encoder.embed_dim, len(classes))
 
     def forward(self, audio, lengths=None):
         """audio [B, F, T] -> speaker logits [B, num_classes]."""
         return self.encoder.classify(self.encoder(audio, lengths))
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["audio"], batch.get("audio_lengths"))
+        emb = self.encoder(batch["audio"], batch.get("audio_lengths"))
+        logits = self.encoder.classify(emb)
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(1) == batch["label"]).float().mean()
         n = batch["label"].shape[0]
+        for trait, head in self.aux_heads.items():
+            aux_loss = F.cross_entropy(head(emb), getattr(self, f"aux_{trait}")[batch["label"]])
+            loss = loss + self.hparams.aux[trait] * aux_loss
+            self.log(f"train/aux_{trait}", aux_loss, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", acc, prog_bar=True, batch_size=n)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=n)

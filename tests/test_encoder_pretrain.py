@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import quiet_trainer
+from lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.encoder_pretrain import EncoderPretrain, load_encoder_weights
@@ -17,6 +18,7 @@ FEAT, SPEAKERS = 6, 3
 class TinyEncoder(nn.Module):
     def __init__(self, in_features=FEAT, embed_dim=8, num_classes=0):
         super().__init__()
+        self.embed_dim = embed_dim
         self.proj = nn.Linear(in_features, embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else None
 
@@ -98,3 +100,36 @@ def test_bad_input_raises(tmp_path):
         r"\[4\] \(expected \[8\]\).*same encoder config",
     ):
         load_encoder_weights(TinyEncoder(), tmp_path / "narrow.pt")
+
+
+class Speakers(LightningDataModule):
+    """speaker_batches with the metadata a datamodule gives: the training speakers and their traits."""
+
+    def __init__(self, info):
+        super().__init__()
+        self.info = info
+
+    def identities(self, split):
+        return ["s0", "s1", "s2"]
+
+    def speaker_info(self):
+        return self.info
+
+    def train_dataloader(self):
+        return speaker_batches()
+
+
+def test_an_aux_head_learns_the_speakers_trait_and_stays_out_of_the_encoder_file(tmp_path):
+    torch.manual_seed(0)
+    model = make(lr=0.1, aux={"nationality": 0.5})
+    info = {"s0": {"nationality": "UK"}, "s1": {"nationality": "Kenya"}, "s2": {"nationality": "UK"}}
+    trainer = quiet_trainer(tmp_path, max_epochs=8)
+    trainer.fit(model, datamodule=Speakers(info))
+    assert model.aux_nationality.tolist() == [1, 0, 1]  # sorted classes: Kenya, UK
+    assert model.aux_heads["nationality"].out_features == 2
+    assert trainer.callback_metrics["train/aux_nationality"] < 0.1
+    assert not any(k.startswith("aux") for k in torch.load(tmp_path / "encoder.pt", weights_only=True)["encoder"])
+    with pytest.raises(ValueError, match="aux trait 'nationality' is not in the data's speaker metadata of 1 .* s1"):
+        quiet_trainer(tmp_path / "b", max_epochs=1).fit(
+            make(aux={"nationality": 1.0}), datamodule=Speakers({**info, "s1": {"sex": "f"}})
+        )
