@@ -8,7 +8,6 @@ import contextlib
 import copy
 import logging
 import time
-from pathlib import Path
 
 import torch
 from lightning import LightningModule
@@ -343,7 +342,7 @@ class Voice2FaceGAN(LightningModule):
         """w_targets [num_classes, num_ws, w_dim] from model.latent_targets for the training identities `names`
         (label order); a speaker without a file is left out of the latent loss (lightning_modules.io.latent_targets)."""
         shape = (self.G.num_ws, self.G.mapping.w_dim)
-        targets, mask = read_latent_targets(Path(self.hparams.latent_targets), names, shape)
+        targets, mask = read_latent_targets(str(self.hparams.latent_targets), names, shape)
         log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
 
