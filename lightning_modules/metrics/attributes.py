@@ -48,6 +48,25 @@ def shuffled_score(kind: str, pred: Tensor, target: Tensor, names: list[str], re
     return float(sum(scores) / len(scores))
 
 
+def identity_groups(names: list[str]) -> Tensor:
+    """[N] the index of each row's identity among the sorted identities: the resampling units of an interval."""
+    ids = sorted(set(names))
+    return torch.tensor([ids.index(n) for n in names])
+
+
+def scored(
+    key: str, kind: str, pred: Tensor, target: Tensor, chance: Tensor, names: list[str], groups: Tensor, resamples: int
+) -> dict[str, float]:
+    """`key`: the score of `pred`, with `/ci95` over identities (`groups`; none when resamples is 0), `/chance` (the
+    score of the `chance` prediction) and `/shuffled`."""
+    out = {key: trait_score(kind, pred, target)}
+    if resamples > 0:
+        out[f"{key}/ci95"] = bootstrap_ci(lambda i: trait_score(kind, pred[i], target[i]), groups, resamples)
+    out[f"{key}/chance"] = trait_score(kind, chance, target)
+    out[f"{key}/shuffled"] = shuffled_score(kind, pred, target, names)
+    return out
+
+
 def group_bound(
     kind: str,
     values: Tensor,
@@ -101,9 +120,7 @@ def attribute_scores(
     """
     _, gen_pred = probe.predict(generated)
     _, real_pred = probe.predict(real)
-    ids = sorted(set(generated_names))
-    groups = torch.tensor([ids.index(n) for n in generated_names])
-    out = {}
+    groups, out = identity_groups(generated_names), {}
     for name, kind in codec.kinds.items():
         gen_y = codec.encode(name, [attributes[n][name] for n in generated_names])
         real_y = codec.encode(name, [attributes[n][name] for n in real_names])
@@ -117,14 +134,7 @@ def attribute_scores(
             chance_pred = torch.zeros_like(gen_y)  # the train mean, in standardised units
         oracle = trait_score(kind, real_pred[name], real_y)
         key = f"attr_weak/{name}" if kind == "continuous" and oracle < WEAK_ORACLE_R2 else f"attr/{name}"
-        pred = gen_pred[name]
-        out[key] = trait_score(kind, pred, gen_y)
-        if resamples > 0:
-            out[f"{key}/ci95"] = bootstrap_ci(
-                lambda i, kind=kind, pred=pred, y=gen_y: trait_score(kind, pred[i], y[i]), groups, resamples
-            )
-        out[f"{key}/chance"] = trait_score(kind, chance_pred, gen_y)
-        out[f"{key}/shuffled"] = shuffled_score(kind, pred, gen_y, generated_names)
+        out.update(scored(key, kind, gen_pred[name], gen_y, chance_pred, generated_names, groups, resamples))
         out[f"{key}/oracle"] = oracle
         if train_names and all(k in attributes[n] for n in [*train_names, *generated_names] for k in group_by):
             reference = codec.encode(name, [attributes[n][name] for n in train_names])

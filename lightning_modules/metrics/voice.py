@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_modules.metrics.attributes import shuffled_score, trait_score
-from lightning_modules.metrics.intervals import bootstrap_ci
+from lightning_modules.metrics.attributes import identity_groups, scored
 from lightning_modules.metrics.probe import AttributeCodec
 
 
@@ -59,9 +58,7 @@ def voice_scores(
 ) -> dict[str, float]:
     """`voice_attr/<name>` with `/ci95`, `/chance` and `/shuffled` for every trait of the codec."""
     (x_train, train_names), (x, names) = train, evaluated
-    ids = sorted(set(names))
-    groups = torch.tensor([ids.index(n) for n in names])
-    out = {}
+    groups, out = identity_groups(names), {}
     for name, kind in codec.kinds.items():
         y_train = codec.encode(name, [attributes[n][name] for n in train_names])
         y = codec.encode(name, [attributes[n][name] for n in names])
@@ -74,12 +71,5 @@ def voice_scores(
                 continue  # R² is undefined; attr/ notes the skip
             pred = ridge_fit(x_train, y_train[:, None], ridge)(x)[:, 0].float()
             chance = torch.zeros_like(y)
-        key = f"voice_attr/{name}"
-        out[key] = trait_score(kind, pred, y)
-        if resamples > 0:
-            out[f"{key}/ci95"] = bootstrap_ci(
-                lambda i, kind=kind, p=pred, t=y: trait_score(kind, p[i], t[i]), groups, resamples
-            )
-        out[f"{key}/chance"] = trait_score(kind, chance, y)
-        out[f"{key}/shuffled"] = shuffled_score(kind, pred, y, names)
+        out.update(scored(f"voice_attr/{name}", kind, pred, y, chance, names, groups, resamples))
     return out
