@@ -12,12 +12,13 @@ EXP ?= prior_cpu          # the main job: the paper's method on the shipped face
                           # baseline_cpu: a G trained from scratch at 32 px (what a user without a pretrained G runs)
 PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 PROBE_ARGS ?=             # experiments.face_probe overrides, e.g. "threads=1"
+TARGETS_ARGS ?=           # experiments.latent_targets overrides, e.g. "steps=1000"
 RUN_ARGS ?=
 DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ port=7861"
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run demo face-prior face-probe test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
+.PHONY: help install run demo face-prior face-probe latent-targets sums test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,12 +46,20 @@ demo: install  ## the browser demo (Gradio, 127.0.0.1:7860) on the newest make-r
 face-prior: install  ## train the face prior from scratch (hours on 2 cores; resumes), then ship it: docs/face_prior.md
 	$(PY) -m experiments.face_prior $(PRIOR_ARGS)
 	cp outputs/face_prior/face_prior.pt lightning_modules/weights/face_prior_64.pt
-	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors > SHA256SUMS
+	$(MAKE) sums
 
 face-probe: install  ## train the evaluations' face probe on the corpus' train split (a minute), then ship it
 	$(PY) -m experiments.face_probe $(PROBE_ARGS)
 	cp outputs/face_probe/face_probe_32.safetensors lightning_modules/weights/face_probe_32.safetensors
-	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors > SHA256SUMS
+	$(MAKE) sums
+
+latent-targets: install  ## project the corpus' train faces into the shipped prior (about 25 min), then ship them
+	$(PY) -m experiments.latent_targets $(TARGETS_ARGS)
+	cp outputs/latent_targets/face_prior_64_targets.safetensors lightning_modules/weights/
+	$(MAKE) sums
+
+sums:  ## record the SHA-256 of the shipped weight files (lightning_modules/weights/SHA256SUMS)
+	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors face_prior_64_targets.safetensors > SHA256SUMS
 
 test: install  ## the CI test set (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q $(TEST_ARGS)

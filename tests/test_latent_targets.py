@@ -110,3 +110,17 @@ def test_a_file_that_is_no_safetensors_is_refused_by_name(tmp_path):
         read_latent_targets(str(path), ["id0"], SHAPE)
     with pytest.raises(FileNotFoundError, match="nowhere: model.latent_targets must be a safetensors file"):
         read_latent_targets(str(tmp_path / "nowhere"), ["id0"], SHAPE)
+
+
+def test_the_shipped_targets_are_the_corpus_train_speakers_in_the_shipped_prior():
+    """face_prior_64_targets: one finite W+ per train speaker of the default corpus (75), projected into the very
+    prior that ships beside it (its SHA-256 recorded in the file)."""
+    path = weights.shipped_file("face_prior_64_targets")
+    with safe_open(str(path), framework="pt") as f:
+        about, names = f.metadata(), sorted(f.keys())
+    assert about["G_sha256"] == weights.sha256(weights.shipped_file("face_prior_64"))
+    assert json.loads(about["corpus"]) == {"identities": 120, "seed": 0} and about["split"] == "train"
+    assert sorted(json.loads(about["faces"])) == names and len(names) == 75
+    targets, mask = read_latent_targets("face_prior_64_targets", names, SHAPE)
+    assert mask.all() and torch.isfinite(targets).all()
+    assert targets.std(0).mean() > 0.1  # the speakers differ

@@ -4,6 +4,10 @@ folder's SHA256SUMS (`sha256sum -c SHA256SUMS` checks them too).
     face_prior_64   the embedded corpus' face prior: an unconditional 64 px StyleGAN2, G and D, in NVlabs'
                     state-dict layout (lightning_modules.io.exporters.export_face_prior), trained by `make face-prior`
                     on identities that share no one with the corpus (docs/face_prior.md)
+    face_prior_64_targets
+                    the embedded corpus' 75 train speakers in W+ of face_prior_64 (safetensors, one mean W+ per
+                    speaker): `make latent-targets` projects their faces (experiments.latent_targets);
+                    `model.latent_targets` reads it
     face_probe_32   the evaluations' face probe (lightning_modules.metrics.probe, safetensors): trained by
                     `make face-probe` on the embedded corpus' train split; fd_probe, the attribute scores and probe
                     retrieval are measured in it (metrics.probe.weights)
@@ -17,7 +21,11 @@ import hashlib
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-SHIPPED = {"face_prior_64": "face_prior_64.pt", "face_probe_32": "face_probe_32.safetensors"}  # name -> file here
+SHIPPED = {  # name -> file here
+    "face_prior_64": "face_prior_64.pt",
+    "face_prior_64_targets": "face_prior_64_targets.safetensors",
+    "face_probe_32": "face_probe_32.safetensors",
+}
 SUMS = FOLDER / "SHA256SUMS"  # `sha256sum` lines: <hex digest>  <file>
 
 
