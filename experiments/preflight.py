@@ -58,6 +58,8 @@ def check_before_folder(cfg: DictConfig) -> None:
         )
     if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN") and not moved_away(cfg):
         check_generator_init(cfg)
+    if cfg.model.get("latent_weight", 0) > 0 and cfg.model.get("latent_targets") and not cfg.get("ckpt_path"):
+        check_latent_targets(cfg.model.latent_targets)
 
 
 def moved_away(cfg: DictConfig) -> bool:
@@ -86,3 +88,14 @@ def check_generator_init(cfg: DictConfig) -> None:
 
 
 _CHECKED_INITS: set = set()
+
+
+def check_latent_targets(source: str) -> None:
+    """model.latent_targets must be there (a shipped one unchanged) before stage 1 trains; its contents are read
+    against the training speakers when stage 2 starts."""
+    path = weights.resolve(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: model.latent_targets is missing; write it with python -m experiments.latent_targets "
+            "(or experiments.project), or give the shipped name face_prior_64_targets"
+        )

@@ -124,3 +124,12 @@ def test_the_shipped_targets_are_the_corpus_train_speakers_in_the_shipped_prior(
     targets, mask = read_latent_targets("face_prior_64_targets", names, SHAPE)
     assert mask.all() and torch.isfinite(targets).all()
     assert targets.std(0).mean() > 0.1  # the speakers differ
+
+
+def test_a_run_with_missing_targets_is_refused_before_stage_1(compose_cfg, tmp_path):
+    from experiments.preflight import check_before_folder
+
+    cfg = compose_cfg("+exp=prior_cpu", f"model.latent_targets={tmp_path / 'nowhere.safetensors'}")
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors: model.latent_targets is missing"):
+        check_before_folder(cfg)
+    check_before_folder(compose_cfg("+exp=prior_cpu"))  # the shipped targets
