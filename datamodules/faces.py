@@ -13,6 +13,7 @@ corpus writes), `none` (pre-aligned folders: resize only). Faces are stored as u
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -276,6 +277,15 @@ class FaceAligner:
             M = np.array([[self.size / W, 0, 0.5 * self.size / W - 0.5], [0, self.size / H, 0.5 * self.size / H - 0.5]])
             return warp(image, M, self.size)
         return warp(image, self.transform(self.points(image, path, key)), self.size)
+
+
+def faces_sha256(faces: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of {name: uint8 faces} (names sorted): the exact images a shipped file was made from, so that a rerun
+    elsewhere can be checked against them."""
+    digest = hashlib.sha256()
+    for name in sorted(faces):
+        digest.update(name.encode() + faces[name].numpy().tobytes())
+    return digest.hexdigest()
 
 
 def normalize(faces: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ that their figures are measured with one instrument on every machine, as FID is 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from datamodules.cli_errors import one_line_errors
+from datamodules.faces import faces_sha256
 from datamodules.files import write_atomic
 from experiments.schema import check_command_config, check_values
 from lightning_modules.metrics.probe import probe_for, save_probe
@@ -34,9 +34,6 @@ def train(cfg: DictConfig) -> Path:
     settings = replace(ProbeSettings.of(cfg.metrics.probe, "metrics.probe"), weights="retrain")
     probe, codec, _ = probe_for(datamodule, settings)
     faces = datamodule.faces("train")
-    digest = hashlib.sha256()
-    for name in sorted(faces):  # the exact training images, so a retrain elsewhere can be checked against them
-        digest.update(name.encode() + faces[name].numpy().tobytes())
     corpus = dict(cfg.data.corpus)
     about = {
         "trained_on": (
@@ -48,7 +45,7 @@ def train(cfg: DictConfig) -> Path:
         "face_size": cfg.data.face_size,
         "face_align": cfg.data.face_align,
         "settings": {k: v for k, v in asdict(settings).items() if k != "weights"},
-        "faces_sha256": digest.hexdigest(),
+        "faces_sha256": faces_sha256(faces),
         "torch": torch.__version__,
     }
     out = Path(cfg.out)

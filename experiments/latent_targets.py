@@ -16,7 +16,6 @@ the first identities over its target drawn by G.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safetensors.torch import save_file
 from torchvision.utils import save_image
 
 from datamodules.cli_errors import one_line_errors
+from datamodules.faces import faces_sha256, normalize
 from datamodules.files import write_atomic
 from experiments.schema import check_command_config, check_values
 from lightning_modules.io.legacy import load_generator
@@ -39,7 +39,7 @@ def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig)
     sorted) draws its projection noise from seed + k, whatever batch it falls in."""
     names = sorted(faces)
     owner = [name for name in names for _ in range(len(faces[name]))]
-    images = torch.cat([faces[name] for name in names]).float() / 127.5 - 1  # [N, 3, S, S] in [-1, 1]
+    images = normalize(torch.cat([faces[name] for name in names]))  # [N, 3, S, S] in [-1, 1]
     stats, sums = w_stats(G), {name: 0.0 for name in names}
     for start in range(0, len(images), cfg.batch):
         target = images[start : start + cfg.batch]
@@ -54,7 +54,7 @@ def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig)
 def save_sheet(G, faces: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], path: Path, count: int = 16):
     """A real face of the first `count` identities (top row) over its target drawn by G (bottom row)."""
     names = sorted(targets)[:count]
-    real = torch.stack([faces[name][0] for name in names]).float() / 127.5 - 1
+    real = normalize(torch.stack([faces[name][0] for name in names]))
     with torch.no_grad():
         drawn = G.synthesis(torch.stack([targets[name] for name in names]), noise_mode="const")
     write_atomic(path, lambda tmp: save_image((torch.cat([real, drawn]) + 1) / 2, tmp, format="png", nrow=len(names)))
@@ -77,9 +77,6 @@ def run(cfg: DictConfig) -> Path:
     distance, distance_name, distance_note = make_distance(cfg.distance, cfg.lpips_weights, None)
     print(f"distance: {distance_name}: {distance_note}")
     targets = identity_means(G, faces, distance, cfg)
-    digest = hashlib.sha256()
-    for name in sorted(faces):  # the exact faces projected, so a rerun elsewhere can be checked against them
-        digest.update(name.encode() + faces[name].numpy().tobytes())
     about = {
         "what": f"mean W+ of each {cfg.split}-split identity's faces, projected into G (experiments.latent_targets)",
         "G": Path(str(cfg.G)).name,
@@ -89,7 +86,7 @@ def run(cfg: DictConfig) -> Path:
         "split": cfg.split,
         "corpus": json.dumps(dict(cfg.data.corpus)) if cfg.data.get("corpus") else "",
         "faces": json.dumps({name: len(faces[name]) for name in sorted(faces)}),
-        "faces_sha256": digest.hexdigest(),
+        "faces_sha256": faces_sha256(faces),
         "projection": json.dumps({"steps": cfg.steps, "batch": cfg.batch, "seed": cfg.seed, "distance": distance_name}),
         "torch": torch.__version__,
     }

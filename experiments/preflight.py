@@ -58,7 +58,7 @@ def check_before_folder(cfg: DictConfig) -> None:
         )
     if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN") and not moved_away(cfg):
         check_generator_init(cfg)
-    if cfg.model.get("latent_weight", 0) > 0 and cfg.model.get("latent_targets") and not cfg.get("ckpt_path"):
+    if cfg.model.get("latent_weight", 0) > 0 and cfg.model.get("latent_targets"):  # a resume reads them too
         check_latent_targets(cfg.model.latent_targets)
 
 
@@ -92,7 +92,7 @@ _CHECKED_INITS: set = set()
 
 def check_latent_targets(source: str) -> None:
     """model.latent_targets must be there (a shipped one unchanged) before stage 1 trains; its contents are read
-    against the training speakers when stage 2 starts."""
+    against the training speakers whenever stage 2 starts or resumes (the checkpoint does not hold them)."""
     path = weights.resolve(source)
     if not path.exists():
         raise FileNotFoundError(

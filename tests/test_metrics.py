@@ -503,3 +503,21 @@ def test_voice_scores_read_a_trait_the_embedding_carries_and_not_one_it_lacks():
             assert out["voice_attr/skin_tone/ci95"][0] > out["voice_attr/skin_tone/shuffled"]
         else:
             assert out["voice_attr/sex"] < 0.75 and out["voice_attr/skin_tone"] < 0.2
+
+
+def test_voice_scores_leave_a_class_the_codec_never_saw_out_of_the_fit():
+    """A train speaker whose category the probe's codec does not know (-1) was fitted as class 0: here that would
+    teach class 0 = 'b' voices, and the held-out 'b' speakers would be read as 'a'."""
+    from lightning_modules.metrics.probe import AttributeCodec
+    from lightning_modules.metrics.voice import voice_scores
+
+    codec = AttributeCodec.fit({"kind": "categorical"}, [{"kind": "a"}, {"kind": "b"}])
+    people = {"a0": "a", "a1": "a", "b0": "b", "b1": "b", "x": "a", "y": "b"}
+    people.update({f"c{i}": "c" for i in range(4)})
+    attributes = {n: {"kind": k} for n, k in people.items()}
+    voice = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.0, 1.0]}  # the unknown "c" sounds as "b" does
+    train = ["a0", "a1", "b0", "b1", "c0", "c1", "c2", "c3"]
+    x_train = torch.tensor([voice[people[n]] for n in train])
+    x = torch.tensor([voice["a"], voice["b"]])
+    out = voice_scores(codec, (x_train, train), (x, ["x", "y"]), attributes, 1e-3, 0)
+    assert out["voice_attr/kind"] == 1.0

@@ -62,9 +62,10 @@ def voice_scores(
     for name, kind in codec.kinds.items():
         y_train = codec.encode(name, [attributes[n][name] for n in train_names])
         y = codec.encode(name, [attributes[n][name] for n in names])
-        if kind == "categorical":
-            onehot = torch.nn.functional.one_hot(y_train.clamp(min=0), len(codec.vocab[name]))
-            pred = ridge_fit(x_train, onehot, ridge)(x).argmax(1)
+        if kind == "categorical":  # a class the codec never saw (-1) cannot be a one-hot target: left out of the fit
+            known = y_train >= 0
+            onehot = torch.nn.functional.one_hot(y_train[known], len(codec.vocab[name]))
+            pred = ridge_fit(x_train[known], onehot, ridge)(x).argmax(1)
             chance = torch.full_like(y, codec.majority[name])
         else:
             if y.min() == y.max():
