@@ -43,6 +43,14 @@ def test_the_ablations_select_encoder_groups(compose_cfg):
         assert "override /model/encoder:" in (ROOT / "experiments/conf/exp" / f"{exp}.yaml").read_text()
 
 
+def test_a_run_from_ones_own_encoder_drops_stage_1_whole(compose_cfg):
+    """`~pretrain_encoder` (stage 2 from model.encoder_ckpt) must leave no stage-1 fragment behind: a value the
+    experiment set under pretrain_encoder would bring the stage back half-configured."""
+    assert compose_cfg("+exp=prior_cpu").pretrain_encoder.model.aux == {"nationality": 1.0}
+    for exp in EXPERIMENTS:
+        assert compose_cfg(f"+exp={exp}", "~pretrain_encoder").get("pretrain_encoder") is None, exp
+
+
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 @pytest.mark.integration

@@ -6,6 +6,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import numpy as np
@@ -17,6 +18,10 @@ from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncode
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.io.exporters import export_rosinality
+from lightning_modules.io.legacy import load_pretrained
+from lightning_modules.metrics.families import quality_family
+from lightning_modules.metrics.markdown import headline_markdown
+from lightning_modules.metrics.split import prior_faces
 from lightning_modules.nets.latent import VoiceLatent
 from lightning_modules.nets.stylegan2 import Discriminator, Generator
 from lightning_modules.voice2face import Voice2FaceGAN
@@ -335,3 +340,40 @@ def test_a_prior_whose_discriminator_does_not_fit_its_arguments_fails_before_sta
     with pytest.raises(ValueError, match="prior.pt: its discriminator does not fit model.discriminator"):
         train(cfg)
     assert not list(tmp_path.glob("**/stage1"))
+
+
+def test_the_prior_reference_draws_the_pretrained_g_alone_and_only_while_it_is_frozen(tmp_path):
+    init = ros_copy(tmp_path)
+    model = hires_model(init, 64, latent_space="w", generator_train="frozen").eval()
+    G, _, _ = load_pretrained(str(init), impl="torch")  # read again, apart from the model
+    z = torch.randn([5, G.z_dim], generator=torch.Generator().manual_seed(7))
+    expected = G.synthesis(G.mapping(z), noise_mode="const")
+    faces = prior_faces(model, 5, seed=7, batch=2)
+    assert list(faces.shape) == [5, 3, 64, 64]
+    torch.testing.assert_close(faces, expected, rtol=0, atol=1e-5)
+    voiced = model.generate_from(torch.randn(5, 8))
+    assert (voiced - faces).abs().mean() > 0.01, "the reference drew the voice head's faces"
+    assert prior_faces(hires_model(init, 64, latent_space="w"), 5, seed=7) is None  # finetune: no longer the prior
+
+
+def test_the_quality_family_scores_the_prior_beside_the_generated_faces(tmp_path):
+    init = ros_copy(tmp_path)
+    model = hires_model(init, 64, latent_space="w", generator_train="frozen").eval()
+    probe = SimpleNamespace(predict=lambda x: (x.mean(dim=(2, 3)),))  # per-channel means: a 3-d feature
+    real = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    split = SimpleNamespace(
+        probe=(probe,),
+        model=model,
+        gen=model.generate_from(torch.randn(10, 8)),
+        real_u8=real,
+        real_labels=torch.arange(12) % 3,
+        gen_labels=torch.arange(10) % 3,
+        settings=SimpleNamespace(quality=SimpleNamespace(repeats=2, seed=0)),
+        notes={},
+    )
+    out = quality_family(split)
+    assert {"fd_probe", "fd_probe/speaker_mean", "fd_probe/prior", "kid_probe/prior"} <= set(out)
+    assert out["fd_probe/prior"] != out["fd_probe"]
+    split.model = hires_model(init, 64, latent_space="w").eval()
+    assert "fd_probe/prior" not in quality_family(split)
+    assert "fd_probe of the pretrained G alone (random z)" in headline_markdown(out)

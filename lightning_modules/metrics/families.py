@@ -26,7 +26,7 @@ from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_leng
 from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
 from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
 from lightning_modules.metrics.settings import FIDSettings, IdentitySettings, PPLSettings, SF2FSettings, WenSettings
-from lightning_modules.metrics.split import batches, generate_split
+from lightning_modules.metrics.split import batches, generate_split, prior_faces
 from lightning_modules.metrics.voice import train_voices, voice_scores
 from lightning_modules.metrics.weights import MetricUnavailable, say_once
 
@@ -58,8 +58,8 @@ def ppl_family(s) -> dict:
 
 
 def quality_family(s) -> dict:
-    """fd_probe and kid_probe in the face probe's features, beside their real-vs-real floor and the score of each
-    speaker's mean real face."""
+    """fd_probe and kid_probe in the face probe's features, beside their real-vs-real floor, the score of each
+    speaker's mean real face and, for a frozen pretrained G, the score of its own unconditional faces."""
     probe = s.probe[0]
     real_float = normalize(s.real_u8)
     gen_float = normalize(quantize(s.gen))  # generated faces quantised as the real ones are stored
@@ -69,6 +69,10 @@ def quality_family(s) -> dict:
     mean_faces = speaker_mean_faces(real_float, s.real_labels, s.gen_labels)
     oracle = probe_quality(probe.predict(mean_faces)[0], real_feats, *protocol)
     out["fd_probe/speaker_mean"], out["kid_probe/speaker_mean"] = oracle["fd_probe"], oracle["kid_probe"]
+    prior = prior_faces(s.model, len(s.gen), s.settings.quality.seed)
+    if prior is not None:
+        scored = probe_quality(probe.predict(normalize(quantize(prior)))[0], real_feats, *protocol)
+        out["fd_probe/prior"], out["kid_probe/prior"] = scored["fd_probe"], scored["kid_probe"]
     s.notes["fd_probe"] = QUALITY_NOTE
     return out
 

@@ -60,6 +60,10 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
             mean = result[f"{key}/speaker_mean"]
             ratio = f" (×{mean / floor:.1f})" if floor > 0 else ""
             lines.append(f"| {key} of each speaker's mean real face | {mean:.4g} | | | | {floor:.4g}{ratio} | |")
+        if f"{key}/prior" in result:  # what the frozen pretrained G draws without a voice
+            prior = result[f"{key}/prior"]
+            ratio = f" (×{prior / floor:.1f})" if floor > 0 else ""
+            lines.append(f"| {key} of the pretrained G alone (random z) | {prior:.4g} | | | | {floor:.4g}{ratio} | |")
     for trait in MAIN_TRAITS:
         score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
         row(f"{trait} ({score})", f"attr/{trait}", "oracle")

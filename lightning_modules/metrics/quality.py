@@ -19,6 +19,11 @@ speaker (`speaker_mean_faces`): a generator that knew every speaker exactly and 
 optimum of a squared-error regression of face on voice (an L1 one's, the median face, is close to it). It tells
 how much of the gap to the floor is the detail and within-speaker variety that averaging removes, which no such
 regression can win back.
+
+A third, `fd_probe/prior`, for a model whose generator is a pretrained one kept frozen (model.generator_init with
+generator_train=frozen): as many faces of that generator alone, from random z through its own mapping. The voice
+chooses where in the prior each face lands; the prior's own samples tell how far its drawing alone is from the
+split's faces, a bound the voice route can beat only by choosing each speaker's faces well.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from lightning_modules.nets.latent import unconditional
+
 
 def as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
     if cfg is None:
@@ -65,6 +67,21 @@ def generate_split(model, datamodule, split: str = "test", max_utterances: int |
     imgs = [model.generate_from(e.to(model.device), noise_mode="const").float().cpu() for e in emb.split(size)]
     model.train(was_training)
     return torch.cat(imgs), labels
+
+
+@torch.no_grad()
+def prior_faces(model, num: int, seed: int, batch: int = 64) -> Tensor | None:
+    """`num` faces of the pretrained generator alone ([-1, 1] float [num,3,S,S] on CPU): random z through its own
+    mapping, drawn with `seed`, constant noise. None unless the model's G is a pretrained one that stayed frozen
+    (model.generator_init with generator_train=frozen): a fine-tuned G is no longer the prior."""
+    hp = model.hparams
+    if not hp.get("generator_init") or hp.get("generator_train") != "frozen":
+        return None
+    G = model.G_ema
+    mapping = unconditional(G)
+    z = torch.randn([num, mapping.z_dim], generator=torch.Generator().manual_seed(seed))
+    ws = [mapping(part.to(model.device)) for part in z.split(batch)]
+    return torch.cat([G.synthesis(w, noise_mode="const").float().cpu() for w in ws])
 
 
 def real_faces(datamodule, split: str) -> tuple[Tensor, Tensor, list[str]]:
