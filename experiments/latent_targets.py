@@ -35,8 +35,9 @@ from lightning_modules.weights import file_of, sha256
 
 
 def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """{identity: mean W+ [num_ws, w_dim]} of its faces (uint8 [K, 3, S, S]); the k-th face overall (identities
-    sorted) draws its projection noise from seed + k, whatever batch it falls in."""
+    """{identity: mean W+ [num_ws, w_dim]} of its faces (uint8 [K, 3, S, S]), each face projected in cfg.space (w:
+    one w repeated over the layers); the k-th face overall (identities sorted) draws its projection noise from
+    seed + k, whatever batch it falls in."""
     names = sorted(faces)
     owner = [name for name in names for _ in range(len(faces[name]))]
     images = normalize(torch.cat([faces[name] for name in names]))  # [N, 3, S, S] in [-1, 1]
@@ -44,7 +45,8 @@ def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig)
     for start in range(0, len(images), cfg.batch):
         target = images[start : start + cfg.batch]
         seeds = [cfg.seed + k for k in range(start, start + len(target))]
-        ws = project(G, target, distance, num_steps=cfg.steps, stats=stats, seeds=seeds, log_every=0).ws
+        steps = dict(num_steps=cfg.steps, stats=stats, seeds=seeds, log_every=0, space=cfg.space)
+        ws = project(G, target, distance, **steps).ws
         for name, w in zip(owner[start : start + len(target)], ws.double()):
             sums[name] = sums[name] + w
         print(f"{start + len(target)}/{len(images)} faces projected")
@@ -78,7 +80,8 @@ def run(cfg: DictConfig) -> Path:
     print(f"distance: {distance_name}: {distance_note}")
     targets = identity_means(G, faces, distance, cfg)
     about = {
-        "what": f"mean W+ of each {cfg.split}-split identity's faces, projected into G (experiments.latent_targets)",
+        "what": f"mean W+ of each {cfg.split}-split identity's faces, projected into {cfg.space} of G "
+        "(experiments.latent_targets)",
         "G": Path(str(cfg.G)).name,
         "G_sha256": sha256(file_of(cfg.G)),
         "num_ws": str(G.num_ws),
@@ -87,7 +90,9 @@ def run(cfg: DictConfig) -> Path:
         "corpus": json.dumps(dict(cfg.data.corpus)) if cfg.data.get("corpus") else "",
         "faces": json.dumps({name: len(faces[name]) for name in sorted(faces)}),
         "faces_sha256": faces_sha256(faces),
-        "projection": json.dumps({"steps": cfg.steps, "batch": cfg.batch, "seed": cfg.seed, "distance": distance_name}),
+        "projection": json.dumps(
+            {"space": cfg.space, "steps": cfg.steps, "batch": cfg.batch, "seed": cfg.seed, "distance": distance_name}
+        ),
         "torch": torch.__version__,
     }
     out = Path(cfg.out)

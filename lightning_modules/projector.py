@@ -9,7 +9,8 @@
                   (mean(n · roll(n, 1, x))² + mean(n · roll(n, 1, y))²), the maps halved by 2×2 means down to 8 px
     after a step  every noise map is set to zero mean and unit variance again
 Adam (β = 0.9, 0.999) optimises the ws and the noise maps together. NVlabs optimises one w broadcast to all
-layers; here each layer has its own (W+), which fits real faces closer but leaves W's prior further behind. Where
+layers (`space="w"` here); by default each layer has its own (W+), which fits real faces closer but leaves W's
+prior further behind. Where
 a layer has fewer channels than w_dim (a 256 px G's top layers), the part of its w in the null space of the
 layer's affine does not reach the image: it lies wherever Adam's per-element steps left it, so compare two W+
 through G, not element by element.
@@ -212,8 +213,12 @@ def project(
     regularize_noise_weight: float = 1e5,
     seeds: list[int] | None = None,  # One per image: its noise maps' start and latent noise (None: 0, 1, ...).
     log_every: int = 100,  # Log the mean distance and loss every this many steps (0: never).
+    space: str = "wplus",  # wplus: one w per layer | w: one w for all layers (NVlabs' projector).
 ) -> Projection:
-    """W+ (and noise maps) of each target under NVlabs' projection objective; see the module docstring."""
+    """W+ (and noise maps) of each target under NVlabs' projection objective; see the module docstring. With
+    space="w" the ws returned are one w repeated over the layers."""
+    if space not in ("w", "wplus"):
+        raise ValueError(f"project: space must be 'w' or 'wplus', got {space!r}")
     device = target.device
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)  # its noise buffers are swapped below
     if len(target) > 1:  # vmap cannot batch the Triton kernels (autograd Functions without a vmap rule)
@@ -228,7 +233,8 @@ def project(
     def randn(shape):  # [N, *shape], row i from image i's own generator
         return torch.stack([torch.randn(shape, generator=rng, device=device) for rng in rngs])
 
-    ws = w_avg.to(device).expand(len(target), G.num_ws, -1).clone().requires_grad_(True)
+    layers = 1 if space == "w" else G.num_ws  # the ws Adam moves; w broadcasts its one to every layer
+    ws = w_avg.to(device).expand(len(target), layers, -1).clone().requires_grad_(True)
     noise = {
         name: randn(buf.shape).requires_grad_(True)
         for name, buf in G.synthesis.named_buffers()
@@ -242,7 +248,7 @@ def project(
             group["lr"] = learning_rate(t, initial_learning_rate, lr_rampdown_length, lr_rampup_length)
         w_noise_scale = w_std * initial_noise_factor * max(0.0, 1.0 - t / noise_ramp_length) ** 2
         w_noise = randn(ws.shape[1:]) * w_noise_scale
-        dist = distance(synthesis(ws + w_noise, noise), target)
+        dist = distance(synthesis((ws + w_noise).expand(-1, G.num_ws, -1), noise), target)
         loss = dist.sum() + noise_regularization(noise).sum() * regularize_noise_weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -255,5 +261,6 @@ def project(
             shown = f"distance {float(dist.detach().mean()):.4g} loss {float(loss.detach()):.4g}"
             log.info(f"step {step + 1:>4d}/{num_steps}: {shown}")
     with torch.no_grad():
+        ws = ws.detach().expand(-1, G.num_ws, -1).contiguous()
         dist = distance(synthesis(ws, noise), target)
-    return Projection(ws.detach().cpu(), {k: v.detach().cpu() for k, v in noise.items()}, dist.cpu())
+    return Projection(ws.cpu(), {k: v.detach().cpu() for k, v in noise.items()}, dist.cpu())
