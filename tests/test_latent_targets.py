@@ -69,6 +69,26 @@ def test_the_command_projects_each_train_speaker_closer_to_its_own_faces_than_to
     assert (own < others).float().mean() >= 0.8, (own, others)
 
 
+def test_identity_means_in_w_are_one_w_per_speaker_repeated_over_the_layers():
+    """space=w: each face's projection is one w, so its speaker's mean is one w for every layer, as the voice's is
+    under model.latent_space=w; wplus gives each layer its own."""
+    from types import SimpleNamespace
+
+    from experiments.latent_targets import identity_means
+    from lightning_modules.nets.stylegan2 import Generator
+    from lightning_modules.projector import PixelDistance
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channel_base=512, channel_max=32).eval()
+    faces = {n: torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8) for n in ("b", "a")}
+    for space in ("w", "wplus"):
+        cfg = SimpleNamespace(batch=3, seed=0, steps=5, space=space)  # 3: a speaker's faces straddle two batches
+        means = identity_means(G, faces, PixelDistance(), cfg)
+        assert sorted(means) == ["a", "b"] and all(m.shape == (G.num_ws, 8) for m in means.values())
+        repeated = all(torch.equal(m, m[:1].expand_as(m)) for m in means.values())
+        assert repeated == (space == "w"), space
+
+
 def test_the_command_refuses_a_generator_of_another_resolution(tmp_path):
     from experiments.latent_targets import run
 
