@@ -18,7 +18,7 @@ from lightning_modules.ema import ema_beta, update_ema
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.io.build import build_network, plain_config
 from lightning_modules.io.generator_init import check_trunk, load_generator_init
-from lightning_modules.io.latent_targets import read_latent_targets
+from lightning_modules.io.latent_targets import layer_mean_share, read_latent_targets
 from lightning_modules.losses import lazy_adam_kwargs
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
@@ -344,6 +344,13 @@ class Voice2FaceGAN(LightningModule):
         shape = (self.G.num_ws, self.G.mapping.w_dim)
         targets, mask = read_latent_targets(str(self.hparams.latent_targets), names, shape)
         log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
+        share = layer_mean_share(targets, mask) if self.hparams.latent_space == "w" else 1.0
+        if share < 0.9:
+            log.warning(
+                "voice2face: model.latent_space=w pulls one w toward the layer mean of these W+ targets, which keeps "
+                f"{share:.0%} of their between-speaker variance ({self.hparams.latent_targets}); project them in W "
+                "(python -m experiments.latent_targets space=w)"
+            )
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
 
     @torch.no_grad()

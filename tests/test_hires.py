@@ -14,10 +14,12 @@ import pytest
 import torch
 import torchvision
 from conftest import Persisted, quiet_trainer
+from safetensors.torch import save_file
 from test_voice2face import CLASSES, FEAT, FRAMES, TinyDiscriminator, TinyEncoder, VoiceFaceSet, _cfg, fit, make_model
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.io.exporters import export_rosinality
+from lightning_modules.io.latent_targets import layer_mean_share
 from lightning_modules.io.legacy import load_pretrained
 from lightning_modules.metrics.families import quality_family
 from lightning_modules.metrics.markdown import headline_markdown
@@ -248,6 +250,26 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
         ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\] .*, but this G takes \[10, 64\]"
     ):
         model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+
+
+def test_a_w_voice_is_warned_when_its_targets_differ_by_layer(tmp_path, caplog):
+    """latent_space=w pulls one w toward the layer mean of W+ targets: the face prior's own W+ targets keep 15 % of
+    their between-speaker variance there (docs/face_prior.md), so W+ targets under a W voice are named; targets
+    projected in W (one w repeated over the layers) are not."""
+    init = ros_copy(tmp_path)
+    per_layer, one_w = torch.randn(CLASSES, 10, 64), torch.randn(CLASSES, 1, 64).expand(-1, 10, -1).contiguous()
+    assert layer_mean_share(per_layer, torch.ones(CLASSES, dtype=torch.bool)) < 0.2
+    assert layer_mean_share(one_w, torch.ones(CLASSES, dtype=torch.bool)) == pytest.approx(1.0)
+    names = [f"id{i}" for i in range(CLASSES)]
+    for kind, goal in (("wplus", per_layer), ("w", one_w)):
+        path = tmp_path / f"{kind}.safetensors"
+        save_file({n: goal[i] for i, n in enumerate(names)}, str(path))
+        model = hires_model(init, 64, latent_space="w", latent_weight=1.0, latent_targets=str(path))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lightning_modules.voice2face"):
+            model.load_latent_targets(names)
+        warned = "pulls one w toward the layer mean of these W+ targets" in caplog.text
+        assert warned == (kind == "wplus"), kind
 
 
 def test_latent_targets_that_would_mislead_training_are_refused_or_passed_over(tmp_path):

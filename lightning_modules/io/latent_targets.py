@@ -29,6 +29,16 @@ def read_latent_targets(source: str, names: list[str], shape: tuple[int, int]) -
     return _read_folder(path, names, shape)
 
 
+def layer_mean_share(targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """The share of the between-speaker variance of W+ targets [I, num_ws, w_dim] (rows where `mask`) that their
+    mean over the layers keeps: what a voice with one w for every layer (model.latent_space=w) can be pulled
+    toward. 1.0 for targets projected in W (one w repeated over the layers)."""
+    held = targets[mask].double()
+    spread = (held - held.mean(0)).square().sum(-1).mean()
+    means = held.mean(1)
+    return float((means - means.mean(0)).square().sum(-1).mean() / spread.clamp_min(1e-12))
+
+
 def _read_safetensors(path: Path, names: list[str], shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     targets, mask = torch.zeros([len(names), *shape]), torch.zeros(len(names), dtype=torch.bool)
     try:
