@@ -345,10 +345,10 @@ class Voice2FaceGAN(LightningModule):
         targets, mask = read_latent_targets(str(self.hparams.latent_targets), names, shape)
         log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
         share = layer_mean_share(targets, mask) if self.hparams.latent_space == "w" else 1.0
-        if share < 0.9:
-            log.warning(
+        if share < 0.9:  # a fact to know, not an error: such targets still steer colour and sex (docs/face_prior.md)
+            log.info(
                 "voice2face: model.latent_space=w pulls one w toward the layer mean of these W+ targets, which keeps "
-                f"{share:.0%} of their between-speaker variance ({self.hparams.latent_targets}); project them in W "
+                f"{share:.0%} of their between-speaker variance; targets projected in W keep all of it "
                 "(python -m experiments.latent_targets space=w)"
             )
         self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
