@@ -1,9 +1,10 @@
-"""The training speakers' faces in W+ of a generator: `python -m experiments.latent_targets [G=...] [out=FILE]`
+"""The training speakers' faces in W or W+ of a generator: `python -m experiments.latent_targets [G=...] [out=FILE]`
 (`make latent-targets`).
 
 Every face of the data's `split` (the train split: the targets must not see a speaker the run is evaluated on), as
-the data module aligns it for training, is projected into W+ of G by NVlabs' projector objective
-(`lightning_modules.projector`), and each identity's target is the mean W+ of its faces. `model.latent_weight`
+the data module aligns it for training, is projected into G by NVlabs' projector objective
+(`lightning_modules.projector`), in W (one w for every layer: space=w, for a voice with one w) or W+, and each
+identity's target is the mean of its faces' ws, in W+ layout. `model.latent_weight`
 pulls the voice's ws toward its speaker's target (`model.latent_targets=FILE`, or the shipped name
 `face_prior_64_targets`). The distance is a pixel + pyramid L2 by default, not the face probe's features: the probe
 is the instrument fd_probe and the attribute scores are measured with, and targets fitted in it would teach the
