@@ -11,6 +11,7 @@ reads.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from pathlib import Path
@@ -56,9 +57,11 @@ class ProbeScore:
 
 @torch.no_grad()
 def draw(G, num: int, seed: int, batch: int = 250) -> torch.Tensor:
-    """`num` faces of G from fixed latents (the same at every snapshot), noise_mode const."""
+    """`num` faces of G from fixed latents (the same at every snapshot, on any device), noise_mode const, on the
+    CPU."""
     z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed))
-    return torch.cat([G(chunk, noise_mode="const") for chunk in z.split(batch)])
+    device = next(G.parameters()).device
+    return torch.cat([G(chunk.to(device), noise_mode="const").cpu() for chunk in z.split(batch)])
 
 
 def real_batch(faces: np.ndarray, step: int, batch_size: int, seed: int, xflip: bool) -> torch.Tensor:
@@ -108,7 +111,7 @@ def build_trainer(cfg: DictConfig) -> FacePriorTrainer:
     """The G, D and optimisers of the config's network and training sections, its interpolations resolved
     (r1_gamma is NVlabs' rule of the face size and batch)."""
     network, training = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("network", "training"))
-    return FacePriorTrainer(img_resolution=cfg.faces.size, **network, **training)
+    return FacePriorTrainer(img_resolution=cfg.faces.size, device=cfg.device, **network, **training)
 
 
 def train(cfg: DictConfig) -> Path:
@@ -150,6 +153,8 @@ def train(cfg: DictConfig) -> Path:
                 " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True
             )
             state = {"trainer": trainer.state_dict(), "rng": torch.get_rng_state(), "seconds": seconds}
+            if trainer.device.type == "cuda":  # the path-length noise is drawn there
+                state["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)
             write_atomic(last, lambda p, s=state: torch.save(s, p))
             next_snapshot += int(cfg.snapshot_kimg * 1000)
             tick, tick_nimg = time.perf_counter(), trainer.cur_nimg
@@ -158,7 +163,8 @@ def train(cfg: DictConfig) -> Path:
     prior = out / "face_prior.pt"
     with open(out / "curve.csv", newline="") as f:
         training = {"kimg": trainer.cur_nimg / 1000, "seconds": seconds, "curve": list(csv.DictReader(f))}
-    write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D, training=training), p))
+    G_ema, D = (copy.deepcopy(net).cpu() for net in (trainer.G_ema, trainer.D))  # the file holds CPU tensors
+    write_atomic(prior, lambda p: torch.save(export_face_prior(G_ema, D, training=training), p))
     print(f"face prior: {prior} ({prior.stat().st_size / 2**20:.1f} MiB), curve {out / 'curve.csv'}")
     return prior
 
@@ -171,6 +177,8 @@ def _begin(trainer: FacePriorTrainer, cfg: DictConfig, out: Path, score: ProbeSc
         state = torch.load(last, map_location="cpu", weights_only=True)
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
         print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
         return state["seconds"]
     if cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments

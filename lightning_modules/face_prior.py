@@ -46,7 +46,7 @@ class UnconditionalLoss:
             pl_decay,
         )
         self.style_mixing_prob = style_mixing_prob
-        self.pl_mean = torch.zeros([])
+        self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
 
     def run_G(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(z, update_emas=True)
@@ -54,7 +54,8 @@ class UnconditionalLoss:
             cutoff = int(torch.randint(1, ws.shape[1], []))
             cutoff = cutoff if float(torch.rand([])) < self.style_mixing_prob else ws.shape[1]
             ws = ws.clone()
-            ws[:, cutoff:] = self.G.mapping(torch.randn_like(z))[:, cutoff:]
+            # drawn by the CPU generator on every device, as z is: one latent stream whatever trains it
+            ws[:, cutoff:] = self.G.mapping(torch.randn(z.shape).to(z.device))[:, cutoff:]
         return self.G.synthesis(ws), ws
 
     def accumulate_gradients(self, phase: str, real: torch.Tensor, z: torch.Tensor, gain: float) -> dict[str, float]:
@@ -113,9 +114,11 @@ class FacePriorTrainer:
         ema_kimg: float = 10.0,  # G_ema half-life, thousands of images
         ema_rampup: float | None = 0.05,
         impl: str = "auto",  # kernels implementation
+        device: str = "cpu",  # where G, D and G_ema train ("cuda": a GPU; latents are drawn on the CPU either way)
     ):
         self.kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.batch_size = batch_size
+        self.device = torch.device(device)
         self.G = Generator(
             z_dim=z_dim,
             w_dim=z_dim,
@@ -125,10 +128,10 @@ class FacePriorTrainer:
             channel_max=channel_max,
             use_noise=use_noise,
             impl=impl,
-        )
+        ).to(self.device)
         self.D = Discriminator(
             img_resolution=img_resolution, channel_base=channel_base, channel_max=channel_max, impl=impl
-        )
+        ).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         gamma = nvlabs_r1_gamma(img_resolution, batch_size) if r1_gamma is None else r1_gamma
         self.loss = UnconditionalLoss(self.G, self.D, gamma, pl_weight, style_mixing_prob=style_mixing_prob)
@@ -143,6 +146,7 @@ class FacePriorTrainer:
     def step(self, real: torch.Tensor) -> dict[str, float]:
         """One batch [N, 3, R, R] in [-1, 1] through every phase due at this step; returns their statistics."""
         assert real.ndim == 4 and real.shape[0] == self.batch_size, f"real: {list(real.shape)}"
+        real = real.to(self.device)
         stats = {}
         phases = (
             ("Gmain", "G", 1),
@@ -157,7 +161,7 @@ class FacePriorTrainer:
             model = self.G if net == "G" else self.D
             model.requires_grad_(True)
             self.opt[net].zero_grad(set_to_none=True)
-            z = torch.randn([self.batch_size, self.G.z_dim])
+            z = torch.randn([self.batch_size, self.G.z_dim]).to(self.device)
             stats.update(self.loss.accumulate_gradients(phase, real, z, gain=interval))
             for p in model.parameters():  # NVlabs: non-finite gradients become zeros, not a lost run
                 if p.grad is not None:
@@ -187,5 +191,5 @@ class FacePriorTrainer:
             getattr(self, name).load_state_dict(state[name])
         self.opt["G"].load_state_dict(state["opt_G"])
         self.opt["D"].load_state_dict(state["opt_D"])
-        self.loss.pl_mean = state["pl_mean"]
+        self.loss.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])

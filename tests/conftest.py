@@ -52,6 +52,19 @@ def compose_train(overrides: list[str], output_dir: Path):
     return cfg
 
 
+def compose_command(name: str, overrides: list[str]) -> DictConfig:
+    """A command's composed config as it runs: Hydra's runtime set (`paths.output_dir` resolves), its own section
+    removed; without the runtime a config that interpolates the run folder passed or failed by test order."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
 def _merged(base: dict, changes: dict) -> dict:
     """`base` with `changes` merged in, key by key in nested dicts; keys `base` lacks are kept, so that the settings
     refuse them (OmegaConf.merge cannot hold the stand-in modules some tests pass)."""

@@ -190,4 +190,51 @@ def test_the_command_builds_its_trainer_with_nvlabs_r1_rule(overrides, gamma):
     with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
         cfg = compose("face_prior", [*overrides, "network.channel_base=64", "network.channel_max=16"])
     GlobalHydra.instance().clear()
-    assert build_trainer(cfg).loss.r1_gamma == gamma  # 0.0002 * 64^2 / batch
+    trainer = build_trainer(cfg)
+    assert trainer.loss.r1_gamma == gamma  # 0.0002 * 64^2 / batch
+    assert trainer.device == torch.device("cpu") and trainer.loss.pl_mean.device == trainer.device
+
+
+@pytest.mark.parametrize("device, ok", [("cpu", True), ("cuda", True), ("cuda:1", True), ("gpu", False), ("", False)])
+def test_the_command_names_its_device_by_torch_s_names(device, ok):
+    from conftest import compose_command
+
+    from experiments.schema import check_command_config
+
+    cfg = compose_command("face_prior", [f"device={device}"])
+    if ok:
+        check_command_config(cfg, "face_prior")
+    else:
+        with pytest.raises(ValueError, match="device"):
+            check_command_config(cfg, "face_prior")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_step_on_the_gpu_is_the_cpu_step_and_resumes_exactly(monkeypatch):
+    """`device=cuda` trains the same networks: from the same weights and latents (drawn on the CPU either way) one
+    step of every phase moves G, D and G_ema as the CPU step does, and a GPU trainer resumed from its state steps on
+    as the unbroken one (the path-length noise is drawn on the GPU: the command keeps its generator's state)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    cpu, gpu = _trainer(G_reg_interval=1, D_reg_interval=1), _trainer(G_reg_interval=1, D_reg_interval=1, device="cuda")
+    torch.manual_seed(3)
+    stats_cpu = cpu.step(real)
+    torch.manual_seed(3)
+    stats_gpu = gpu.step(real)
+    assert stats_cpu.keys() == stats_gpu.keys()
+    for name in ("G", "D", "G_ema"):
+        for (k, x), y in zip(getattr(cpu, name).state_dict().items(), getattr(gpu, name).state_dict().values()):
+            assert y.is_cuda
+            torch.testing.assert_close(y.cpu(), x, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    buffer = io.BytesIO()
+    torch.save(gpu.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = _trainer(G_reg_interval=1, D_reg_interval=1, device="cuda")
+    resumed.load_state_dict(torch.load(buffer, map_location="cpu", weights_only=True))
+    for t in (gpu, resumed):
+        torch.manual_seed(4)
+        t.step(real)
+    for (k, x), y in zip(gpu.G_ema.state_dict().items(), resumed.G_ema.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-7, msg=f"G_ema.{k}")

@@ -122,12 +122,11 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_value_has_a_domain(command):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_command
 
     from experiments.schema import COMMANDS_SCHEMA, check_command_config
 
-    with initialize_config_dir(str(SCHEMA.parent), version_base="1.3"):
-        cfg = compose(command, REQUIRED.get(command, ["runs=[x]", "labels=[a]"]))
+    cfg = compose_command(command, REQUIRED.get(command, ["runs=[x]", "labels=[a]"]))
     check_command_config(cfg, command)
     schema = OmegaConf.to_container(OmegaConf.load(COMMANDS_SCHEMA))["properties"][command]
     plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "metrics"}
