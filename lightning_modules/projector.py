@@ -198,6 +198,32 @@ def synthesis_with_noise(G, batch: int):
     return torch.func.vmap(one)
 
 
+def _frozen_copy(G: nn.Module, device: torch.device, batched: bool) -> nn.Module:
+    """A copy of G to project through (its noise buffers are swapped); vmap over several images cannot batch the
+    Triton kernels (autograd Functions without a vmap rule), so those run NVlabs' PyTorch ops."""
+    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    for module in G.modules() if batched else ():
+        if hasattr(module, "impl"):
+            module.impl = "torch"
+    return G
+
+
+def _per_image_randn(n: int, seeds: list[int] | None, device: torch.device):
+    """randn(shape) -> [n, *shape], row i drawn from image i's own generator (seeded 0, 1, ... or by `seeds`)."""
+    rngs = [torch.Generator(device=device).manual_seed(s) for s in (range(n) if seeds is None else seeds)]
+    if len(rngs) != n:
+        raise ValueError(f"project: {len(rngs)} seeds for {n} images")
+    return lambda shape: torch.stack([torch.randn(shape, generator=rng, device=device) for rng in rngs])
+
+
+@torch.no_grad()
+def _renormalize(noise: dict[str, Tensor]) -> None:
+    """Each noise map back to zero mean and unit variance: the regulariser only sees correlations."""
+    for maps in noise.values():
+        maps -= maps.mean(dim=(1, 2), keepdim=True)
+        maps *= maps.square().mean(dim=(1, 2), keepdim=True).rsqrt()
+
+
 def project(
     G: nn.Module,  # A StyleGAN2 Generator (lightning_modules.nets.stylegan2); not changed.
     target: Tensor,  # Images [N, 3, S, S] in [-1, 1], S = G.img_resolution.
@@ -220,25 +246,13 @@ def project(
     if space not in ("w", "wplus"):
         raise ValueError(f"project: space must be 'w' or 'wplus', got {space!r}")
     device = target.device
-    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)  # its noise buffers are swapped below
-    if len(target) > 1:  # vmap cannot batch the Triton kernels (autograd Functions without a vmap rule)
-        for module in G.modules():
-            if hasattr(module, "impl"):
-                module.impl = "torch"
+    G = _frozen_copy(G, device, batched=len(target) > 1)
     w_avg, w_std = w_stats(G) if stats is None else stats
-    rngs = [torch.Generator(device=device).manual_seed(s) for s in (range(len(target)) if seeds is None else seeds)]
-    if len(rngs) != len(target):
-        raise ValueError(f"project: {len(rngs)} seeds for {len(target)} images")
-
-    def randn(shape):  # [N, *shape], row i from image i's own generator
-        return torch.stack([torch.randn(shape, generator=rng, device=device) for rng in rngs])
-
+    randn = _per_image_randn(len(target), seeds, device)
     layers = 1 if space == "w" else G.num_ws  # the ws Adam moves; w broadcasts its one to every layer
     ws = w_avg.to(device).expand(len(target), layers, -1).clone().requires_grad_(True)
     noise = {
-        name: randn(buf.shape).requires_grad_(True)
-        for name, buf in G.synthesis.named_buffers()
-        if name.endswith("noise_const")
+        n: randn(b.shape).requires_grad_(True) for n, b in G.synthesis.named_buffers() if n.endswith("noise_const")
     }
     synthesis = synthesis_with_noise(G, len(target))
     optimizer = torch.optim.Adam([ws, *noise.values()], betas=(0.9, 0.999), lr=initial_learning_rate)
@@ -253,10 +267,7 @@ def project(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():  # keep each map N(0, 1)-like: the regulariser only sees correlations
-            for maps in noise.values():
-                maps -= maps.mean(dim=(1, 2), keepdim=True)
-                maps *= maps.square().mean(dim=(1, 2), keepdim=True).rsqrt()
+        _renormalize(noise)
         if log_every and ((step + 1) % log_every == 0 or step + 1 == num_steps):
             shown = f"distance {float(dist.detach().mean()):.4g} loss {float(loss.detach()):.4g}"
             log.info(f"step {step + 1:>4d}/{num_steps}: {shown}")
