@@ -395,7 +395,9 @@ def test_the_quality_family_scores_the_prior_beside_the_generated_faces(tmp_path
     )
     out = quality_family(split)
     assert {"fd_probe", "fd_probe/speaker_mean", "fd_probe/prior", "kid_probe/prior"} <= set(out)
+    assert {"probe_spread/between", "probe_spread/within"} <= set(out)
     assert out["fd_probe/prior"] != out["fd_probe"]
     split.model = hires_model(init, 64, latent_space="w").eval()
     assert "fd_probe/prior" not in quality_family(split)
     assert "fd_probe of the pretrained G alone (random z)" in headline_markdown(out)
+    assert "spread between speakers (probe features; real faces = 1)" in headline_markdown(out)

@@ -7,7 +7,14 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.metrics.quality import frechet_distance, halves, kid, probe_quality, speaker_mean_faces
+from lightning_modules.metrics.quality import (
+    frechet_distance,
+    halves,
+    kid,
+    probe_quality,
+    speaker_mean_faces,
+    speaker_spread,
+)
 
 
 def test_frechet_distance_matches_scipy_and_survives_a_degenerate_set():
@@ -101,3 +108,22 @@ def test_speaker_mean_faces_average_the_held_out_half():
     assert means[:, 0, 0, 0].tolist() == [4.0, 1.0, 4.0]
     lone = speaker_mean_faces(real[:4], torch.tensor([0, 0, 0, 1]), torch.tensor([1]))  # identity 1: R1 only
     assert lone[0, 0, 0, 0] == 3.0
+
+
+def test_speaker_spread_tells_faces_drawn_alike_across_speakers_from_alike_within_one():
+    """Real faces against themselves score 1 and 1; each speaker's mean repeated keeps the between share and has
+    no within; faces pulled halfway to the overall mean keep a quarter of both (variance scales with the square)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 6
+    centres = torch.randn(6, 8, generator=g) * 3
+    real = centres[labels] + torch.randn(60, 8, generator=g)
+    same = speaker_spread(real, labels, real, labels)
+    assert same == pytest.approx({"probe_spread/between": 1.0, "probe_spread/within": 1.0})
+    means = torch.stack([real[labels == i].mean(0) for i in range(6)])
+    collapsed = speaker_spread(means[labels], labels, real, labels)
+    assert collapsed == pytest.approx({"probe_spread/between": 1.0, "probe_spread/within": 0.0}, abs=1e-6)
+    shrunk = speaker_spread(real.mean(0) + 0.5 * (real - real.mean(0)), labels, real, labels)
+    assert shrunk == pytest.approx({"probe_spread/between": 0.25, "probe_spread/within": 0.25})
+    # generated faces of other counts per speaker (utterances, not photographs) are scored on their own labels
+    fewer = speaker_spread(real[:30], labels[:30], real, labels)
+    assert 0.5 < fewer["probe_spread/between"] < 1.5

@@ -24,7 +24,7 @@ from lightning_modules.metrics.identity import (
 from lightning_modules.metrics.intervals import bootstrap_ci
 from lightning_modules.metrics.ppl import LPIPSDistance, pair_latents, path_length
 from lightning_modules.metrics.protocols import PROTOCOLS, gallery_blocks, one_per_identity, sf2f_scores, wen_matches
-from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces
+from lightning_modules.metrics.quality import QUALITY_NOTE, probe_quality, speaker_mean_faces, speaker_spread
 from lightning_modules.metrics.settings import FIDSettings, IdentitySettings, PPLSettings, SF2FSettings, WenSettings
 from lightning_modules.metrics.split import batches, generate_split, prior_faces
 from lightning_modules.metrics.voice import train_voices, voice_scores
@@ -65,7 +65,9 @@ def quality_family(s) -> dict:
     gen_float = normalize(quantize(s.gen))  # generated faces quantised as the real ones are stored
     real_feats = probe.predict(real_float)[0]
     protocol = (s.real_labels, s.settings.quality.repeats, s.settings.quality.seed)
-    out = probe_quality(probe.predict(gen_float)[0], real_feats, *protocol)
+    gen_feats = probe.predict(gen_float)[0]
+    out = probe_quality(gen_feats, real_feats, *protocol)
+    out.update(speaker_spread(gen_feats, s.gen_labels, real_feats, s.real_labels))
     mean_faces = speaker_mean_faces(real_float, s.real_labels, s.gen_labels)
     oracle = probe_quality(probe.predict(mean_faces)[0], real_feats, *protocol)
     out["fd_probe/speaker_mean"], out["kid_probe/speaker_mean"] = oracle["fd_probe"], oracle["kid_probe"]

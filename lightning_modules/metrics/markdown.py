@@ -64,6 +64,10 @@ def headline_markdown(result: dict, kinds: dict[str, str] | None = None) -> str:
             prior = result[f"{key}/prior"]
             ratio = f" (×{prior / floor:.1f})" if floor > 0 else ""
             lines.append(f"| {key} of the pretrained G alone (random z) | {prior:.4g} | | | | {floor:.4g}{ratio} | |")
+    for part, label in (("between", "between speakers"), ("within", "within a speaker")):  # where a gap comes from
+        if f"probe_spread/{part}" in result:
+            value = result[f"probe_spread/{part}"]
+            lines.append(f"| spread {label} (probe features; real faces = 1) | {value:.3f} | | | | 1 | |")
     for trait in MAIN_TRAITS:
         score = {"categorical": "accuracy", "continuous": "R²"}.get((kinds or {}).get(trait), "score")
         row(f"{trait} ({score})", f"attr/{trait}", "oracle")

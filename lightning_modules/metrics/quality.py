@@ -24,6 +24,11 @@ A third, `fd_probe/prior`, for a model whose generator is a pretrained one kept 
 generator_train=frozen): as many faces of that generator alone, from random z through its own mapping. The voice
 chooses where in the prior each face lands; the prior's own samples tell how far its drawing alone is from the
 split's faces, a bound the voice route can beat only by choosing each speaker's faces well.
+
+`probe_spread/between` and `probe_spread/within` (`speaker_spread`) say where a gap comes from: the variance of the
+generated faces' probe features between speakers and within a speaker, each as a share of the real faces' (1: as
+spread as the real ones). A voice that knows only part of a face (sex, accent) draws its speakers close to their
+conditional mean: a small `between` share, which fd_probe punishes though every face may be sharp.
 """
 
 from __future__ import annotations
@@ -110,3 +115,29 @@ def speaker_mean_faces(real: Tensor, real_labels: Tensor, gen_labels: Tensor) ->
             raise ValueError(f"speaker_mean_faces: no real face for identity index {label}")
         means[label] = real[pick].float().mean(0)
     return torch.stack([means[label] for label in gen_labels.tolist()])
+
+
+def speaker_spread(
+    gen_feats: Tensor,  # [N, D] probe features of the generated faces
+    gen_labels: Tensor,  # [N] identity of each
+    real_feats: Tensor,  # [M, D] probe features of the real faces of the same split
+    real_labels: Tensor,  # [M] identity of each
+) -> dict[str, float]:
+    """probe_spread/between and /within: the generated faces' variance between speakers (of their speakers'
+    mean features) and within a speaker, each over the real faces' own, in features standardised by the real
+    faces' per-feature spread (the scale fd_probe reads them in)."""
+    assert gen_feats.shape[1] == real_feats.shape[1] and len(gen_feats) == len(gen_labels), "features / labels"
+    scale = real_feats.double().std(0)
+    scale = scale.clamp_min(1e-3 * float(scale.max()) + 1e-12)
+
+    def between_within(feats: Tensor, labels: Tensor) -> tuple[float, float]:
+        f = feats.double() / scale
+        total = float((f - f.mean(0)).square().sum(1).mean())
+        within = sum(float((f[labels == i] - f[labels == i].mean(0)).square().sum()) for i in labels.unique())
+        return total - within / len(f), within / len(f)
+
+    (gen_between, gen_within), (real_between, real_within) = (
+        between_within(gen_feats, gen_labels),
+        between_within(real_feats, real_labels),
+    )
+    return {"probe_spread/between": gen_between / real_between, "probe_spread/within": gen_within / real_within}
