@@ -1,4 +1,5 @@
-"""bench/gpu_check.sh without a device (it must say so and exit 0) and its report on a folder of step outputs."""
+"""bench/gpu_check.sh and bench/face_prior_gpu.sh without a device (each must say so and exit 0), and the check's
+report on a folder of step outputs."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     assert "no CUDA device" in done.stdout
     assert "no CUDA device" in (tmp_path / "out" / "gpu_check.md").read_text()
     assert not (tmp_path / "out" / "steps.tsv").exists()  # nothing was attempted
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the prior would train")
+def test_face_prior_gpu_without_cuda_says_so_and_trains_nothing(tmp_path):
+    env = {**os.environ, "PY": sys.executable}
+    env.pop("DEVICE", None)  # DEVICE=cpu is the script's dry run on the CPU
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "face_prior_gpu.sh"), str(tmp_path / "prior"), "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA device" in done.stdout and not (tmp_path / "prior").exists()
 
 
 def test_report_names_each_step_result_and_the_tick(tmp_path):
