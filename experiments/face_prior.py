@@ -11,7 +11,6 @@ reads.
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from pathlib import Path
@@ -163,8 +162,8 @@ def train(cfg: DictConfig) -> Path:
     prior = out / "face_prior.pt"
     with open(out / "curve.csv", newline="") as f:
         training = {"kimg": trainer.cur_nimg / 1000, "seconds": seconds, "curve": list(csv.DictReader(f))}
-    G_ema, D = (copy.deepcopy(net).cpu() for net in (trainer.G_ema, trainer.D))  # the file holds CPU tensors
-    write_atomic(prior, lambda p: torch.save(export_face_prior(G_ema, D, training=training), p))
+    # export_face_prior writes CPU copies of the tensors, whatever device they trained on
+    write_atomic(prior, lambda p: torch.save(export_face_prior(trainer.G_ema, trainer.D, training=training), p))
     print(f"face prior: {prior} ({prior.stat().st_size / 2**20:.1f} MiB), curve {out / 'curve.csv'}")
     return prior
 

@@ -46,8 +46,8 @@ def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig)
     for start in range(0, len(images), cfg.batch):
         target = images[start : start + cfg.batch]
         seeds = [cfg.seed + k for k in range(start, start + len(target))]
-        steps = dict(num_steps=cfg.steps, stats=stats, seeds=seeds, log_every=0, space=cfg.space)
-        ws = project(G, target, distance, **steps).ws
+        how = dict(num_steps=cfg.steps, stats=stats, seeds=seeds, log_every=0, space=cfg.space)
+        ws = project(G, target, distance, **how).ws
         for name, w in zip(owner[start : start + len(target)], ws.double()):
             sums[name] = sums[name] + w
         print(f"{start + len(target)}/{len(images)} faces projected")

@@ -30,39 +30,39 @@ DATASETS = sorted(p.stem for p in (ROOT / "experiments/conf/data").glob("*.yaml"
 
 
 @functools.cache
-def _composed(overrides: tuple[str, ...]) -> DictConfig:
-    """The `train` config with these overrides and Hydra's own section, composed once per test session (read-only:
+def _composed(name: str, overrides: tuple[str, ...]) -> DictConfig:
+    """Config `name` with these overrides and Hydra's own section, composed once per test session (read-only:
     every caller gets a copy)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
     GlobalHydra.instance().clear()
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
-def compose_train(overrides: list[str], output_dir: Path):
-    """The composed `train` config with its run folder set to `output_dir` (as Hydra would at run time)."""
-    cfg = copy.deepcopy(_composed(tuple(overrides)))
+def _as_run(name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """A copy of the composed config as it runs: Hydra's runtime set (`${hydra:...}` resolves; without it a config
+    that interpolates the run folder passed or failed by test order), its own section removed, the run folder set
+    to `output_dir` where given."""
+    cfg = copy.deepcopy(_composed(name, tuple(overrides)))
     OmegaConf.set_readonly(cfg, False)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
         del cfg.hydra
     return cfg
+
+
+def compose_train(overrides: list[str], output_dir: Path):
+    """The composed `train` config with its run folder set to `output_dir` (as Hydra would at run time)."""
+    return _as_run("train", overrides, output_dir)
 
 
 def compose_command(name: str, overrides: list[str]) -> DictConfig:
-    """A command's composed config as it runs: Hydra's runtime set (`paths.output_dir` resolves), its own section
-    removed; without the runtime a config that interpolates the run folder passed or failed by test order."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "experiments/conf"), version_base="1.3"):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+    """A command's composed config (generate, evaluate, face_prior, ...) as it runs."""
+    return _as_run(name, overrides)
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -77,7 +77,7 @@ def _merged(base: dict, changes: dict) -> dict:
 def metrics_settings(**sections) -> MetricsSettings:
     """The `metrics` group as a run composes it, with `sections` merged in (nested dicts key by key; values may be
     objects YAML cannot hold, e.g. a stand-in nn.Module for `fid.feature`)."""
-    defaults = OmegaConf.to_container(_composed(()).metrics, resolve=True)
+    defaults = OmegaConf.to_container(_composed("train", ()).metrics, resolve=True)
     return MetricsSettings.of(_merged(defaults, sections))
 
 

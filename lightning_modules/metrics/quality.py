@@ -68,6 +68,13 @@ def halves(labels: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(first), torch.cat(second)
 
 
+def unit_spread(feats: Tensor) -> Tensor:
+    """[D] per-feature standard deviation of `feats` [N, D], floored at 1e-3 of the largest: features are read in
+    units of the real faces' spread, and dead units are not blown up."""
+    spread = feats.std(0)
+    return spread.clamp_min(1e-3 * float(spread.max()) + 1e-12)
+
+
 def probe_quality(
     gen_feats: Tensor,  # [N, D] probe features of the generated faces
     real_feats: Tensor,  # [M, D] probe features of the real faces of the same split
@@ -80,8 +87,7 @@ def probe_quality(
     # Features in units of the reference half's spread (dead units are not blown up), so that KID's cubic
     # kernel stays near 1 whatever the probe's activation scale; FD then reads in squared standard deviations.
     ref = real_feats[i1].double()
-    centre, spread = ref.mean(0), ref.std(0)
-    spread = spread.clamp_min(1e-3 * float(spread.max()) + 1e-12)
+    centre, spread = ref.mean(0), unit_spread(ref)
     gen_feats, real_feats = ((f.double() - centre) / spread for f in (gen_feats, real_feats))
     r1, r2 = real_feats[i1], real_feats[i2]
     n = min(len(gen_feats), len(r2), len(r1))
@@ -127,8 +133,7 @@ def speaker_spread(
     mean features) and within a speaker, each over the real faces' own, in features standardised by the real
     faces' per-feature spread (the scale fd_probe reads them in)."""
     assert gen_feats.shape[1] == real_feats.shape[1] and len(gen_feats) == len(gen_labels), "features / labels"
-    scale = real_feats.double().std(0)
-    scale = scale.clamp_min(1e-3 * float(scale.max()) + 1e-12)
+    scale = unit_spread(real_feats.double())
 
     def between_within(feats: Tensor, labels: Tensor) -> tuple[float, float]:
         f = feats.double() / scale
