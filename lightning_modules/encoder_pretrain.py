@@ -19,34 +19,31 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lightning_modules import weights
 from lightning_modules.io.build import build_network
-from lightning_modules.io.safe_load import load_data, refuse_unreadable
+from lightning_modules.io.safe_load import refuse_unreadable
 from lightning_modules.io.state_dict import compare_state_dict
+from lightning_modules.io.voice_encoder import HEAD, read_encoder_state, write_encoder_safetensors
 
 log = logging.getLogger(__name__)
 
 ENCODER_FILENAME = "encoder.pt"
 
 
-def load_encoder_weights(encoder, path):
-    """Load encoder weights from `encoder.pt` (written by EncoderPretrain) or from an EncoderPretrain .ckpt.
-
-    Entries the target lacks (the speaker-classification head) are ignored; missing or mis-shaped ones raise.
-    """
+def load_encoder_weights(encoder, path, speaker_head: bool = True):
+    """Load encoder weights from an encoder file (lightning_modules.io.voice_encoder: encoder.pt of EncoderPretrain,
+    its .safetensors, a .ckpt holding an encoder, or a shipped name). Entries the target lacks (a speaker head the
+    GAN's encoder has no place for) are ignored; missing or mis-shaped ones raise. speaker_head=False leaves the
+    target's own head as it is: the file's head classifies the speakers of another corpus."""
     path = os.fspath(path)
-    refuse_unreadable(
-        path,
-        f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`",
-        "model.encoder_ckpt must name the encoder.pt (or .ckpt) written by +exp=encoder_pretrain",
-    )
-    ckpt = load_data(path, "an encoder file (encoder.pt or an encoder_pretrain .ckpt)")
-    if isinstance(ckpt, dict) and "encoder" in ckpt:
-        state = ckpt["encoder"]
-    elif isinstance(ckpt, dict) and "state_dict" in ckpt:
-        state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-    else:
-        raise ValueError(f"{path}: not an encoder checkpoint (expected an 'encoder' or 'state_dict' entry)")
-    own = encoder.state_dict()
+    if str(path) not in weights.SHIPPED:
+        refuse_unreadable(
+            path,
+            f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`",
+            "model.encoder_ckpt must name the encoder.pt (or .ckpt) written by +exp=encoder_pretrain",
+        )
+    state, _ = read_encoder_state(path)
+    own = {k: v for k, v in encoder.state_dict().items() if speaker_head or not k.startswith(HEAD)}
     state = {k: v for k, v in state.items() if k in own}  # the speaker head of EncoderPretrain has no place here
     compare_state_dict(
         own,
@@ -54,7 +51,7 @@ def load_encoder_weights(encoder, path):
         f"{path}: encoder weights do not fit the configured encoder",
         fix="were they trained with the same encoder config?",
     )
-    encoder.load_state_dict(state)
+    encoder.load_state_dict(state, strict=speaker_head)
 
 
 class EncoderPretrain(LightningModule):
@@ -69,6 +66,8 @@ class EncoderPretrain(LightningModule):
         cycle_steps: int = 2500,  # Cosine cycle length in iterations (warm restarts).
         min_lr: float = 0.0,  # Learning rate at the end of each cosine cycle.
         aux: dict | None = None,  # {speaker trait (sex | nationality): loss weight}; None or {}: the paper's loss.
+        init: str | None = None,  # Encoder file (or shipped name, e.g. voice_prior_128) to start from; its speaker
+        # head is left out (another corpus' speakers). None: random init, the paper's.
     ):
         super().__init__()
         if isinstance(encoder, DictConfig):
@@ -78,6 +77,8 @@ class EncoderPretrain(LightningModule):
             raise ValueError(f"encoder_pretrain: speaker classification needs >= 2 speakers, got {num_classes}")
         self.save_hyperparameters()
         self.encoder = build_network(encoder, "model.encoder", in_features=feature_dim, num_classes=num_classes)
+        if init:
+            load_encoder_weights(self.encoder, init, speaker_head=False)
         self.aux_heads = nn.ModuleDict()  # built in setup, when the speakers' traits are known
 
     def setup(self, stage):
@@ -124,12 +125,13 @@ class EncoderPretrain(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def save_encoder(self, path):
-        """Write {'encoder': state_dict, 'encoder_config': dict, 'feature_dim': F} (weights_only-safe)."""
+        """Write {'encoder': state_dict, 'encoder_config': dict, 'feature_dim': F} (weights_only-safe), and beside
+        it the same encoder without its speaker head as .safetensors, the form it is shared and shipped in."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
-        torch.save(
-            {"encoder": state, "encoder_config": self.hparams.encoder, "feature_dim": self.hparams.feature_dim}, path
-        )
+        hp = self.hparams
+        torch.save({"encoder": state, "encoder_config": hp.encoder, "feature_dim": hp.feature_dim}, path)
+        write_encoder_safetensors(os.path.splitext(path)[0] + ".safetensors", state, hp.encoder, hp.feature_dim)
         return path
 
     def on_train_end(self):

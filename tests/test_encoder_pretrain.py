@@ -20,13 +20,13 @@ class TinyEncoder(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.proj = nn.Linear(in_features, embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else None
+        self.classifier = nn.Linear(embed_dim, num_classes) if num_classes > 0 else None  # AudioEncoder's name
 
     def forward(self, feats, lengths=None):
         return self.proj(feats.mean(2))
 
     def classify(self, emb):
-        return self.head(emb)
+        return self.classifier(emb)
 
 
 register_network(f"{__name__}.TinyEncoder")  # the tests' own encoder class, allowed in code
@@ -133,3 +133,48 @@ def test_an_aux_head_learns_the_speakers_trait_and_stays_out_of_the_encoder_file
         quiet_trainer(tmp_path / "b", max_epochs=1).fit(
             make(aux={"nationality": 1.0}), datamodule=Speakers({**info, "s1": {"sex": "f"}})
         )
+
+
+def test_the_shared_file_and_a_start_from_another_corpus_encoder(tmp_path):
+    """encoder.safetensors beside encoder.pt: the same encoder without its speaker head, with the config that builds
+    it; `init` starts a stage 1 of other speakers from it, the file's head left out and the new one fresh."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    model = make(lr=0.1)
+    quiet_trainer(tmp_path, max_epochs=2).fit(model, speaker_batches())
+    shared = tmp_path / "encoder.safetensors"
+    with safe_open(shared, framework="pt") as f:
+        assert sorted(f.keys()) == ["proj.bias", "proj.weight"]  # no classifier: another corpus' speakers
+        assert f.metadata()["format"] == "voice2face.audio_encoder" and f.metadata()["feature_dim"] == str(FEAT)
+    target = TinyEncoder()
+    load_encoder_weights(target, shared)
+    torch.testing.assert_close(target.proj.weight, model.encoder.proj.weight)
+
+    torch.manual_seed(1)
+    fresh = EncoderPretrain(
+        encoder={"_target_": f"{__name__}.TinyEncoder", "embed_dim": 8}, num_classes=5, feature_dim=FEAT
+    )
+    torch.manual_seed(1)
+    started = EncoderPretrain(
+        encoder={"_target_": f"{__name__}.TinyEncoder", "embed_dim": 8},
+        num_classes=5,
+        feature_dim=FEAT,
+        init=str(shared),
+    )
+    torch.testing.assert_close(started.encoder.proj.weight, model.encoder.proj.weight)
+    torch.testing.assert_close(started.encoder.classifier.weight, fresh.encoder.classifier.weight)
+    with pytest.raises(ValueError, match="encoder.pt: encoder weights do not fit .*classifier.weight"):
+        load_encoder_weights(TinyEncoder(num_classes=5), tmp_path / "encoder.pt")  # 3 speakers' head, kept: refused
+
+
+def test_a_safetensors_file_that_is_no_encoder_is_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "probe.safetensors", metadata={"format": "face_probe"})
+    with pytest.raises(ValueError, match="probe.safetensors: a safetensors file, but not an audio encoder"):
+        load_encoder_weights(TinyEncoder(), tmp_path / "probe.safetensors")
+    data = (tmp_path / "probe.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 4])
+    with pytest.raises(ValueError, match="cut.safetensors: cannot be read as safetensors"):
+        load_encoder_weights(TinyEncoder(), tmp_path / "cut.safetensors")
