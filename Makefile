@@ -18,7 +18,7 @@ DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ po
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run demo face-prior face-probe latent-targets sums test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
+.PHONY: help install run demo face-prior voice-prior face-probe latent-targets sums test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ face-prior: install  ## train the face prior from scratch (hours on 2 cores; res
 	cp outputs/face_prior/face_prior.pt lightning_modules/weights/face_prior_64.pt
 	$(MAKE) sums
 
+voice-prior: install  ## train the voice prior from scratch (about 10 min on 2 cores), then ship it: docs/voice_prior.md
+	rm -rf outputs/voice_prior  # this target's own run folder: a run refuses a folder that holds an earlier one
+	$(PY) -m experiments.run +exp=voice_prior hydra.run.dir=outputs/voice_prior $(VOICE_ARGS)
+	cp outputs/voice_prior/encoder.safetensors lightning_modules/weights/voice_prior_128.safetensors
+	$(MAKE) sums
+
 face-probe: install  ## train the evaluations' face probe on the corpus' train split (a minute), then ship it
 	$(PY) -m experiments.face_probe $(PROBE_ARGS)
 	cp outputs/face_probe/face_probe_32.safetensors lightning_modules/weights/face_probe_32.safetensors
@@ -59,7 +65,7 @@ latent-targets: install  ## project the corpus' train faces into the shipped pri
 	$(MAKE) sums
 
 sums:  ## record the SHA-256 of the shipped weight files (lightning_modules/weights/SHA256SUMS)
-	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors face_prior_64_targets.safetensors > SHA256SUMS
+	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors face_prior_64_targets.safetensors voice_prior_128.safetensors > SHA256SUMS
 
 test: install  ## the CI test set (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q $(TEST_ARGS)

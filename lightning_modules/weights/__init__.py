@@ -8,6 +8,10 @@ folder's SHA256SUMS (`sha256sum -c SHA256SUMS` checks them too).
                     the embedded corpus' 75 train speakers in W+ of face_prior_64 (safetensors, one mean W+ per
                     speaker): `make latent-targets` projects their faces (experiments.latent_targets);
                     `model.latent_targets` reads it
+    voice_prior_128 the embedded corpus' voice prior: prior_cpu's audio encoder (128-d), safetensors without its
+                    speaker head (lightning_modules.io.voice_encoder), trained by `make voice-prior` on speaker and
+                    nationality classification of 375 speakers of a corpus drawn with another seed
+                    (docs/voice_prior.md); make run's encoder starts from it (model.encoder_ckpt)
     face_probe_32   the evaluations' face probe (lightning_modules.metrics.probe, safetensors): trained by
                     `make face-probe` on the embedded corpus' train split; fd_probe, the attribute scores and probe
                     retrieval are measured in it (metrics.probe.weights)
@@ -25,6 +29,7 @@ SHIPPED = {  # name -> file here
     "face_prior_64": "face_prior_64.pt",
     "face_prior_64_targets": "face_prior_64_targets.safetensors",
     "face_probe_32": "face_probe_32.safetensors",
+    "voice_prior_128": "voice_prior_128.safetensors",
 }
 SUMS = FOLDER / "SHA256SUMS"  # `sha256sum` lines: <hex digest>  <file>
 
