@@ -169,12 +169,20 @@ def test_the_shared_file_and_a_start_from_another_corpus_encoder(tmp_path):
 
 
 def test_a_safetensors_file_that_is_no_encoder_is_refused_by_name(tmp_path):
+    """model.encoder_ckpt or pretrain_encoder.model.init naming another safetensors file, one without the encoder's
+    config, or a cut one: each error names the file and what it is; no file is changed."""
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, tmp_path / "probe.safetensors", metadata={"format": "face_probe"})
-    with pytest.raises(ValueError, match="probe.safetensors: a safetensors file, but not an audio encoder"):
-        load_encoder_weights(TinyEncoder(), tmp_path / "probe.safetensors")
+    save_file({"w": torch.zeros(2)}, tmp_path / "bare.safetensors", metadata={"format": "voice2face.audio_encoder"})
     data = (tmp_path / "probe.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 4])
-    with pytest.raises(ValueError, match="cut.safetensors: cannot be read as safetensors"):
-        load_encoder_weights(TinyEncoder(), tmp_path / "cut.safetensors")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name, problem in (
+        ("probe", "a safetensors file, but not an audio encoder"),
+        ("bare", "an audio encoder file whose metadata lacks .*encoder_config"),
+        ("cut", "cannot be read as safetensors"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}.safetensors: {problem}"):
+            load_encoder_weights(TinyEncoder(), tmp_path / f"{name}.safetensors")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -40,7 +40,13 @@ def read_encoder_state(path) -> tuple[dict[str, torch.Tensor], dict]:
             raise ValueError(
                 f"{path}: a safetensors file, but not an audio encoder (metadata format {meta.get('format')!r})"
             )
-        return state, {"encoder_config": json.loads(meta["encoder_config"]), "feature_dim": int(meta["feature_dim"])}
+        try:
+            return state, {
+                "encoder_config": json.loads(meta["encoder_config"]),
+                "feature_dim": int(meta["feature_dim"]),
+            }
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path}: an audio encoder file whose metadata lacks or garbles {err}") from err
     ckpt = load_data(path, "an encoder file (encoder.pt, encoder.safetensors or a .ckpt holding an encoder)")
     if isinstance(ckpt, dict) and "encoder" in ckpt:
         return ckpt["encoder"], {k: ckpt[k] for k in ("encoder_config", "feature_dim") if k in ckpt}
