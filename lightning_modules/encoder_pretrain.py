@@ -40,9 +40,15 @@ def load_encoder_weights(encoder, path, speaker_head: bool = True):
         refuse_unreadable(
             path,
             f"{path}: encoder checkpoint not found; create it with `python -m experiments.run +exp=encoder_pretrain`",
-            "model.encoder_ckpt must name the encoder.pt (or .ckpt) written by +exp=encoder_pretrain",
+            "model.encoder_ckpt must name the encoder.pt (or .safetensors, .ckpt) written by +exp=encoder_pretrain",
         )
-    state, _ = read_encoder_state(path)
+    state, about = read_encoder_state(path)
+    bands = getattr(encoder, "in_features", None)
+    if bands is not None and about.get("feature_dim", bands) != bands:  # the conv stem fits any band count
+        raise ValueError(
+            f"{path}: an encoder of {about['feature_dim']} feature bands, and this run's features have {bands}; "
+            "use an encoder trained on the same front end (data/features)"
+        )
     own = {k: v for k, v in encoder.state_dict().items() if speaker_head or not k.startswith(HEAD)}
     state = {k: v for k, v in state.items() if k in own}  # the speaker head of EncoderPretrain has no place here
     compare_state_dict(

@@ -164,6 +164,10 @@ def test_the_shared_file_and_a_start_from_another_corpus_encoder(tmp_path):
     )
     torch.testing.assert_close(started.encoder.proj.weight, model.encoder.proj.weight)
     torch.testing.assert_close(started.encoder.classifier.weight, fresh.encoder.classifier.weight)
+    narrow = TinyEncoder()
+    narrow.in_features = 39  # MFCC + deltas against the file's 6 bands: the stem would take them silently
+    with pytest.raises(ValueError, match="encoder.safetensors: an encoder of 6 feature bands, .* have 39"):
+        load_encoder_weights(narrow, shared)
     with pytest.raises(ValueError, match="encoder.pt: encoder weights do not fit .*classifier.weight"):
         load_encoder_weights(TinyEncoder(num_classes=5), tmp_path / "encoder.pt")  # 3 speakers' head, kept: refused
 

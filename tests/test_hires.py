@@ -372,7 +372,8 @@ def test_the_prior_reference_draws_the_pretrained_g_alone_and_only_while_it_is_f
     expected = G.synthesis(G.mapping(z), noise_mode="const")
     faces = prior_faces(model, 5, seed=7, batch=2)
     assert list(faces.shape) == [5, 3, 64, 64]
-    torch.testing.assert_close(faces, expected, rtol=0, atol=1e-5)
+    # batches of 2 against one of 5: other float sums (1.7e-5 on the stand-in G where ../shared is absent)
+    torch.testing.assert_close(faces, expected, rtol=0, atol=1e-4)
     voiced = model.generate_from(torch.randn(5, 8))
     assert (voiced - faces).abs().mean() > 0.01, "the reference drew the voice head's faces"
     assert prior_faces(hires_model(init, 64, latent_space="w"), 5, seed=7) is None  # finetune: no longer the prior
