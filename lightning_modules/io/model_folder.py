@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.constants import CONFIG_NAME, REPOCARD_NAME, SAFETENSORS_SINGLE_FILE
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from lightning_modules.io.safe_load import read_safetensors
 
 INFERENCE_PREFIXES = ("encoder.", "G_ema.")  # what generate and evaluate run; G, D and pl_mean only train
 FORMAT = "voice2face-model-folder"
@@ -72,11 +73,7 @@ def read_model_folder(path) -> dict:
         )
     if not isinstance(config.get("hyper_parameters"), dict):
         raise ValueError(f"{config_file}: hyper_parameters must be a mapping")
-    try:
-        with safe_open(model_file, framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{model_file}: not a readable safetensors file ({err}); export the model again") from None
+    tensors, _ = read_safetensors(model_file, "not a readable safetensors file", fix="export the model again")
     stray = sorted(k for k in tensors if not k.startswith(INFERENCE_PREFIXES))
     if stray:
         raise ValueError(f"{model_file}: tensors outside {list(INFERENCE_PREFIXES)}: {stray[:5]}")

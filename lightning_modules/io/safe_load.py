@@ -9,6 +9,18 @@ import torch
 from datamodules.files import unreadable_reason
 
 
+def read_safetensors(path, unreadable: str, fix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors on the CPU, metadata) of a safetensors file; ValueError `<path>: <unreadable> (<error>)[; <fix>]` where
+    it cannot be read (cut, not safetensors, missing). The format holds no code: nothing in it runs."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{os.fspath(path)}: {unreadable} ({err})" + (f"; {fix}" if fix else "")) from None
+
+
 def load_data(path, what: str, map_location="cpu", fix: str = ""):
     """torch.load(weights_only=True) of `path`; ValueError naming the file, `what` it should have been and `fix`
     (what to do instead), if given. Explicit weights_only=True also holds under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1."""

@@ -8,11 +8,10 @@ import json
 import os
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lightning_modules import weights
-from lightning_modules.io.safe_load import load_data
+from lightning_modules.io.safe_load import load_data, read_safetensors
 
 FORMAT = "voice2face.audio_encoder"  # the safetensors metadata's `format`
 HEAD = "classifier."  # AudioEncoder's speaker head: the classes of the corpus it learnt, no one else's
@@ -30,12 +29,7 @@ def read_encoder_state(path) -> tuple[dict[str, torch.Tensor], dict]:
     file in any of the formats above; `path` may name a shipped file (checked against its SHA-256)."""
     path = os.fspath(weights.resolve(path))
     if is_safetensors(path):
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{path}: cannot be read as safetensors ({err})") from err
+        state, meta = read_safetensors(path, "cannot be read as safetensors")
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{path}: a safetensors file, but not an audio encoder (metadata format {meta.get('format')!r})"
