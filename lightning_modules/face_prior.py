@@ -191,5 +191,9 @@ class FacePriorTrainer:
             getattr(self, name).load_state_dict(state[name])
         self.opt["G"].load_state_dict(state["opt_G"])
         self.opt["D"].load_state_dict(state["opt_D"])
+        # this run's lr, not the saved one: a resume may lower it for a run's last kimg (docs/face_prior.md)
+        for net, opt in self.opt.items():
+            for group in opt.param_groups:
+                group["lr"] = lazy_adam_kwargs(self.kwargs["lr"], self.kwargs["betas"], self.intervals[net])["lr"]
         self.loss.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])
