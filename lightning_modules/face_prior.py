@@ -104,6 +104,7 @@ class FacePriorTrainer:
         channel_max: int = 256,
         use_noise: bool = True,  # per-pixel noise inputs (NVlabs)
         lr: float = 0.0025,  # NVlabs' Adam
+        G_lr: float | None = None,  # G's own lr (StyleGAN3's --glr); None: lr
         betas: tuple[float, float] = (0.0, 0.99),
         r1_gamma: float | None = None,  # None: NVlabs' rule 0.0002 * res² / batch
         batch_size: int = 32,
@@ -136,9 +137,10 @@ class FacePriorTrainer:
         gamma = nvlabs_r1_gamma(img_resolution, batch_size) if r1_gamma is None else r1_gamma
         self.loss = UnconditionalLoss(self.G, self.D, gamma, pl_weight, style_mixing_prob=style_mixing_prob)
         self.intervals = {"G": G_reg_interval, "D": D_reg_interval}
+        self.lr = {"G": lr if G_lr is None else G_lr, "D": lr}
         self.opt = {
-            "G": torch.optim.Adam(self.G.parameters(), **lazy_adam_kwargs(lr, betas, G_reg_interval)),
-            "D": torch.optim.Adam(self.D.parameters(), **lazy_adam_kwargs(lr, betas, D_reg_interval)),
+            net: torch.optim.Adam(model.parameters(), **lazy_adam_kwargs(self.lr[net], betas, self.intervals[net]))
+            for net, model in (("G", self.G), ("D", self.D))
         }
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
         self.cur_nimg, self.batch_idx = 0, 0
@@ -194,6 +196,6 @@ class FacePriorTrainer:
         # this run's lr, not the saved one: a resume may lower it for a run's last kimg (docs/face_prior.md)
         for net, opt in self.opt.items():
             for group in opt.param_groups:
-                group["lr"] = lazy_adam_kwargs(self.kwargs["lr"], self.kwargs["betas"], self.intervals[net])["lr"]
+                group["lr"] = lazy_adam_kwargs(self.lr[net], self.kwargs["betas"], self.intervals[net])["lr"]
         self.loss.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])

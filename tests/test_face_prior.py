@@ -74,8 +74,8 @@ def test_every_phase_runs_and_resume_is_exact():
 
 
 def test_a_resume_takes_this_runs_lr_and_keeps_adams_moments():
-    """A run resumed with a lower lr (its last kimg at a smaller step) steps at the new lr, with the saved moments:
-    the same step as the unbroken trainer's after its lr is set by hand."""
+    """A run resumed with other lrs (a smaller step for its last kimg, G's own lr) steps at the new lrs, with the
+    saved moments: the same step as the unbroken trainer's after its lrs are set by hand."""
     real = torch.rand(4, 3, 16, 16) * 2 - 1
     a = _trainer(G_reg_interval=2, D_reg_interval=2)
     for _ in range(3):
@@ -83,13 +83,14 @@ def test_a_resume_takes_this_runs_lr_and_keeps_adams_moments():
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
-    b = _trainer(G_reg_interval=2, D_reg_interval=2, lr=0.0005)
+    b = _trainer(G_reg_interval=2, D_reg_interval=2, lr=0.0005, G_lr=0.001)
     b.load_state_dict(torch.load(buffer, weights_only=True))
-    assert [g["lr"] for g in b.opt["G"].param_groups] == [0.0005 * 2 / 3]  # NVlabs' lazy rescale, interval 2
+    lrs = {"G": 0.001 * 2 / 3, "D": 0.0005 * 2 / 3}  # NVlabs' lazy rescale, interval 2
     for net in ("G", "D"):
+        assert [g["lr"] for g in b.opt[net].param_groups] == [lrs[net]]
         assert b.opt[net].state_dict()["state"].keys() == a.opt[net].state_dict()["state"].keys()
         for group in a.opt[net].param_groups:
-            group["lr"] = 0.0005 * 2 / 3
+            group["lr"] = lrs[net]
     torch.manual_seed(1)
     a.step(real)
     torch.manual_seed(1)
