@@ -137,9 +137,9 @@ class FacePriorTrainer:
         gamma = nvlabs_r1_gamma(img_resolution, batch_size) if r1_gamma is None else r1_gamma
         self.loss = UnconditionalLoss(self.G, self.D, gamma, pl_weight, style_mixing_prob=style_mixing_prob)
         self.intervals = {"G": G_reg_interval, "D": D_reg_interval}
-        self.lr = {"G": lr if G_lr is None else G_lr, "D": lr}
+        lrs = {"G": lr if G_lr is None else G_lr, "D": lr}
         self.opt = {
-            net: torch.optim.Adam(model.parameters(), **lazy_adam_kwargs(self.lr[net], betas, self.intervals[net]))
+            net: torch.optim.Adam(model.parameters(), **lazy_adam_kwargs(lrs[net], betas, self.intervals[net]))
             for net, model in (("G", self.G), ("D", self.D))
         }
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
@@ -191,11 +191,11 @@ class FacePriorTrainer:
     def load_state_dict(self, state: dict) -> None:
         for name in ("G", "D", "G_ema"):
             getattr(self, name).load_state_dict(state[name])
-        self.opt["G"].load_state_dict(state["opt_G"])
-        self.opt["D"].load_state_dict(state["opt_D"])
-        # this run's lr, not the saved one: a resume may lower it for a run's last kimg (docs/face_prior.md)
         for net, opt in self.opt.items():
-            for group in opt.param_groups:
-                group["lr"] = lazy_adam_kwargs(self.lr[net], self.kwargs["betas"], self.intervals[net])["lr"]
+            # the saved moments at this run's lrs, not the saved ones: a resume may change them (docs/face_prior.md)
+            lrs = [group["lr"] for group in opt.param_groups]
+            opt.load_state_dict(state[f"opt_{net}"])
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr
         self.loss.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])
