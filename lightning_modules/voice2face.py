@@ -18,13 +18,13 @@ from lightning_modules.ema import ema_beta, update_ema
 from lightning_modules.encoder_pretrain import load_encoder_weights
 from lightning_modules.io.build import build_network, plain_config
 from lightning_modules.io.generator_init import check_trunk, load_generator_init
-from lightning_modules.io.latent_targets import layer_mean_share, read_latent_targets
 from lightning_modules.losses import lazy_adam_kwargs
 from lightning_modules.metrics.ppl import LPIPSDistance
 from lightning_modules.metrics.weights import MetricUnavailable
 from lightning_modules.nets.latent import LATENT_SPACES, VoiceLatent
 from lightning_modules.ranks import average_buffers_across_ranks, distributed
 from lightning_modules.voice2face_loss import Voice2FaceLoss
+from lightning_modules.voice2face_targets import load_latent_targets, ridge_head
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Voice2FaceGAN(LightningModule):
         latent_weight: float = 0.0,  # Squared distance between the voice's ws and its speaker's projected W+
         # (a deviation from the paper, as recon_weight; needs latent_targets and latent_space w | wplus).
         latent_targets: str | None = None,  # experiments.project output: identity_<name>.npy [num_ws, w_dim].
+        latent_init_ridge: float | None = None,  # A fresh fit starts the head's output layer at the ridge regression
+        # (this penalty, scale-free) of the speakers' latent targets on the train voices; None: small random offsets.
         perceptual_weight: float = 0.0,  # LPIPS between G(voice) and the speaker's real face (deviation).
         perceptual_vgg: str | None = None,  # torchvision vgg16-397923af.pth for LPIPS (None: the hub cache).
         ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.
@@ -136,6 +138,11 @@ class Voice2FaceGAN(LightningModule):
             raise ValueError(
                 "voice2face: latent_weight > 0 pulls the head's ws toward projected W+ targets: it needs "
                 "model.latent_space=wplus (or w) and model.latent_targets=DIR (python -m experiments.project)"
+            )
+        if hp.latent_init_ridge is not None and (hp.latent_space == "z" or not hp.latent_targets):
+            raise ValueError(
+                "voice2face: latent_init_ridge fits the head's output to the speakers' latent targets: it needs "
+                "model.latent_space=w (or wplus) and model.latent_targets"
             )
         if hp.accumulate < 1:
             raise ValueError(f"voice2face: accumulate must be >= 1 micro-batches, got {hp.accumulate}")
@@ -338,21 +345,6 @@ class Voice2FaceGAN(LightningModule):
                 f"(model.max_bad_steps={self.hparams.max_bad_steps} sets how many bad steps in a row are tolerated)",
             )
 
-    def load_latent_targets(self, names: list[str]) -> None:
-        """w_targets [num_classes, num_ws, w_dim] from model.latent_targets for the training identities `names`
-        (label order); a speaker without a file is left out of the latent loss (lightning_modules.io.latent_targets)."""
-        shape = (self.G.num_ws, self.G.mapping.w_dim)
-        targets, mask = read_latent_targets(str(self.hparams.latent_targets), names, shape)
-        log.info("voice2face: latent targets for %d of %d training identities", int(mask.sum()), len(names))
-        share = layer_mean_share(targets, mask) if self.hparams.latent_space == "w" else 1.0
-        if share < 0.9:  # a fact to know, not an error: such targets still steer colour and sex (docs/face_prior.md)
-            log.info(
-                "voice2face: model.latent_space=w pulls one w toward the layer mean of these W+ targets, which keeps "
-                f"{share:.0%} of their between-speaker variance; targets projected in W keep all of it "
-                "(python -m experiments.latent_targets space=w)"
-            )
-        self.w_targets, self.w_target_mask = targets.to(self.device), mask.to(self.device)
-
     @torch.no_grad()
     def update_ema(self, batch_size):
         average_buffers_across_ranks(self.G)
@@ -410,8 +402,10 @@ class Voice2FaceGAN(LightningModule):
         # fit restores the trained bias from its checkpoint right after this hook.
         bias = getattr(getattr(self.G, "synthesis", None), "img_bias", None)
         dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and self.hparams.latent_weight > 0:
-            self.load_latent_targets(dm.identities("train"))
+        if stage == "fit" and (self.hparams.latent_weight > 0 or self.hparams.latent_init_ridge is not None):
+            load_latent_targets(self, dm.identities("train"))
+        if stage == "fit" and self.hparams.latent_init_ridge is not None:
+            ridge_head(self, dm)  # a resumed fit then restores the trained head from its checkpoint
         # A pretrained G (generator_init) keeps its own trained bias.
         if stage != "fit" or bias is None or not hasattr(dm, "faces") or self.hparams.generator_init:
             return

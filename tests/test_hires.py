@@ -24,10 +24,12 @@ from lightning_modules.io.legacy import load_pretrained
 from lightning_modules.metrics.families import quality_family
 from lightning_modules.metrics.markdown import headline_markdown
 from lightning_modules.metrics.split import prior_faces
+from lightning_modules.metrics.voice import ridge_solve
 from lightning_modules.nets.latent import VoiceLatent
 from lightning_modules.nets.stylegan2 import Discriminator, Generator
 from lightning_modules.voice2face import Voice2FaceGAN
 from lightning_modules.voice2face_checkpoint import model_from_checkpoint, read_checkpoint
+from lightning_modules.voice2face_targets import load_latent_targets, ridge_head
 
 ROS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ros_g64.pt"
 SMALL_D = {"_target_": "lightning_modules.nets.stylegan2.Discriminator", "channel_base": 256, "channel_max": 16}
@@ -237,7 +239,7 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
     for i in range(CLASSES - 1):  # the last speaker has no projection: it is left out of the loss
         np.save(targets / f"identity_id{i}.npy", goal[i].numpy())
     model = hires_model(init, 64, latent_weight=1.0, latent_targets=str(targets), generator_train="frozen")
-    model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+    load_latent_targets(model, [f"id{i}" for i in range(CLASSES)])
     assert model.w_target_mask.tolist() == [True] * (CLASSES - 1) + [False]
     label = torch.tensor([0, 1, 2, 0])
     ws = model.G.mapping(torch.randn(4, 8))
@@ -249,7 +251,7 @@ def test_latent_loss_pulls_the_voice_ws_to_the_speakers_projection(tmp_path):
     with pytest.raises(
         ValueError, match=r"identity_id2.npy: a W\+ of shape \[14, 64\] .*, but this G takes \[10, 64\]"
     ):
-        model.load_latent_targets([f"id{i}" for i in range(CLASSES)])
+        load_latent_targets(model, [f"id{i}" for i in range(CLASSES)])
 
 
 def test_a_w_voice_is_told_when_its_targets_differ_by_layer(tmp_path, caplog):
@@ -266,8 +268,8 @@ def test_a_w_voice_is_told_when_its_targets_differ_by_layer(tmp_path, caplog):
         save_file({n: goal[i] for i, n in enumerate(names)}, str(path))
         model = hires_model(init, 64, latent_space="w", latent_weight=1.0, latent_targets=str(path))
         caplog.clear()
-        with caplog.at_level("INFO", logger="lightning_modules.voice2face"):
-            model.load_latent_targets(names)
+        with caplog.at_level("INFO", logger="lightning_modules.voice2face_targets"):
+            load_latent_targets(model, names)
         told = "pulls one w toward the layer mean of these W+ targets" in caplog.text
         assert told == (kind == "wplus"), kind
 
@@ -283,22 +285,22 @@ def test_latent_targets_that_would_mislead_training_are_refused_or_passed_over(t
     model = hires_model(init, 64, latent_weight=1.0, latent_targets=str(targets), generator_train="frozen")
     names = [f"id{i}" for i in range(CLASSES)]
     (targets / "manifest.json").write_text(json.dumps({"identities": {"id0": {}, "id1": {}}}))
-    model.load_latent_targets(names)  # this projection's two; the others are an earlier run's
+    load_latent_targets(model, names)  # this projection's two; the others are an earlier run's
     assert model.w_target_mask.tolist() == [True, True] + [False] * (CLASSES - 2)
     nan = np.ones((10, 64), np.float32)
     nan[3, 5] = np.nan
     np.save(targets / "identity_id1.npy", nan)
     with pytest.raises(ValueError, match="identity_id1.npy: its W\\+ holds NaN or infinity"):
-        model.load_latent_targets(names)
+        load_latent_targets(model, names)
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
     with open(targets / "identity_id1.npy", "wb") as f:  # a header claiming 1e5 x 1e5 floats over 16 bytes
         np.lib.format.write_array_header_1_0(f, {**header, "shape": (100_000, 100_000)})
         f.write(b"0" * 16)
     with pytest.raises(ValueError, match=r"identity_id1.npy: a W\+ of shape \[100000, 100000\]"):
-        model.load_latent_targets(names)
+        load_latent_targets(model, names)
     (targets / "manifest.json").write_text("[]")
     with pytest.raises(ValueError, match="manifest.json: not the manifest experiments.project writes"):
-        model.load_latent_targets(names)
+        load_latent_targets(model, names)
 
 
 def test_hires256_composes_and_refuses_a_generator_of_another_size(compose_cfg, tmp_path):
@@ -402,3 +404,50 @@ def test_the_quality_family_scores_the_prior_beside_the_generated_faces(tmp_path
     assert "fd_probe/prior" not in quality_family(split)
     assert "fd_probe of the pretrained G alone (random z)" in headline_markdown(out)
     assert "spread between speakers (probe features; real faces = 1)" in headline_markdown(out)
+
+
+@pytest.mark.parametrize("space", ["w", "wplus"])
+def test_a_head_set_to_a_ridge_read_reproduces_a_linear_function_of_its_features(space):
+    """set_output writes a plain linear map into the output layer's equalised-lr parametrisation: targets that are
+    a linear function of the features the head reads come back out of it (w: [N, w_dim]; wplus: [N, num_ws, w_dim])."""
+    torch.manual_seed(0)
+    prior = Generator(z_dim=16, w_dim=16, img_resolution=8, mapping_layers=2, channels={4: 8, 8: 8}, impl="torch")
+    head = VoiceLatent(prior.mapping, z_dim=12, space=space, impl="torch")
+    z = torch.randn(200, 12)
+    rows = 1 if space == "w" else head.num_ws
+    with torch.no_grad():
+        ws = (head.features(z) @ torch.randn(16, rows * 16)).reshape(200, rows, 16) + 0.5
+    ws = ws[:, 0] if space == "w" else ws
+    weight, bias = ridge_solve(head.features(z).detach(), head.offsets(ws), 1e-9)
+    head.set_output(weight.float(), bias.float())
+    expected = ws[:7, None].expand(-1, head.num_ws, -1) if space == "w" else ws[:7]
+    torch.testing.assert_close(head(z[:7]), expected, atol=1e-3, rtol=1e-3)
+    with pytest.raises(AssertionError):
+        head.offsets(torch.randn(200, 3, 16))
+
+
+def test_the_models_head_starts_at_the_ridge_read_of_the_train_voices_targets(tmp_path):
+    """model.latent_init_ridge: G's and G_ema's heads move from the anchor to the regression of the speakers'
+    targets on the train voices (a speaker without one left out), and the process' random state is untouched."""
+    init = ros_copy(tmp_path)
+    names = [f"id{i}" for i in range(CLASSES)]
+    goal = torch.randn(CLASSES, 1, 64).expand(-1, 10, -1).contiguous()
+    path = tmp_path / "w.safetensors"
+    save_file({n: goal[i] for i, n in enumerate(names[:-1])}, str(path))  # the last speaker has no target
+    model = hires_model(init, 64, latent_space="w", latent_init_ridge=1e-3, latent_targets=str(path))
+    load_latent_targets(model, names)
+    voices = DataLoader(VoiceFaceSet(24), batch_size=8)
+    with torch.no_grad():
+        batch = next(iter(voices))
+        z, label = model.embed(batch["audio"], batch["audio_lengths"]), batch["label"]
+        has = label < CLASSES - 1
+        miss = lambda: (model.G.mapping(z)[has, 0] - goal[label[has], 0]).square().sum(-1).mean()  # noqa: E731
+        before = miss()
+        state = torch.random.get_rng_state()
+        ridge_head(model, SimpleNamespace(train_dataloader=lambda: voices))
+        assert torch.equal(torch.random.get_rng_state(), state), "ridge_head moved the process' random state"
+        assert miss() < 0.5 * before, (miss(), before)
+    for key, value in model.G.mapping.state_dict().items():
+        assert torch.equal(value, model.G_ema.mapping.state_dict()[key]), key
+    with pytest.raises(ValueError, match="latent_init_ridge fits the head's output"):
+        hires_model(init, 64, latent_space="w", latent_init_ridge=1e-3)

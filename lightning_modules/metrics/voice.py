@@ -36,16 +36,24 @@ def train_voices(model, datamodule, seed: int) -> tuple[Tensor, Tensor]:
     return torch.cat(embs), torch.cat(labels)
 
 
-def ridge_fit(x: Tensor, y: Tensor, ridge: float):
-    """x [N, D] -> y [N, K] by least squares with penalty λ|W|², λ = ridge · the mean eigenvalue of xᵀx (scale-free:
-    the embeddings are not normalised); float64. Returns the predictor."""
+def ridge_solve(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
+    """x [N, D] -> y [N, K] by least squares with penalty λ|W|², λ = ridge · the mean eigenvalue of the centred
+    xᵀx (scale-free: the embeddings are not normalised); float64. Returns (weight [D, K], bias [K]):
+    y ≈ x @ weight + bias."""
+    assert x.ndim == 2 and y.ndim == 2 and len(x) == len(y), (list(x.shape), list(y.shape))
     x, y = x.double(), y.double()
     x_mean, y_mean = x.mean(0), y.mean(0)
     xc = x - x_mean
     gram = xc.T @ xc
     gram = gram + ridge * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype)
-    weight = torch.linalg.solve(gram, xc.T @ (y - y_mean))  # [D, K]
-    return lambda z: (z.double() - x_mean) @ weight + y_mean
+    weight = torch.linalg.solve(gram, xc.T @ (y - y_mean))
+    return weight, y_mean - x_mean @ weight
+
+
+def ridge_fit(x: Tensor, y: Tensor, ridge: float):
+    """The predictor of ridge_solve (float64)."""
+    weight, bias = ridge_solve(x, y, ridge)
+    return lambda z: z.double() @ weight + bias
 
 
 def voice_scores(

@@ -48,14 +48,32 @@ class VoiceLatent(nn.Module):
         self.register_buffer("w_anchor", prior.w_avg.detach().clone())
         self.register_buffer("w_avg", prior.w_avg.detach().clone())
 
-    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_emas=False):
-        """z [N, z_dim] -> ws [N, num_ws, w_dim], as MappingNetwork.forward."""
+    def features(self, z):
+        """z [N, z_dim] -> what the output layer reads [N, w_dim] (or z normalised, with no FC layers)."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"VoiceLatent: expects z [N, {self.z_dim}], got {list(z.shape)}")
         x = normalize_2nd_moment(z.to(torch.float32))
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
-        ws = self.w_anchor + self.out(x).reshape(z.shape[0], -1, self.w_dim)
+        return x
+
+    def offsets(self, ws):
+        """What the output layer must give for `ws` (w: [N, w_dim]; wplus: [N, num_ws, w_dim]): [N, outputs]."""
+        rows = self.num_ws if self.space == "wplus" else 1
+        assert ws.shape[-1] == self.w_dim and ws[0].numel() == rows * self.w_dim, list(ws.shape)
+        return (ws.reshape(len(ws), rows, self.w_dim) - self.w_anchor.to(ws.dtype)).reshape(len(ws), -1)
+
+    @torch.no_grad()
+    def set_output(self, weight, bias) -> None:
+        """The output layer as the plain linear map features @ weight [w_dim, outputs] + bias [outputs] (in its
+        equalised-lr parametrisation): e.g. a ridge read of the voices' targets (model.latent_init_ridge)."""
+        assert list(weight.shape) == [self.out.in_features, self.out.out_features], list(weight.shape)
+        self.out.weight.copy_(weight.T / self.out.weight_gain)
+        self.out.bias.copy_(bias / self.out.bias_gain)
+
+    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_emas=False):
+        """z [N, z_dim] -> ws [N, num_ws, w_dim], as MappingNetwork.forward."""
+        ws = self.w_anchor + self.out(self.features(z)).reshape(z.shape[0], -1, self.w_dim)
         if update_emas:
             self.w_avg.copy_(ws.detach().mean(dim=[0, 1]).lerp(self.w_avg, self.w_avg_beta))
         ws = ws.expand(-1, self.num_ws, -1) if self.space == "w" else ws
