@@ -58,7 +58,8 @@ def check_before_folder(cfg: DictConfig) -> None:
         )
     if cfg.model.get("generator_init") and cfg.model._target_.endswith("Voice2FaceGAN") and not moved_away(cfg):
         check_generator_init(cfg)
-    if cfg.model.get("latent_weight", 0) > 0 and cfg.model.get("latent_targets"):  # a resume reads them too
+    uses_targets = cfg.model.get("latent_weight", 0) > 0 or cfg.model.get("latent_init_ridge") is not None
+    if uses_targets and cfg.model.get("latent_targets"):  # a resume reads them too
         check_latent_targets(cfg.model.latent_targets)
 
 

@@ -8,7 +8,8 @@
 The head stands in for `G.mapping` (same call, same attributes), so style mixing, path length, truncation and
 the EMA copy work on it unchanged. It keeps the generator's own mapping as `prior` (an unconditional G for
 export and the projector) and starts every output at the prior's mean w (`w_anchor`): with a pretrained G the
-first faces are its average face and the head learns offsets from it. `w_avg`, the truncation centre, is then
+first faces are its average face and the head learns offsets from it (or, by `set_output`, from a linear read of
+the voice: model.latent_init_ridge). `w_avg`, the truncation centre, is then
 tracked over the head's outputs as NVlabs tracks the mapping's: the mean face of the voices.
 """
 
