@@ -24,7 +24,7 @@ from lightning_modules.io.legacy import load_pretrained
 from lightning_modules.metrics.families import quality_family
 from lightning_modules.metrics.markdown import headline_markdown
 from lightning_modules.metrics.split import prior_faces
-from lightning_modules.metrics.voice import ridge_solve
+from lightning_modules.metrics.voice import ridge_solve, train_voices
 from lightning_modules.nets.latent import VoiceLatent
 from lightning_modules.nets.stylegan2 import Discriminator, Generator
 from lightning_modules.voice2face import Voice2FaceGAN
@@ -447,6 +447,12 @@ def test_the_models_head_starts_at_the_ridge_read_of_the_train_voices_targets(tm
         ridge_head(model, SimpleNamespace(train_dataloader=lambda: voices))
         assert torch.equal(torch.random.get_rng_state(), state), "ridge_head moved the process' random state"
         assert miss() < 0.5 * before, (miss(), before)
+        # exactly the regression over the utterances of speakers with a target: the last speaker's are left out
+        emb, labels = train_voices(model, SimpleNamespace(train_dataloader=lambda: voices), 0)
+        head, keep = model.G.mapping, labels < CLASSES - 1
+        weight, bias = ridge_solve(head.features(emb[keep]), head.offsets(goal[labels[keep], 0]), 1e-3)
+        expected = head.features(emb).double() @ weight + bias + head.w_anchor.double()
+        torch.testing.assert_close(head(emb)[:, 0].double(), expected, atol=1e-4, rtol=1e-4)
     for key, value in model.G.mapping.state_dict().items():
         assert torch.equal(value, model.G_ema.mapping.state_dict()[key]), key
     with pytest.raises(ValueError, match="latent_init_ridge fits the head's output"):
