@@ -3,8 +3,10 @@
 An unconditional StyleGAN2 (lightning_modules.face_prior) on the faces of `datamodules.synthetic.face_set`:
 identities drawn with their own seed, none of them in the voice–face corpus, as FFHQ holds other people than
 VoxCeleb. Every `snapshot_kimg` it writes `last.pt` (resumable: rerun the same command), a grid of G_ema's faces
-and one line of `curve.csv`: fd_probe of G_ema's faces against the corpus' `eval_split` real faces in the face
-probe's space, beside the real-vs-real floor (lightning_modules.metrics.quality). At the end it writes the prior
+and one line of `curve.csv`: fd_probe of G_ema's faces against real faces in the face probe's space, beside the
+real-vs-real floor (lightning_modules.metrics.quality). The real faces are `reference`: by default the renderer's
+faces of a few hundred people in neither the face set nor the corpus (a corpus split of 15 people ranked snapshots
+by how well they matched those 15: docs/face_prior.md). At the end it writes the prior
 in NVlabs' state-dict layout, G and D (`lightning_modules.io.exporters.export_face_prior`), which `model.generator_init`
 reads.
 """
@@ -34,24 +36,57 @@ from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality
 from lightning_modules.metrics.settings import ProbeSettings
 
-CURVE_COLUMNS = ("kimg", "seconds", "img_per_s", "fd_probe", "fd_probe_real", "kid_probe", "kid_probe_real", "n")
+CURVE_COLUMNS = (
+    "kimg",
+    "seconds",
+    "img_per_s",
+    "fd_probe",
+    "fd_probe_real",
+    "kid_probe",
+    "kid_probe_real",
+    "n",
+    "n_reference",
+    "reference",
+)
 
 
 class ProbeScore:
-    """fd_probe of unconditional faces against one split's real faces, in the main job's evaluation probe (the
-    shipped one on the embedded corpus: metrics.probe.weights)."""
+    """fd_probe of unconditional faces against a set of real faces, in the main job's evaluation probe (the shipped
+    one on the embedded corpus: metrics.probe.weights)."""
 
-    def __init__(self, datamodule, split: str, probe: ProbeSettings):
+    def __init__(self, datamodule, probe: ProbeSettings, faces: torch.Tensor, labels: torch.Tensor, name: str):
+        # faces: uint8 [M, 3, S, S] real faces; labels: [M] their identities (the floor compares halves of people)
         self.probe, _, self.which = probe_for(datamodule, probe)
-        real = datamodule.faces(split)
-        self.labels = torch.cat([torch.full((len(real[n]),), i) for i, n in enumerate(sorted(real))])
-        self.real_feats = self.probe.predict(torch.cat([normalize(real[n]) for n in sorted(real)]))[0]
+        self.name = name
+        self.labels = labels
+        self.real_feats = torch.cat([self.probe.predict(normalize(chunk))[0] for chunk in faces.split(500)])
 
     @torch.no_grad()
     def __call__(self, faces: torch.Tensor) -> dict:
-        """faces in [-1, 1] [N, 3, S, S] -> fd_probe, fd_probe/real, kid_probe, kid_probe/real, n."""
+        """faces in [-1, 1] [N, 3, S, S] -> fd_probe, fd_probe/real, kid_probe, kid_probe/real, n, n_reference."""
         quantised = normalize((faces.clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8))
         return probe_quality(self.probe.predict(quantised)[0], self.real_feats, self.labels)
+
+
+def reference_faces(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The real faces the curve scores G_ema against, [M, 3, S, S] uint8, their identities [M], and the name the
+    curve records. `faces`: the renderer's faces of `reference.identities` people drawn with a seed of their own (in
+    neither the face set nor the corpus); `corpus`: the corpus' `reference.split`."""
+    ref = cfg.reference
+    if ref.source == "corpus":
+        real = datamodule.faces(ref.split)
+        names = sorted(real)
+        labels = torch.cat([torch.full((len(real[n]),), i) for i, n in enumerate(names)])
+        return torch.cat([real[n] for n in names]), labels, f"corpus:{ref.split}"
+    if ref.seed == cfg.faces.seed:
+        raise ValueError(
+            f"reference.seed={ref.seed} is faces.seed: the curve would score G against the people it trains on; "
+            "give the reference a seed of its own"
+        )
+    faces, labels = face_set(
+        cfg.paths.cache_dir, ref.identities, ref.seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
+    )
+    return torch.from_numpy(faces), torch.from_numpy(labels), f"faces:{ref.identities}@{ref.seed}"
 
 
 @torch.no_grad()
@@ -75,12 +110,27 @@ def real_batch(faces: np.ndarray, step: int, batch_size: int, seed: int, xflip: 
 
 
 def append_row(path: Path, row: dict) -> None:
-    new = not path.is_file()
+    """One row of curve.csv; a curve written before a column was added is first rewritten with it (blank there)."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader) if tuple(reader.fieldnames or ()) != CURVE_COLUMNS else []
+    if rows or not path.is_file():
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, CURVE_COLUMNS).writeheader()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, CURVE_COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
+        for r in [*rows, row]:
+            w.writerow({k: r.get(k, "") for k in CURVE_COLUMNS})
+
+
+def curve_rows(csv_path: Path) -> list[dict]:
+    """The scored rows of curve.csv measured against the same reference as its last row: a curve continued against
+    other faces (or copied from a prior file scored against other faces) is not one curve."""
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fd_probe"]]
+    return [r for r in rows if r.get("reference") == rows[-1].get("reference")] if rows else []
 
 
 def plot_curve(csv_path: Path, out: Path) -> Path:
@@ -90,14 +140,18 @@ def plot_curve(csv_path: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["fd_probe"]]
+    rows = curve_rows(csv_path)
     kimg = [float(r["kimg"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kimg, [float(r["fd_probe"]) for r in rows], marker="o", label="face prior (G_ema)")
     ax.plot(kimg, [float(r["fd_probe_real"]) for r in rows], "k--", label="real vs real (floor)")
     ax.plot(kimg, [1.5 * float(r["fd_probe_real"]) for r in rows], "k:", label="1.5 × floor")
-    ax.set(xlabel="kimg", ylabel="fd_probe (log)", yscale="log", title=f"face prior: fd_probe, n={rows[-1]['n']}")
+    ax.set(
+        xlabel="kimg",
+        ylabel="fd_probe (log)",
+        yscale="log",
+        title=f"face prior against {rows[-1]['reference']}, n={rows[-1]['n']}",
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -125,7 +179,9 @@ def train(cfg: DictConfig) -> Path:
     datamodule = hydra.utils.instantiate(cfg.data, face_size=cfg.faces.size, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    score = ProbeScore(datamodule, cfg.eval_split, ProbeSettings.of(cfg.metrics.probe, "metrics.probe"))
+    faces_ref, labels_ref, name = reference_faces(cfg, datamodule)
+    score = ProbeScore(datamodule, ProbeSettings.of(cfg.metrics.probe, "metrics.probe"), faces_ref, labels_ref, name)
+    print(f"curve: fd_probe against {name}, {len(faces_ref)} faces of {len(labels_ref.unique())} people", flush=True)
 
     torch.manual_seed(cfg.seed)
     trainer = build_trainer(cfg)
@@ -170,8 +226,8 @@ def train(cfg: DictConfig) -> Path:
 
 def _begin(trainer: FacePriorTrainer, cfg: DictConfig, out: Path, score: ProbeScore) -> float:
     """Where training starts, and its seconds so far: the folder's last.pt (bit for bit), else `init`, else
-    scratch (its curve's first row scored here)."""
-    last = out / "last.pt"
+    scratch. The start is scored (a curve row) unless the curve's last row already scored it against the same faces."""
+    last, curve = out / "last.pt", out / "curve.csv"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
         trainer.load_state_dict(state["trainer"])
@@ -179,13 +235,18 @@ def _begin(trainer: FacePriorTrainer, cfg: DictConfig, out: Path, score: ProbeSc
         if "cuda_rng" in state and trainer.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
         print(f"resumed {last} at {trainer.cur_nimg / 1000:.1f} kimg")
-        return state["seconds"]
-    if cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments
-        seconds = warm_start(trainer, cfg.init, out / "curve.csv")
+        seconds = state["seconds"]
+    elif cfg.init:  # a prior file (the shipped one): G and G_ema from its G, D from its D, fresh Adam moments
+        seconds = warm_start(trainer, cfg.init, curve)
         print(f"started from {cfg.init} at {trainer.cur_nimg / 1000:.1f} kimg (G, D; Adam moments anew)")
-        return seconds
-    append_row(out / "curve.csv", {"kimg": 0.0, "seconds": 0.0, **_scores(score, trainer, cfg)})
-    return 0.0
+    else:
+        seconds = 0.0
+    scored = curve_rows(curve) if curve.is_file() and (last.is_file() or cfg.init) else []
+    if not scored or scored[-1].get("reference") != score.name:
+        append_row(
+            curve, {"kimg": trainer.cur_nimg / 1000, "seconds": round(seconds, 1), **_scores(score, trainer, cfg)}
+        )
+    return seconds
 
 
 def warm_start(trainer: FacePriorTrainer, init: str, curve: Path) -> float:
@@ -222,6 +283,8 @@ def _scores(score: ProbeScore, trainer: FacePriorTrainer, cfg: DictConfig) -> di
         "kid_probe": q["kid_probe"],
         "kid_probe_real": q["kid_probe/real"],
         "n": q["fd_probe/n"],
+        "n_reference": q["fd_probe/n_reference"],
+        "reference": score.name,
     }
 
 

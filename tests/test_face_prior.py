@@ -3,6 +3,7 @@ its file (NVlabs' state-dict layout, G and D, read back by load_pretrained) and 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 
@@ -12,7 +13,7 @@ import torch
 
 from datamodules.faces import FaceAligner, normalize
 from datamodules.synthetic.corpus import _build_identity
-from datamodules.synthetic.face_set import _identity_faces, render_face_set
+from datamodules.synthetic.face_set import _identity_faces, face_set_people, render_face_set
 from datamodules.synthetic.traits import sample_identities
 from lightning_modules import weights
 from lightning_modules.face_prior import FacePriorTrainer
@@ -28,6 +29,55 @@ def test_face_set_holds_no_corpus_identity():
     prior = [p for p in sample_identities(6, 1000 * 10_000) if p.has_face]
     assert len(np.unique(labels)) == len(prior)
     assert not corpus & {tuple(sorted((k, v) for k, v in p.traits.items())) for p in prior}
+
+
+def _traits(people) -> set:
+    return {tuple(sorted(p.traits.items())) for p in people}
+
+
+def test_the_curve_scores_people_in_neither_the_face_set_nor_the_corpus():
+    """The curve's default reference is the renderer's people of a seed of their own, hundreds of them (a corpus
+    split of 15 people ranked snapshots by how they matched those 15): no one the prior trains on or the main job
+    trains and evaluates on."""
+    from conftest import compose_command
+
+    cfg = compose_command("face_prior", [])
+    assert cfg.reference.source == "faces"
+    reference = _traits(face_set_people(cfg.reference.identities, cfg.reference.seed))
+    assert len(reference) >= 300
+    assert not reference & _traits(face_set_people(cfg.faces.identities, cfg.faces.seed))
+    assert not reference & _traits(sample_identities(cfg.data.corpus.identities, cfg.data.corpus.seed))
+
+
+def test_a_reference_of_the_training_people_is_refused():
+    from conftest import compose_command
+
+    from experiments.face_prior import reference_faces
+
+    cfg = compose_command("face_prior", ["reference.seed=1000", "faces.seed=1000"])
+    with pytest.raises(ValueError, match=r"reference.seed=1000 is faces.seed"):
+        reference_faces(cfg, datamodule=None)
+
+
+def test_a_curve_scored_against_other_faces_is_not_continued(tmp_path):
+    """curve.csv written before the reference column (the shipped prior's rows) gains it, blank; the curve plotted
+    is the rows scored against the last row's reference only."""
+    from experiments.face_prior import CURVE_COLUMNS, append_row, curve_rows, plot_curve
+
+    path = tmp_path / "curve.csv"
+    path.write_text("kimg,seconds,img_per_s,fd_probe,fd_probe_real,kid_probe,kid_probe_real,n\n0.0,0,,50,0.75,3,0,68\n")
+    append_row(path, {"kimg": 10.0, "fd_probe": 0.8, "fd_probe_real": 0.1, "n": 1000, "reference": "faces:400@3000"})
+    append_row(path, {"kimg": 20.0, "fd_probe": 0.6, "fd_probe_real": 0.1, "n": 1000, "reference": "faces:400@3000"})
+    assert path.read_text().splitlines()[0] == ",".join(CURVE_COLUMNS)
+    assert [(r["kimg"], r["reference"]) for r in csv.DictReader(open(path, newline=""))] == [
+        ("0.0", ""),
+        ("10.0", "faces:400@3000"),
+        ("20.0", "faces:400@3000"),
+    ]
+    assert [r["kimg"] for r in curve_rows(path)] == ["10.0", "20.0"]
+    append_row(path, {"kimg": 20.0, "fd_probe": 5.0, "fd_probe_real": 0.75, "n": 34, "reference": "corpus:val"})
+    assert [r["kimg"] for r in curve_rows(path)] == ["20.0"]
+    assert plot_curve(path, tmp_path / "curve.png").stat().st_size > 0
 
 
 def test_face_set_crops_are_the_corpus_crops(tmp_path):
@@ -166,7 +216,6 @@ def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
 def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
     """experiments.face_prior end to end on a small corpus: a curve row per snapshot, a rerun that resumes
     (no row twice), a prior file that load_pretrained reads, and init= that continues from that file."""
-    import csv
     import os
     import subprocess
     import sys
@@ -181,6 +230,7 @@ def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
         "training.batch_size=8",
         "snapshot_kimg=0.016",
         "eval_faces=16",
+        "reference.identities=4",
         "data.corpus.identities=12",
         "data.face_size=16",
         f"paths.cache_dir={tmp_path / 'cache'}",
@@ -201,7 +251,13 @@ def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
     assert G.img_resolution == 16 and trunk is not None
     run(tmp_path / "b", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}")
     with open(tmp_path / "b" / "curve.csv", newline="") as f:
-        assert [float(r["kimg"]) for r in csv.DictReader(f)] == [0.0, 0.016, 0.032, 0.048]
+        rows = [(float(r["kimg"]), r["reference"]) for r in csv.DictReader(f)]
+    assert rows == [(k, "faces:4@3000") for k in (0.0, 0.016, 0.032, 0.048)]
+    # continued against other faces: the start is scored against them before the first step
+    run(tmp_path / "c", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}", "reference.source=corpus")
+    with open(tmp_path / "c" / "curve.csv", newline="") as f:
+        rows = [(float(r["kimg"]), r["reference"]) for r in csv.DictReader(f)]
+    assert rows[2:] == [(0.032, "faces:4@3000"), (0.032, "corpus:val"), (0.048, "corpus:val")]
 
 
 @pytest.mark.parametrize("overrides, gamma", [([], 0.0256), (["training.batch_size=16"], 0.0512)])

@@ -45,12 +45,16 @@ def _identity_faces(job: tuple[dict, int, int, str]) -> np.ndarray:
     return np.stack(crops)
 
 
-def render_face_set(identities: int, seed: int, size: int = 64, align: str = "arcface", workers: int = 2):
-    """(faces uint8 [N, 3, size, size], identity index [N]) of every face-bearing identity of draws of up to DRAW
-    identities (`identities` in all), the k-th with seed `seed * 10_000 + k` (never a corpus' small seed)."""
+def face_set_people(identities: int, seed: int) -> list:
+    """The face-bearing identities of draws of up to DRAW identities (`identities` in all), the k-th with seed
+    `seed * 10_000 + k` (never a corpus' small seed)."""
     sizes = [min(DRAW, identities - start) for start in range(0, identities, DRAW)]
-    people = [p for k, n in enumerate(sizes) for p in sample_identities(n, seed * 10_000 + k) if p.has_face]
-    jobs = [(p.traits, p.seed, size, align) for p in people]
+    return [p for k, n in enumerate(sizes) for p in sample_identities(n, seed * 10_000 + k) if p.has_face]
+
+
+def render_face_set(identities: int, seed: int, size: int = 64, align: str = "arcface", workers: int = 2):
+    """(faces uint8 [N, 3, size, size], identity index [N]) of every person of `face_set_people`."""
+    jobs = [(p.traits, p.seed, size, align) for p in face_set_people(identities, seed)]
     if workers == 1:
         parts = [_identity_faces(job) for job in jobs]
     else:  # spawn, as the corpus does: workers start clean whatever threads the caller runs
