@@ -42,6 +42,7 @@ CURVE_COLUMNS = (
     "img_per_s",
     "fd_probe",
     "fd_probe_real",
+    "fd_probe_others",
     "kid_probe",
     "kid_probe_real",
     "n",
@@ -52,20 +53,42 @@ CURVE_COLUMNS = (
 
 class ProbeScore:
     """fd_probe of unconditional faces against a set of real faces, in the main job's evaluation probe (the shipped
-    one on the embedded corpus: metrics.probe.weights)."""
+    one on the embedded corpus: metrics.probe.weights), beside what real faces of other people score there."""
 
-    def __init__(self, datamodule, probe: ProbeSettings, faces: torch.Tensor, labels: torch.Tensor, name: str):
-        # faces: uint8 [M, 3, S, S] real faces; labels: [M] their identities (the floor compares halves of people)
+    def __init__(self, datamodule, probe: ProbeSettings, faces, labels, name: str, others=None):
+        # faces: uint8 [M, 3, S, S] real faces; labels: [M] their identities (the floor compares halves of people);
+        # others: uint8 real faces of people not among them, or None (not scored)
         self.probe, _, self.which = probe_for(datamodule, probe)
         self.name = name
         self.labels = labels
-        self.real_feats = torch.cat([self.probe.predict(normalize(chunk))[0] for chunk in faces.split(500)])
+        self.real_feats = self.features(faces)
+        self.others = None if others is None else self.features(others)
+        self._others_fd = {}
+
+    def features(self, faces: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.probe.predict(normalize(chunk))[0] for chunk in faces.split(500)])
 
     @torch.no_grad()
     def __call__(self, faces: torch.Tensor) -> dict:
-        """faces in [-1, 1] [N, 3, S, S] -> fd_probe, fd_probe/real, kid_probe, kid_probe/real, n, n_reference."""
+        """faces in [-1, 1] [N, 3, S, S] -> fd_probe, fd_probe/real, kid_probe, kid_probe/real, n, n_reference, and
+        fd_probe/others where other people's faces were given."""
         quantised = normalize((faces.clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8))
-        return probe_quality(self.probe.predict(quantised)[0], self.real_feats, self.labels)
+        q = probe_quality(self.probe.predict(quantised)[0], self.real_feats, self.labels)
+        if self.others is not None:
+            q["fd_probe/others"] = self.others_fd(len(faces))
+        return q
+
+    def others_fd(self, n: int, draws: int = 5) -> float:
+        """fd_probe of `n` real faces of other people, scored as G's n faces are (the mean of `draws` subsets): what
+        a prior that drew real people would score. fd_probe/real compares two halves of the reference's own people's
+        photos, which faces of other people, and so any unconditional G, cannot reach against a set of few people."""
+        if n not in self._others_fd:
+            picks = [
+                torch.randperm(len(self.others), generator=torch.Generator().manual_seed(k))[:n] for k in range(draws)
+            ]
+            fds = [probe_quality(self.others[i], self.real_feats, self.labels)["fd_probe"] for i in picks]
+            self._others_fd[n] = sum(fds) / draws
+        return self._others_fd[n]
 
 
 def reference_faces(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -87,6 +110,23 @@ def reference_faces(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, torch.Te
         cfg.paths.cache_dir, ref.identities, ref.seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
     )
     return torch.from_numpy(faces), torch.from_numpy(labels), f"faces:{ref.identities}@{ref.seed}"
+
+
+def other_faces(cfg: DictConfig) -> torch.Tensor | None:
+    """Real faces of `reference.identities` people drawn with `reference.others_seed`: in neither the reference, the
+    face set nor the corpus. uint8 [K, 3, S, S], or None where others_seed is null."""
+    ref = cfg.reference
+    if ref.others_seed is None:
+        return None
+    if ref.others_seed in (ref.seed, cfg.faces.seed):
+        raise ValueError(
+            f"reference.others_seed={ref.others_seed} is reference.seed or faces.seed: other people's faces must be "
+            "drawn with a seed of their own"
+        )
+    faces, _ = face_set(
+        cfg.paths.cache_dir, ref.identities, ref.others_seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
+    )
+    return torch.from_numpy(faces)
 
 
 @torch.no_grad()
@@ -144,6 +184,8 @@ def plot_curve(csv_path: Path, out: Path) -> Path:
     kimg = [float(r["kimg"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kimg, [float(r["fd_probe"]) for r in rows], marker="o", label="face prior (G_ema)")
+    if all(r.get("fd_probe_others") for r in rows):
+        ax.plot(kimg, [float(r["fd_probe_others"]) for r in rows], "g-.", label="real faces of other people")
     ax.plot(kimg, [float(r["fd_probe_real"]) for r in rows], "k--", label="real vs real (floor)")
     ax.plot(kimg, [1.5 * float(r["fd_probe_real"]) for r in rows], "k:", label="1.5 × floor")
     ax.set(
@@ -180,7 +222,8 @@ def train(cfg: DictConfig) -> Path:
     datamodule.prepare_data()
     datamodule.setup("fit")
     faces_ref, labels_ref, name = reference_faces(cfg, datamodule)
-    score = ProbeScore(datamodule, ProbeSettings.of(cfg.metrics.probe, "metrics.probe"), faces_ref, labels_ref, name)
+    probe = ProbeSettings.of(cfg.metrics.probe, "metrics.probe")
+    score = ProbeScore(datamodule, probe, faces_ref, labels_ref, name, others=other_faces(cfg))
     print(f"curve: fd_probe against {name}, {len(faces_ref)} faces of {len(labels_ref.unique())} people", flush=True)
 
     torch.manual_seed(cfg.seed)
@@ -284,6 +327,7 @@ def _scores(score: ProbeScore, trainer: FacePriorTrainer, cfg: DictConfig) -> di
         "kid_probe_real": q["kid_probe/real"],
         "n": q["fd_probe/n"],
         "n_reference": q["fd_probe/n_reference"],
+        "fd_probe_others": q.get("fd_probe/others", ""),
         "reference": score.name,
     }
 

@@ -44,19 +44,52 @@ def test_the_curve_scores_people_in_neither_the_face_set_nor_the_corpus():
     cfg = compose_command("face_prior", [])
     assert cfg.reference.source == "faces"
     reference = _traits(face_set_people(cfg.reference.identities, cfg.reference.seed))
-    assert len(reference) >= 300
-    assert not reference & _traits(face_set_people(cfg.faces.identities, cfg.faces.seed))
-    assert not reference & _traits(sample_identities(cfg.data.corpus.identities, cfg.data.corpus.seed))
+    others = _traits(face_set_people(cfg.reference.identities, cfg.reference.others_seed))
+    assert len(reference) >= 300 and len(others) >= 300
+    training = _traits(face_set_people(cfg.faces.identities, cfg.faces.seed))
+    corpus = _traits(sample_identities(cfg.data.corpus.identities, cfg.data.corpus.seed))
+    assert not reference & training and not reference & corpus and not others & (reference | training | corpus)
 
 
 def test_a_reference_of_the_training_people_is_refused():
     from conftest import compose_command
 
-    from experiments.face_prior import reference_faces
+    from experiments.face_prior import other_faces, reference_faces
 
     cfg = compose_command("face_prior", ["reference.seed=1000", "faces.seed=1000"])
     with pytest.raises(ValueError, match=r"reference.seed=1000 is faces.seed"):
         reference_faces(cfg, datamodule=None)
+    cfg = compose_command("face_prior", ["reference.seed=3000", "reference.others_seed=3000"])
+    with pytest.raises(ValueError, match=r"reference.others_seed=3000 is reference.seed or faces.seed"):
+        other_faces(cfg)
+
+
+def _people(n: int, g: torch.Generator, photos: int = 10, dim: int = 16):
+    """Stand-in probe features: a mean per person, each photo that mean plus smaller noise (pose, light)."""
+    means = torch.randn(n, 1, dim, generator=g)
+    return (means + 0.5 * torch.randn(n, photos, dim, generator=g)).reshape(-1, dim), torch.arange(n).repeat_interleave(
+        photos
+    )
+
+
+@pytest.mark.parametrize("people", [15, 400])
+def test_real_faces_of_other_people_sit_far_above_the_floor(people):
+    """Why the curve scores other people's real faces: the floor's halves share their people, so faces of other
+    people (what a perfect unconditional prior draws) score several floors at any reference size; that score is
+    the mean of the subsets it names."""
+    from experiments.face_prior import ProbeScore
+    from lightning_modules.metrics.quality import probe_quality
+
+    g = torch.Generator().manual_seed(0)
+    others, _ = _people(400, g)
+    real, labels = _people(people, g)
+    score = object.__new__(ProbeScore)  # the features alone: no probe to train
+    score.real_feats, score.labels, score.others, score._others_fd = real, labels, others, {}
+    floor = probe_quality(others[:1000], real, labels)["fd_probe/real"]
+    assert score.others_fd(1000) > 3 * floor
+    subsets = [torch.randperm(4000, generator=torch.Generator().manual_seed(k))[:1000] for k in range(5)]
+    expected = sum(probe_quality(others[i], real, labels)["fd_probe"] for i in subsets) / 5
+    assert score.others_fd(1000) == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_curve_scored_against_other_faces_is_not_continued(tmp_path):
@@ -251,8 +284,9 @@ def test_the_command_trains_resumes_exports_and_warm_starts(tmp_path):
     assert G.img_resolution == 16 and trunk is not None
     run(tmp_path / "b", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}")
     with open(tmp_path / "b" / "curve.csv", newline="") as f:
-        rows = [(float(r["kimg"]), r["reference"]) for r in csv.DictReader(f)]
-    assert rows == [(k, "faces:4@3000") for k in (0.0, 0.016, 0.032, 0.048)]
+        rows = [(float(r["kimg"]), r["reference"], float(r["fd_probe_others"])) for r in csv.DictReader(f)]
+    assert [r[:2] for r in rows] == [(k, "faces:4@3000") for k in (0.0, 0.016, 0.032, 0.048)]
+    assert len({r[2] for r in rows}) == 1 and rows[0][2] > 0  # the same other people's faces at every snapshot
     # continued against other faces: the start is scored against them before the first step
     run(tmp_path / "c", 0.048, f"init={tmp_path / 'a' / 'face_prior.pt'}", "reference.source=corpus")
     with open(tmp_path / "c" / "curve.csv", newline="") as f:
