@@ -184,8 +184,9 @@ def plot_curve(csv_path: Path, out: Path) -> Path:
     kimg = [float(r["kimg"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(kimg, [float(r["fd_probe"]) for r in rows], marker="o", label="face prior (G_ema)")
-    if all(r.get("fd_probe_others") for r in rows):
-        ax.plot(kimg, [float(r["fd_probe_others"]) for r in rows], "g-.", label="real faces of other people")
+    others = [(k, float(r["fd_probe_others"])) for k, r in zip(kimg, rows) if r.get("fd_probe_others")]
+    if others:  # a curve begun before this line was scored draws it from where it was
+        ax.plot(*zip(*others), "g-.", label="real faces of other people")
     ax.plot(kimg, [float(r["fd_probe_real"]) for r in rows], "k--", label="real vs real (floor)")
     ax.plot(kimg, [1.5 * float(r["fd_probe_real"]) for r in rows], "k:", label="1.5 × floor")
     ax.set(

