@@ -151,17 +151,17 @@ def real_batch(faces: np.ndarray, step: int, batch_size: int, seed: int, xflip: 
 
 def append_row(path: Path, row: dict) -> None:
     """One row of curve.csv; a curve written before a column was added is first rewritten with it (blank there)."""
-    rows = []
+    header, rows = None, []
     if path.is_file():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = list(reader) if tuple(reader.fieldnames or ()) != CURVE_COLUMNS else []
-    if rows or not path.is_file():
-        with open(path, "w", newline="") as f:
-            csv.DictWriter(f, CURVE_COLUMNS).writeheader()
-    with open(path, "a", newline="") as f:
+            header, rows = tuple(reader.fieldnames or ()), list(reader)
+    rewrite = header != CURVE_COLUMNS
+    with open(path, "w" if rewrite else "a", newline="") as f:
         w = csv.DictWriter(f, CURVE_COLUMNS)
-        for r in [*rows, row]:
+        if rewrite:
+            w.writeheader()
+        for r in [*rows, row] if rewrite else [row]:
             w.writerow({k: r.get(k, "") for k in CURVE_COLUMNS})
 
 

@@ -111,6 +111,10 @@ def test_a_curve_scored_against_other_faces_is_not_continued(tmp_path):
     append_row(path, {"kimg": 20.0, "fd_probe": 5.0, "fd_probe_real": 0.75, "n": 34, "reference": "corpus:val"})
     assert [r["kimg"] for r in curve_rows(path)] == ["20.0"]
     assert plot_curve(path, tmp_path / "curve.png").stat().st_size > 0
+    old_header_only = tmp_path / "empty.csv"
+    old_header_only.write_text("kimg,seconds,img_per_s,fd_probe,fd_probe_real,kid_probe,kid_probe_real,n\n")
+    append_row(old_header_only, {"kimg": 0.0, "fd_probe": 1.0, "reference": "corpus:val"})
+    assert [r["reference"] for r in csv.DictReader(open(old_header_only, newline=""))] == ["corpus:val"]
 
 
 def test_face_set_crops_are_the_corpus_crops(tmp_path):
