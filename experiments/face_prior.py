@@ -106,10 +106,8 @@ def reference_faces(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, torch.Te
             f"reference.seed={ref.seed} is faces.seed: the curve would score G against the people it trains on; "
             "give the reference a seed of its own"
         )
-    faces, labels = face_set(
-        cfg.paths.cache_dir, ref.identities, ref.seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
-    )
-    return torch.from_numpy(faces), torch.from_numpy(labels), f"faces:{ref.identities}@{ref.seed}"
+    faces, labels = _rendered(cfg, ref.seed)
+    return faces, labels, f"faces:{ref.identities}@{ref.seed}"
 
 
 def other_faces(cfg: DictConfig) -> torch.Tensor | None:
@@ -123,10 +121,15 @@ def other_faces(cfg: DictConfig) -> torch.Tensor | None:
             f"reference.others_seed={ref.others_seed} is reference.seed or faces.seed: other people's faces must be "
             "drawn with a seed of their own"
         )
-    faces, _ = face_set(
-        cfg.paths.cache_dir, ref.identities, ref.others_seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
+    return _rendered(cfg, ref.others_seed)[0]
+
+
+def _rendered(cfg: DictConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's faces of `reference.identities` people drawn with `seed`, aligned as the face set's, cached."""
+    faces, labels = face_set(
+        cfg.paths.cache_dir, cfg.reference.identities, seed, cfg.faces.size, cfg.faces.align, workers=cfg.workers
     )
-    return torch.from_numpy(faces)
+    return torch.from_numpy(faces), torch.from_numpy(labels)
 
 
 @torch.no_grad()

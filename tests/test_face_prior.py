@@ -22,17 +22,17 @@ from lightning_modules.io.legacy import load_pretrained
 from lightning_modules.nets.stylegan2 import Discriminator
 
 
+def _traits(people) -> set:
+    return {tuple(sorted(p.traits.items())) for p in people}
+
+
 @pytest.mark.integration
 def test_face_set_holds_no_corpus_identity():
     _, labels = render_face_set(6, seed=1000, size=16, workers=1)
-    corpus = {tuple(sorted((k, v) for k, v in p.traits.items())) for p in sample_identities(120, 0)}
-    prior = [p for p in sample_identities(6, 1000 * 10_000) if p.has_face]
+    prior = face_set_people(6, seed=1000)
+    assert _traits(prior) == _traits(p for p in sample_identities(6, 1000 * 10_000) if p.has_face)  # the seed rule
     assert len(np.unique(labels)) == len(prior)
-    assert not corpus & {tuple(sorted((k, v) for k, v in p.traits.items())) for p in prior}
-
-
-def _traits(people) -> set:
-    return {tuple(sorted(p.traits.items())) for p in people}
+    assert not _traits(sample_identities(120, 0)) & _traits(prior)
 
 
 def test_the_curve_scores_people_in_neither_the_face_set_nor_the_corpus():
