@@ -13,12 +13,13 @@ EXP ?= prior_cpu          # the main job: the paper's method on the shipped face
 PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 PROBE_ARGS ?=             # experiments.face_probe overrides, e.g. "threads=1"
 TARGETS_ARGS ?=           # experiments.latent_targets overrides, e.g. "steps=1000"
+BOUND_ARGS ?=             # experiments.voice_bound overrides, e.g. "split=val" or "data.corpus.seed=4242"
 RUN_ARGS ?=
 DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ port=7861"
 TEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install run demo face-prior voice-prior face-probe latent-targets sums test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
+.PHONY: help install run demo face-prior voice-prior face-probe latent-targets voice-bound sums test test-unit test-full ablations table2 frontends recipe bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +64,9 @@ latent-targets: install  ## project the corpus' train faces into the shipped pri
 	$(PY) -m experiments.latent_targets $(TARGETS_ARGS)
 	cp outputs/latent_targets/face_prior_64_targets.safetensors lightning_modules/weights/
 	$(MAKE) sums
+
+voice-bound: install  ## what an ideal voice-to-face model scores on the test split (twins of the speakers; 4 min)
+	$(PY) -m experiments.voice_bound $(BOUND_ARGS)
 
 sums:  ## record the SHA-256 of the shipped weight files (lightning_modules/weights/SHA256SUMS)
 	cd lightning_modules/weights && sha256sum face_prior_64.pt face_probe_32.safetensors face_prior_64_targets.safetensors voice_prior_128.safetensors > SHA256SUMS

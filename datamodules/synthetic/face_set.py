@@ -34,15 +34,20 @@ def _identity_faces(job: tuple[dict, int, int, str]) -> np.ndarray:
     identity alone (its face stream, as corpus._build_identity spawns it), so workers do not change the output."""
     traits, identity_seed, size, align = job
     face_rng = np.random.default_rng(np.random.SeedSequence(identity_seed).spawn(2)[1])
-    crops = []
-    for _ in range(face_rng.integers(*FACES_PER_IDENTITY)):
-        image, points = render_face(traits, face_rng)
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        photo = np.asarray(Image.open(buffer).convert("RGB"))
-        M = ffhq_transform(points, size) if align == "ffhq" else umeyama(points, template(size))
-        crops.append(warp(photo, M, size))
-    return np.stack(crops)
+    return np.stack(
+        [aligned_photo(traits, face_rng, size, align) for _ in range(face_rng.integers(*FACES_PER_IDENTITY))]
+    )
+
+
+def aligned_photo(traits: dict, rng: np.random.Generator, size: int, align: str) -> np.ndarray:
+    """uint8 [3, size, size]: one photo of a person with `traits` (its pose, light and clothes drawn from `rng`),
+    JPEG round-tripped at the corpus' quality and cropped by the corpus' landmarks rule (`align`: arcface | ffhq)."""
+    image, points = render_face(traits, rng)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    photo = np.asarray(Image.open(buffer).convert("RGB"))
+    M = ffhq_transform(points, size) if align == "ffhq" else umeyama(points, template(size))
+    return warp(photo, M, size)
 
 
 def face_set_people(identities: int, seed: int) -> list:

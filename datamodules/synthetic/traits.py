@@ -34,6 +34,8 @@ ACCENTS: dict[str, tuple[str, float, float, dict[str, float]]] = {
 # eSpeak voice variants (timbre, base pitch) per sex; f0 at pitch 50 is ~100 Hz (male), ~195 Hz (female).
 VARIANTS = {"m": ("m1", "m2", "m3", "m4", "m6"), "f": ("f1", "f2", "f3", "f4", "f5")}
 EYE_COLOURS = ("dark", "brown", "blue", "green", "grey")
+# Clip bounds of the heard traits (eSpeak's pitch and range scales, words per minute).
+PITCH, PITCH_RANGE, RATE = (15.0, 85.0), (10.0, 90.0), (120.0, 230.0)
 
 # Columns of attributes.csv besides the key `VGGFace1 ID`, and what kind of value each holds.
 ATTRIBUTE_KINDS: dict[str, str] = {
@@ -145,31 +147,84 @@ def sample_identities(identities: int, seed: int) -> list[Identity]:
     names = _names(rng, sexes, buckets)
     out = []
     for i in range(total):
-        sex, nat = str(sexes[i]), str(nationalities[i])
-        language, skin_mean, skin_sd, hair_probs = ACCENTS[nat]
-        sign = 1.0 if sex == "m" else -1.0
-        z = rng.standard_normal(10)  # z_pitch, z_rate, z_range, then one private noise per face trait
-        traits = {
-            "sex": sex,
-            "nationality": nat,
-            "language": language,
-            "voice_variant": VARIANTS[sex][rng.integers(len(VARIANTS[sex]))],
-            "pitch": float(np.clip(50 - 8 * sign + 13 * z[0], 15, 85)),
-            "pitch_range": float(np.clip(50 + 15 * z[2], 10, 90)),
-            "rate_wpm": float(np.clip(170 + 25 * z[1], 120, 230)),
-            "skin_tone": _clip01(skin_mean + skin_sd * z[3]),
-            "hair_colour": str(rng.choice(list(hair_probs), p=list(hair_probs.values()))),
-            "hair_length": _clip01((0.72 if sex == "f" else 0.2) + 0.14 * z[4]),
-            "jaw_width": _clip01(0.5 + 0.22 * sign - 0.12 * z[0] + 0.08 * z[5]),
-            "brow_thickness": _clip01(0.5 + 0.2 * sign - 0.1 * z[0] + 0.08 * z[6]),
-            "eye_size": _clip01(0.5 + 0.2 * z[1] + 0.06 * z[7]),
-            "mouth_width": _clip01(0.5 + 0.15 * z[2] + 0.07 * z[8]),
-            "face_length": _clip01(0.5 + 0.18 * z[9]),
-            "eye_colour": EYE_COLOURS[rng.integers(len(EYE_COLOURS))],
-        }
+        traits = draw_traits(str(sexes[i]), str(nationalities[i]), rng.standard_normal(10), rng)
         has_voice, has_face = modality[i]
         out.append(Identity(names[i], has_voice, has_face, traits, int(rng.integers(2**31))))
     return out
+
+
+def draw_traits(sex: str, nat: str, z: np.ndarray, rng: np.random.Generator) -> dict:
+    """Every trait of one identity (ATTRIBUTE_KINDS) from its latent: `sex`, nationality `nat` and ten standard
+    normals `z` (z_pitch, z_rate, z_range, then one private noise per face trait, as the package docstring
+    writes them); `rng` draws the voice variant, hair colour and eye colour, in that order."""
+    language, skin_mean, skin_sd, hair_probs = ACCENTS[nat]
+    sign = 1.0 if sex == "m" else -1.0
+    return {
+        "sex": sex,
+        "nationality": nat,
+        "language": language,
+        "voice_variant": VARIANTS[sex][rng.integers(len(VARIANTS[sex]))],
+        "pitch": float(np.clip(50 - 8 * sign + 13 * z[0], *PITCH)),
+        "pitch_range": float(np.clip(50 + 15 * z[2], *PITCH_RANGE)),
+        "rate_wpm": float(np.clip(170 + 25 * z[1], *RATE)),
+        "skin_tone": _clip01(skin_mean + skin_sd * z[3]),
+        "hair_colour": str(rng.choice(list(hair_probs), p=list(hair_probs.values()))),
+        "hair_length": _clip01((0.72 if sex == "f" else 0.2) + 0.14 * z[4]),
+        "jaw_width": _clip01(0.5 + 0.22 * sign - 0.12 * z[0] + 0.08 * z[5]),
+        "brow_thickness": _clip01(0.5 + 0.2 * sign - 0.1 * z[0] + 0.08 * z[6]),
+        "eye_size": _clip01(0.5 + 0.2 * z[1] + 0.06 * z[7]),
+        "mouth_width": _clip01(0.5 + 0.15 * z[2] + 0.07 * z[8]),
+        "face_length": _clip01(0.5 + 0.18 * z[9]),
+        "eye_colour": EYE_COLOURS[rng.integers(len(EYE_COLOURS))],
+    }
+
+
+def _heard_normal(value: float, centre: float, scale: float, bounds: tuple[float, float], rng) -> float:
+    """The standard normal z behind `value` = clip(centre + scale·z, *bounds): exact inside the bounds; at a
+    bound (where clipping hides z) a draw from the normal's tail beyond it, which is what the voice tells."""
+    lo, hi = bounds
+    if lo < value < hi:
+        return (value - centre) / scale
+    edge = ((lo if value <= lo else hi) - centre) / scale
+    while True:  # rejection from the tail: every clip bound lies within 3 sd, so a few hundred tries at most
+        z = rng.standard_normal(256)
+        z = z[z <= edge] if value <= lo else z[z >= edge]
+        if len(z):
+            return float(z[0])
+
+
+TWIN_KEEPS = ("speaker", "voice", "sex_accent", "nothing")
+
+
+def twin(traits: dict, keep: str, rng: np.random.Generator) -> dict:
+    """The traits of a new person who shares with `traits` what `keep` names, everything else drawn anew from
+    the corpus' own distributions (draw_traits):
+
+    - speaker: everything (new photos of the same person);
+    - voice: everything the voice carries: sex, nationality (the accent), voice variant, and z_pitch, z_rate,
+      z_range as pitch, rate and range give them back, hence the parts of the jaw, brows, eyes and mouth they
+      fix; the face's private noises, hair colour and eye colour are drawn anew. Faces of such twins are what
+      an ideal voice-to-face model draws: the posterior over faces given the voice;
+    - sex_accent: sex and nationality only (what attr/<trait>/group assumes is heard);
+    - nothing: a person of the corpus' population (sex and nationality uniform, as sample_identities balances
+      them)."""
+    if keep not in TWIN_KEEPS:
+        raise ValueError(f"twin: keep={keep!r} is not one of {TWIN_KEEPS}")
+    if keep == "speaker":
+        return dict(traits)
+    z = rng.standard_normal(10)
+    if keep == "nothing":
+        return draw_traits(str(rng.choice(["m", "f"])), str(rng.choice(list(ACCENTS))), z, rng)
+    sex, nat = str(traits["sex"]), str(traits["nationality"])
+    if keep == "voice":
+        sign = 1.0 if sex == "m" else -1.0
+        z[0] = _heard_normal(float(traits["pitch"]), 50 - 8 * sign, 13, PITCH, rng)
+        z[1] = _heard_normal(float(traits["rate_wpm"]), 170, 25, RATE, rng)
+        z[2] = _heard_normal(float(traits["pitch_range"]), 50, 15, PITCH_RANGE, rng)
+    drawn = draw_traits(sex, nat, z, rng)
+    if keep == "voice":
+        drawn["voice_variant"] = traits["voice_variant"]
+    return drawn
 
 
 def _format(value) -> str:

@@ -1,0 +1,215 @@
+"""What a voice can tell of a face on the embedded corpus: the evaluation's figures for ideal voice-to-face models.
+
+    python -m experiments.voice_bound [split=test] [draws=5] [data.corpus.seed=4242]   (make voice-bound)
+
+The corpus draws a speaker's voice and face from one latent (datamodules/synthetic/__init__.py), so the best any
+model can do from the voice alone is known: draw the face of a *twin* who shares everything the voice carries and
+nothing else (`datamodules.synthetic.traits.twin`). Here each utterance of the split gets, in place of a generated
+face, one photo of a twin of its speaker, rendered and cropped as the corpus' photos are, and the evaluation's own
+measures score those faces against the split's real ones: fd_probe beside its floor, the spread between and
+within speakers, recall@1 among the split's speakers and the traits read by the face probe. Rows (`rows`):
+
+- speaker: the speaker's own new photos (every trait kept; the check that these faces meet the floor);
+- voice: a new voice twin per utterance (the posterior over faces given the voice: an ideal model with a noise
+  input);
+- voice_per_speaker: one voice twin per speaker, its photos for all of the speaker's utterances (an ideal model
+  that draws one person per voice);
+- sex_accent: a twin sharing sex and nationality only, per utterance (what attr/<trait>/group assumes is heard);
+- nothing: a person of the corpus' population per utterance (an ideal unconditional prior).
+
+Each row is drawn `draws` times; its figures are the mean and sd over the draws (the speakers and utterances are
+the split's, fixed). Writes voice_bound_<split>.json and .md in `out`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from datamodules.cli_errors import one_line_errors
+from datamodules.faces import normalize
+from datamodules.files import write_atomic
+from datamodules.synthetic.face_set import aligned_photo
+from datamodules.synthetic.traits import twin
+from experiments.schema import check_command_config, check_values
+from lightning_modules.metrics.attributes import attribute_scores
+from lightning_modules.metrics.families import identity_metrics
+from lightning_modules.metrics.probe import probe_for
+from lightning_modules.metrics.quality import probe_quality, speaker_mean_faces, speaker_spread
+from lightning_modules.metrics.settings import MetricsSettings
+
+ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker")
+    "speaker": ("speaker", "utterance"),
+    "voice": ("voice", "utterance"),
+    "voice_per_speaker": ("voice", "speaker"),
+    "sex_accent": ("sex_accent", "utterance"),
+    "nothing": ("nothing", "utterance"),
+}
+TRAITS = ("sex", "skin_tone", "hair_colour", "hair_length")  # attr/<trait> reported per row
+
+
+def utterance_labels(datamodule, split: str) -> Tensor:
+    """[N] the speaker of each utterance of `split`, in the evaluation's order (one generated face each)."""
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    return torch.cat([batch["label"] for batch in loader])
+
+
+def twin_faces(
+    attributes: dict,  # name -> traits (datamodule.attributes)
+    names: list[str],  # the split's identities, by label
+    labels: Tensor,  # [N] speaker of each utterance
+    row: str,  # a key of ROWS
+    rng: np.random.Generator,
+    size: int,  # crop size in pixels
+    align: str,  # arcface | ffhq, as the split's real faces
+) -> Tensor:
+    """uint8 [N, 3, size, size]: for each utterance a photo of a twin of its speaker, as ROWS[row] says."""
+    keep, per = ROWS[row]
+    people = {}  # speaker -> the one twin of a per-speaker row
+    faces = []
+    for label in labels.tolist():
+        traits = attributes[names[label]]
+        if per == "speaker":
+            person = people.setdefault(label, twin(traits, keep, rng))
+        else:
+            person = twin(traits, keep, rng)
+        faces.append(aligned_photo(person, rng, size, align))
+    return torch.from_numpy(np.stack(faces))
+
+
+def scores(faces: Tensor, labels: Tensor, real: dict, split, settings: MetricsSettings) -> dict[str, float]:
+    """The evaluation's figures of `faces` (uint8, one per utterance) against the split's real faces."""
+    probe, codec, _ = split["probe"]
+    feats = probe.predict(normalize(faces))[0]
+    q = settings.quality
+    out = probe_quality(feats, real["feats"], real["labels"], q.repeats, q.seed)
+    out.update(speaker_spread(feats, labels, real["feats"], real["labels"]))
+    names = split["names"]
+    ids = identity_metrics(feats, labels, real["feats"], real["labels"], len(names), settings.identity, {}, 0)
+    out[f"recall@1_g{len(names)}"] = ids[f"recall@1_g{len(names)}"]
+    attrs = attribute_scores(
+        probe,
+        codec,
+        normalize(faces),
+        [names[i] for i in labels],
+        normalize(real["u8"]),
+        [names[i] for i in real["labels"]],
+        split["attributes"],
+        resamples=0,
+        train_names=split["train_names"],
+    )
+    out.update({k: v for k, v in attrs.items() if k.count("/") == 1 or k.endswith("/group")})
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    check_command_config(cfg, "voice_bound")
+    check_values(cfg, ["data"])
+    torch.set_num_threads(cfg.threads)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("test")
+    if dm.attributes is None:
+        raise ValueError("voice_bound: the dataset has no attributes.csv; twins exist only on the embedded corpus")
+    settings = MetricsSettings.of(cfg.metrics)
+    names = list(dm.identities(cfg.split))
+    faces = dm.faces(cfg.split)
+    real_u8 = torch.cat([faces[n] for n in names])
+    real_labels = torch.cat([torch.full((len(faces[n]),), i) for i, n in enumerate(names)])
+    split = {
+        "names": names,
+        "attributes": dm.attributes,
+        "train_names": list(dm.identities("train")),
+        "probe": probe_for(dm, settings.probe),
+    }
+    real = {"u8": real_u8, "labels": real_labels, "feats": split["probe"][0].predict(normalize(real_u8))[0]}
+    labels = utterance_labels(dm, cfg.split)
+    size, align = real_u8.shape[-1], cfg.data.face_align
+    mean_faces = speaker_mean_faces(normalize(real_u8), real_labels, labels)
+    q = settings.quality
+    result = {
+        "split": cfg.split,
+        "speakers": len(names),
+        "utterances": len(labels),
+        "real_faces": len(real_u8),
+        "corpus": dict(cfg.data.corpus),
+        "probe": split["probe"][2],
+        "draws": cfg.draws,
+        "speaker_mean": probe_quality(
+            split["probe"][0].predict(mean_faces)[0], real["feats"], real_labels, q.repeats, q.seed
+        ),
+        "rows": {},
+    }
+    for r, row in enumerate(cfg.rows):
+        per_draw = []
+        for d in range(cfg.draws):
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, r, d]))
+            per_draw.append(
+                scores(twin_faces(dm.attributes, names, labels, row, rng, size, align), labels, real, split, settings)
+            )
+        keys = per_draw[0].keys()
+        result["rows"][row] = {
+            "mean": {k: float(np.mean([p[k] for p in per_draw])) for k in keys},
+            "sd": {k: float(np.std([p[k] for p in per_draw], ddof=1)) if cfg.draws > 1 else 0.0 for k in keys},
+            "draws": per_draw,
+        }
+        print(f"{row}: fd_probe {result['rows'][row]['mean']['fd_probe']:.3f}", flush=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = bound_markdown(result)
+    write_atomic(out / f"voice_bound_{cfg.split}.md", lambda p: p.write_text(markdown))
+    write_atomic(out / f"voice_bound_{cfg.split}.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    print(markdown)
+    return result
+
+
+def bound_markdown(result: dict) -> str:
+    """One table: each row's figures, mean ± sd over its draws, fd_probe also as a multiple of its floor."""
+    g = f"recall@1_g{result['speakers']}"
+    cols = [("fd_probe", "fd_probe"), ("between / within", None), ("recall@1", g)] + [
+        (t.replace("_", " "), f"attr/{t}") for t in TRAITS
+    ]
+    lines = [
+        f"Twins of the {result['speakers']} {result['split']} speakers, one photo per utterance "
+        f"({result['utterances']} utterances, {result['real_faces']} real faces; corpus {result['corpus']}; "
+        f"{result['draws']} draws, mean ± sd; probe {result['probe']})",
+        "",
+        "| row | " + " | ".join(c for c, _ in cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
+    floor = None
+    for row, figs in result["rows"].items():
+        m, s = figs["mean"], figs["sd"]
+        floor = m["fd_probe/real"]
+        cells = []
+        for _, key in cols:
+            if key is None:
+                cells.append(f"{m['probe_spread/between']:.2f} / {m['probe_spread/within']:.2f}")
+            elif key == "fd_probe":
+                cells.append(f"{m[key]:.3f} ± {s[key]:.3f} (×{m[key] / m['fd_probe/real']:.1f})")
+            else:
+                cells.append(f"{m[key]:.3f} ± {s[key]:.3f}" if key in m else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    mean = result["speaker_mean"]["fd_probe"]
+    lines += [
+        "",
+        f"floor (real vs real, halves of the speakers' photos): {floor:.3f}; each speaker's mean real face: "
+        f"{mean:.3f} (×{mean / floor:.1f}); chance recall@1 {1 / result['speakers']:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="voice_bound")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
