@@ -24,7 +24,9 @@ the split's, fixed). Writes voice_bound_<split>.json and .md in `out`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -43,6 +45,7 @@ from lightning_modules.metrics.families import identity_metrics
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality, speaker_mean_faces, speaker_spread
 from lightning_modules.metrics.settings import MetricsSettings
+from lightning_modules.metrics.split import real_faces
 
 ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker")
     "speaker": ("speaker", "utterance"),
@@ -83,26 +86,38 @@ def twin_faces(
     return torch.from_numpy(np.stack(faces))
 
 
-def scores(faces: Tensor, labels: Tensor, real: dict, split, settings: MetricsSettings) -> dict[str, float]:
-    """The evaluation's figures of `faces` (uint8, one per utterance) against the split's real faces."""
-    probe, codec, _ = split["probe"]
+@dataclass
+class Reference:
+    """The split's real faces as the evaluation reads them, and the probe that scores faces against them."""
+
+    names: list[str]  # the split's identities, by label
+    real_u8: Tensor  # [M, 3, S, S] their photos
+    real_labels: Tensor  # [M]
+    real_feats: Tensor  # [M, D] the probe's features of them
+    probe: Any  # (FaceProbe, AttributeCodec, which) from probe_for
+    attributes: dict  # name -> traits
+    train_names: list[str]  # for the sex+accent bound (attr/<trait>/group)
+
+
+def scores(faces: Tensor, labels: Tensor, ref: Reference, settings: MetricsSettings) -> dict[str, float]:
+    """The evaluation's figures of `faces` (uint8, one per utterance, speakers `labels`) against the real faces."""
+    probe, codec, _ = ref.probe
     feats = probe.predict(normalize(faces))[0]
-    q = settings.quality
-    out = probe_quality(feats, real["feats"], real["labels"], q.repeats, q.seed)
-    out.update(speaker_spread(feats, labels, real["feats"], real["labels"]))
-    names = split["names"]
-    ids = identity_metrics(feats, labels, real["feats"], real["labels"], len(names), settings.identity, {}, 0)
-    out[f"recall@1_g{len(names)}"] = ids[f"recall@1_g{len(names)}"]
+    q, recall = settings.quality, f"recall@1_g{len(ref.names)}"
+    out = probe_quality(feats, ref.real_feats, ref.real_labels, q.repeats, q.seed)
+    out.update(speaker_spread(feats, labels, ref.real_feats, ref.real_labels))
+    args = (feats, labels, ref.real_feats, ref.real_labels, len(ref.names), settings.identity, {}, 0)
+    out[recall] = identity_metrics(*args)[recall]
     attrs = attribute_scores(
         probe,
         codec,
         normalize(faces),
-        [names[i] for i in labels],
-        normalize(real["u8"]),
-        [names[i] for i in real["labels"]],
-        split["attributes"],
-        resamples=0,
-        train_names=split["train_names"],
+        [ref.names[i] for i in labels],
+        normalize(ref.real_u8),
+        [ref.names[i] for i in ref.real_labels],
+        ref.attributes,
+        resamples=0,  # the draws give the spread; the speakers are fixed
+        train_names=ref.train_names,
     )
     out.update({k: v for k, v in attrs.items() if k.count("/") == 1 or k.endswith("/group")})
     return out
@@ -118,20 +133,13 @@ def run(cfg: DictConfig) -> dict:
     if dm.attributes is None:
         raise ValueError("voice_bound: the dataset has no attributes.csv; twins exist only on the embedded corpus")
     settings = MetricsSettings.of(cfg.metrics)
-    names = list(dm.identities(cfg.split))
-    faces = dm.faces(cfg.split)
-    real_u8 = torch.cat([faces[n] for n in names])
-    real_labels = torch.cat([torch.full((len(faces[n]),), i) for i, n in enumerate(names)])
-    split = {
-        "names": names,
-        "attributes": dm.attributes,
-        "train_names": list(dm.identities("train")),
-        "probe": probe_for(dm, settings.probe),
-    }
-    real = {"u8": real_u8, "labels": real_labels, "feats": split["probe"][0].predict(normalize(real_u8))[0]}
+    real_u8, real_labels, names = real_faces(dm, cfg.split)
+    probe = probe_for(dm, settings.probe)
+    real_feats = probe[0].predict(normalize(real_u8))[0]
+    ref = Reference(names, real_u8, real_labels, real_feats, probe, dm.attributes, list(dm.identities("train")))
     labels = utterance_labels(dm, cfg.split)
     size, align = real_u8.shape[-1], cfg.data.face_align
-    mean_faces = speaker_mean_faces(normalize(real_u8), real_labels, labels)
+    mean_faces = probe[0].predict(speaker_mean_faces(normalize(real_u8), real_labels, labels))[0]
     q = settings.quality
     result = {
         "split": cfg.split,
@@ -139,20 +147,17 @@ def run(cfg: DictConfig) -> dict:
         "utterances": len(labels),
         "real_faces": len(real_u8),
         "corpus": dict(cfg.data.corpus),
-        "probe": split["probe"][2],
+        "probe": probe[2],
         "draws": cfg.draws,
-        "speaker_mean": probe_quality(
-            split["probe"][0].predict(mean_faces)[0], real["feats"], real_labels, q.repeats, q.seed
-        ),
+        "speaker_mean": probe_quality(mean_faces, real_feats, real_labels, q.repeats, q.seed),
         "rows": {},
     }
-    for r, row in enumerate(cfg.rows):
+    for row in cfg.rows:
         per_draw = []
-        for d in range(cfg.draws):
-            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, r, d]))
-            per_draw.append(
-                scores(twin_faces(dm.attributes, names, labels, row, rng, size, align), labels, real, split, settings)
-            )
+        for d in range(cfg.draws):  # a row's draws do not depend on which other rows run
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, list(ROWS).index(row), d]))
+            faces = twin_faces(dm.attributes, names, labels, row, rng, size, align)
+            per_draw.append(scores(faces, labels, ref, settings))
         keys = per_draw[0].keys()
         result["rows"][row] = {
             "mean": {k: float(np.mean([p[k] for p in per_draw])) for k in keys},

@@ -45,7 +45,7 @@ def aligned_photo(traits: dict, rng: np.random.Generator, size: int, align: str)
     image, points = render_face(traits, rng)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    photo = np.asarray(Image.open(buffer).convert("RGB"))
+    photo = np.array(Image.open(buffer).convert("RGB"))  # writable: torch.from_numpy warns on a read-only one
     M = ffhq_transform(points, size) if align == "ffhq" else umeyama(points, template(size))
     return warp(photo, M, size)
 
