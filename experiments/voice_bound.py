@@ -131,7 +131,10 @@ def run(cfg: DictConfig) -> dict:
     dm.prepare_data()
     dm.setup("test")
     if dm.attributes is None:
-        raise ValueError("voice_bound: the dataset has no attributes.csv; twins exist only on the embedded corpus")
+        where = cfg.data.get("root") or cfg.data.get("corpus_dir")
+        raise ValueError(
+            f"voice_bound: {where}: no attributes.csv; twins exist only on the embedded corpus (data=embedded)"
+        )
     settings = MetricsSettings.of(cfg.metrics)
     real_u8, real_labels, names = real_faces(dm, cfg.split)
     probe = probe_for(dm, settings.probe)
