@@ -12,6 +12,9 @@ within speakers, recall@1 among the split's speakers and the traits read by the 
 - speaker: the speaker's own new photos (every trait kept; the check that these faces meet the floor);
 - voice: a new voice twin per utterance (the posterior over faces given the voice: an ideal model with a noise
   input);
+- voice_half, voice_mode: voice twins whose redrawn noises are halved, or at their mean with the nationality's most
+  likely hair colour (the posterior's mode: what a model that draws the likeliest face scores; sampling is not
+  what minimises fd_probe or maximises an accuracy);
 - voice_per_speaker: one voice twin per speaker, its photos for all of the speaker's utterances (an ideal model
   that draws one person per voice);
 - sex_accent: a twin sharing sex and nationality only, per utterance (what attr/<trait>/group assumes is heard);
@@ -47,12 +50,14 @@ from lightning_modules.metrics.quality import probe_quality, speaker_mean_faces,
 from lightning_modules.metrics.settings import MetricsSettings
 from lightning_modules.metrics.split import real_faces
 
-ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker")
-    "speaker": ("speaker", "utterance"),
-    "voice": ("voice", "utterance"),
-    "voice_per_speaker": ("voice", "speaker"),
-    "sex_accent": ("sex_accent", "utterance"),
-    "nothing": ("nothing", "utterance"),
+ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker", spread)
+    "speaker": ("speaker", "utterance", 1.0),
+    "voice": ("voice", "utterance", 1.0),
+    "voice_per_speaker": ("voice", "speaker", 1.0),
+    "sex_accent": ("sex_accent", "utterance", 1.0),
+    "nothing": ("nothing", "utterance", 1.0),
+    "voice_half": ("voice", "utterance", 0.5),  # rows are seeded by their place here: new ones go last
+    "voice_mode": ("voice", "utterance", 0.0),
 }
 TRAITS = ("sex", "skin_tone", "hair_colour", "hair_length")  # attr/<trait> reported per row
 
@@ -73,15 +78,15 @@ def twin_faces(
     align: str,  # arcface | ffhq, as the split's real faces
 ) -> Tensor:
     """uint8 [N, 3, size, size]: for each utterance a photo of a twin of its speaker, as ROWS[row] says."""
-    keep, per = ROWS[row]
+    keep, per, spread = ROWS[row]
     people = {}  # speaker -> the one twin of a per-speaker row
     faces = []
     for label in labels.tolist():
         traits = attributes[names[label]]
         if per == "speaker":
-            person = people.setdefault(label, twin(traits, keep, rng))
+            person = people.setdefault(label, twin(traits, keep, rng, spread))
         else:
-            person = twin(traits, keep, rng)
+            person = twin(traits, keep, rng, spread)
         faces.append(aligned_photo(person, rng, size, align))
     return torch.from_numpy(np.stack(faces))
 

@@ -116,3 +116,16 @@ def test_the_bound_scores_twins_in_the_evaluations_crop(tmp_path):
     written = json.loads((tmp_path / "out" / "voice_bound_test.json").read_text())
     assert written["speakers"] == 6 and len(written["rows"]["speaker"]["draws"]) == 2
     assert (tmp_path / "out" / "voice_bound_test.md").read_text().count("\n| ") == 4  # header, rule and the two rows
+
+
+def test_spread_tempers_the_redrawn_noise_and_zero_gives_the_posteriors_mode():
+    from datamodules.synthetic.traits import ACCENTS
+
+    rng = np.random.default_rng(4)
+    t = next(p.traits for p in PEOPLE if p.traits["nationality"] == "UK")
+    mode = [twin(t, "voice", rng, spread=0.0) for _ in range(20)]
+    assert all(o["hair_colour"] == "brown" == max(ACCENTS["UK"][3], key=ACCENTS["UK"][3].get) for o in mode)
+    assert {o["face_length"] for o in mode} == {0.5} and {o["skin_tone"] for o in mode} == {ACCENTS["UK"][1]}
+    assert [o["jaw_width"] for o in mode] == pytest.approx([_voice_part(t)["jaw_width"]] * 20)
+    half = np.array([twin(t, "voice", rng, spread=0.5)["face_length"] for _ in range(3000)])
+    assert half.std() == pytest.approx(0.09, rel=0.1)  # face_length's sd 0.18, halved

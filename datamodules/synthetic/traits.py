@@ -196,7 +196,7 @@ def _heard_normal(value: float, centre: float, scale: float, bounds: tuple[float
 TWIN_KEEPS = ("speaker", "voice", "sex_accent", "nothing")
 
 
-def twin(traits: dict, keep: str, rng: np.random.Generator) -> dict:
+def twin(traits: dict, keep: str, rng: np.random.Generator, spread: float = 1.0) -> dict:
     """The traits of a new person who shares with `traits` what `keep` names, everything else drawn anew from
     the corpus' own distributions (draw_traits):
 
@@ -207,15 +207,19 @@ def twin(traits: dict, keep: str, rng: np.random.Generator) -> dict:
       an ideal voice-to-face model draws: the posterior over faces given the voice;
     - sex_accent: sex and nationality only (what attr/<trait>/group assumes is heard);
     - nothing: a person of the corpus' population (sex and nationality uniform, as sample_identities balances
-      them)."""
+      them).
+
+    `spread` scales every normal drawn anew: 1 samples the posterior; 0 gives its mode, the noises at their mean
+    and the nationality's most likely hair colour (eye colour, uniform over its five, is still drawn)."""
     if keep not in TWIN_KEEPS:
         raise ValueError(f"twin: keep={keep!r} is not one of {TWIN_KEEPS}")
     if keep == "speaker":
         return dict(traits)
-    z = rng.standard_normal(10)
+    z = spread * rng.standard_normal(10)
     if keep == "nothing":
-        return draw_traits(str(rng.choice(["m", "f"])), str(rng.choice(list(ACCENTS))), z, rng)
-    sex, nat = str(traits["sex"]), str(traits["nationality"])
+        sex, nat = str(rng.choice(["m", "f"])), str(rng.choice(list(ACCENTS)))
+    else:
+        sex, nat = str(traits["sex"]), str(traits["nationality"])
     if keep == "voice":
         sign = 1.0 if sex == "m" else -1.0
         z[0] = _heard_normal(float(traits["pitch"]), 50 - 8 * sign, 13, PITCH, rng)
@@ -224,6 +228,9 @@ def twin(traits: dict, keep: str, rng: np.random.Generator) -> dict:
     drawn = draw_traits(sex, nat, z, rng)
     if keep == "voice":
         drawn["voice_variant"] = traits["voice_variant"]
+    if spread == 0:
+        hair_odds = ACCENTS[nat][3]
+        drawn["hair_colour"] = max(hair_odds, key=hair_odds.get)
     return drawn
 
 

@@ -5,8 +5,9 @@ Per attribute six numbers: the score on generated faces with its 95 % bootstrap 
 (`/ci95`); chance (always predicting the train majority class / the train mean); shuffled (the same generated
 predictions scored against the traits of randomly permuted identities: what a generator that ignores the voice
 would get, faces that all look alike included); and the oracle (the same probe on the real faces of the same
-identities); and the group bound (below: the best a model that heard only sex and accent could do). A model
-hears a trait when its score beats `shuffled`, and clearly so when the interval's lower end does.
+identities); and the group bound (below: what a model that heard only sex and accent and learned their odds from
+the train split would do). A model hears a trait when its score beats `shuffled`, and clearly so when the
+interval's lower end does.
 Categorical -> accuracy; continuous -> R² (1 − SS_res / SS_tot around the evaluated targets' mean).
 A continuous trait whose oracle R² is below WEAK_ORACLE_R2 cannot be read off even the real faces by this probe
 (the voice-only traits pitch, pitch range and rate are of this kind), so a score on generated faces would say
@@ -115,8 +116,9 @@ def attribute_scores(
     evaluated identities (R² is undefined there).
     `attr/<name>/group` (with train_names, when every identity has the `group_by` traits): the score of the
     train mode / mean of the speaker's (sex, nationality) group, read off the labels (no probe): what a model
-    that heard exactly sex and accent, and nothing else, could reach with a perfect probe. On the embedded corpus
-    skin tone and hair colour follow nationality only, so this is their ceiling from the voice.
+    that heard exactly sex and accent, and learned each group's odds from the train speakers alone, could reach
+    with a perfect probe. It is not a ceiling: a few train speakers per group estimate the odds poorly, and the
+    corpus' own odds do better (experiments.voice_bound, row voice_mode; docs/voice_bound.md).
     """
     _, gen_pred = probe.predict(generated)
     _, real_pred = probe.predict(real)
