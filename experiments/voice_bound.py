@@ -2,9 +2,9 @@
 
     python -m experiments.voice_bound [split=test] [draws=5] [data.corpus.seed=4242]   (make voice-bound)
 
-The corpus draws a speaker's voice and face from one latent (datamodules/synthetic/__init__.py), so the best any
-model can do from the voice alone is known: draw the face of a *twin* who shares everything the voice carries and
-nothing else (`datamodules.synthetic.traits.twin`). Here each utterance of the split gets, in place of a generated
+The corpus draws a speaker's voice and face from one latent (datamodules/synthetic/__init__.py), so ideal models
+of the voice alone can be written down: draw the face of a *twin* who shares everything the voice carries and
+nothing else (`datamodules.synthetic.traits.twin`), sampled or at the posterior's mode. Here each utterance of the split gets, in place of a generated
 face, one photo of a twin of its speaker, rendered and cropped as the corpus' photos are, and the evaluation's own
 measures score those faces against the split's real ones: fd_probe beside its floor, the spread between and
 within speakers, recall@1 among the split's speakers and the traits read by the face probe. Rows (`rows`):
