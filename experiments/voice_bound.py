@@ -4,10 +4,11 @@
 
 The corpus draws a speaker's voice and face from one latent (datamodules/synthetic/__init__.py), so ideal models
 of the voice alone can be written down: draw the face of a *twin* who shares everything the voice carries and
-nothing else (`datamodules.synthetic.traits.twin`), sampled or at the posterior's mode. Here each utterance of the split gets, in place of a generated
-face, one photo of a twin of its speaker, rendered and cropped as the corpus' photos are, and the evaluation's own
-measures score those faces against the split's real ones: fd_probe beside its floor, the spread between and
-within speakers, recall@1 among the split's speakers and the traits read by the face probe. Rows (`rows`):
+nothing else (`datamodules.synthetic.traits.twin`), sampled or at the posterior's mode. Here each utterance of the
+split gets, in place of a generated face, one photo of a twin of its speaker, rendered and cropped as the corpus'
+photos are, and the evaluation's own measures score those faces against the split's real ones: fd_probe beside its
+floor, the spread between and within speakers, recall@1 among the split's speakers and the traits read by the face
+probe. Rows (`rows`):
 
 - speaker: the speaker's own new photos (every trait kept; the check that these faces meet the floor);
 - voice: a new voice twin per utterance (the posterior over faces given the voice: an ideal model with a noise
