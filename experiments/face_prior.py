@@ -63,7 +63,7 @@ class ProbeScore:
         self.labels = labels
         self.real_feats = self.features(faces)
         self.others = None if others is None else self.features(others)
-        self._others_fd = {}
+        self._others_fd = {}  # n -> other_people_fd: the same for every snapshot scoring n faces
 
     def features(self, faces: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.probe.predict(normalize(chunk))[0] for chunk in faces.split(500)])
@@ -75,20 +75,20 @@ class ProbeScore:
         quantised = normalize((faces.clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8))
         q = probe_quality(self.probe.predict(quantised)[0], self.real_feats, self.labels)
         if self.others is not None:
-            q["fd_probe/others"] = self.others_fd(len(faces))
+            n = len(faces)
+            if n not in self._others_fd:
+                self._others_fd[n] = other_people_fd(self.others, self.real_feats, self.labels, n)
+            q["fd_probe/others"] = self._others_fd[n]
         return q
 
-    def others_fd(self, n: int, draws: int = 5) -> float:
-        """fd_probe of `n` real faces of other people, scored as G's n faces are (the mean of `draws` subsets): what
-        a prior that drew real people would score. fd_probe/real compares two halves of the reference's own people's
-        photos, which faces of other people, and so any unconditional G, cannot reach against a set of few people."""
-        if n not in self._others_fd:
-            picks = [
-                torch.randperm(len(self.others), generator=torch.Generator().manual_seed(k))[:n] for k in range(draws)
-            ]
-            fds = [probe_quality(self.others[i], self.real_feats, self.labels)["fd_probe"] for i in picks]
-            self._others_fd[n] = sum(fds) / draws
-        return self._others_fd[n]
+
+def other_people_fd(others: torch.Tensor, real: torch.Tensor, labels: torch.Tensor, n: int, draws: int = 5) -> float:
+    """fd_probe of `n` of the features `others` (real faces of other people) against `real` (people `labels`),
+    scored as G's n faces are, the mean of `draws` seeded subsets: what a prior that drew real people would score.
+    fd_probe/real compares two halves of the reference's own people's photos, which faces of other people, and so
+    any unconditional G, cannot reach against a set of few people."""
+    picks = [torch.randperm(len(others), generator=torch.Generator().manual_seed(k))[:n] for k in range(draws)]
+    return sum(probe_quality(others[i], real, labels)["fd_probe"] for i in picks) / draws
 
 
 def reference_faces(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, torch.Tensor, str]:

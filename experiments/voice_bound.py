@@ -197,10 +197,9 @@ def bound_markdown(result: dict) -> str:
         "| row | " + " | ".join(c for c, _ in cols) + " |",
         "| --- |" + " --- |" * len(cols),
     ]
-    floor = None
+    floor = result["speaker_mean"]["fd_probe/real"]  # real vs real: the same for every row (one face per utterance)
     for row, figs in result["rows"].items():
         m, s = figs["mean"], figs["sd"]
-        floor = m["fd_probe/real"]
         cells = []
         for _, key in cols:
             if key is None:

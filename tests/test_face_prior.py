@@ -77,19 +77,18 @@ def test_real_faces_of_other_people_sit_above_the_floor(people, floors):
     """Why the curve also scores other people's real faces: the floor's halves share their people, so faces of other
     people (what a perfect unconditional prior draws) score above it, by several floors against a few people; that
     score is the mean of the subsets it names."""
-    from experiments.face_prior import ProbeScore
+    from experiments.face_prior import other_people_fd
     from lightning_modules.metrics.quality import probe_quality
 
     g = torch.Generator().manual_seed(0)
     others, _ = _people(400, g)
     real, labels = _people(people, g)
-    score = object.__new__(ProbeScore)  # the features alone: no probe to train
-    score.real_feats, score.labels, score.others, score._others_fd = real, labels, others, {}
     floor = probe_quality(others[:1000], real, labels)["fd_probe/real"]
-    assert score.others_fd(1000) > floors * floor
+    score = other_people_fd(others, real, labels, 1000)
+    assert score > floors * floor
     subsets = [torch.randperm(4000, generator=torch.Generator().manual_seed(k))[:1000] for k in range(5)]
     expected = sum(probe_quality(others[i], real, labels)["fd_probe"] for i in subsets) / 5
-    assert score.others_fd(1000) == pytest.approx(expected, rel=1e-12)
+    assert score == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_curve_scored_against_other_faces_is_not_continued(tmp_path):
