@@ -21,8 +21,16 @@ probe. Rows (`rows`):
 - sex_accent: a twin sharing sex and nationality only, per utterance (what attr/<trait>/group assumes is heard);
 - nothing: a person of the corpus' population per utterance (an ideal unconditional prior).
 
+With `through=G` (a generator: a shipped name such as face_prior_64, or a file) the same photos are projected into W
+of G, one w for every layer (NVlabs' projector objective, as `experiments.latent_targets` projects the pull's
+targets), and G's drawings of those ws are scored instead: what the paper's route can reach *with that G*, whatever
+the voice head. The speaker row then is an oracle W head that knows the face, and one row exists only there:
+
+- voice_wmean: per speaker, the mean w of `project.mean_of` voice twins' projected photos, for all of the speaker's
+  utterances: the conditional mean E[w | voice] that a head regressing the pull's targets estimates.
+
 Each row is drawn `draws` times; its figures are the mean and sd over the draws (the speakers and utterances are
-the split's, fixed). Writes voice_bound_<split>.json and .md in `out`.
+the split's, fixed). Writes voice_bound_<split>.json and .md in `out` (voice_bound_<split>_<G>.* with `through`).
 """
 
 from __future__ import annotations
@@ -44,12 +52,14 @@ from datamodules.files import write_atomic
 from datamodules.synthetic.face_set import aligned_photo
 from datamodules.synthetic.traits import twin
 from experiments.schema import check_command_config, check_values
+from lightning_modules.io.legacy import load_generator
 from lightning_modules.metrics.attributes import attribute_scores
 from lightning_modules.metrics.families import identity_metrics
 from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality, speaker_mean_faces, speaker_spread
 from lightning_modules.metrics.settings import MetricsSettings
 from lightning_modules.metrics.split import real_faces
+from lightning_modules.projector import make_distance, project, w_stats
 
 ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker", spread)
     "speaker": ("speaker", "utterance", 1.0),
@@ -59,6 +69,7 @@ ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utteran
     "nothing": ("nothing", "utterance", 1.0),
     "voice_half": ("voice", "utterance", 0.5),  # rows are seeded by their place here: new ones go last
     "voice_mode": ("voice", "utterance", 0.0),
+    "voice_wmean": ("voice", "speaker_mean", 1.0),  # through a generator only: the mean w of several twins
 }
 TRAITS = ("sex", "skin_tone", "hair_colour", "hair_length")  # attr/<trait> reported per row
 
@@ -80,6 +91,7 @@ def twin_faces(
 ) -> Tensor:
     """uint8 [N, 3, size, size]: for each utterance a photo of a twin of its speaker, as ROWS[row] says."""
     keep, per, spread = ROWS[row]
+    assert per in ("utterance", "speaker"), f"{row}: its faces are drawn by a generator (mean_twin_ws)"
     people = {}  # speaker -> the one twin of a per-speaker row
     faces = []
     for label in labels.tolist():
@@ -90,6 +102,55 @@ def twin_faces(
             person = twin(traits, keep, rng, spread)
         faces.append(aligned_photo(person, rng, size, align))
     return torch.from_numpy(np.stack(faces))
+
+
+@dataclass
+class Through:
+    """A generator the rows' photos are projected into (W, one w for every layer) and drawn by."""
+
+    G: Any  # lightning_modules.nets.stylegan2.Generator, eval mode
+    stats: tuple  # (w_avg, w_std) of its mapping, the projector's start and latent-noise scale
+    distance: Any  # the projector's image distance
+    steps: int  # Adam steps per face
+    batch: int  # faces projected at once
+    seed: int  # the k-th face of a call draws its projection noise from seed + k
+
+    def ws(self, photos: Tensor) -> Tensor:
+        """[N, num_ws, w_dim] the photos' (uint8 [N, 3, S, S]) projections, one w repeated over the layers."""
+        out = []
+        for start in range(0, len(photos), self.batch):
+            target = normalize(photos[start : start + self.batch])
+            seeds = [self.seed + k for k in range(start, start + len(target))]
+            how = dict(num_steps=self.steps, stats=self.stats, seeds=seeds, log_every=0, space="w")
+            out.append(project(self.G, target, self.distance, **how).ws)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def draw(self, ws: Tensor) -> Tensor:
+        """[-1, 1] float faces of ws, constant noise, as the evaluation draws a voice's faces."""
+        return torch.cat([self.G.synthesis(w, noise_mode="const").float() for w in ws.split(self.batch)])
+
+
+def mean_twin_ws(
+    attributes: dict,
+    names: list[str],
+    labels: Tensor,
+    rng: np.random.Generator,
+    size: int,
+    align: str,
+    through: Through,
+    count: int,  # voice twins per speaker whose projections are averaged
+) -> Tensor:
+    """[N, num_ws, w_dim] for each utterance its speaker's mean projected w over `count` photos of voice twins."""
+    speakers = sorted(set(labels.tolist()))
+    photos = [
+        aligned_photo(twin(attributes[names[s]], "voice", rng), rng, size, align)
+        for s in speakers
+        for _ in range(count)
+    ]
+    ws = through.ws(torch.from_numpy(np.stack(photos)))
+    means = ws.double().reshape(len(speakers), count, *ws.shape[1:]).mean(dim=1).float()
+    return means[torch.tensor([speakers.index(s) for s in labels.tolist()])]
 
 
 @dataclass
@@ -106,9 +167,10 @@ class Reference:
 
 
 def scores(faces: Tensor, labels: Tensor, ref: Reference, settings: MetricsSettings) -> dict[str, float]:
-    """The evaluation's figures of `faces` (uint8, one per utterance, speakers `labels`) against the real faces."""
+    """The evaluation's figures of `faces` ([-1, 1] float, one per utterance, speakers `labels`) against the real
+    faces."""
     probe, codec, _ = ref.probe
-    feats = probe.predict(normalize(faces))[0]
+    feats = probe.predict(faces)[0]
     q, recall = settings.quality, f"recall@1_g{len(ref.names)}"
     out = probe_quality(feats, ref.real_feats, ref.real_labels, q.repeats, q.seed)
     out.update(speaker_spread(feats, labels, ref.real_feats, ref.real_labels))
@@ -117,7 +179,7 @@ def scores(faces: Tensor, labels: Tensor, ref: Reference, settings: MetricsSetti
     attrs = attribute_scores(
         probe,
         codec,
-        normalize(faces),
+        faces,
         [ref.names[i] for i in labels],
         normalize(ref.real_u8),
         [ref.names[i] for i in ref.real_labels],
@@ -129,10 +191,27 @@ def scores(faces: Tensor, labels: Tensor, ref: Reference, settings: MetricsSetti
     return out
 
 
+def through_of(cfg: DictConfig) -> Through | None:
+    """The generator of cfg.through with the projector's settings, or None (the photos are scored as they are)."""
+    if cfg.through is None:
+        return None
+    G = load_generator(cfg.through).eval()
+    if G.img_resolution != cfg.data.face_size:
+        raise ValueError(
+            f"voice_bound: {cfg.through}: a {G.img_resolution} px generator, but data.face_size is "
+            f"{cfg.data.face_size}: its faces must be scored at the split's size"
+        )
+    distance = make_distance(cfg.project.distance, None, None)[0]
+    return Through(G, w_stats(G), distance, cfg.project.steps, cfg.project.batch, cfg.project.seed)
+
+
 def run(cfg: DictConfig) -> dict:
     check_command_config(cfg, "voice_bound")
     check_values(cfg, ["data"])
+    if cfg.through is None and "voice_wmean" in cfg.rows:
+        raise ValueError("voice_bound: the row voice_wmean averages ws: it needs a generator (through=...)")
     torch.set_num_threads(cfg.threads)
+    through = through_of(cfg)
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("test")
@@ -161,11 +240,19 @@ def run(cfg: DictConfig) -> dict:
         "speaker_mean": probe_quality(mean_faces, real_feats, real_labels, q.repeats, q.seed),
         "rows": {},
     }
+    if through is not None:
+        result["through"] = {"G": str(cfg.through), **dict(cfg.project)}
     for row in cfg.rows:
         per_draw = []
         for d in range(cfg.draws):  # a row's draws do not depend on which other rows run
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, list(ROWS).index(row), d]))
-            faces = twin_faces(dm.attributes, names, labels, row, rng, size, align)
+            if row == "voice_wmean":
+                faces = through.draw(
+                    mean_twin_ws(ref.attributes, names, labels, rng, size, align, through, cfg.project.mean_of)
+                )
+            else:
+                photos = twin_faces(dm.attributes, names, labels, row, rng, size, align)
+                faces = normalize(photos) if through is None else through.draw(through.ws(photos))
             per_draw.append(scores(faces, labels, ref, settings))
         keys = per_draw[0].keys()
         result["rows"][row] = {
@@ -177,8 +264,9 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = bound_markdown(result)
-    write_atomic(out / f"voice_bound_{cfg.split}.md", lambda p: p.write_text(markdown))
-    write_atomic(out / f"voice_bound_{cfg.split}.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    stem = f"voice_bound_{cfg.split}" + ("" if through is None else f"_{Path(str(cfg.through)).stem}")
+    write_atomic(out / f"{stem}.md", lambda p: p.write_text(markdown))
+    write_atomic(out / f"{stem}.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     print(markdown)
     return result
 
@@ -189,8 +277,9 @@ def bound_markdown(result: dict) -> str:
     cols = [("fd_probe", "fd_probe"), ("between / within", None), ("recall@1", g)] + [
         (t.replace("_", " "), f"attr/{t}") for t in TRAITS
     ]
+    drawn = f"; projected into W of {result['through']['G']} and drawn by it" if "through" in result else ""
     lines = [
-        f"Twins of the {result['speakers']} {result['split']} speakers, one photo per utterance "
+        f"Twins of the {result['speakers']} {result['split']} speakers, one photo per utterance{drawn} "
         f"({result['utterances']} utterances, {result['real_faces']} real faces; corpus {result['corpus']}; "
         f"{result['draws']} draws, mean ± sd; probe {result['probe']})",
         "",

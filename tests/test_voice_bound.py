@@ -120,3 +120,46 @@ def test_spread_tempers_the_redrawn_noise_and_zero_gives_the_posteriors_mode():
     assert [o["jaw_width"] for o in mode] == pytest.approx([_voice_part(t)["jaw_width"]] * 20)
     half = np.array([twin(t, "voice", rng, spread=0.5)["face_length"] for _ in range(3000)])
     assert half.std() == pytest.approx(0.09, rel=0.1)  # face_length's sd 0.18, halved
+
+
+def test_voice_wmean_gives_each_utterance_its_speakers_mean_projection():
+    """mean_twin_ws: `count` voice twins per speaker, projected in one call, averaged per speaker and handed to
+    every utterance of that speaker (labels in any order, speakers with any number of utterances)."""
+    import torch
+
+    from experiments.voice_bound import mean_twin_ws
+
+    class Recorder:  # projects photo k to the w filled with k, and keeps what it was given
+        def ws(self, photos):
+            self.photos = photos
+            return torch.arange(len(photos), dtype=torch.float32)[:, None, None].expand(-1, 3, 4).clone()
+
+    names = [f"id{i}" for i in range(4)]
+    attributes = {name: PEOPLE[i].traits for i, name in enumerate(names)}
+    labels = torch.tensor([2, 0, 2, 3, 0, 2])  # speaker 1 has no utterance
+    through = Recorder()
+    ws = mean_twin_ws(attributes, names, labels, np.random.default_rng(5), 32, "arcface", through, count=3)
+    assert through.photos.shape == (9, 3, 32, 32) and through.photos.dtype == torch.uint8  # speakers 0, 2, 3
+    block = {0: 1.0, 2: 4.0, 3: 7.0}  # the mean of the photo indices 3j..3j+2 of the j-th speaker present
+    assert ws.shape == (6, 3, 4) and ws[:, 0, 0].tolist() == [block[s] for s in labels.tolist()]
+
+
+@pytest.mark.integration
+def test_through_a_generator_scores_its_drawings_of_the_twins(tmp_path):
+    """through=face_prior_64 on a small corpus: the rows' photos are projected into W of the prior and its drawings
+    scored. The oracle (the speaker's own photos, projected) is retrieved more often than people of the population
+    projected alike, and voice_wmean draws one face per speaker (no spread within a speaker)."""
+    from conftest import compose_command
+
+    from experiments.voice_bound import run
+
+    small = ["data.corpus.identities=24", f"paths.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'out'}"]
+    how = ["draws=1", "through=face_prior_64", "project.steps=60", "project.mean_of=2", "threads=2"]
+    result = run(compose_command("voice_bound", [*small, *how, "rows=[speaker,nothing,voice_wmean]"]))
+    rows = {row: figs["mean"] for row, figs in result["rows"].items()}
+    assert rows["speaker"]["recall@1_g6"] > rows["nothing"]["recall@1_g6"]
+    assert rows["voice_wmean"]["probe_spread/within"] < 1e-6 < rows["speaker"]["probe_spread/within"]
+    written = json.loads((tmp_path / "out" / "voice_bound_test_face_prior_64.json").read_text())
+    assert written["through"]["G"] == "face_prior_64" and written["through"]["steps"] == 60
+    with pytest.raises(ValueError, match="voice_wmean averages ws"):
+        run(compose_command("voice_bound", [*small, "rows=[voice_wmean]"]))
