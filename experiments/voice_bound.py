@@ -191,6 +191,29 @@ def scores(faces: Tensor, labels: Tensor, ref: Reference, settings: MetricsSetti
     return out
 
 
+def row_figures(
+    row: str, cfg: DictConfig, ref: Reference, labels: Tensor, through: Through | None, settings: MetricsSettings
+) -> dict:
+    """{mean, sd, draws}: the figures of cfg.draws draws of `row`'s faces, one per utterance (speakers `labels`)."""
+    size, align = ref.real_u8.shape[-1], cfg.data.face_align
+    per_draw = []
+    for d in range(cfg.draws):  # a row's draws do not depend on which other rows run
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, list(ROWS).index(row), d]))
+        if row == "voice_wmean":
+            ws = mean_twin_ws(ref.attributes, ref.names, labels, rng, size, align, through, cfg.project.mean_of)
+            faces = through.draw(ws)
+        else:
+            photos = twin_faces(ref.attributes, ref.names, labels, row, rng, size, align)
+            faces = normalize(photos) if through is None else through.draw(through.ws(photos))
+        per_draw.append(scores(faces, labels, ref, settings))
+    keys = per_draw[0].keys()
+    return {
+        "mean": {k: float(np.mean([p[k] for p in per_draw])) for k in keys},
+        "sd": {k: float(np.std([p[k] for p in per_draw], ddof=1)) if cfg.draws > 1 else 0.0 for k in keys},
+        "draws": per_draw,
+    }
+
+
 def through_of(cfg: DictConfig) -> Through | None:
     """The generator of cfg.through with the projector's settings, or None (the photos are scored as they are)."""
     if cfg.through is None:
@@ -226,7 +249,6 @@ def run(cfg: DictConfig) -> dict:
     real_feats = probe[0].predict(normalize(real_u8))[0]
     ref = Reference(names, real_u8, real_labels, real_feats, probe, dm.attributes, list(dm.identities("train")))
     labels = utterance_labels(dm, cfg.split)
-    size, align = real_u8.shape[-1], cfg.data.face_align
     mean_faces = probe[0].predict(speaker_mean_faces(normalize(real_u8), real_labels, labels))[0]
     q = settings.quality
     result = {
@@ -243,23 +265,7 @@ def run(cfg: DictConfig) -> dict:
     if through is not None:
         result["through"] = {"G": str(cfg.through), **dict(cfg.project)}
     for row in cfg.rows:
-        per_draw = []
-        for d in range(cfg.draws):  # a row's draws do not depend on which other rows run
-            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, list(ROWS).index(row), d]))
-            if row == "voice_wmean":
-                faces = through.draw(
-                    mean_twin_ws(ref.attributes, names, labels, rng, size, align, through, cfg.project.mean_of)
-                )
-            else:
-                photos = twin_faces(dm.attributes, names, labels, row, rng, size, align)
-                faces = normalize(photos) if through is None else through.draw(through.ws(photos))
-            per_draw.append(scores(faces, labels, ref, settings))
-        keys = per_draw[0].keys()
-        result["rows"][row] = {
-            "mean": {k: float(np.mean([p[k] for p in per_draw])) for k in keys},
-            "sd": {k: float(np.std([p[k] for p in per_draw], ddof=1)) if cfg.draws > 1 else 0.0 for k in keys},
-            "draws": per_draw,
-        }
+        result["rows"][row] = row_figures(row, cfg, ref, labels, through, settings)
         print(f"{row}: fd_probe {result['rows'][row]['mean']['fd_probe']:.3f}", flush=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
