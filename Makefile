@@ -13,7 +13,7 @@ EXP ?= prior_cpu          # the main job: the paper's method on the shipped face
 PRIOR_ARGS ?=             # experiments.face_prior overrides, e.g. "total_kimg=400 init=face_prior_64" (continue the shipped one)
 PROBE_ARGS ?=             # experiments.face_probe overrides, e.g. "threads=1"
 TARGETS_ARGS ?=           # experiments.latent_targets overrides, e.g. "steps=1000"
-BOUND_ARGS ?=             # experiments.voice_bound overrides, e.g. "split=val" or "data.corpus.seed=4242"
+BOUND_ARGS ?=             # experiments.voice_bound overrides, e.g. "split=val", "data.corpus.seed=4242" or "through=face_prior_64"
 RUN_ARGS ?=
 DEMO_ARGS ?=              # experiments.demo overrides, e.g. "ckpt=my-folder/ port=7861"
 TEST_ARGS ?=
