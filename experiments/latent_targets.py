@@ -31,7 +31,7 @@ from datamodules.faces import faces_sha256, normalize
 from datamodules.files import write_atomic
 from experiments.schema import check_command_config, check_values
 from lightning_modules.io.legacy import load_generator
-from lightning_modules.projector import make_distance, project, w_stats
+from lightning_modules.projector import make_distance, project_each
 from lightning_modules.weights import file_of, sha256
 
 
@@ -42,15 +42,11 @@ def identity_means(G, faces: dict[str, torch.Tensor], distance, cfg: DictConfig)
     names = sorted(faces)
     owner = [name for name in names for _ in range(len(faces[name]))]
     images = normalize(torch.cat([faces[name] for name in names]))  # [N, 3, S, S] in [-1, 1]
-    stats, sums = w_stats(G), {name: 0.0 for name in names}
-    for start in range(0, len(images), cfg.batch):
-        target = images[start : start + cfg.batch]
-        seeds = [cfg.seed + k for k in range(start, start + len(target))]
-        how = dict(num_steps=cfg.steps, stats=stats, seeds=seeds, log_every=0, space=cfg.space)
-        ws = project(G, target, distance, **how).ws
-        for name, w in zip(owner[start : start + len(target)], ws.double()):
-            sums[name] = sums[name] + w
-        print(f"{start + len(target)}/{len(images)} faces projected")
+    how = dict(num_steps=cfg.steps, batch=cfg.batch, seed=cfg.seed, space=cfg.space)
+    ws = project_each(G, images, distance, **how, progress=lambda n: print(f"{n}/{len(images)} faces projected"))
+    sums = {name: 0.0 for name in names}
+    for name, w in zip(owner, ws.double()):
+        sums[name] = sums[name] + w
     return {name: (sums[name] / len(faces[name])).float().contiguous() for name in names}
 
 

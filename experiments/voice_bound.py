@@ -59,7 +59,7 @@ from lightning_modules.metrics.probe import probe_for
 from lightning_modules.metrics.quality import probe_quality, speaker_mean_faces, speaker_spread
 from lightning_modules.metrics.settings import MetricsSettings
 from lightning_modules.metrics.split import real_faces
-from lightning_modules.projector import make_distance, project, w_stats
+from lightning_modules.projector import make_distance, project_each, w_stats
 
 ROWS = {  # row -> (what the twin shares with the speaker, one twin per "utterance" or per "speaker", spread)
     "speaker": ("speaker", "utterance", 1.0),
@@ -117,13 +117,8 @@ class Through:
 
     def ws(self, photos: Tensor) -> Tensor:
         """[N, num_ws, w_dim] the photos' (uint8 [N, 3, S, S]) projections, one w repeated over the layers."""
-        out = []
-        for start in range(0, len(photos), self.batch):
-            target = normalize(photos[start : start + self.batch])
-            seeds = [self.seed + k for k in range(start, start + len(target))]
-            how = dict(num_steps=self.steps, stats=self.stats, seeds=seeds, log_every=0, space="w")
-            out.append(project(self.G, target, self.distance, **how).ws)
-        return torch.cat(out)
+        how = dict(num_steps=self.steps, batch=self.batch, seed=self.seed, space="w", stats=self.stats)
+        return project_each(self.G, normalize(photos), self.distance, **how)
 
     @torch.no_grad()
     def draw(self, ws: Tensor) -> Tensor:
@@ -150,7 +145,8 @@ def mean_twin_ws(
     ]
     ws = through.ws(torch.from_numpy(np.stack(photos)))
     means = ws.double().reshape(len(speakers), count, *ws.shape[1:]).mean(dim=1).float()
-    return means[torch.tensor([speakers.index(s) for s in labels.tolist()])]
+    place = {s: i for i, s in enumerate(speakers)}
+    return means[torch.tensor([place[s] for s in labels.tolist()])]
 
 
 @dataclass
@@ -199,7 +195,7 @@ def row_figures(
     per_draw = []
     for d in range(cfg.draws):  # a row's draws do not depend on which other rows run
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, list(ROWS).index(row), d]))
-        if row == "voice_wmean":
+        if ROWS[row][1] == "speaker_mean":
             ws = mean_twin_ws(ref.attributes, ref.names, labels, rng, size, align, through, cfg.project.mean_of)
             faces = through.draw(ws)
         else:
@@ -231,8 +227,9 @@ def through_of(cfg: DictConfig) -> Through | None:
 def run(cfg: DictConfig) -> dict:
     check_command_config(cfg, "voice_bound")
     check_values(cfg, ["data"])
-    if cfg.through is None and "voice_wmean" in cfg.rows:
-        raise ValueError("voice_bound: the row voice_wmean averages ws: it needs a generator (through=...)")
+    averaged = [row for row in cfg.rows if ROWS[row][1] == "speaker_mean"]
+    if cfg.through is None and averaged:
+        raise ValueError(f"voice_bound: the row {averaged[0]} averages ws: it needs a generator (through=...)")
     torch.set_num_threads(cfg.threads)
     through = through_of(cfg)
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")

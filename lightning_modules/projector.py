@@ -275,3 +275,30 @@ def project(
         ws = ws.detach().expand(-1, G.num_ws, -1).contiguous()
         dist = distance(synthesis(ws, noise), target)
     return Projection(ws.cpu(), {k: v.detach().cpu() for k, v in noise.items()}, dist.cpu())
+
+
+def project_each(
+    G: nn.Module,  # as project
+    images: Tensor,  # [N, 3, S, S] in [-1, 1]
+    distance: nn.Module,  # as project
+    *,
+    num_steps: int,  # Adam steps per image
+    batch: int,  # images projected at once
+    seed: int,  # the k-th image draws its noise maps and latent noise from seed + k, whatever batch it falls in
+    space: str,  # w | wplus, as project
+    stats: tuple[Tensor, float] | None = None,  # w_stats(G), computed once here when None
+    progress=None,  # called with the number of images projected so far after each batch, or None
+) -> Tensor:
+    """[N, num_ws, w_dim] the ws of every image, projected `batch` at a time (the images' own seeds, so an image's
+    projection does not depend on the batch size)."""
+    stats = w_stats(G) if stats is None else stats
+    out = []
+    for start in range(0, len(images), batch):
+        target = images[start : start + batch]
+        seeds = [seed + k for k in range(start, start + len(target))]
+        out.append(
+            project(G, target, distance, num_steps=num_steps, stats=stats, seeds=seeds, log_every=0, space=space).ws
+        )
+        if progress is not None:
+            progress(start + len(target))
+    return torch.cat(out)
