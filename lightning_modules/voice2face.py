@@ -65,10 +65,8 @@ class Voice2FaceGAN(LightningModule):
         G_reg_interval: int = 4,  # Lazy path-length interval (iterations).
         D_reg_interval: int = 16,  # Lazy R1 interval (iterations).
         style_mixing_prob: float = 0.9,  # Probability of mixing two latents at a random layer cut-off.
-        style_mixing_source: str = "batch",  # batch: the second latent is another voice of the batch;
-        # self: the same voice with fresh noise (conditional mixing).
-        recon_weight: float = 0.0,  # L1 between G(voice) and the speaker's real face in Gmain (a
-        # deviation from the paper; 0 = off, as the paper trains).
+        style_mixing_source: str = "batch",  # batch: another voice of the batch | self: the same voice, new noise.
+        recon_weight: float = 0.0,  # L1 of G(voice) to the speaker's real face in Gmain (not the paper's; 0 = off).
         xflip: bool = False,  # Mirror each real face with probability 1/2 (D and L1 targets).
         latent_weight: float = 0.0,  # Squared distance between the voice's ws and its speaker's projected W+
         # (a deviation from the paper, as recon_weight; needs latent_targets and latent_space w | wplus).
@@ -79,6 +77,7 @@ class Voice2FaceGAN(LightningModule):
         perceptual_vgg: str | None = None,  # torchvision vgg16-397923af.pth for LPIPS (None: the hub cache).
         ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.
         ema_rampup: float | None = 0.05,  # Half-life capped at cur_nimg * ema_rampup (None = off).
+        encoder_ema: bool = False,  # Average the encoder as G_ema averages G; embed with it outside training.
         total_kimg: float | None = None,  # Stop after this many thousand images (None = trainer limits).
         bf16: bool = False,  # bf16 autocast of the forward passes on CUDA.
         max_bad_steps: int = 8,  # Stop after this many consecutive steps with non-finite loss/grads.
@@ -92,9 +91,15 @@ class Voice2FaceGAN(LightningModule):
         self.encoder, self.embed_dim = self._build_encoder(encoder, feature_dim), int(encoder.get("embed_dim", 512))
         self.G, self.D = self._build_gan(generator, discriminator, num_classes)
         self._place_voice(latent_space, latent_layers, generator_train, generator_init)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G_ema, self.encoder_ema = self._averages(encoder_ema)
         self._register_training_state()
         self._set_up_losses()
+
+    def _averages(self, encoder_ema: bool):
+        """G_ema (NVlabs' average of G, which draws every figure) and, with encoder_ema, the encoder averaged alike,
+        so that G_ema's head reads the embedding of the encoder it was averaged beside (our extension)."""
+        encoder_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False) if encoder_ema else None
+        return copy.deepcopy(self.G).eval().requires_grad_(False), encoder_ema
 
     def _build_encoder(self, encoder: dict, feature_dim: int):
         """The audio encoder of its config; encoder_ckpt's weights (stage 1) where given, frozen in `frozen` mode."""
@@ -221,14 +226,20 @@ class Voice2FaceGAN(LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self.G_ema.eval()
+        if self.encoder_ema is not None:
+            self.encoder_ema.eval()
         if self.hparams.encoder_mode == "frozen":
             self.encoder.eval()
         return self
 
     def embed(self, audio, lengths=None):
-        """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]."""
+        """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]: by the averaged encoder (encoder_ema) when
+        the model is in eval mode, as G_ema draws there, else by the encoder that trains."""
         if audio.ndim != 3 or audio.shape[1] != self.hparams.feature_dim:
             raise ValueError(f"voice2face: audio must be [B, {self.hparams.feature_dim}, T], got {list(audio.shape)}")
+        if self.encoder_ema is not None and not self.training:
+            with torch.no_grad():
+                return self.encoder_ema(audio, lengths)
         trainable = self.hparams.encoder_mode != "frozen" and torch.is_grad_enabled()
         with contextlib.nullcontext() if trainable else torch.no_grad():
             return self.encoder(audio, lengths)
@@ -350,6 +361,8 @@ class Voice2FaceGAN(LightningModule):
         average_buffers_across_ranks(self.G)
         beta = ema_beta(batch_size, self.cur_nimg, self.hparams.ema_kimg, self.hparams.ema_rampup)
         update_ema(self.G_ema, self.G, beta)
+        if self.encoder_ema is not None:
+            update_ema(self.encoder_ema, self.encoder, beta)
         return beta
 
     def _advance(self, batch_size):

@@ -27,10 +27,11 @@ DATA = {"features": {"kind": "logmel", "preemphasis": 0.95}, "vad": {}, "eval_mi
 
 @pytest.fixture
 def trained(tmp_path):
-    """A smoke checkpoint with the voice pipeline's hyper-parameters and a W+ voice head, its weights moved off
-    their init so that nothing is trivially equal, and an evaluation beside it."""
+    """A smoke checkpoint with the voice pipeline's hyper-parameters, a W+ voice head and an averaged encoder (what
+    generate embeds with), its weights moved off their init so that nothing is trivially equal, and an evaluation
+    beside it."""
     torch.manual_seed(0)
-    model = Voice2FaceGAN(**{**SMOKE, "latent_space": "wplus"})
+    model = Voice2FaceGAN(**{**SMOKE, "latent_space": "wplus", "encoder_ema": True})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -235,6 +235,29 @@ def test_ema_beta_and_update():
     assert torch.equal(model.G_ema.mapping.w_avg, model.G.mapping.w_avg)  # buffers are copied, not averaged
 
 
+def test_encoder_ema_averages_the_encoder_and_embeds_outside_training():
+    model = make_model(ema_kimg=10, ema_rampup=None, encoder_ema=True)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.encoder_ema.parameters()]
+    beta = model.update_ema(32)
+    for p_ema, p_old, p in zip(model.encoder_ema.parameters(), before, model.encoder.parameters()):
+        torch.testing.assert_close(p_ema, p + (p_old - p) * beta)
+        assert not p_ema.requires_grad
+    audio = torch.randn(2, FEAT, FRAMES)
+    model.train()
+    torch.testing.assert_close(model.embed(audio), model.encoder(audio))  # training: the encoder that learns
+    model.eval()
+    averaged = model.embed(audio)
+    torch.testing.assert_close(averaged, model.encoder_ema(audio))  # figures and samples: the average
+    assert not torch.allclose(averaged, model.encoder(audio))
+    restored = make_model(encoder_ema=True)
+    restored.load_state_dict(model.state_dict(), strict=True)  # checkpoints carry it
+    torch.testing.assert_close(restored.eval().embed(audio), averaged)
+    assert make_model().encoder_ema is None  # off by default: the encoder embeds everywhere
+
+
 def test_r1_penalty_against_hand_computed():
     torch.manual_seed(0)
     x = torch.randn(3, 2, 4, 4, requires_grad=True)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from lightning_modules.io.safe_load import read_safetensors
 
-INFERENCE_PREFIXES = ("encoder.", "G_ema.")  # what generate and evaluate run; G, D and pl_mean only train
+INFERENCE_PREFIXES = ("encoder.", "encoder_ema.", "G_ema.")  # what generate and evaluate run; G, D, pl_mean train
 FORMAT = "voice2face-model-folder"
 VERSION = 1
 CONFIG_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "voice2face_progress", "voice2face_format")
