@@ -118,7 +118,8 @@ def model_card(state: dict, ckpt: Path) -> str:
         "- Consent: run it only on recordings of people who agreed to it.",
         "",
         "## Files",
-        "- `model.safetensors`: the voice encoder and the generator (EMA weights; the voice head where there is one).",
+        "- `model.safetensors`: the voice encoder (with its moving average, which embeds, where the model keeps one) "
+        "and the generator (EMA weights; the voice head where there is one).",
         "- `config.json`: the hyper-parameters that rebuild them and the voice pipeline (features, voice activity).",
         "- Use: `python -m experiments.generate ckpt=<this folder> audio=clip.wav out=faces/` (also `evaluate`, "
         "`project` and `model.generator_init`). Loading reads safetensors and JSON only.",
