@@ -144,3 +144,6 @@ class EncoderPretrain(LightningModule):
         if self.trainer.is_global_zero:
             path = self.save_encoder(os.path.join(self.trainer.default_root_dir, ENCODER_FILENAME))
             log.info("encoder weights written to %s", path)
+        # Every rank reads the file for stage 2 as soon as fit returns: none may go on before rank 0 has written it
+        # (a DDP run under load read it half-written).
+        self.trainer.strategy.barrier("stage 1 encoder written")

@@ -1,6 +1,7 @@
 """EncoderPretrain: the paper's SGD + cosine cyclic recipe, speaker classification, encoder.pt hand-off."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -190,3 +191,19 @@ def test_a_safetensors_file_that_is_no_encoder_is_refused_by_name(tmp_path):
         with pytest.raises(ValueError, match=f"{name}.safetensors: {problem}"):
             load_encoder_weights(TinyEncoder(), tmp_path / f"{name}.safetensors")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_every_rank_waits_at_a_barrier_until_rank_0_has_written_the_encoder_file(tmp_path):
+    seen = []
+
+    class Strategy:  # records, at each barrier, whether the file is there yet
+        def barrier(self, name=None):
+            seen.append((rank, (tmp_path / f"rank{rank}" / "encoder.pt").is_file()))
+
+    for rank in (0, 1):
+        model = make()
+        model.trainer = SimpleNamespace(
+            is_global_zero=rank == 0, default_root_dir=str(tmp_path / f"rank{rank}"), strategy=Strategy()
+        )
+        model.on_train_end()
+    assert seen == [(0, True), (1, False)]  # rank 0 writes before the barrier; rank 1 writes nothing, and waits
