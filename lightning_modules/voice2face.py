@@ -232,12 +232,12 @@ class Voice2FaceGAN(LightningModule):
             self.encoder.eval()
         return self
 
-    def embed(self, audio, lengths=None):
-        """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]: by the averaged encoder (encoder_ema) when
-        the model is in eval mode, as G_ema draws there, else by the encoder that trains."""
+    def embed(self, audio, lengths=None, ema=None):
+        """audio [B, F, T], lengths [B] -> voice embedding [B, embed_dim]: by the averaged encoder (encoder_ema, where
+        there is one) if `ema`, by the encoder that trains if not; ema=None: averaged in eval mode, as G_ema draws."""
         if audio.ndim != 3 or audio.shape[1] != self.hparams.feature_dim:
             raise ValueError(f"voice2face: audio must be [B, {self.hparams.feature_dim}, T], got {list(audio.shape)}")
-        if self.encoder_ema is not None and not self.training:
+        if self.encoder_ema is not None and (not self.training if ema is None else ema):
             with torch.no_grad():
                 return self.encoder_ema(audio, lengths)
         trainable = self.hparams.encoder_mode != "frozen" and torch.is_grad_enabled()
@@ -255,8 +255,8 @@ class Voice2FaceGAN(LightningModule):
 
     @torch.no_grad()
     def generate(self, audio, lengths=None, noise_mode="const", truncation_psi=1.0, ema=True, noise=None):
-        """Faces [B, 3, S, S] in about [-1, 1] for the voices in `audio` (EMA generator by default)."""
-        return self.generate_from(self.embed(audio, lengths), noise_mode, truncation_psi, ema, noise)
+        """Faces [B, 3, S, S] in about [-1, 1] for the voices in `audio` (EMA generator and encoder by default)."""
+        return self.generate_from(self.embed(audio, lengths, ema), noise_mode, truncation_psi, ema, noise)
 
     def generate_from(self, emb, noise_mode="const", truncation_psi=1.0, ema=True, noise=None):
         """Faces [B, 3, S, S] for voice embeddings [B, embed_dim] (e.g. of a long clip embedded in windows)."""

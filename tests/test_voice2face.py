@@ -252,6 +252,10 @@ def test_encoder_ema_averages_the_encoder_and_embeds_outside_training():
     averaged = model.embed(audio)
     torch.testing.assert_close(averaged, model.encoder_ema(audio))  # figures and samples: the average
     assert not torch.allclose(averaged, model.encoder(audio))
+    torch.testing.assert_close(model.embed(audio, ema=False), model.encoder(audio))  # asked for: the training one
+    with torch.no_grad():  # generate draws each pair together: G_ema from the average, G from the training encoder
+        torch.testing.assert_close(model.train().generate(audio), model.G_ema(model.encoder_ema(audio)))
+        torch.testing.assert_close(model.eval().generate(audio, ema=False), model.G(model.encoder(audio)))
     restored = make_model(encoder_ema=True)
     restored.load_state_dict(model.state_dict(), strict=True)  # checkpoints carry it
     torch.testing.assert_close(restored.eval().embed(audio), averaged)
