@@ -67,12 +67,12 @@ class Voice2FaceGAN(LightningModule):
         style_mixing_prob: float = 0.9,  # Probability of mixing two latents at a random layer cut-off.
         style_mixing_source: str = "batch",  # batch: another voice of the batch | self: the same voice, new noise.
         recon_weight: float = 0.0,  # L1 of G(voice) to the speaker's real face in Gmain (not the paper's; 0 = off).
+        colour_weight: float = 0.0,  # Squared distance of G(voice) to the speaker's real face, both pooled to
+        colour_size: int = 8,  # colour_size² cells: colours and their layout, no features (a deviation; 0 = off).
         xflip: bool = False,  # Mirror each real face with probability 1/2 (D and L1 targets).
-        latent_weight: float = 0.0,  # Squared distance between the voice's ws and its speaker's projected W+
-        # (a deviation from the paper, as recon_weight; needs latent_targets and latent_space w | wplus).
+        latent_weight: float = 0.0,  # Squared distance of the voice's ws to its speaker's projected ws (deviation).
         latent_targets: str | None = None,  # experiments.project output: identity_<name>.npy [num_ws, w_dim].
-        latent_init_ridge: float | None = None,  # A fresh fit starts the head's output layer at the ridge regression
-        # (this penalty, scale-free) of the speakers' latent targets on the train voices; None: small random offsets.
+        latent_init_ridge: float | None = None,  # The head's output starts at a ridge fit (this penalty) of targets.
         perceptual_weight: float = 0.0,  # LPIPS between G(voice) and the speaker's real face (deviation).
         perceptual_vgg: str | None = None,  # torchvision vgg16-397923af.pth for LPIPS (None: the hub cache).
         ema_kimg: float = 10.0,  # Half-life of the G EMA in thousands of images.

@@ -1,7 +1,7 @@
 """Voice2FaceLoss: the losses of the four training phases on one micro-batch, backwarded (NVlabs `StyleGAN2Loss`).
 
     Gmain  NS logistic loss through D + identity cross-entropy of D's classifier on the generated faces (+ the
-           deviations the config names: L1, LPIPS or latent pull toward the speaker)
+           deviations the config names: L1, colour, LPIPS or latent pull toward the speaker)
     Greg   path-length penalty on the generator inputs of Gmain
     Dmain  NS logistic loss on real and generated faces + classifier cross-entropy on the real faces
     Dreg   R1 penalty on real faces
@@ -19,6 +19,14 @@ from lightning_modules.losses import ns_discriminator_loss, ns_generator_loss, p
 from lightning_modules.ranks import mean_over_ranks_
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
+
+
+def colour_distance(fake: Tensor, real: Tensor, size: int) -> Tensor:
+    """Per-sample mean squared difference of two face batches [B, 3, S, S] average-pooled to [B, 3, size, size]:
+    skin, hair and background colour where they lie, but no stroke of eyes or mouth (what made L1 draw a template)."""
+    assert fake.shape == real.shape and fake.shape[-1] % size == 0, (fake.shape, real.shape, size)
+    k = fake.shape[-1] // size
+    return (F.avg_pool2d(fake, k) - F.avg_pool2d(real, k)).square().mean(dim=(1, 2, 3))
 
 
 class Voice2FaceLoss:
@@ -79,6 +87,10 @@ class Voice2FaceLoss:
             loss_rec = (img.float() - mb["real"]).abs().mean()
             loss = loss + hp.recon_weight * loss_rec
             stats["loss/G_recon"] = loss_rec.detach()
+        if hp.colour_weight > 0:
+            loss_col = colour_distance(img.float(), mb["real"], hp.colour_size).mean()
+            loss = loss + hp.colour_weight * loss_col
+            stats["loss/G_colour"] = loss_col.detach()
         if model.perceptual:
             lpips = model.perceptual[0] = model.perceptual[0].to(img.device)
             loss_lpips = lpips(img.float(), mb["real"]).mean()

@@ -18,6 +18,7 @@ from lightning_modules.encoder_pretrain import EncoderPretrain
 from lightning_modules.io.build import register_network
 from lightning_modules.losses import lazy_adam_kwargs, path_lengths, r1_penalty
 from lightning_modules.voice2face import Voice2FaceGAN
+from lightning_modules.voice2face_loss import colour_distance
 
 FEAT, FRAMES, RES, CLASSES = 6, 12, 8, 3
 
@@ -567,6 +568,39 @@ def test_reconstruction_term_pulls_faces_to_the_speakers():
         stats.append(model.loss.accumulate_gradients("Gmain", mb, gain=1)[1])
         opt.step()
     assert "loss/G_recon" in stats[0] and l1() < 0.8 * before
+
+
+def test_colour_term_compares_pooled_colours_and_nothing_finer():
+    """colour_distance pools both faces to size² cells: detail that averages out within a cell costs nothing, a
+    cell's shift costs its square over the 3 · size² values; colour_weight adds it to Gmain as weighted."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 0.6 - 0.3  # mean 0 in every 2x2 cell
+    assert torch.allclose(colour_distance(real + checker, real, 4), torch.zeros(2), atol=1e-6)
+    shifted = real.clone()
+    shifted[1, 2, 4:6, 0:2] += 0.5  # one cell of one channel of the second face
+    assert torch.allclose(colour_distance(shifted, real, 4), torch.tensor([0.0, 0.25 / 48]), atol=1e-6)
+    assert colour_distance(real + checker, real, 8)[0] > 0.08  # pooled to single pixels, detail counts again
+    with pytest.raises(AssertionError):
+        colour_distance(real, real, 3)  # 8 px do not split into 3 cells
+
+    data = VoiceFaceSet(4)
+    mb = {
+        "audio": data.audio,
+        "lengths": torch.full([4], FRAMES),
+        "real": data.face,
+        "label": data.label,
+    }
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = make_model(colour_weight=weight, colour_size=4, style_mixing_prob=0)
+        model.manual_backward = lambda loss: None  # the values only
+        losses[weight], stats = model.loss.accumulate_gradients("Gmain", dict(mb), gain=1)
+    img = model.loss.run_G(model.latent(model.embed(mb["audio"], mb["lengths"], ema=False)))[0]
+    expected = colour_distance(img.float(), mb["real"], 4).mean()
+    assert torch.allclose(stats["loss/G_colour"], expected, rtol=1e-4)
+    assert torch.allclose(losses[2.0] - losses[0.0], 2 * expected, rtol=1e-4)
 
 
 def test_xflip_mirrors_about_half_of_the_real_faces(tmp_path):
