@@ -96,8 +96,7 @@ class Voice2FaceGAN(LightningModule):
         self._set_up_losses()
 
     def _averages(self, encoder_ema: bool):
-        """G_ema (NVlabs' average of G, which draws every figure) and, with encoder_ema, the encoder averaged alike,
-        so that G_ema's head reads the embedding of the encoder it was averaged beside (our extension)."""
+        """G_ema (NVlabs' average of G) and, with encoder_ema, the encoder averaged alike for G_ema's head to read."""
         encoder_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False) if encoder_ema else None
         return copy.deepcopy(self.G).eval().requires_grad_(False), encoder_ema
 
@@ -146,17 +145,18 @@ class Voice2FaceGAN(LightningModule):
             )
         if hp.latent_init_ridge is not None and (hp.latent_space == "z" or not hp.latent_targets):
             raise ValueError(
-                "voice2face: latent_init_ridge fits the head's output to the speakers' latent targets: it needs "
+                "voice2face: latent_init_ridge fits the head to the speakers' latent targets: it needs "
                 "model.latent_space=w (or wplus) and model.latent_targets"
             )
         if hp.accumulate < 1:
             raise ValueError(f"voice2face: accumulate must be >= 1 micro-batches, got {hp.accumulate}")
         if hp.encoder_mode != "joint" and not hp.encoder_ckpt:
             raise ValueError(
-                f"voice2face: encoder_mode={hp.encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt written "
-                "by `python -m experiments.run +exp=encoder_pretrain`), or stage 1 in this run "
-                "(pretrain_encoder=sgd), or model.encoder_mode=joint"
+                f"voice2face: encoder_mode={hp.encoder_mode!r} needs model.encoder_ckpt=PATH (the encoder.pt of "
+                "+exp=encoder_pretrain), stage 1 in this run (pretrain_encoder=sgd), or model.encoder_mode=joint"
             )
+        if hp.colour_weight > 0 and hp.img_resolution % hp.colour_size:
+            raise ValueError(f"voice2face: colour_size={hp.colour_size} must divide the face size {hp.img_resolution}")
 
     def _build_gan(self, generator: dict, discriminator: dict, num_classes: int):
         """(G, D) of their configs; with generator_init, the file's G (its arguments written into the

@@ -435,6 +435,9 @@ def test_bad_config_raises():
         make_model(encoder_mode="partly")
     with pytest.raises(ValueError, match="_target_"):
         make_model(encoder={"embed_dim": 8})
+    with pytest.raises(ValueError, match="colour_size=3 must divide the face size 8"):
+        make_model(colour_weight=1.0, colour_size=3)
+    make_model(colour_weight=0.0, colour_size=3)  # off: the size is not used
 
 
 class RankFingerprint(Callback):
