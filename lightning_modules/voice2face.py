@@ -145,7 +145,7 @@ class Voice2FaceGAN(LightningModule):
             )
         if hp.latent_init_ridge is not None and (hp.latent_space == "z" or not hp.latent_targets):
             raise ValueError(
-                "voice2face: latent_init_ridge fits the head to the speakers' latent targets: it needs "
+                "voice2face: latent_init_ridge fits the head's output to the speakers' latent targets: it needs "
                 "model.latent_space=w (or wplus) and model.latent_targets"
             )
         if hp.accumulate < 1:
