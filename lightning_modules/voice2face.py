@@ -67,8 +67,8 @@ class Voice2FaceGAN(LightningModule):
         style_mixing_prob: float = 0.9,  # Probability of mixing two latents at a random layer cut-off.
         style_mixing_source: str = "batch",  # batch: another voice of the batch | self: the same voice, new noise.
         recon_weight: float = 0.0,  # L1 of G(voice) to the speaker's real face in Gmain (not the paper's; 0 = off).
-        colour_weight: float = 0.0,  # Squared distance of G(voice) to the speaker's real face, both pooled to
-        colour_size: int = 8,  # colour_size² cells: colours and their layout, no features (a deviation; 0 = off).
+        colour_weight: float = 0.0,  # G(voice) against the speaker's face, both pooled (a deviation; 0 = off).
+        colour_size: int = 8,  # Cells per side of that pooling: colours and their layout, no strokes of features.
         xflip: bool = False,  # Mirror each real face with probability 1/2 (D and L1 targets).
         latent_weight: float = 0.0,  # Squared distance of the voice's ws to its speaker's projected ws (deviation).
         latent_targets: str | None = None,  # experiments.project output: identity_<name>.npy [num_ws, w_dim].
